@@ -1,0 +1,190 @@
+"""Typed, validated run configuration loaded from YAML with dotted ``key=value`` overrides.
+
+Unknown keys and wrong types raise :class:`ConfigError` with a one-line message naming the key.
+Method- and architecture-specific settings live in ``options`` dicts, validated by the class that
+receives them (its constructor's keyword arguments).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mtlkit.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(_Strict):
+    """Which data, where, and at what size. ``root`` is the dataset folder (scenes: its cache)."""
+
+    name: str = "scenes"
+    root: str | None = None
+    num_classes: int | None = Field(None, ge=2, description="segmentation classes; None = dataset default")
+    height: int | None = Field(None, ge=8, description="input height; None = dataset default")
+    width: int | None = Field(None, ge=8, description="input width; None = dataset default")
+    n_train: int | None = Field(None, ge=1, description="training samples (scenes: generated; else a cap)")
+    n_val: int | None = Field(None, ge=1, description="validation samples (scenes: generated; else a cap)")
+    tasks: list[str] | None = Field(None, description="subset of the dataset's tasks to train; None = all")
+    augment: bool = False
+    seed: int = Field(0, description="seed of the scene generator")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    arch: str = "mtan"
+    width: float = Field(1.0, gt=0, description="channel multiplier of every layer")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class WeightingConfig(_Strict):
+    name: str = "equal"
+    mode: Literal["parameters", "representation"] = "parameters"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    step_size: int = Field(100, ge=1, description="epochs between learning-rate decays")
+    gamma: float = Field(0.5, gt=0, le=1, description="learning-rate decay factor")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(2, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(0, ge=0)
+    device: str = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    compile: bool | None = None
+    channels_last: bool | None = None
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
+    grad_clip: float | None = Field(None, gt=0)
+    progress: bool = True
+    tensorboard: bool = True
+
+
+class Config(_Strict):
+    """A whole run: data, model, weighting, optimiser, training loop."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    seed: int = 0
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """Short stable hash of the resolved config (provenance in results and reports)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _parse_value(text: str) -> Any:
+    """A CLI override value, read as YAML so ``5``, ``1e-3``, ``true``, ``[a, b]`` and ``null`` work."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_numeric(value):
+        return float(value)
+    return value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-3)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    else:
+        msg = first["msg"]
+        if "input" in first and not isinstance(first["input"], dict):
+            msg += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    tail = f" (+{more} more)" if more else ""
+    return f"{source}: {loc}: {msg}{tail}"
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict into a :class:`Config`; errors name the key."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``; missing file or bad YAML is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load ``path`` (or the defaults when None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(data, source=str(path) if path is not None else "overrides")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from mtlkit.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,78 @@
+"""The interface every architecture implements, so any weighting method runs with any of them.
+
+A model maps an image batch to ``{task name: raw head output}``. It splits into ``encode`` (the
+shared part, returning the list of shared tensors the task-specific parts read) and ``decode``
+(task-specific parts), with ``forward(x) == decode(encode(x))``. Gradient methods in
+representation mode take per-task gradients w.r.t. the tensors ``encode`` returns (the MGDA-UB
+trick); in parameter mode, w.r.t. ``shared_parameters()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.tasks import Task
+
+
+class MultiTaskModel(nn.Module):
+    """Base class: subclasses implement ``encode``/``decode`` and say which parameters are shared."""
+
+    #: False when the architecture has no shared representation (single-task, cross-stitch).
+    supports_representation: bool = True
+
+    def __init__(self, tasks: list[Task]) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("a model needs at least one task")
+        self.tasks = list(tasks)
+        self._record = False
+        self.recorded: dict[str, Tensor] = {}
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    def decode(self, reps: list[Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:
+        """Task-specific parts: outputs of ``tasks`` (all when None) from the shared tensors."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
+        return self.decode(self.encode(x), tasks)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters every task's loss depends on (the ones gradient methods balance)."""
+        raise NotImplementedError
+
+    def task_parameters(self) -> list[nn.Parameter]:
+        """All parameters that are not shared."""
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.parameters() if id(p) not in shared]
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Optimizer parameter groups; cross-stitch overrides this to scale its alphas' lr."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[str, Tensor]]:
+        """Within the block, forward passes store attention masks / stitch alphas in ``recorded``."""
+        self._record, self.recorded = True, {}
+        try:
+            yield self.recorded
+        finally:
+            self._record = False
+
+    def record(self, key: str, value: Tensor) -> None:
+        """Store ``value`` under ``key`` if recording (free otherwise)."""
+        if self._record:
+            self.recorded[key] = value.detach()
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def to_channels_last(model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,75 @@
+"""Name -> class registries, so configs name architectures, weighting methods and datasets.
+
+Adding one is one file that decorates its class with ``@REGISTRY.register("name")`` plus one
+import line in the package ``__init__`` that holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from mtlkit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A mapping from config names to classes or factories of one kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; a duplicate name is a programming error."""
+
+        def deco(obj: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def get(self, name: str) -> T:
+        """The entry called ``name``; an unknown name is a ConfigError listing the choices."""
+        _load_builtins()
+        if name not in self._items:
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        _load_builtins()
+        return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        _load_builtins()
+        return sorted(self._items.items())
+
+    def __contains__(self, name: str) -> bool:
+        _load_builtins()
+        return name in self._items
+
+
+ARCHITECTURES: Registry = Registry("architecture")
+WEIGHTINGS: Registry = Registry("weighting method")
+DATASETS: Registry = Registry("dataset")
+
+_loaded = False
+
+
+def _load_builtins() -> None:
+    """Import the packages whose modules register the built-in entries (once)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import mtlkit.data  # noqa: F401
+    import mtlkit.models  # noqa: F401
+    import mtlkit.weighting  # noqa: F401
+
+    import importlib.util
+
+    if importlib.util.find_spec("mtlkit.decathlon") is not None:
+        import mtlkit.decathlon  # noqa: F401

@@ -1,0 +1,51 @@
+"""The one small interface between the training step and any task-weighting method.
+
+Two kinds of method, chosen by ``needs_gradients``:
+
+* loss-level (``needs_gradients = False``): ``combine(losses)`` gets the K task losses of a batch
+  (a tensor with graph) and returns the scalar to back-propagate. DWA, uncertainty, RLW, FAMO...
+* gradient-level (``needs_gradients = True``): ``aggregate(grads, losses)`` gets the K x D matrix
+  of per-task gradients (w.r.t. the shared parameters or the shared representation, as the config
+  says) and returns the D-vector to use as the shared update. Task-specific parameters always get
+  the gradient of their own task's loss. PCGrad, MGDA, CAGrad, Nash-MTL...
+
+Both record the task weights they used in ``last_weights`` (logged every epoch) and get the
+epoch's mean training losses in ``epoch_end``. State for resume: learned weights are parameters
+or persistent buffers (in ``state_dict``); histories and counters go through torch's
+``get_extra_state``/``set_extra_state`` as plain Python lists/numbers (checkpoints load with
+``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Weighting(nn.Module):
+    """Base class of every weighting method (an nn.Module so learned weights are parameters)."""
+
+    needs_gradients: bool = False
+    #: False for methods that need gradients w.r.t. parameters (e.g. GradNorm's last shared layer).
+    supports_representation: bool = True
+
+    def __init__(self, task_names: list[str]) -> None:
+        super().__init__()
+        self.task_names = list(task_names)
+        self.num_tasks = len(task_names)
+        self.register_buffer("last_weights", torch.ones(self.num_tasks), persistent=False)
+
+    def combine(self, losses: Tensor) -> Tensor:
+        """Loss-level: the scalar to back-propagate. Default: the plain sum."""
+        self.last_weights = torch.ones_like(losses.detach())
+        return losses.sum()
+
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+        """Gradient-level: combine the K x D task gradients into one D-vector."""
+        raise NotImplementedError
+
+    def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
+        """Called after each training epoch with the K mean task losses (DWA uses them)."""
+
+    def weights_dict(self) -> dict[str, float]:
+        return {n: float(w) for n, w in zip(self.task_names, self.last_weights.tolist())}
