@@ -1,0 +1,1 @@
+"""Training: the loop (trainer), one optimisation step (step), evaluation, checkpoints, run folders."""

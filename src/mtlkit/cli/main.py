@@ -1,0 +1,163 @@
+"""The ``mtlkit`` command line: train, evaluate, list, params, plus the command groups of other modules.
+
+Every user-fixable error (bad config, missing data, bad checkpoint) is printed as one line
+``mtlkit: error: ...`` with exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from mtlkit import __version__
+from mtlkit.errors import MtlkitError
+
+#: modules under mtlkit.cli that add command groups through ``register(subparsers)``
+COMMAND_MODULES = ["data", "sweep", "report", "decathlon"]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mtlkit.config import load_config
+    from mtlkit.train.trainer import train
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise MtlkitError("--resume continues a run with its saved config; give no CONFIG or overrides")
+        run = train(resume=args.resume)
+    else:
+        if args.config is None:
+            raise MtlkitError("train needs CONFIG.yaml (or --resume RUN_DIR)")
+        overrides = list(args.overrides)
+        if args.config.endswith(".yaml") or args.config.endswith(".yml") or "=" not in args.config:
+            cfg = load_config(args.config, overrides)
+        else:
+            cfg = load_config(None, [args.config, *overrides])
+        run = train(cfg, run_dir=args.run_dir)
+    print(f"run folder: {run}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from mtlkit.io import atomic_write_json
+    from mtlkit.train.evaluate import evaluate
+    from mtlkit.train.runtime import select_device
+    from mtlkit.train.trainer import load_run, make_loader
+
+    device = select_device(args.device)
+    cfg, model, tasks, builder = load_run(args.run_dir, which=args.checkpoint, device=str(device))
+    if args.split not in builder.splits:
+        raise MtlkitError(f"--split {args.split!r}: dataset {cfg.dataset.name!r} has {', '.join(builder.splits)}")
+    ds = builder.dataset(args.split, train=False)
+    with torch.no_grad():
+        metrics = evaluate(model.to(device), tasks, make_loader(builder, ds, cfg, train=False, epoch=0), device,
+                           progress=True)
+    out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}.json"
+    atomic_write_json(out, metrics)
+    for k, v in metrics.items():
+        print(f"{k:28s} {v:.4f}")
+    print(f"written: {out}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS
+
+    def doc(obj) -> str:
+        return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+    table = {
+        "architectures": {n: doc(c) for n, c in ARCHITECTURES.items()},
+        "weightings": {n: doc(c) for n, c in WEIGHTINGS.items()},
+        "datasets": {n: doc(c) for n, c in DATASETS.items()},
+    }
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    for section, items in table.items():
+        print(f"{section}:")
+        for n, d in items.items():
+            print(f"  {n:16s} {d}")
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from mtlkit.models.params import parameter_report
+
+    report = parameter_report(args.dataset, args.arch, args.width, num_classes=args.num_classes)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['arch']} on {report['dataset']} ({', '.join(report['tasks'])}), width {report['width']}: "
+              f"{report['params']:,} parameters, {report['ratio']:.3f}x one single-task network "
+              f"({report['single_task_params']:,})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtlkit", description="Multi-task learning for dense prediction.")
+    p.add_argument("--version", action="version", version=f"mtlkit {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config",
+                       description="Train from CONFIG.yaml with dotted overrides, e.g. "
+                       "`mtlkit train configs/demo.yaml optim.lr=1e-3 model.arch=mtan weighting.name=dwa`.")
+    t.add_argument("config", nargs="?", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys: train.epochs=5)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--run-dir", help="write into this folder instead of <out_dir>/<name>-<timestamp>")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="re-evaluate a run's checkpoint",
+                       description="Evaluate the best (or last) checkpoint of RUN_DIR on a split; writes "
+                       "RUN_DIR/eval-<split>-<checkpoint>.json.")
+    e.add_argument("run_dir", help="run folder written by `mtlkit train`")
+    e.add_argument("--split", default="val", help="dataset split (default: val)")
+    e.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint (default best)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    e.set_defaults(func=_cmd_evaluate)
+
+    ls = sub.add_parser("list", help="list registered architectures, weighting methods and datasets")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=_cmd_list)
+
+    pa = sub.add_parser("params", help="parameter count and ratio to one single-task network (#P)",
+                        description="Parameter count of an architecture on a dataset's task set, and its ratio "
+                        "to one single-task network of the same backbone and width (the MTAN paper's #P).")
+    pa.add_argument("--dataset", required=True, help="dataset whose tasks size the heads (nyuv2, cityscapes, ...)")
+    pa.add_argument("--arch", required=True, help="architecture name (see `mtlkit list`)")
+    pa.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
+    pa.add_argument("--num-classes", type=int, default=None, help="segmentation classes (dataset default)")
+    pa.add_argument("--json", action="store_true", help="machine-readable output")
+    pa.set_defaults(func=_cmd_params)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"mtlkit.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"mtlkit.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MtlkitError as err:
+        print(f"mtlkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mtlkit: interrupted (the last finished epoch is checkpointed; resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

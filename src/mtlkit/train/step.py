@@ -1,0 +1,163 @@
+"""One optimisation step, the only place that knows how a weighting method meets a model.
+
+Loss-level methods: back-propagate ``weighting.combine(losses)``. Gradient-level methods: the K x D
+matrix of per-task gradients (w.r.t. the shared parameters, or the shared representation returned
+by ``model.encode``) goes to ``weighting.aggregate``; its D-vector becomes the shared update, and
+task-specific parameters get the gradient of their own task's loss.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError, TrainingError
+from mtlkit.models.base import MultiTaskModel
+from mtlkit.tasks import Task
+from mtlkit.weighting.base import Weighting
+
+
+@dataclass
+class StepRunner:
+    """Holds what every step needs; ``__call__`` runs one step and returns the K detached losses."""
+
+    model: nn.Module
+    weighting: Weighting
+    tasks: list[Task]
+    optimizer: torch.optim.Optimizer
+    mode: str = "parameters"
+    grad_clip: float | None = None
+    autocast_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    #: hook to average per-task gradients across processes (set by the distributed launcher)
+    reduce_grads: object = None
+    _names: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._names = [t.name for t in self.tasks]
+        core = self.core
+        if self.weighting.needs_gradients and self.mode == "representation":
+            if not core.supports_representation:
+                raise ConfigError(
+                    f"weighting.mode=representation: architecture {type(core).__name__} has no shared "
+                    "representation; use weighting.mode=parameters"
+                )
+            if not self.weighting.supports_representation:
+                raise ConfigError(
+                    f"weighting.mode=representation is not supported by {type(self.weighting).__name__}; "
+                    "use weighting.mode=parameters"
+                )
+
+    @property
+    def core(self) -> MultiTaskModel:
+        """The model under any DistributedDataParallel / compile wrapper."""
+        m = self.model
+        m = getattr(m, "module", m)
+        return getattr(m, "_orig_mod", m)
+
+    def _autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
+
+    def losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> Tensor:
+        """The K-vector of task losses; tasks absent from the batch count 0 (constant)."""
+        out = []
+        for t in self.tasks:
+            if t.name in present:
+                out.append(t.loss(preds[t.name], batch[t.name]))
+            else:
+                out.append(torch.zeros((), device=batch["image"].device))
+        return torch.stack(out)
+
+    def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        x = batch["image"]
+        present = [n for n in self._names if n in batch]
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.weighting.needs_gradients:
+            if len(present) != len(self._names):
+                raise TrainingError(
+                    f"{type(self.weighting).__name__} needs every task in every batch; this dataset "
+                    "gives one task per batch: use a loss-level weighting such as equal"
+                )
+            losses = self._gradient_step(x, batch, present)
+        else:
+            with self._autocast(x.device):
+                preds = self.model(x, present) if len(present) < len(self._names) else self.model(x)
+            losses = self.losses(preds, batch, present)
+            _check_finite(losses, self._names)
+            total = self.weighting.combine(losses)
+            self._backward(total)
+        self._finish()
+        return losses.detach()
+
+    def _backward(self, total: Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+        else:
+            total.backward()
+
+    def _finish(self) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _gradient_step(self, x: Tensor, batch: dict[str, Tensor], present: list[str]) -> Tensor:
+        from mtlkit.weighting.gradients import per_task_gradients, write_gradients
+
+        core = self.core
+        if self.reduce_grads is not None and self.mode == "representation":
+            raise ConfigError(
+                "weighting.mode=representation is not supported with several processes (each rank has "
+                "its own representation); use weighting.mode=parameters under torchrun"
+            )
+        scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+        with self._autocast(x.device):
+            if self.mode == "representation":
+                reps = core.encode(x)
+                inputs = [r.detach().requires_grad_(True) for r in reps]
+                preds = core.decode(inputs)
+            else:
+                # The unwrapped module: under DDP its hooks would sync each task's backward separately;
+                # instead the whole per-task gradient matrix is averaged once (reduce_grads).
+                preds = core(x)
+                inputs = [p for p in core.shared_parameters() if p.requires_grad]
+        losses = self.losses(preds, batch, present)
+        _check_finite(losses, self._names)
+        grads = per_task_gradients(losses * scale, inputs, retain_graph=True) / scale
+        if self.reduce_grads is not None:
+            grads = self.reduce_grads(grads)
+        update = self.weighting.aggregate(grads, losses.detach())
+        shared_ids = {id(p) for p in core.shared_parameters()}
+        own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
+        if own:
+            torch.autograd.backward(losses.sum() * scale, inputs=own)
+            if self.reduce_grads is not None:
+                from mtlkit.train.distributed import average_grads
+
+                average_grads(own)
+        if self.mode == "representation":
+            chunks, offset = [], 0
+            for r in reps:
+                n = r.numel()
+                chunks.append(update[offset:offset + n].view_as(r).to(r.dtype) * scale)
+                offset += n
+            torch.autograd.backward(reps, grad_tensors=chunks)
+        else:
+            write_gradients(inputs, update * scale)
+        return losses
+
+
+def _check_finite(losses: Tensor, names: list[str]) -> None:
+    if not torch.isfinite(losses).all():
+        bad = [f"{n}={v:.4g}" for n, v in zip(names, losses.detach().tolist()) if not torch.isfinite(torch.tensor(v))]
+        raise TrainingError(f"non-finite training loss ({', '.join(bad)})")

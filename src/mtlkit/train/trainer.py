@@ -1,0 +1,319 @@
+"""The training loop: builds everything from a Config, trains, evaluates, checkpoints, resumes.
+
+It orchestrates only: models, weighting methods, datasets and metrics come from the registries
+and meet through their small interfaces (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from tqdm import tqdm
+
+from mtlkit.config import Config, load_config
+from mtlkit.data.base import DatasetBuilder
+from mtlkit.errors import ConfigError, TrainingError
+from mtlkit.metrics import delta_m
+from mtlkit.models import build_model
+from mtlkit.models.base import MultiTaskModel, count_parameters
+from mtlkit.registry import DATASETS, WEIGHTINGS
+from mtlkit.tasks import Task
+from mtlkit.train import distributed as dist
+from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
+from mtlkit.train.evaluate import evaluate, move_batch
+from mtlkit.train.rundir import (
+    new_run_dir,
+    prepare_run_dir,
+    provenance,
+    read_results,
+    write_history,
+    write_results,
+)
+from mtlkit.train.runtime import rng_state, seed_everything, select_device, set_rng_state
+from mtlkit.train.step import StepRunner
+from mtlkit.weighting.base import Weighting
+
+
+@dataclass
+class Setup:
+    """Everything a run is built from, before any training."""
+
+    cfg: Config
+    builder: DatasetBuilder
+    tasks: list[Task]
+    model: MultiTaskModel
+    weighting: Weighting
+    device: torch.device
+
+
+def build_weighting(cfg: Config, tasks: list[Task]) -> Weighting:
+    """The configured weighting method; an unknown option is a ConfigError naming it."""
+    cls = WEIGHTINGS.get(cfg.weighting.name)
+    try:
+        return cls([t.name for t in tasks], **cfg.weighting.options)
+    except TypeError as err:
+        raise ConfigError(f"weighting.options for {cfg.weighting.name!r}: {err}") from None
+
+
+def build(cfg: Config, device: torch.device | None = None) -> Setup:
+    """Dataset builder, tasks, model and weighting method for ``cfg`` (seeded)."""
+    seed_everything(cfg.seed)
+    builder = DATASETS.get(cfg.dataset.name)(cfg.dataset)
+    tasks = builder.tasks()
+    model = build_model(cfg.model.arch, tasks, width=cfg.model.width, **cfg.model.options)
+    weighting = build_weighting(cfg, tasks)
+    device = device or select_device(cfg.train.device)
+    return Setup(cfg, builder, tasks, model.to(device), weighting.to(device), device)
+
+
+def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoch: int) -> DataLoader:
+    """A loader whose sample order depends only on (seed, epoch): resumed runs see the same batches."""
+    bs = cfg.train.batch_size if train else (cfg.train.eval_batch_size or cfg.train.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    kwargs: dict[str, Any] = {
+        "num_workers": cfg.train.num_workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": False,
+    }
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    if hasattr(builder, "batch_sampler"):
+        sampler = builder.batch_sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=epoch)
+        sampler = dist.shard_batches(sampler)
+        return DataLoader(dataset, batch_sampler=sampler, **kwargs)
+    sampler = dist.sampler(dataset, shuffle=train, seed=cfg.seed, epoch=epoch)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
+    bs = dist.local_batch_size(bs) if train else bs
+    return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=train and len(dataset) > bs, **kwargs)
+
+
+def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: Weighting) -> torch.optim.Optimizer:
+    groups = model.param_groups(cfg.optim.lr)
+    extra = [p for p in weighting.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.optim.lr})
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def _best_score(val: dict[str, float], reference: dict[str, float], tasks: list[Task]) -> float:
+    """delta_m of this epoch's validation metrics against the first epoch's (higher is better)."""
+    keys = [f"{t.name}/{m}" for t in tasks for m in t.metrics]
+    hib = {f"{t.name}/{m}": hi for t in tasks for m, hi in t.metrics.items()}
+    usable = [k for k in keys if k in val and k in reference and reference[k] != 0
+              and math.isfinite(val[k]) and math.isfinite(reference[k])]
+    if not usable:
+        return -math.inf
+    return delta_m({k: val[k] for k in usable}, {k: reference[k] for k in usable}, {k: hib[k] for k in usable})
+
+
+def _task_info(tasks: list[Task]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "kind": t.kind, "channels": t.channels, "metrics": t.metrics,
+             "main_metric": t.main_metric} for t in tasks]
+
+
+def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float | None:
+    """#P as the MTAN paper reports it: parameters relative to one single-task network."""
+    from mtlkit.models.params import single_task_parameters
+
+    base = single_task_parameters(cfg.model.arch, tasks, cfg.model.width)
+    return count_parameters(model) / base if base else None
+
+
+def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
+    """Train ``cfg`` into a new run folder, or continue the run in ``resume``; returns the folder."""
+    if resume is not None:
+        run_path = Path(resume)
+        if not (run_path / "config.yaml").is_file():
+            raise ConfigError(f"{run_path}: not a run folder (no config.yaml)")
+        cfg = load_config(run_path / "config.yaml")
+        done = read_results(run_path)
+        if done and done.get("status") == "finished":
+            return run_path
+    else:
+        if cfg is None:
+            raise ValueError("train() needs a config or a run folder to resume")
+        run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    dist.init()
+    try:
+        return _train(cfg, run_path)
+    finally:
+        dist.cleanup()
+
+
+def _train(cfg: Config, run_path: Path) -> Path:
+    main = dist.is_main()
+    setup = build(cfg, dist.device_for(cfg.train.device))
+    tasks, model, weighting, device = setup.tasks, setup.model, setup.weighting, setup.device
+    if main:
+        prepare_run_dir(run_path, cfg)
+    train_ds = setup.builder.dataset("train", train=True)
+    val_ds = setup.builder.dataset("val", train=False)
+    optimizer = make_optimizer(cfg, model, weighting)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma)
+    from mtlkit.train.speed import speed_settings
+
+    speed = speed_settings(cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if speed.autocast_dtype == torch.float16 else None
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best, reference, wall_before = 0, {"score": -math.inf, "epoch": 0, "val": {}}, None, 0.0
+    ckpt_path = run_path / "checkpoints" / "last.pt"
+    if ckpt_path.is_file():
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        weighting.load_state_dict(state["weighting"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, best, reference = state["epoch"], state["best"], state["reference"]
+        history, wall_before = state["history"], state["wall_time"]
+
+    if speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net: nn.Module = dist.wrap(model, device)
+    if speed.compile:
+        net = torch.compile(net)
+    runner = StepRunner(net, weighting, tasks, optimizer, cfg.weighting.mode, cfg.train.grad_clip,
+                        speed.autocast_dtype, scaler, dist.grad_reducer(net))
+    writer = _tensorboard(run_path, cfg) if main else None
+    n_params = count_parameters(model)
+    ratio = params_ratio(cfg, tasks, model)
+    t0 = time.time() - wall_before
+    names = [t.name for t in tasks]
+    for epoch in range(start_epoch, cfg.train.epochs):
+        ep_start = time.time()
+        model.train()
+        loader = make_loader(setup.builder, train_ds, cfg, train=True, epoch=epoch)
+        sums, counts = torch.zeros(len(tasks)), torch.zeros(len(tasks))
+        wsum, nsteps = torch.zeros(len(tasks)), 0
+        limit = cfg.train.max_steps_per_epoch
+        total = min(len(loader), limit) if limit else len(loader)
+        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
+                   disable=not (cfg.train.progress and main), dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            if limit and step >= limit:
+                break
+            batch = move_batch(batch, device, speed.channels_last)
+            try:
+                losses = runner(batch).cpu()
+            except TrainingError as err:
+                bar.close()
+                kept = f"; last good checkpoint kept: {ckpt_path}" if ckpt_path.is_file() else ""
+                raise TrainingError(f"epoch {epoch + 1} step {step + 1}: {err}{kept}") from None
+            present = torch.tensor([n in batch for n in names], dtype=torch.float32)
+            sums += losses * present
+            counts += present
+            wsum += weighting.last_weights.detach().float().cpu()
+            nsteps += 1
+            bar.set_postfix({n: f"{float(s / max(c, 1)):.3f}" for n, s, c in zip(names, sums, counts)})
+        bar.close()
+        sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
+        mean_losses = sums / counts.clamp(min=1)
+        weighting.epoch_end(epoch, mean_losses.to(device))
+        scheduler.step()
+        val = evaluate(net, tasks, make_loader(setup.builder, val_ds, cfg, train=False, epoch=0), device,
+                       channels_last=speed.channels_last, autocast_dtype=speed.autocast_dtype)
+        if reference is None:
+            reference = dict(val)
+        score = _best_score(val, reference, tasks)
+        record = {
+            "epoch": epoch + 1,
+            "time": time.time() - t0,
+            "epoch_time": time.time() - ep_start,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train": {f"loss/{n}": float(v) for n, v in zip(names, mean_losses)},
+            "val": val,
+            "weights": {n: float(w) for n, w in zip(names, wsum / max(nsteps, 1))},
+        }
+        history.append(record)
+        is_best = score > best["score"] or best["epoch"] == 0
+        if is_best:
+            best = {"score": score, "epoch": epoch + 1, "val": val}
+        if main:
+            state = {
+                "model": model.state_dict(), "weighting": weighting.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_state(), "epoch": epoch + 1, "best": best, "reference": reference,
+                "history": history, "wall_time": time.time() - t0,
+            }
+            save_checkpoint(ckpt_path, state)
+            if is_best:
+                save_checkpoint(run_path / "checkpoints" / "best.pt", {"model": state["model"], "epoch": epoch + 1})
+            write_history(run_path, history)
+            _log_tensorboard(writer, record)
+            if cfg.train.progress:
+                tqdm.write(_epoch_line(record, tasks))
+        dist.barrier()
+    if writer is not None:
+        writer.close()
+    if main:
+        results = {
+            "name": cfg.name, "arch": cfg.model.arch, "weighting": cfg.weighting.name,
+            "dataset": cfg.dataset.name, "tasks": _task_info(tasks), "params": n_params,
+            "params_ratio": ratio, "final": history[-1]["val"] if history else {},
+            "best": best["val"], "best_epoch": best["epoch"], "epochs": cfg.train.epochs,
+            "wall_time": time.time() - t0, "config_hash": cfg.hash(), **provenance(), "status": "finished",
+        }
+        write_results(run_path, results)
+    return run_path
+
+
+def _epoch_line(record: dict[str, Any], tasks: list[Task]) -> str:
+    parts = [f"epoch {record['epoch']:>3}"]
+    for t in tasks:
+        key = f"{t.name}/{t.main_metric}"
+        if key in record["val"]:
+            parts.append(f"{t.name} loss {record['train'][f'loss/{t.name}']:.3f} {t.main_metric} {record['val'][key]:.4g}")
+    return " | ".join(parts) + f" | {record['epoch_time']:.1f}s"
+
+
+def _tensorboard(run_path: Path, cfg: Config):
+    if not cfg.train.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_path / "tb"))
+
+
+def _log_tensorboard(writer, record: dict[str, Any]) -> None:
+    if writer is None:
+        return
+    step = record["epoch"]
+    for section in ("train", "val"):
+        for k, v in record[section].items():
+            writer.add_scalar(f"{section}/{k}", v, step)
+    for k, v in record["weights"].items():
+        writer.add_scalar(f"weights/{k}", v, step)
+    writer.add_scalar("lr", record["lr"], step)
+    writer.flush()
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[Config, MultiTaskModel, list[Task], DatasetBuilder]:
+    """Config, trained model (``best`` or ``last`` weights), tasks and dataset builder of a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
+    cfg = load_config(run_dir / "config.yaml")
+    setup = build(cfg, torch.device(device))
+    ckpt = run_dir / "checkpoints" / f"{which}.pt"
+    if not ckpt.is_file():
+        ckpt = run_dir / "checkpoints" / "last.pt"
+    setup.model.load_state_dict(load_checkpoint(ckpt, map_location=device)["model"])
+    setup.model.eval()
+    return cfg, setup.model, setup.tasks, setup.builder
