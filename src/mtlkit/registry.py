@@ -65,11 +65,11 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True
+    import importlib.util
+
     import mtlkit.data  # noqa: F401
     import mtlkit.models  # noqa: F401
     import mtlkit.weighting  # noqa: F401
-
-    import importlib.util
 
     if importlib.util.find_spec("mtlkit.decathlon") is not None:
         import mtlkit.decathlon  # noqa: F401

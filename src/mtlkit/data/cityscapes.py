@@ -42,6 +42,8 @@ class CityscapesBuilder(NpyBuilder):
     """Segmentation (2, 7 or 19 classes) and inverse depth on street scenes."""
 
     depth_is_inverse = True
+    published_counts = CITYSCAPES_COUNTS
+    published_size = CITYSCAPES_SIZE
 
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
@@ -62,6 +64,12 @@ class CityscapesBuilder(NpyBuilder):
         if self.num_classes == 7:
             return "label_7", None
         return "label_7", MAP_7_TO_2
+
+    def label_folders(self) -> dict[str, int]:
+        """Both stored label folders unless ``num_classes`` picks one."""
+        if self.cfg.num_classes is None:
+            return {"label_7": 7, "label_19": 19}
+        return {self.label_source()[0]: 19 if self.num_classes == 19 else 7}
 
     def data_root(self) -> Path:
         """``dataset.root``, which must exist."""

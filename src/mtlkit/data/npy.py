@@ -299,6 +299,10 @@ class NpyBuilder(DatasetBuilder):
     extra_options: tuple[str, ...] = ()
     #: the depth maps hold inverse depth (disparity), scaled the other way by augmentation
     depth_is_inverse: bool = False
+    #: samples per split of the published set (``data check`` notes a difference), if known
+    published_counts: dict[str, int] | None = None
+    #: (H, W) of the published set, if known
+    published_size: tuple[int, int] | None = None
 
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
@@ -323,6 +327,14 @@ class NpyBuilder(DatasetBuilder):
     def label_source(self) -> tuple[str, np.ndarray | None]:
         """Folder of the stored labels and an optional stored-id -> class map."""
         return "label", None
+
+    def label_folders(self) -> dict[str, int]:
+        """Stored label folders to validate and their number of stored classes (for ``data check``)."""
+        folder, label_map = self.label_source()
+        seg = [t for t in self.all_tasks() if t.kind == "segmentation"]
+        if not seg:
+            return {}
+        return {folder: seg[0].channels if label_map is None else len(label_map)}
 
     def expected_size(self) -> tuple[int | None, int | None] | None:
         """(H, W) the data must have: the configured height/width (None = whatever is stored)."""
@@ -364,3 +376,11 @@ class NpyBuilder(DatasetBuilder):
             label_map=label_map,
             normal_tol=self.normal_tol,
         )
+
+
+def save_sample(root: str | Path, split: str, index: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write one sample in the layout: ``arrays`` maps a modality folder (image, label, ...) to its array."""
+    for folder, arr in arrays.items():
+        path = Path(root) / split / folder / f"{index}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.asarray(arr))

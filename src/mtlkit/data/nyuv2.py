@@ -24,6 +24,9 @@ NYUV2_COUNTS = {"train": 795, "val": 654}
 class NYUv2Builder(NpyBuilder):
     """13-class segmentation, depth and surface normals on indoor scenes."""
 
+    published_counts = NYUV2_COUNTS
+    published_size = NYUV2_SIZE
+
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
         if cfg.num_classes not in (None, NYUV2_CLASSES):

@@ -5,7 +5,6 @@ and the two torch.distributed collectives the meters need (sum, gather of variab
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Union
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ from torch import Tensor
 
 from mtlkit.errors import MtlkitError
 
-ArrayLike = Union[np.ndarray, Tensor]
+ArrayLike = np.ndarray | Tensor
 
 
 class MetricError(MtlkitError, ValueError):

@@ -16,7 +16,8 @@ def _correct_total(pred: Tensor, target: Tensor) -> Tensor:
     if pred.ndim == target.ndim + 1:
         if pred.shape[:1] + pred.shape[2:] != target.shape:
             raise MetricError(
-                f"classification: logits shape {tuple(pred.shape)} does not match target {tuple(target.shape)}"
+                f"classification: logits shape {tuple(pred.shape)} does not match "
+                f"target {tuple(target.shape)}"
             )
         bad = (target < 0) | (target >= pred.shape[1])
         if bool(bad.any()):
@@ -26,11 +27,12 @@ def _correct_total(pred: Tensor, target: Tensor) -> Tensor:
         pred = pred.argmax(dim=1)
     elif pred.shape == target.shape:
         if pred.is_floating_point():
-            raise MetricError("classification: pred has the target's shape but holds floats; pass ids or logits")
+            raise MetricError("classification: pred is shaped like target has floats; pass ids or logits")
         pred = integer_labels(pred, "classification pred")
     else:
         raise MetricError(
-            f"classification: pred shape {tuple(pred.shape)} fits neither target {tuple(target.shape)} nor logits"
+            f"classification: pred shape {tuple(pred.shape)} fits neither target "
+            f"{tuple(target.shape)} nor (N, C) logits"
         )
     correct = (pred == target).sum()
     return torch.stack([correct.to(torch.int64), torch.tensor(target.numel(), device=pred.device)])

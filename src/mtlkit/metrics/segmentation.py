@@ -25,7 +25,8 @@ def _valid_pairs(pred: Tensor, target: Tensor, num_classes: int, ignore_index: i
     if pred.ndim == target.ndim + 1:
         if pred.shape[1] != num_classes:
             raise MetricError(
-                f"segmentation: logits have {pred.shape[1]} channels on dim 1, expected num_classes={num_classes}"
+                f"segmentation: logits have {pred.shape[1]} channels on dim 1, "
+                f"expected num_classes={num_classes}"
             )
         if pred.shape[:1] + pred.shape[2:] != target.shape:
             raise MetricError(
@@ -35,7 +36,7 @@ def _valid_pairs(pred: Tensor, target: Tensor, num_classes: int, ignore_index: i
     elif pred.shape == target.shape:
         if pred.is_floating_point():
             raise MetricError(
-                "segmentation: pred has the target's shape but holds floats; pass class ids or (N,C,...) logits"
+                "segmentation: pred is shaped like target has floats; pass class ids or (N,C,...) logits"
             )
         pred = integer_labels(pred, "segmentation pred")
     else:
@@ -68,7 +69,9 @@ def _confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int
     )
 
 
-def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1) -> np.ndarray:
+def confusion_matrix(
+    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1
+) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted class, ignored pixels left out.
 
     ``pred`` is class ids shaped like ``target`` or logits (N, C, ...) reduced by argmax over dim 1.

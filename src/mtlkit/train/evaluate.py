@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mtlkit.tasks import Task
+from mtlkit.train.distributed import all_reduce_sum
 
 
 def move_batch(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
@@ -55,11 +56,12 @@ def evaluate(
             loss_n[t.name] += n
             meters[t.name].update(t.postprocess(pred), batch[t.name])
     out: dict[str, float] = {}
-    for t in tasks:
-        if loss_n[t.name] == 0:
+    sums = all_reduce_sum(torch.tensor([[loss_sum[t.name], loss_n[t.name]] for t in tasks], dtype=torch.float64))
+    for t, (total, count) in zip(tasks, sums.tolist()):
+        meters[t.name].all_reduce()  # every rank joins every collective, even with no batch of this task
+        if count == 0:
             continue
-        meters[t.name].all_reduce()
-        out[f"loss/{t.name}"] = loss_sum[t.name] / loss_n[t.name]
+        out[f"loss/{t.name}"] = total / count
         for k, v in meters[t.name].compute().items():
             out[f"{t.name}/{k}"] = float(v)
     model.train()

@@ -279,7 +279,8 @@ def _epoch_line(record: dict[str, Any], tasks: list[Task]) -> str:
     for t in tasks:
         key = f"{t.name}/{t.main_metric}"
         if key in record["val"]:
-            parts.append(f"{t.name} loss {record['train'][f'loss/{t.name}']:.3f} {t.main_metric} {record['val'][key]:.4g}")
+            loss = record["train"][f"loss/{t.name}"]
+            parts.append(f"{t.name} loss {loss:.3f} {t.main_metric} {record['val'][key]:.4g}")
     return " | ".join(parts) + f" | {record['epoch_time']:.1f}s"
 
 
@@ -304,7 +305,9 @@ def _log_tensorboard(writer, record: dict[str, Any]) -> None:
     writer.flush()
 
 
-def load_run(run_dir: str | Path, which: str = "best", device: str = "cpu") -> tuple[Config, MultiTaskModel, list[Task], DatasetBuilder]:
+def load_run(
+    run_dir: str | Path, which: str = "best", device: str = "cpu"
+) -> tuple[Config, MultiTaskModel, list[Task], DatasetBuilder]:
     """Config, trained model (``best`` or ``last`` weights), tasks and dataset builder of a run folder."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

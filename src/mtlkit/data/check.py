@@ -1,0 +1,224 @@
+"""``mtlkit data check``: validate every file of a ``.npy``-layout dataset folder before training.
+
+Runs the same per-file checks the loader runs lazily (:mod:`mtlkit.data.npy`) over all files of
+all splits, collecting every problem as one line naming the file instead of stopping at the first,
+and summarises counts, shapes, dtypes and value ranges per split and folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mtlkit.config import DatasetConfig
+from mtlkit.data.npy import NpyBuilder, load_npy, read_depth, read_image, read_label, read_normal
+from mtlkit.errors import ConfigError, DataError
+from mtlkit.registry import DATASETS
+
+
+@dataclass
+class FolderStats:
+    """What one modality folder of one split holds."""
+
+    files: int = 0
+    shapes: set[tuple[int, ...]] = field(default_factory=set)
+    dtypes: set[str] = field(default_factory=set)
+    vmin: float = float("inf")
+    vmax: float = float("-inf")
+    special: int = 0  # ignore (-1) labels or missing (0) depth/normal pixels
+    pixels: int = 0
+
+    def add(self, raw: np.ndarray, values: np.ndarray, special: int) -> None:
+        """Account one file: its stored shape/dtype, checked values and special (ignore/missing) pixels."""
+        self.files += 1
+        self.shapes.add(tuple(raw.shape))
+        self.dtypes.add(str(raw.dtype))
+        self.vmin = min(self.vmin, float(values.min()))
+        self.vmax = max(self.vmax, float(values.max()))
+        self.special += int(special)
+        self.pixels += int(values.shape[0] * values.shape[1])
+
+
+@dataclass
+class CheckReport:
+    """Outcome of :func:`check_dataset`: per split and folder statistics, problems and notes."""
+
+    name: str
+    root: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, dict[str, FolderStats]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no file has a problem."""
+        return not self.problems
+
+    def table(self) -> str:
+        """The summary as an aligned text table, one row per split and folder."""
+        head = ("split", "folder", "files", "shape", "dtype", "min", "max", "ignore/missing")
+        rows = [head]
+        for split, folders in self.stats.items():
+            for folder, st in folders.items():
+                shape = ", ".join("x".join(map(str, s)) for s in sorted(st.shapes)) or "-"
+                dtype = ", ".join(sorted(st.dtypes)) or "-"
+                lo = f"{st.vmin:.4g}" if st.files else "-"
+                hi = f"{st.vmax:.4g}" if st.files else "-"
+                frac = (
+                    "-"
+                    if self.kinds.get(folder) == "image" or not st.pixels
+                    else f"{st.special / st.pixels:.1%}"
+                )
+                rows.append((split, folder, str(st.files), shape, dtype, lo, hi, frac))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+    def format(self, max_problems: int = 50) -> str:
+        """Table, notes and problems (at most ``max_problems`` listed) as printable text."""
+        lines = [f"{self.name} at {self.root}", self.table()]
+        lines += [f"note: {n}" for n in self.notes]
+        shown = self.problems[:max_problems]
+        lines += [f"problem: {p}" for p in shown]
+        if len(self.problems) > len(shown):
+            lines.append(f"... and {len(self.problems) - len(shown)} more problems")
+        lines.append("OK: no problems found" if self.ok else f"FAILED: {len(self.problems)} problem(s)")
+        return "\n".join(lines)
+
+
+def _indices(folder: Path, report: CheckReport) -> set[int]:
+    """Sample indices present in ``folder``; odd file names are problems."""
+    found: set[int] = set()
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(".") or not name.endswith(".npy"):
+            continue
+        stem = name[:-4]
+        if not stem.isdigit() or str(int(stem)) != stem:
+            report.problems.append(f"{folder / name}: unexpected file name, expected <index>.npy")
+            continue
+        found.add(int(stem))
+    return found
+
+
+def _check_file(
+    report: CheckReport,
+    stats: FolderStats,
+    kind: str,
+    path: Path,
+    hw: tuple[int, int] | None,
+    num_classes: int,
+    normal_tol: float,
+) -> np.ndarray | None:
+    """Validate one file, record its statistics; a problem is appended and None returned."""
+    try:
+        if kind == "image":
+            values = read_image(path, hw)
+            special = 0
+        elif kind == "segmentation":
+            values = read_label(path, num_classes, hw)
+            special = int((values == -1).sum())
+        elif kind == "depth":
+            values = read_depth(path, hw)
+            special = int((values == 0).sum())
+        else:
+            values = read_normal(path, hw, normal_tol)
+            special = int((values == 0).all(axis=2).sum())
+        raw = load_npy(path)
+    except DataError as err:
+        report.problems.append(str(err))
+        return None
+    stats.add(raw, values, special)
+    return values
+
+
+def check_dataset(
+    name: str, root: str | Path, num_classes: int | None = None, progress: bool = False
+) -> CheckReport:
+    """Validate every file of dataset ``name`` stored at ``root``; problems are collected, not raised."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
+    builder = DATASETS.get(name)(DatasetConfig(name=name, root=str(root), num_classes=num_classes))
+    if not isinstance(builder, NpyBuilder):
+        raise ConfigError(f"dataset {name!r} is not stored in the .npy layout; nothing to check")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    folders: dict[str, tuple[str, int]] = {"image": ("image", 0)}
+    for task in builder.all_tasks():
+        if task.kind in ("depth", "normal"):
+            folders[task.kind] = (task.kind, 0)
+    for folder, classes in builder.label_folders().items():
+        folders[folder] = ("segmentation", classes)
+    report = CheckReport(name=name, root=root, kinds={f: k for f, (k, _) in folders.items()})
+
+    for split in builder.splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            report.problems.append(f"{split_dir}: split folder not found")
+            continue
+        present: dict[str, set[int]] = {}
+        for folder in folders:
+            if not (split_dir / folder).is_dir():
+                report.problems.append(f"{split_dir / folder}: folder not found")
+            else:
+                present[folder] = _indices(split_dir / folder, report)
+        every = set().union(*present.values()) if present else set()
+        n = max(every) + 1 if every else 0
+        report.counts[split] = n
+        if n == 0:
+            report.problems.append(f"{split_dir / 'image'}: no .npy samples found")
+        for folder, found in present.items():
+            for i in sorted(set(range(n)) - found):
+                report.problems.append(f"{split_dir / folder / f'{i}.npy'}: missing file")
+        report.stats[split] = {f: FolderStats() for f in present}
+        ref_hw: tuple[int, int] | None = None
+        for i in tqdm(range(n), desc=f"check {split}", disable=not progress, leave=False):
+            hw = None
+            if i in present.get("image", ()):
+                img = _check_file(
+                    report,
+                    report.stats[split]["image"],
+                    "image",
+                    split_dir / "image" / f"{i}.npy",
+                    None,
+                    0,
+                    builder.normal_tol,
+                )
+                if img is not None:
+                    hw = (img.shape[0], img.shape[1])
+                    if ref_hw is None:
+                        ref_hw = hw
+                    elif hw != ref_hw:
+                        report.problems.append(
+                            f"{split_dir / 'image' / f'{i}.npy'}: image is {hw[0]}x{hw[1]} but earlier images "
+                            f"are {ref_hw[0]}x{ref_hw[1]}"
+                        )
+            for folder, (kind, classes) in folders.items():
+                if kind == "image" or i not in present.get(folder, ()):
+                    continue
+                _check_file(
+                    report,
+                    report.stats[split][folder],
+                    kind,
+                    split_dir / folder / f"{i}.npy",
+                    hw,
+                    classes,
+                    builder.normal_tol,
+                )
+        expected = (builder.published_counts or {}).get(split)
+        if expected is not None and n != expected:
+            report.notes.append(f"{split}: {n} samples (the published {name} set has {expected})")
+    if builder.published_size is not None and report.stats:
+        sizes = {
+            s[:2] for folders_ in report.stats.values() for s in folders_.get("image", FolderStats()).shapes
+        }
+        if sizes and sizes != {builder.published_size}:
+            h, w = builder.published_size
+            got = ", ".join(f"{a}x{b}" for a, b in sorted(sizes))
+            report.notes.append(f"images are {got} (the published {name} set is {h}x{w})")
+    return report

@@ -1,0 +1,155 @@
+"""Cross-stitch networks (Misra et al., CVPR 2016) on SegNet, as the MTAN paper's baseline.
+
+One SegNet per task; after every stage (the pooled output of each encoder stage, and the output of
+decoder stages 4 to 1, i.e. before every unpooling: 9 stitch points, as in the official MTAN code)
+a cross-stitch unit mixes the K tasks' feature maps:
+
+    x~_i = sum_k alpha[i, k] x_k          (alpha: K x K, or K x K x C with ``per_channel=True``)
+
+generalising Misra et al.'s 2 x 2 unit to K tasks. alpha starts at ``alpha_s`` on the diagonal and
+``(1 - alpha_s) / (K - 1)`` off it, so every row sums to 1 (a single task gets 1). The alphas
+train with the learning rate times ``alpha_lr_mult`` (Misra et al. scale it by 10^2 to 10^3).
+
+Every task's loss depends on every network through the stitches, so there is no shared
+representation; ``shared_parameters()`` is everything but the heads. Alphas are recorded as
+``alpha/<stage>`` (stages ``enc0``-``enc4``, ``dec4``-``dec1``) and returned by ``stitch_alphas()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError
+from mtlkit.models.base import MultiTaskModel
+from mtlkit.models.blocks import (
+    NUM_LEVELS,
+    SEGNET_CHANNELS,
+    SEGNET_DEPTHS,
+    SegNetTrunk,
+    check_dense_tasks,
+    check_input,
+    check_width,
+    init_weights,
+    make_heads,
+    pool,
+    scale_channels,
+    select_tasks,
+    unpool,
+)
+from mtlkit.registry import ARCHITECTURES
+from mtlkit.tasks import Task
+
+
+class CrossStitchUnit(nn.Module):
+    """Learned K x K (or K x K x C) linear mix of K same-shaped feature maps."""
+
+    def __init__(self, num_tasks: int, channels: int, alpha_s: float, per_channel: bool) -> None:
+        super().__init__()
+        k = num_tasks
+        diag = 1.0 if k == 1 else alpha_s
+        off = 0.0 if k == 1 else (1.0 - alpha_s) / (k - 1)
+        alpha = off + (diag - off) * torch.eye(k)
+        if per_channel:
+            alpha = alpha[:, :, None].repeat(1, 1, channels)
+        self.alpha = nn.Parameter(alpha)
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        """``out[i] = sum_k alpha[i, k] * xs[k]`` (per channel when alpha has a channel axis)."""
+        x = torch.stack(xs)
+        alpha = self.alpha.to(x.dtype)
+        if alpha.dim() == 2:
+            y = torch.einsum("ik,kbchw->ibchw", alpha, x)
+        else:
+            y = torch.einsum("ikc,kbchw->ibchw", alpha, x)
+        return list(y.unbind(0))
+
+
+@ARCHITECTURES.register("cross_stitch")
+class CrossStitch(MultiTaskModel):
+    """One SegNet per task, joined by cross-stitch units after every stage."""
+
+    supports_representation = False
+
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        in_channels: int = 3,
+        alpha_s: float = 0.9,
+        per_channel: bool = False,
+        alpha_lr_mult: float = 100.0,
+    ) -> None:
+        super().__init__(tasks)
+        check_dense_tasks(self.tasks, "cross_stitch")
+        if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
+            raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
+        if not isinstance(per_channel, bool):
+            raise ConfigError(f"model.options.per_channel must be true or false (got {per_channel!r})")
+        if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult > 0:
+            raise ConfigError(f"model.options.alpha_lr_mult must be a positive number (got {alpha_lr_mult!r})")
+        self.alpha_lr_mult = float(alpha_lr_mult)
+        c = scale_channels(SEGNET_CHANNELS, check_width(width))
+        self.nets = nn.ModuleDict({t.name: SegNetTrunk(in_channels, c, SEGNET_DEPTHS) for t in self.tasks})
+        trunk = next(iter(self.nets.values()))
+        points = {f"enc{j}": c[j] for j in range(NUM_LEVELS)}
+        points.update({f"dec{j}": trunk.dec_out_channels[j] for j in range(NUM_LEVELS - 1, 0, -1)})
+        k = len(self.tasks)
+        self.stitches = nn.ModuleDict(
+            {name: CrossStitchUnit(k, ch, float(alpha_s), per_channel) for name, ch in points.items()}
+        )
+        self.heads = make_heads(self.tasks, trunk.out_channels)
+        init_weights(self)
+
+    def _stitch(self, point: str, xs: list[Tensor]) -> list[Tensor]:
+        unit = self.stitches[point]
+        self.record(f"alpha/{point}", unit.alpha)
+        return unit(xs)
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """All K stitched networks run together; returns each task's final feature map (task order)."""
+        check_input(x)
+        nets = list(self.nets.values())
+        hs = [x] * len(nets)
+        enc_out: list[dict[int, Tensor]] = [{} for _ in nets]
+        indices: list[dict[int, Tensor]] = [{} for _ in nets]
+        for j in range(NUM_LEVELS):
+            pooled = []
+            for t, net in enumerate(nets):
+                enc_out[t][j] = net.enc[j](hs[t])
+                p, indices[t][j] = pool(enc_out[t][j])
+                pooled.append(p)
+            hs = self._stitch(f"enc{j}", pooled)
+        for j in range(NUM_LEVELS - 1, -1, -1):
+            hs = [net.decoder(j)(unpool(hs[t], indices[t][j], enc_out[t][j])) for t, net in enumerate(nets)]
+            if j > 0:
+                hs = self._stitch(f"dec{j}", hs)
+        return hs
+
+    def decode(self, reps: list[Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:
+        """The requested tasks' heads on their networks' outputs."""
+        index = {t.name: i for i, t in enumerate(self.tasks)}
+        return {name: self.heads[name](reps[index[name]]) for name in select_tasks(self.tasks, tasks)}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Every parameter but the heads: each task's loss depends on all networks via the stitches."""
+        heads = {id(p) for p in self.heads.parameters()}
+        return [p for p in self.parameters() if id(p) not in heads]
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        """The cross-stitch matrices, one per stitch point."""
+        return [unit.alpha for unit in self.stitches.values()]
+
+    def stitch_alphas(self) -> dict[str, Tensor]:
+        """A detached copy of every stitch point's alpha matrix, keyed by stage (for plots)."""
+        return {name: unit.alpha.detach().clone() for name, unit in self.stitches.items()}
+
+    def param_groups(self, lr: float) -> list[dict]:
+        """Network weights at ``lr``; the alphas at ``lr * alpha_lr_mult``."""
+        alphas = {id(p) for p in self.alpha_parameters()}
+        weights = [p for p in self.parameters() if id(p) not in alphas]
+        return [
+            {"params": weights, "lr": lr, "name": "weights"},
+            {"params": self.alpha_parameters(), "lr": lr * self.alpha_lr_mult, "name": "cross_stitch_alphas"},
+        ]

@@ -1,0 +1,197 @@
+"""Reading run and sweep folders (the documented run-folder format) into plain records for reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mtlkit.errors import ConfigError
+
+#: paper order of the MTAN table's architectures (others follow alphabetically)
+ARCH_ORDER = ("single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan")
+#: paper order of its weighting methods (others follow alphabetically)
+WEIGHTING_ORDER = ("equal", "uncertainty", "dwa")
+#: architectures made of one network per task: the paper's "weighting n.a." rows
+SINGLE_TASK_ARCHS = ("single", "stan")
+
+
+@dataclass
+class Run:
+    """One run folder: resolved config, per-epoch log, results (None while unfinished)."""
+
+    path: Path
+    config: dict[str, Any]
+    epochs: list[dict[str, Any]]
+    results: dict[str, Any] | None
+    sweep: str | None = None
+    sweep_record: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def finished(self) -> bool:
+        """True when results.json says ``finished`` (the trainer's completion mark)."""
+        return bool(self.results) and self.results.get("status") == "finished"
+
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return "finished"
+        if self.sweep_record and self.sweep_record.get("status"):
+            return str(self.sweep_record["status"])
+        if (self.path / "checkpoints" / "last.pt").is_file():
+            return "interrupted"
+        return (self.results or {}).get("status", "incomplete")
+
+    @property
+    def arch(self) -> str:
+        return str((self.results or {}).get("arch") or self.config.get("model", {}).get("arch", "?"))
+
+    @property
+    def weighting(self) -> str:
+        return str((self.results or {}).get("weighting") or self.config.get("weighting", {}).get("name", "?"))
+
+    @property
+    def dataset(self) -> str:
+        return str((self.results or {}).get("dataset") or self.config.get("dataset", {}).get("name", "?"))
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("seed")
+        return int(seed) if seed is not None else None
+
+    @property
+    def tasks(self) -> list[dict[str, Any]]:
+        """Task declarations from results.json: name, kind, channels, metrics {m: higher}, main_metric."""
+        return list((self.results or {}).get("tasks") or [])
+
+    def values(self, source: str = "final", last: int = 1) -> dict[str, float]:
+        """Validation metrics ``task/metric``: results' final/best, or the mean of the last ``last`` epochs."""
+        if last > 1:
+            keys = [f"{t['name']}/{m}" for t in self.tasks for m in t["metrics"]]
+            tail = [e.get("val", {}) for e in self.epochs[-last:]]
+            out = {}
+            for key in keys:
+                vals = [float(v[key]) for v in tail if key in v]
+                if vals:
+                    out[key] = sum(vals) / len(vals)
+            return out
+        return {k: float(v) for k, v in ((self.results or {}).get(source) or {}).items()}
+
+    def series(self, split: str, key: str) -> list[tuple[int, float]]:
+        """``(epoch, value)`` of ``metrics.jsonl[*][split][key]`` where logged (split: train, val, weights)."""
+        out = []
+        for e in self.epochs:
+            value = (e.get(split) or {}).get(key)
+            if value is not None:
+                out.append((int(e["epoch"]), float(value)))
+        return out
+
+
+@dataclass
+class Collection:
+    """Everything a report covers: runs, plus runs a sweep lists that have no folder to read."""
+
+    runs: list[Run] = field(default_factory=list)
+    missing: list[dict[str, Any]] = field(default_factory=list)
+    sweeps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder with the trainer's files (results.json, metrics.jsonl or checkpoints/)."""
+    return path.is_dir() and any((path / f).exists() for f in ("results.json", "metrics.jsonl", "checkpoints"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; a truncated last line (a killed writer) is ignored."""
+    if not path.is_file():
+        return []
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ConfigError(f"{path}: line {i + 1} is not valid JSON") from None
+    return out
+
+
+def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None = None) -> Run:
+    """Read one run folder; unreadable JSON/YAML is a ConfigError naming the file."""
+    config: dict[str, Any] = {}
+    cfg_path = path / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            config = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{cfg_path}: invalid YAML") from None
+    results = None
+    res_path = path / "results.json"
+    if res_path.is_file():
+        try:
+            results = json.loads(res_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{res_path}: invalid JSON ({err.msg})") from None
+    return Run(path, config, read_jsonl(path / "metrics.jsonl"), results, sweep, record)
+
+
+def _load_sweep_dir(path: Path, out: Collection) -> None:
+    """Add the runs sweep.json lists (and those without a folder to ``missing``)."""
+    state = json.loads((path / "sweep.json").read_text())
+    out.sweeps.append({"name": state.get("name", path.name), "path": str(path), "runs": len(state.get("runs", []))})
+    for rec in state.get("runs", []):
+        rel = rec.get("run_dir")
+        run_dir = (path / rel) if rel and not Path(rel).is_absolute() else Path(rel) if rel else None
+        if run_dir is not None and run_dir.is_dir():
+            out.runs.append(read_run(run_dir, state.get("name"), rec))
+        else:
+            out.missing.append({"name": rec.get("name"), "sweep": state.get("name"),
+                                "status": rec.get("status"), "error": rec.get("error")})
+
+
+def collect(paths: list[Path]) -> Collection:
+    """Runs under the given run folders, sweep folders, or folders holding either (one level down)."""
+    out = Collection()
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir():
+            raise ConfigError(f"{path}: no such run or sweep folder")
+        if (path / "sweep.json").is_file():
+            _load_sweep_dir(path, out)
+        elif is_run_dir(path):
+            out.runs.append(read_run(path))
+        else:
+            found = False
+            for child in sorted(p for p in path.iterdir() if p.is_dir()):
+                if (child / "sweep.json").is_file():
+                    _load_sweep_dir(child, out)
+                    found = True
+                elif is_run_dir(child):
+                    out.runs.append(read_run(child))
+                    found = True
+            if not found:
+                raise ConfigError(f"{path}: holds no run folder (results.json/metrics.jsonl) or sweep.json")
+    seen: set[Path] = set()
+    unique = []
+    for run in out.runs:
+        key = run.path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(run)
+    out.runs = unique
+    return out
+
+
+def order_key(arch: str, weighting: str) -> tuple:
+    """Sort key putting architectures and weightings in the paper's order."""
+    a = ARCH_ORDER.index(arch) if arch in ARCH_ORDER else len(ARCH_ORDER)
+    w = WEIGHTING_ORDER.index(weighting) if weighting in WEIGHTING_ORDER else len(WEIGHTING_ORDER)
+    return (a, arch, w, weighting)
