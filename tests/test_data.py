@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mtlkit.cli.main import main
 from mtlkit.config import DatasetConfig
 from mtlkit.data.augment import DenseAugment
+from mtlkit.data.check import check_dataset
 from mtlkit.data.cityscapes import MAP_7_TO_2
 from mtlkit.data.npy import NpyDenseDataset, save_sample
 from mtlkit.errors import ConfigError, DataError
@@ -325,3 +330,83 @@ def test_scenes_builder_renders_into_layout(tmp_path: Path) -> None:
     assert int(s["segmentation"].max()) < 7
     again = _builder("scenes", **cfg).dataset("train", False)[1]
     assert torch.equal(again["image"], s["image"])
+
+
+# ---------------------------------------------------------------- mtlkit data check
+
+
+def test_check_reports_clean_folders(tmp_path: Path) -> None:
+    report = check_dataset("nyuv2", make_nyuv2(tmp_path / "nyu"))
+    assert report.ok and report.counts == {"train": 3, "val": 2}
+    assert report.stats["train"]["label"].files == 3 and report.stats["val"]["normal"].files == 2
+    assert report.stats["train"]["label"].vmin == -1 and report.stats["train"]["label"].vmax <= 12
+    assert any("published nyuv2 set has 795" in n for n in report.notes)
+    text = report.format()
+    assert "train  label" in text and text.endswith("OK: no problems found")
+    cs = check_dataset("cityscapes", make_cityscapes(tmp_path / "cs"))
+    assert cs.ok and set(cs.stats["val"]) == {"image", "depth", "label_7", "label_19"}
+    only19 = check_dataset("cityscapes", tmp_path / "cs", num_classes=19)
+    assert set(only19.stats["train"]) == {"image", "depth", "label_19"}
+
+
+def test_check_lists_every_problem_one_line_each(tmp_path: Path) -> None:
+    root = make_nyuv2(tmp_path)
+    expected = [_break(root, "nan"), _break(root, "range"), _break(root, "truncated")]
+    (root / "val/normal/0.npy").unlink()
+    report = check_dataset("nyuv2", root)
+    assert not report.ok
+    assert len(report.problems) == 4
+    assert all("\n" not in p for p in report.problems)
+    for name, part in expected:
+        assert any(p.startswith(str(root / "train" / name)) and part in p for p in report.problems)
+    assert f"{root / 'val/normal/0.npy'}: missing file" in report.problems
+    assert "FAILED: 4 problem(s)" in report.format()
+    assert check_dataset("nyuv2", root, num_classes=13).problems == report.problems
+    with pytest.raises(ConfigError, match="unknown dataset"):
+        check_dataset("mnist", root)
+
+
+def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = make_cityscapes(tmp_path)
+    assert main(["data", "check", "cityscapes", str(root), "--quiet"]) == 0
+    assert "OK: no problems found" in capsys.readouterr().out
+    np.save(root / "val/label_19/1.npy", np.full((H, W), 19, np.int64))
+    assert main(["data", "check", "cityscapes", str(root), "--quiet", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["problems"] == [f"{root / 'val/label_19/1.npy'}: label values 19 out of range, expected 0..18 or -1"]
+    assert main(["data", "check", "cityscapes", str(tmp_path / "none"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dataset folder not found" in err
+    proc = subprocess.run([sys.executable, "-m", "mtlkit", "data", "check", "cityscapes", str(root), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "val/label_19/1.npy: label values 19" in proc.stdout
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["nyuv2", "cityscapes"])
+def test_train_runs_on_real_layouts(tmp_path: Path, name: str) -> None:
+    rng = np.random.default_rng(0)
+    h, w = 32, 32
+    for split in ("train", "val"):
+        for i in range(2):
+            arrays = {"image": rng.random((h, w, 3), np.float32), "depth": rng.uniform(0, 5, (h, w, 1)).astype(
+                np.float32)}
+            if name == "nyuv2":
+                arrays["label"] = rng.integers(-1, 13, (h, w)).astype(np.float32)
+                arrays["normal"] = _normals(rng, h, w)
+            else:
+                arrays["label_7"] = rng.integers(-1, 7, (h, w)).astype(np.float32)
+            save_sample(tmp_path / "data", split, i, arrays)
+    run = tmp_path / "run"
+    args = ["train", f"dataset.name={name}", f"dataset.root={tmp_path / 'data'}", "dataset.augment=true",
+            "model.arch=mtan", "model.width=0.125", "train.epochs=1", "train.batch_size=2",
+            "train.max_steps_per_epoch=1", "train.progress=false", "train.tensorboard=false",
+            f"out_dir={tmp_path}", "--run-dir", str(run)]
+    assert main(args) == 0
+    results = json.loads((run / "results.json").read_text())
+    tasks = ["segmentation", "depth", "normal"] if name == "nyuv2" else ["segmentation", "depth"]
+    assert [t["name"] for t in results["tasks"]] == tasks
+    assert "segmentation/miou" in results["final"] and "depth/abs_err" in results["final"]

@@ -18,9 +18,9 @@ A sweep file is YAML::
     run_name: "{model.arch}-{weighting.name}-s{seed}"   # optional; default built from the grid
     out_dir: runs/sweeps              # the sweep folder is <out_dir>/<name> unless --out is given
 
-Includes are added after excludes (an include wins). Every run gets a deterministic name; its run
-folder is ``<sweep dir>/<run name>-<timestamp>/`` (the trainer's layout, with ``cfg.out_dir`` set to
-the sweep folder and ``cfg.name`` to the run name). Re-running the sweep skips runs whose
+Includes are added after excludes (an include wins). Every run gets a deterministic name and its
+run folder is ``<sweep dir>/<run name>/`` (``cfg.name`` is the run name, ``cfg.out_dir`` the sweep
+folder). Re-running the sweep skips runs whose
 ``results.json`` says ``finished``, resumes runs that have ``checkpoints/last.pt``, and starts the
 rest. A run that raises is recorded as failed in ``sweep.json`` (with the error and a traceback
 file under ``logs/``) and the sweep goes on. ``sweep.json`` is rewritten atomically after every
@@ -57,7 +57,8 @@ NAME_PREFIXES = {"model.arch": "", "weighting.name": "", "seed": "s", "dataset.n
 #: run statuses recorded in sweep.json
 STATUSES = ("pending", "running", "finished", "failed", "interrupted")
 
-TrainFn = Callable[[Config, "Path | None"], Path]
+#: ``train_fn(cfg, resume, run_dir)``: train ``cfg`` into ``run_dir``, or continue the run in ``resume``
+TrainFn = Callable[[Config, "Path | None", Path], Path]
 
 
 @dataclass
@@ -299,12 +300,10 @@ def check_names(runs: list[SweepRun]) -> None:
 # --------------------------------------------------------------------------- run folders
 
 
-def _run_dir_pattern(name: str) -> re.Pattern:
-    return re.compile(rf"^{re.escape(name)}-\d{{8}}-\d{{6}}(?:[-_.]\d+)?$")
-
-
 def run_status(run_dir: Path) -> str:
-    """``finished`` (results.json says so), ``resumable`` (checkpoints/last.pt), or ``empty``."""
+    """``finished`` (results.json says so), ``resumable`` (checkpoints/last.pt), ``empty`` or ``absent``."""
+    if not run_dir.is_dir():
+        return "absent"
     results = run_dir / "results.json"
     if results.is_file():
         try:
@@ -315,23 +314,6 @@ def run_status(run_dir: Path) -> str:
     if (run_dir / "checkpoints" / "last.pt").is_file():
         return "resumable"
     return "empty"
-
-
-def find_run_dir(sweep_dir: Path, name: str, recorded: str | None = None) -> Path | None:
-    """The folder of run ``name`` in the sweep: the recorded one, else the most advanced match on disk."""
-    if recorded:
-        path = Path(recorded)
-        path = path if path.is_absolute() else sweep_dir / path
-        if path.is_dir():
-            return path
-    if not sweep_dir.is_dir():
-        return None
-    pattern = _run_dir_pattern(name)
-    found = [p for p in sweep_dir.iterdir() if p.is_dir() and pattern.match(p.name)]
-    if not found:
-        return None
-    rank = {"finished": 2, "resumable": 1, "empty": 0}
-    return max(found, key=lambda p: (rank[run_status(p)], p.name))
 
 
 # --------------------------------------------------------------------------- state and running
@@ -376,13 +358,13 @@ def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for run in sweep.runs():
         rec = recorded.get(run.name, {})
-        run_dir = find_run_dir(sweep_dir, run.name, rec.get("run_dir"))
-        status = run_status(run_dir) if run_dir is not None else "absent"
+        run_dir = sweep_dir / run.name
+        status = run_status(run_dir)
         made_by = rec.get("run_plan_hash")
         stale = status in ("finished", "resumable") and made_by not in (None, run.plan_hash())
         action = {"finished": "skip", "resumable": "resume"}.get(status, "train")
         rows.append({"name": run.name, "assignment": run.assignment, "action": "stale" if stale else action,
-                     "run_dir": str(run_dir) if run_dir else None})
+                     "run_dir": str(run_dir)})
     return rows
 
 
@@ -434,10 +416,13 @@ def _alive(pid: int) -> bool:
 
 
 def _default_train() -> TrainFn:
-    """The trainer's ``train(cfg, resume=...)``, imported when a sweep actually trains."""
+    """The trainer's ``train``, imported when a sweep actually trains."""
     from mtlkit.train.trainer import train
 
-    return train
+    def train_fn(cfg: Config, resume: Path | None, run_dir: Path) -> Path:
+        return train(resume=resume) if resume is not None else train(cfg, run_dir=run_dir)
+
+    return train_fn
 
 
 def run_sweep(
@@ -477,7 +462,7 @@ def run_sweep(
                 "plan_hash": run.plan_hash(),
                 "config_hash": run.config.hash(),
                 "status": rec.get("status", "pending") if rec.get("status") != "running" else "interrupted",
-                "run_dir": rec.get("run_dir"),
+                "run_dir": run.name,
                 "error": rec.get("error"),
                 "traceback": rec.get("traceback"),
                 "attempts": rec.get("attempts", 0),
@@ -510,20 +495,20 @@ def run_sweep(
 
 def _one_run(run: SweepRun, rec: dict[str, Any], sweep_dir: Path, train_fn: TrainFn,
              save: Callable[[], None], say: Callable[[str], None]) -> None:
-    """Skip, resume or start one run, updating its record ``rec`` (status, folder, error, times)."""
+    """Skip, resume or start one run, updating its record ``rec`` (status, error, times)."""
     cfg = run.config.model_copy(deep=True)
     cfg.out_dir = str(sweep_dir)
-    run_dir = find_run_dir(sweep_dir, run.name, rec.get("run_dir"))
-    status = run_status(run_dir) if run_dir is not None else "absent"
+    run_dir = sweep_dir / run.name
+    status = run_status(run_dir)
     made_by = rec.get("run_plan_hash")
     if status in ("finished", "resumable") and made_by is not None and made_by != rec["plan_hash"]:
-        rec.update(status="failed", run_dir=_rel(run_dir, sweep_dir), last_action="stale",
-                   error=f"{run_dir}: made from a different config (sweep file changed since); delete that "
+        rec.update(status="failed", last_action="stale",
+                   error=f"{run_dir}: made from a different config (the sweep changed since); delete that "
                          "folder to retrain it, or give the sweep another --out folder")
         say(f"[{run.name}] FAILED: {rec['error']}")
         return
     if status == "finished":
-        rec.update(status="finished", run_dir=_rel(run_dir, sweep_dir), last_action="skipped", error=None)
+        rec.update(status="finished", last_action="skipped", error=None)
         say(f"[{run.name}] finished already: skipped")
         return
     resume = run_dir if status == "resumable" else None
@@ -532,31 +517,29 @@ def _one_run(run: SweepRun, rec: dict[str, Any], sweep_dir: Path, train_fn: Trai
     rec["attempts"] += 1
     rec["started"] = _now()
     save()
-    say(f"[{run.name}] {'resuming ' + str(resume) if resume else 'training'}")
+    say(f"[{run.name}] {'resuming' if resume else 'training'} in {run_dir}")
     start = time.perf_counter()
     try:
-        out = Path(train_fn(cfg, resume))
+        out = Path(train_fn(cfg, resume, run_dir))
     except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
         rec["wall_time"] += time.perf_counter() - start
-        found = find_run_dir(sweep_dir, run.name, None)
         tb_path = sweep_dir / "logs" / f"{run.name}.traceback.txt"
         atomic_write_text(tb_path, traceback.format_exc())
-        rec.update(status="failed", run_dir=_rel(found, sweep_dir) if found else None,
-                   error=f"{type(err).__name__}: {err}".splitlines()[0][:500],
-                   traceback=_rel(tb_path, sweep_dir), ended=_now())
+        message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        rec.update(status="failed", error=message, traceback=_rel(tb_path, sweep_dir), ended=_now())
         say(f"[{run.name}] FAILED: {rec['error']} (traceback: {tb_path})")
         return
     except BaseException:
         rec["wall_time"] += time.perf_counter() - start
         rec.update(status="interrupted", ended=_now())
-        found = find_run_dir(sweep_dir, run.name, None)
-        rec["run_dir"] = _rel(found, sweep_dir) if found else None
         raise
     rec["wall_time"] += time.perf_counter() - start
-    rec["run_dir"] = _rel(out, sweep_dir)
     rec["ended"] = _now()
-    if run_status(out) == "finished":
+    if out.resolve() != run_dir.resolve():
+        rec.update(status="failed", error=f"training wrote {out}, not the sweep's folder {run_dir}")
+    elif run_status(out) == "finished":
         rec["status"] = "finished"
     else:
         rec.update(status="failed", error=f"{out}: training returned but results.json does not say finished")
+    if rec["status"] == "failed":
         say(f"[{run.name}] FAILED: {rec['error']}")

@@ -92,9 +92,11 @@ def _cmd_params(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
+        ratio = report.get("ratio")
+        rel = (f"{ratio:.3f}x one single-task network ({report['single_task_params']:,.0f})"
+               if ratio is not None else "no single-task reference for this architecture")
         print(f"{report['arch']} on {report['dataset']} ({', '.join(report['tasks'])}), width {report['width']}: "
-              f"{report['params']:,} parameters, {report['ratio']:.3f}x one single-task network "
-              f"({report['single_task_params']:,})")
+              f"{report['params']:,} parameters, {rel}")
     return 0
 
 

@@ -118,7 +118,7 @@ class DenseAugment:
             if kind is None:
                 out[key] = value
                 continue
-            resized = value[..., rows, :][..., :, cols]
+            resized = value.index_select(-2, rows).index_select(-1, cols)
             if kind == "depth":
                 resized = resized * scale if self.depth_is_inverse else resized / scale
             out[key] = resized.contiguous()

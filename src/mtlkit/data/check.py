@@ -195,8 +195,8 @@ def check_dataset(
                         ref_hw = hw
                     elif hw != ref_hw:
                         report.problems.append(
-                            f"{split_dir / 'image' / f'{i}.npy'}: image is {hw[0]}x{hw[1]} but earlier images "
-                            f"are {ref_hw[0]}x{ref_hw[1]}"
+                            f"{split_dir / 'image' / f'{i}.npy'}: image is {hw[0]}x{hw[1]} but earlier "
+                            f"images are {ref_hw[0]}x{ref_hw[1]}"
                         )
             for folder, (kind, classes) in folders.items():
                 if kind == "image" or i not in present.get(folder, ()):

@@ -145,8 +145,11 @@ def read_normal(path: Path, hw: tuple[int, int] | None = None, tol: float = NORM
     _require_float(path, arr, "normal")
     out = np.array(arr, dtype=np.float32)
     _require_finite(path, out, "normal")
-    norm = np.sqrt((out * out).sum(axis=2))
-    bad = (out != 0).any(axis=2) & (np.abs(norm - 1) > tol)
+    x, y, z = out[..., 0], out[..., 1], out[..., 2]
+    norm = np.sqrt(x * x + y * y + z * z)
+    bad = np.abs(norm - 1) > tol
+    if bad.any():
+        bad &= (x != 0) | (y != 0) | (z != 0)  # exactly 0 = missing
     if bad.any():
         y, x = (int(v[0]) for v in np.nonzero(bad))
         raise DataError(
@@ -249,6 +252,7 @@ class NpyDenseDataset(Dataset):
 
     @property
     def epoch(self) -> int:
+        """The epoch whose augmentation stream samples are drawn from."""
         return int(self._epoch.item())
 
     def __len__(self) -> int:
@@ -277,7 +281,7 @@ class NpyDenseDataset(Dataset):
         for task in self.tasks:
             sample[task.name] = self._target(task, index)
         if self.augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            rng = np.random.default_rng([self.seed % 2**32, self.epoch, int(index)])
             sample = self.augment(sample, rng)
         return sample
 

@@ -32,9 +32,11 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+import torch.distributed as tdist
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -43,6 +45,9 @@ from mtlkit.data.base import DatasetBuilder
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.registry import DATASETS
 from mtlkit.tasks import Task, classification_task
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 #: the ten domains, named as the organisers name their files (Rebuffi et al.'s table order)
 DOMAINS = (
@@ -111,11 +116,14 @@ class MultiDomainDataset(Dataset):
 
 
 def domain_batches(
-    dataset: MultiDomainDataset, batch_size: int, shuffle: bool, seed: int, epoch: int
+    dataset: MultiDomainDataset, batch_size: int, shuffle: bool, seed: int, epoch: int, group: int = 1
 ) -> list[list[int]]:
     """Batches of global indices, each from one domain: round-robin when shuffling, else in order.
 
     Shuffled order depends only on (seed, epoch, domain), so a resumed run sees the same batches.
+    ``group`` > 1 (the number of processes) makes each round-robin turn ``group`` consecutive
+    batches of one domain, each domain's batch count cut to a multiple of ``group``: when rank r
+    takes batches r, r + group, ..., all ranks train the same domain at every step.
     """
     if batch_size < 1:
         raise ConfigError(f"train.batch_size must be >= 1 (got {batch_size})")
@@ -125,12 +133,17 @@ def domain_batches(
         if shuffle:
             rng = np.random.default_rng([seed, epoch, k])
             idx = idx[rng.permutation(len(idx))]
-        per_domain.append([idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)])
+        batches = [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+        if shuffle and group > 1:
+            batches = batches[: len(batches) - len(batches) % group]
+        per_domain.append(batches)
     if not shuffle:
         return [b for batches in per_domain for b in batches]
+    step = group if group > 1 else 1
     out = []
-    for r in range(max((len(b) for b in per_domain), default=0)):
-        out.extend(batches[r] for batches in per_domain if r < len(batches))
+    for r in range(0, max((len(b) for b in per_domain), default=0), step):
+        for batches in per_domain:
+            out.extend(batches[r:r + step])
     return out
 
 
@@ -140,10 +153,16 @@ class DomainBatchSampling:
     def batch_sampler(
         self, dataset: MultiDomainDataset, batch_size: int, shuffle: bool, seed: int, epoch: int
     ) -> list[list[int]]:
-        """Per-epoch list of one-domain index batches for ``DataLoader(batch_sampler=...)``."""
+        """Per-epoch list of one-domain index batches for ``DataLoader(batch_sampler=...)``.
+
+        Under torch.distributed, training turns come in groups of one batch per process (see
+        :func:`domain_batches`), so the trainer's every-``world_size``-th sharding gives all
+        processes the same domain at each step.
+        """
         if not isinstance(dataset, MultiDomainDataset):
             raise TypeError(f"batch_sampler needs the builder's MultiDomainDataset, got {type(dataset).__name__}")
-        return domain_batches(dataset, batch_size, shuffle, seed, epoch)
+        world = tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
+        return domain_batches(dataset, batch_size, shuffle, seed, epoch, group=world)
 
 
 # --------------------------------------------------------------------------- images
@@ -160,28 +179,30 @@ def channel_stats(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return stacked.mean(dim=1).float(), stacked.std(dim=1).clamp(min=1e-3).float()
 
 
-def load_rgb(path: Path):
+def load_rgb(path: Path) -> Image:
     """An image file as an RGB PIL image; missing or undecodable files are a DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with PILImage.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"{path}: image file missing") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path}: unreadable image ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: unreadable image ({reason})") from None
 
 
-def resize_crop(img, height: int, width: int, random_crop: bool, flip: bool):
+def resize_crop(img: Image, height: int, width: int, random_crop: bool, flip: bool) -> Image:
     """Scale ``img`` to cover height x width (aspect kept), crop (centre or random), maybe mirror."""
-    from PIL import Image
+    from PIL import Image as PILImage
 
     w, h = img.size
     scale = max(height / h, width / w)
     nw, nh = max(width, int(round(w * scale))), max(height, int(round(h * scale)))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), PILImage.BILINEAR)
     if random_crop:
         left = int(torch.randint(0, nw - width + 1, (1,)))
         top = int(torch.randint(0, nh - height + 1, (1,)))
@@ -189,11 +210,11 @@ def resize_crop(img, height: int, width: int, random_crop: bool, flip: bool):
         left, top = (nw - width) // 2, (nh - height) // 2
     img = img.crop((left, top, left + width, top + height))
     if flip:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        img = img.transpose(PILImage.FLIP_LEFT_RIGHT)
     return img
 
 
-def to_tensor(img) -> Tensor:
+def to_tensor(img: Image) -> Tensor:
     """A PIL RGB image as a float32 (3, H, W) tensor in [0, 1]."""
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
@@ -219,7 +240,7 @@ def _require_list(data: dict, key: str, path: Path) -> list:
     return value
 
 
-def _field(entry: object, key: str, kind: type | tuple[type, ...], path: Path, where: str):
+def _field(entry: object, key: str, kind: type | tuple[type, ...], path: Path, where: str) -> Any:
     if not isinstance(entry, dict) or key not in entry or not isinstance(entry[key], kind):
         raise DataError(f"{path}: {where} has no valid '{key}'")
     return entry[key]
@@ -327,7 +348,9 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
             raise ConfigError(f"dataset.options.stats_images: expected an integer >= 1 (got {n_stats!r})")
         self.stats_images = n_stats
         if cfg.root is None:
-            raise ConfigError("dataset.root: set it to the Visual Decathlon folder (decathlon-1.0, with annotations/ and data/)")
+            raise ConfigError(
+                "dataset.root: set it to the Visual Decathlon folder (decathlon-1.0, with annotations/ and data/)"
+            )
         self.root = Path(cfg.root).expanduser()
         self.size = (cfg.height or DEFAULT_SIZE, cfg.width or cfg.height or DEFAULT_SIZE)
         self._annotations: dict[tuple[str, str], Annotations] = {}

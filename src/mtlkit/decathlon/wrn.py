@@ -10,7 +10,8 @@ inputs end at 9x9), a final BN-ReLU, global average pooling and one linear class
   per-domain soft-attention modules (two 1x1 conv-BN layers, ReLU then sigmoid), as in MTAN: level
   ``j``'s mask is computed from the shared features concatenated with the domain's previous
   attended output, multiplies the shared features, and goes through a shared 3x3 conv-BN-ReLU
-  block (max-pooled between levels). Only the domains asked for are computed.
+  block (max-pooled between levels). Only the domains asked for are computed. Under
+  ``model.recording()`` the masks are stored as ``attention/<domain>/<level>``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from mtlkit.errors import ConfigError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
+
+#: names of the four feature levels the attention modules sit on (keys of recorded masks)
+LEVELS = ("stem", "stage1", "stage2", "stage3")
 
 
 def wrn_channels(width: float, widen_factor: int) -> list[int]:
@@ -140,12 +144,12 @@ class _DecathlonModel(MultiTaskModel):
     @classmethod
     def single_task_parameters(
         cls, tasks: list[Task], width: float = 1.0, depth: int = 28, widen_factor: int = 4, **_: object
-    ) -> int:
+    ) -> float:
         """Parameters of one single-domain WRN with the mean classifier size of ``tasks``."""
         backbone = sum(p.numel() for p in WRNBackbone(width, depth, widen_factor).parameters())
         c = wrn_channels(width, widen_factor)[3]
         mean_head = sum(c * t.channels + t.channels for t in tasks) / len(tasks)
-        return int(round(backbone + mean_head))
+        return backbone + mean_head
 
 
 @ARCHITECTURES.register("wrn")
@@ -227,7 +231,7 @@ class WRNMTAN(_DecathlonModel):
             for j, feat in enumerate(reps):
                 inp = feat if prev is None else torch.cat([feat, prev], dim=1)
                 mask = self.attention[name][j](inp)
-                self.record(f"{name}/attention{j}", mask)
+                self.record(f"attention/{name}/{LEVELS[j]}", mask)
                 prev = self.blocks[j](mask * feat)
                 if j < len(reps) - 1:
                     prev = F.max_pool2d(prev, 2, ceil_mode=True)

@@ -80,8 +80,13 @@ def select_tasks(tasks: Sequence[Task], wanted: Sequence[str] | None) -> list[st
 
 
 def init_weights(module: nn.Module) -> None:
-    """Xavier-normal conv weights, zero biases, unit BN scales: the official MTAN initialisation."""
+    """Xavier-normal conv weights, zero biases, unit BN scales: the official MTAN initialisation.
+
+    Skipped for tensors on the meta device (parameter counting), which hold no values.
+    """
     for m in module.modules():
+        if getattr(getattr(m, "weight", None), "is_meta", False):
+            continue
         if isinstance(m, nn.Conv2d):
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:

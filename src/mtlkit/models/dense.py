@@ -11,7 +11,7 @@ Resolved ambiguities:
   the shared network's first conv layer output instead, so the task networks depend on the
   image only through the shared tensors ``encode`` returns (the representation contract that
   gradient methods rely on). This adds ``(c0 - 3) * c0 * 9`` parameters per task (0.14 % of a
-  SegNet at width 1); #P stays 4.96 on NYUv2 (paper: 4.95).
+  SegNet at width 1); #P is 4.94 on NYUv2 (paper: 4.95).
 * The official shared decoder's last stage produces features nothing reads (a dead branch); it
   is left out (``final_decoder=False``).
 * Decoder stages reduce channels in their first conv, like every SegNet here (the official Dense

@@ -73,3 +73,8 @@ class Document:
 def slug(text: str) -> str:
     """A lowercase identifier made of letters, digits and dashes (anchors, file names)."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def file_slug(text: str) -> str:
+    """``text`` with anything but letters, digits, ``.``, ``_`` and ``-`` replaced (file names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"

@@ -69,6 +69,7 @@ class Row:
     std: dict[str, float] = field(default_factory=dict)
     deltas: list[float] = field(default_factory=list)
     is_baseline: bool = False
+    baseline_mean: dict[str, float] | None = None
 
     @property
     def n(self) -> int:
@@ -273,6 +274,8 @@ def fmt_delta(mean: float | None, std: float | None) -> str:
     """A delta_m in percent with sign, and its spread when there is one."""
     if mean is None:
         return "–"
+    if round(mean, 2) == 0:
+        mean = 0.0
     return f"{mean:+.2f} ± {std:.2f}" if std is not None else f"{mean:+.2f}"
 
 
@@ -351,12 +354,13 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
                            "so no Δm column.")
         return
     table.baseline = ARCH_LABELS.get(baseline, baseline)
-    higher = {c.key: c.higher_is_better for c in table.columns}
+    directions = {c.key: c.higher_is_better for c in table.columns}
 
     def shared(setting: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in setting.items() if not k.startswith(("model.", "weighting."))}
 
-    unmatched = []
+    unmatched: list[str] = []
+    dropped: set[str] = set()
     for row in table.rows:
         matches = [b for b in candidates if shared(b.setting) == shared(row.setting)]
         if not matches:
@@ -364,7 +368,13 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
             continue
         base = min(matches, key=lambda b: (b.weighting != "equal", b.weighting))
         base.is_baseline = True
+        row.baseline_mean = base.mean
+        higher = {k: h for k, h in directions.items() if math.isfinite(base.mean.get(k, math.nan))
+                  and base.mean[k] != 0}
+        dropped.update(k for k in directions if k not in higher)
         row.deltas = [delta_m(r.values(source, last), base.mean, higher) for r in row.runs]
+    if dropped:
+        table.notes.append("Δm leaves out " + ", ".join(sorted(dropped)) + " (baseline value 0 or missing).")
     if unmatched:
         table.notes.append("No baseline run with the same settings for: " + "; ".join(unmatched) + ".")
 

@@ -1,37 +1,63 @@
 """Multi-process training on PyTorch's own engine (``torchrun`` + DistributedDataParallel).
 
 Every helper is a no-op in a single process, so the trainer has one code path. Under torchrun
-(``WORLD_SIZE`` > 1) the process group is created from the environment (NCCL on CUDA, gloo on CPU),
-each rank reads its shard of every epoch, gradients are averaged by DDP (or, for gradient-balancing
-methods, the per-task gradient matrix is averaged before the method combines it), and only rank 0
-writes files.
+(``WORLD_SIZE`` > 1) the process group is created from the environment (NCCL on CUDA, gloo on CPU)
+and:
+
+* ``train.batch_size`` is the global batch: each rank reads ``batch_size / world_size`` samples per
+  step. The training sampler is a :class:`~torch.utils.data.DistributedSampler` seeded so that the
+  union of the ranks' batches at step i is exactly the single-process batch i of the same epoch
+  (same permutation, same drop-last rule): a run's data order does not depend on the world size,
+  which is what makes a resume on a different number of GPUs continue the same run.
+* BatchNorm layers become synchronised (statistics of the global batch): torch's SyncBatchNorm on
+  CUDA, :class:`DistBatchNorm` elsewhere (gloo on CPU, where torch's has no kernel).
+* Loss-level methods see the global mean of every task loss (:func:`globalize`), so weights that
+  depend on loss values are the same on every rank and equal the single-process ones.
+* Gradient-level methods bypass DDP's hooks: the per-task gradient matrix is averaged across ranks
+  (parameter mode) or gathered (representation mode) before the method combines it.
+* Evaluation shards the validation set without padding and the metric meters sum their state.
+* Only rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as tdist
 from torch import Tensor, nn
-from torch.utils.data import Dataset, DistributedSampler
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from mtlkit.errors import ConfigError
 from mtlkit.train.runtime import select_device
+
+#: multiplier turning ``cfg.seed`` into the base seed of the per-epoch shuffles (kept from 0.1)
+EPOCH_SEED_STRIDE = 1_000_003
 
 _owned = False
 
 
 def world_size() -> int:
+    """Number of processes in the default group (1 outside torchrun)."""
     return tdist.get_world_size() if tdist.is_available() and tdist.is_initialized() else 1
 
 
 def rank() -> int:
+    """This process's rank (0 outside torchrun)."""
     return tdist.get_rank() if tdist.is_available() and tdist.is_initialized() else 0
 
 
+def local_rank() -> int:
+    """This process's index on its node (torchrun's ``LOCAL_RANK``), which picks its GPU."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
+    """True on the process that writes files and prints (rank 0)."""
     return rank() == 0
 
 
@@ -42,7 +68,7 @@ def init() -> None:
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
     tdist.init_process_group(backend=backend)
     _owned = True
 
@@ -58,7 +84,7 @@ def cleanup() -> None:
 def device_for(name: str) -> torch.device:
     """The configured device; under torchrun with CUDA, this rank's GPU."""
     if world_size() > 1 and torch.cuda.is_available() and name in ("auto", "cuda"):
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_rank())
     return select_device(name)
 
 
@@ -70,51 +96,234 @@ def local_batch_size(global_batch: int) -> int:
     return global_batch // n
 
 
-def sampler(dataset: Dataset, shuffle: bool, seed: int, epoch: int) -> DistributedSampler | None:
-    """A per-epoch DistributedSampler under DDP, else None (the trainer uses its own)."""
-    if world_size() == 1:
-        return None
-    s = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=False)
-    s.set_epoch(epoch)
-    return s
+def epoch_seed(seed: int) -> int:
+    """Base seed of the training shuffles; epoch e uses ``epoch_seed(seed) + e``."""
+    return seed * EPOCH_SEED_STRIDE
 
 
-def shard_batches(batches: Iterable[list[int]]) -> Iterable[list[int]]:
-    """Every ``world_size``-th batch of a batch sampler for this rank (whole batches per rank)."""
-    n = world_size()
-    if n == 1:
-        return batches
-    return _Shard(batches, rank(), n)
+class EpochShuffle(Sampler[int]):
+    """Single-process sampler: a permutation drawn from ``epoch_seed(seed) + epoch`` (or 0..n-1).
 
+    It draws exactly what ``RandomSampler`` with that generator (and DistributedSampler with the
+    same seed) draws; ``set_epoch`` lets one long-lived loader (persistent workers) serve all epochs.
+    """
 
-class _Shard:
-    def __init__(self, batches: Iterable[list[int]], r: int, n: int) -> None:
-        self.batches, self.r, self.n = list(batches), r, n
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
 
-    def __iter__(self) -> Iterator[list[int]]:
-        usable = len(self.batches) - len(self.batches) % self.n
-        return iter(self.batches[self.r:usable:self.n])
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch``."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed) + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
 
     def __len__(self) -> int:
-        return len(self.batches) // self.n
+        return self.n
 
 
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel around ``model`` when more than one process runs."""
+class EvalShard(Sampler[int]):
+    """Indices ``rank, rank + world, ...``: every sample read once over all ranks, no padding.
+
+    (DistributedSampler pads the last round with repeated samples, which would count them twice
+    in the metrics.)
+    """
+
+    def __init__(self, n: int, r: int, world: int) -> None:
+        self.n, self.r, self.world = n, r, world
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.r, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.r, self.n, self.world))
+
+
+def train_sampler(dataset: Dataset, global_batch: int, seed: int) -> tuple[Sampler[int], int, bool]:
+    """``(sampler, per-rank batch size, drop_last)`` of the training loader; call ``set_epoch`` per epoch.
+
+    One process: :class:`EpochShuffle`, dropping the last incomplete batch when there is more than
+    one batch. Several: a DistributedSampler on the same permutation; rank r's step-i batch is
+    ``perm[i*B + r :: world]`` within global batch i, so the ranks together see the same samples
+    per step as one process with batch ``B``.
+    """
+    n = len(dataset)
+    drop_last = n > global_batch
+    if world_size() == 1:
+        return EpochShuffle(n, seed, shuffle=True), global_batch, drop_last
+    local = local_batch_size(global_batch)
+    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
+                                 seed=epoch_seed(seed), drop_last=drop_last)
+    return sampler, local, drop_last
+
+
+def eval_sampler(dataset: Dataset) -> Sampler[int]:
+    """In order in one process; a padding-free shard per rank under DDP."""
+    n = len(dataset)
+    if world_size() == 1:
+        return EpochShuffle(n, 0, shuffle=False)
+    return EvalShard(n, rank(), world_size())
+
+
+class EpochBatches:
+    """A dataset's own batch sampler (one domain per batch), re-drawn per epoch and sharded.
+
+    ``make(epoch)`` returns the global batches of an epoch. Training: each global batch is split
+    into ``world`` contiguous parts (batches smaller than ``world`` are skipped, so every rank runs
+    the same number of steps on the same domain). Evaluation: whole batches, ``rank::world``.
+    """
+
+    def __init__(self, make: Callable[[int], Iterable[list[int]]], train: bool) -> None:
+        self.make, self.train, self.epoch = make, train, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the batches of ``epoch``."""
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        batches = [list(b) for b in self.make(self.epoch)]
+        n, r = world_size(), rank()
+        if n == 1:
+            return batches
+        if not self.train:
+            return batches[r::n]
+        out = []
+        for b in batches:
+            if len(b) < n:
+                continue
+            size, extra = divmod(len(b), n)
+            start = r * size + min(r, extra)
+            out.append(b[start:start + size + (1 if r < extra else 0)])
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    """Point a long-lived loader's sampler (and its dataset's augmentation) at ``epoch``."""
+    for obj in (loader.sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None),
+                loader.dataset):
+        if hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: the gradient of each rank's input is the sum of the output gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        out = t.clone(memory_format=torch.contiguous_format)
+        tdist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        tdist.all_reduce(out)
+        return out
+
+
+class DistBatchNorm(_BatchNorm):
+    """BatchNorm over the global batch of all ranks, on any device and backend (gloo on CPU).
+
+    Training under a process group: two differentiable all-reduces per layer (sums, then centred
+    squares) give the exact global mean and biased variance; the backward all-reduces the matching
+    gradient sums, so gradients equal those of one BatchNorm over the concatenated batch. Running
+    statistics are updated with the unbiased global variance, like ``nn.BatchNorm``. Otherwise
+    (eval mode, one process) it is a plain BatchNorm. Computes in float32 under autocast.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {input.dim()}-D input)")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x`` with the statistics of the global batch (training under DDP)."""
+        if not (self.training and world_size() > 1):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.float()
+        count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float32, device=x.device)
+        stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
+        total = stats[-1].detach()
+        mean = stats[:-1] / total
+        centred = xf - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / total
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None:
+            self._update_running(mean.detach(), var.detach(), total)
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running(self, mean: Tensor, var: Tensor, total: Tensor) -> None:
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        unbiased = var * total / (total - 1).clamp(min=1)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm of ``module`` synchronised across ranks (no-op in one process).
+
+    CUDA: ``nn.SyncBatchNorm`` (fused kernels). Other devices: :class:`DistBatchNorm`. Parameters
+    and buffers are the same objects, so state-dict keys and optimizer references are unchanged.
+    """
+    if world_size() == 1:
+        return module
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _swap_batchnorm(module)
+
+
+def _swap_batchnorm(module: nn.Module) -> nn.Module:
+    out = module
+    if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm | DistBatchNorm):
+        out = DistBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats)
+        if module.affine:
+            out.weight, out.bias = module.weight, module.bias
+        out.running_mean, out.running_var = module.running_mean, module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+    for name, child in module.named_children():
+        out.add_module(name, _swap_batchnorm(child))
+    return out
+
+
+def wrap(model: nn.Module, device: torch.device, partial_batches: bool = False) -> nn.Module:
+    """DistributedDataParallel around ``model`` when more than one process runs.
+
+    ``partial_batches``: batches may carry only some tasks (one domain per batch), so the set of
+    used parameters changes from step to step and DDP must look for unused ones every step.
+    Otherwise the graph is declared static (DDP finds never-used parameters once, at no per-step
+    cost).
+    """
     if world_size() == 1:
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    if partial_batches:
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=True)
 
 
-def grad_reducer(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
-    """Averages a tensor across ranks (the per-task gradient matrix), or None in one process."""
-    if world_size() == 1:
-        return None
-    return lambda t: all_reduce_mean(t)
+def unwrap_ddp(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (itself otherwise)."""
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum of ``t`` over ranks (a new tensor; ``t`` itself in one process)."""
     if world_size() == 1:
         return t
     t = t.clone()
@@ -123,19 +332,92 @@ def all_reduce_sum(t: Tensor) -> Tensor:
 
 
 def all_reduce_mean(t: Tensor) -> Tensor:
+    """Mean of ``t`` over ranks."""
     return all_reduce_sum(t) / world_size() if world_size() > 1 else t
+
+
+def all_gather_cat(t: Tensor, dim: int) -> Tensor:
+    """Every rank's ``t`` (same shape on all) concatenated along ``dim`` in rank order."""
+    if world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world_size())]
+    tdist.all_gather(parts, t.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def globalize(losses: Tensor) -> Tensor:
+    """Task losses whose value is the mean over ranks and whose gradient is this rank's own.
+
+    DDP averages the gradients, so ``combine(globalize(L))`` back-propagates the gradient of
+    ``combine`` applied to the global mean losses, also for methods whose weights depend on the
+    loss values (and the weights are identical on every rank).
+    """
+    if world_size() == 1:
+        return losses
+    local = losses.detach()
+    return losses + (all_reduce_mean(local) - local)
 
 
 def average_grads(params: Iterable[nn.Parameter]) -> None:
     """Average ``.grad`` of ``params`` across ranks (used where DDP's hooks are bypassed)."""
     if world_size() == 1:
         return
-    for p in params:
-        if p.grad is not None:
-            tdist.all_reduce(p.grad)
-            p.grad /= world_size()
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every rank, e.g. before evaluating."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in module.buffers():
+            tdist.broadcast(t.data, src=0)
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (picklable objects: run paths, checkpoint states)."""
+    if world_size() == 1:
+        return obj
+    box = [obj if is_main() else None]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. renders a dataset cache), the other ranks after it."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def barrier() -> None:
+    """Wait for every rank."""
     if world_size() > 1:
         tdist.barrier()
+
+
+def check_weighting(weighting: nn.Module) -> None:
+    """Reject a weighting method that cannot run under several processes, with the reason.
+
+    Every loss-level method is supported (:func:`globalize`), and every gradient-level method in
+    both modes (per-task gradients averaged / gathered before ``aggregate``). A method that keeps
+    state tied to one process declares ``supports_distributed = False`` and is refused here.
+    """
+    if world_size() == 1 or getattr(weighting, "supports_distributed", True):
+        return
+    name = type(weighting).__name__
+    why = getattr(weighting, "distributed_note", "it keeps state that cannot be shared across processes")
+    raise ConfigError(f"weighting.name: {name} does not support multi-process training ({why}); "
+                      "run it in one process or pick another method")

@@ -4,6 +4,13 @@ Loss-level methods: back-propagate ``weighting.combine(losses)``. Gradient-level
 matrix of per-task gradients (w.r.t. the shared parameters, or the shared representation returned
 by ``model.encode``) goes to ``weighting.aggregate``; its D-vector becomes the shared update, and
 task-specific parameters get the gradient of their own task's loss.
+
+Under DistributedDataParallel (see :mod:`mtlkit.train.distributed`): loss-level methods combine
+the global mean losses (each rank's own gradient, averaged by DDP); gradient-level methods bypass
+DDP's hooks, average the per-task gradient matrix across ranks (parameter mode) or gather the
+ranks' representation gradients into the global one (representation mode), and average the
+task-specific gradients themselves, so every rank applies the same update, the one a single
+process with the same global batch would apply.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from torch import Tensor, nn
 from mtlkit.errors import ConfigError, TrainingError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
+from mtlkit.train import distributed as dist
 from mtlkit.weighting.base import Weighting
 
 
@@ -32,8 +40,6 @@ class StepRunner:
     grad_clip: float | None = None
     autocast_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
-    #: hook to average per-task gradients across processes (set by the distributed launcher)
-    reduce_grads: object = None
     _names: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,9 +60,13 @@ class StepRunner:
     @property
     def core(self) -> MultiTaskModel:
         """The model under any DistributedDataParallel / compile wrapper."""
-        m = self.model
-        m = getattr(m, "module", m)
+        m = dist.unwrap_ddp(self.model)
         return getattr(m, "_orig_mod", m)
+
+    @property
+    def plain(self) -> nn.Module:
+        """The model without DDP (compiled if it was): gradient methods call it, bypassing DDP's hooks."""
+        return dist.unwrap_ddp(self.model)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -88,8 +98,9 @@ class StepRunner:
             with self._autocast(x.device):
                 preds = self.model(x, present) if len(present) < len(self._names) else self.model(x)
             losses = self.losses(preds, batch, present)
-            _check_finite(losses, self._names)
-            total = self.weighting.combine(losses)
+            shared = dist.globalize(losses)
+            _check_finite(shared, self._names)
+            total = self.weighting.combine(shared)
             self._backward(total)
         self._finish()
         return losses.detach()
@@ -115,11 +126,7 @@ class StepRunner:
         from mtlkit.weighting.gradients import per_task_gradients, write_gradients
 
         core = self.core
-        if self.reduce_grads is not None and self.mode == "representation":
-            raise ConfigError(
-                "weighting.mode=representation is not supported with several processes (each rank has "
-                "its own representation); use weighting.mode=parameters under torchrun"
-            )
+        world = dist.world_size()
         scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         with self._autocast(x.device):
             if self.mode == "representation":
@@ -127,31 +134,33 @@ class StepRunner:
                 inputs = [r.detach().requires_grad_(True) for r in reps]
                 preds = core.decode(inputs)
             else:
-                # The unwrapped module: under DDP its hooks would sync each task's backward separately;
-                # instead the whole per-task gradient matrix is averaged once (reduce_grads).
-                preds = core(x)
+                preds = self.plain(x)
                 inputs = [p for p in core.shared_parameters() if p.requires_grad]
         losses = self.losses(preds, batch, present)
-        _check_finite(losses, self._names)
+        shared_losses = dist.all_reduce_mean(losses.detach())
+        _check_finite(shared_losses, self._names)
         grads = per_task_gradients(losses * scale, inputs, retain_graph=True) / scale
-        if self.reduce_grads is not None:
-            grads = self.reduce_grads(grads)
-        update = self.weighting.aggregate(grads, losses.detach())
+        if self.mode == "representation":
+            # d(mean over ranks of L_k) / d(rank r's representation) = grads_r / world: the
+            # global matrix is the ranks' blocks side by side (one column block per rank).
+            grads = dist.all_gather_cat(grads / world, dim=1)
+        else:
+            grads = dist.all_reduce_mean(grads)
+        update = self.weighting.aggregate(grads, shared_losses)
         shared_ids = {id(p) for p in core.shared_parameters()}
         own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
         if own:
             torch.autograd.backward(losses.sum() * scale, inputs=own)
-            if self.reduce_grads is not None:
-                from mtlkit.train.distributed import average_grads
-
-                average_grads(own)
+            dist.average_grads(own)
         if self.mode == "representation":
+            local = update.view(world, -1)[dist.rank()] * world
             chunks, offset = [], 0
             for r in reps:
                 n = r.numel()
-                chunks.append(update[offset:offset + n].view_as(r).to(r.dtype) * scale)
+                chunks.append(local[offset:offset + n].view_as(r).to(r.dtype) * scale)
                 offset += n
             torch.autograd.backward(reps, grad_tensors=chunks)
+            dist.average_grads(p for p in core.shared_parameters() if p.requires_grad)
         else:
             write_gradients(inputs, update * scale)
         return losses

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mtlkit.config import Config, load_config
 from mtlkit.data.base import DatasetBuilder
-from mtlkit.errors import ConfigError, TrainingError
+from mtlkit.errors import ConfigError, MtlkitError, TrainingError
 from mtlkit.metrics import delta_m
 from mtlkit.models import build_model
 from mtlkit.models.base import MultiTaskModel, count_parameters
@@ -73,26 +73,33 @@ def build(cfg: Config, device: torch.device | None = None) -> Setup:
     return Setup(cfg, builder, tasks, model.to(device), weighting.to(device), device)
 
 
-def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoch: int) -> DataLoader:
-    """A loader whose sample order depends only on (seed, epoch): resumed runs see the same batches."""
+def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoch: int = 0) -> DataLoader:
+    """A loader whose sample order depends only on (seed, epoch), not on the processes or workers.
+
+    Build it once and call ``dist.set_epoch(loader, epoch)`` before each epoch: the sampler and the
+    dataset's augmentation move to that epoch, so workers can persist across epochs (they do when
+    the dataset derives its randomness from the epoch, i.e. has ``set_epoch``). Training batches
+    are global (``train.batch_size`` split over the processes); evaluation batches are per process.
+    """
     bs = cfg.train.batch_size if train else (cfg.train.eval_batch_size or cfg.train.batch_size)
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    workers = cfg.train.num_workers
     kwargs: dict[str, Any] = {
-        "num_workers": cfg.train.num_workers,
+        "num_workers": workers,
         "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": False,
+        "persistent_workers": workers > 0 and hasattr(dataset, "set_epoch"),
     }
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
     if hasattr(builder, "batch_sampler"):
-        sampler = builder.batch_sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=epoch)
-        sampler = dist.shard_batches(sampler)
-        return DataLoader(dataset, batch_sampler=sampler, **kwargs)
-    sampler = dist.sampler(dataset, shuffle=train, seed=cfg.seed, epoch=epoch)
-    if sampler is None:
-        sampler = RandomSampler(dataset, generator=gen) if train else SequentialSampler(dataset)
-    bs = dist.local_batch_size(bs) if train else bs
-    return DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=train and len(dataset) > bs, **kwargs)
+        def batches(e: int) -> list[list[int]]:
+            return builder.batch_sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=e)
+
+        loader = DataLoader(dataset, batch_sampler=dist.EpochBatches(batches, train), **kwargs)
+    elif train:
+        sampler, local_bs, drop_last = dist.train_sampler(dataset, bs, cfg.seed)
+        loader = DataLoader(dataset, batch_size=local_bs, sampler=sampler, drop_last=drop_last, **kwargs)
+    else:
+        loader = DataLoader(dataset, batch_size=bs, sampler=dist.eval_sampler(dataset), **kwargs)
+    dist.set_epoch(loader, epoch)
+    return loader
 
 
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: Weighting) -> torch.optim.Optimizer:
@@ -133,34 +140,55 @@ def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: str | Path | None = None) -> Path:
-    """Train ``cfg`` into a new run folder, or continue the run in ``resume``; returns the folder."""
+    """Train ``cfg`` into a new run folder, or continue the run in ``resume``; returns the folder.
+
+    Under torchrun, rank 0 resolves the run folder and config and shares them, so only rank 0 needs
+    to see the run folder (no shared file system needed, also for resuming on other nodes).
+    """
+    if resume is None and cfg is None:
+        raise ValueError("train() needs a config or a run folder to resume")
+    dist.init()
+    try:
+        plan: tuple[Config, Path, bool] | MtlkitError | None = None
+        if dist.is_main():
+            try:
+                plan = _resolve_run(cfg, resume, run_dir)
+            except MtlkitError as err:
+                plan = err
+        plan = dist.broadcast_object(plan)
+        if isinstance(plan, MtlkitError):
+            raise plan
+        cfg, run_path, finished = plan
+        return run_path if finished else _train(cfg, run_path)
+    finally:
+        dist.cleanup()
+
+
+def _resolve_run(
+    cfg: Config | None, resume: str | Path | None, run_dir: str | Path | None
+) -> tuple[Config, Path, bool]:
+    """``(config, run folder, already finished)`` of a new run or of the run folder to resume."""
     if resume is not None:
         run_path = Path(resume)
         if not (run_path / "config.yaml").is_file():
             raise ConfigError(f"{run_path}: not a run folder (no config.yaml)")
-        cfg = load_config(run_path / "config.yaml")
         done = read_results(run_path)
-        if done and done.get("status") == "finished":
-            return run_path
-    else:
-        if cfg is None:
-            raise ValueError("train() needs a config or a run folder to resume")
-        run_path = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
-    dist.init()
-    try:
-        return _train(cfg, run_path)
-    finally:
-        dist.cleanup()
+        return load_config(run_path / "config.yaml"), run_path, bool(done and done.get("status") == "finished")
+    assert cfg is not None
+    return cfg, Path(run_dir) if run_dir is not None else new_run_dir(cfg), False
 
 
 def _train(cfg: Config, run_path: Path) -> Path:
     main = dist.is_main()
     setup = build(cfg, dist.device_for(cfg.train.device))
-    tasks, model, weighting, device = setup.tasks, setup.model, setup.weighting, setup.device
+    tasks, weighting, device = setup.tasks, setup.weighting, setup.device
+    dist.check_weighting(weighting)
+    model = dist.convert_sync_batchnorm(setup.model, device) if _sync_bn(cfg) else setup.model
     if main:
         prepare_run_dir(run_path, cfg)
-    train_ds = setup.builder.dataset("train", train=True)
-    val_ds = setup.builder.dataset("val", train=False)
+    with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
+        train_ds = setup.builder.dataset("train", train=True)
+        val_ds = setup.builder.dataset("val", train=False)
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma)
     from mtlkit.train.speed import speed_settings
@@ -171,8 +199,9 @@ def _train(cfg: Config, run_path: Path) -> Path:
     history: list[dict[str, Any]] = []
     start_epoch, best, reference, wall_before = 0, {"score": -math.inf, "epoch": 0, "val": {}}, None, 0.0
     ckpt_path = run_path / "checkpoints" / "last.pt"
-    if ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=device)
+    # rank 0 reads the checkpoint and shares it: any world size resumes the same run
+    state = dist.broadcast_object(load_checkpoint(ckpt_path) if main and ckpt_path.is_file() else None)
+    if state is not None:
         model.load_state_dict(state["model"])
         weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
@@ -185,11 +214,14 @@ def _train(cfg: Config, run_path: Path) -> Path:
 
     if speed.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net: nn.Module = dist.wrap(model, device)
-    if speed.compile:
-        net = torch.compile(net)
+    # compile the model itself, DDP outside: gradient methods and evaluation call the compiled
+    # module directly (runner.plain), bypassing DDP's gradient hooks
+    compiled: nn.Module = torch.compile(model) if speed.compile else model
+    net = dist.wrap(compiled, device, partial_batches=hasattr(setup.builder, "batch_sampler"))
     runner = StepRunner(net, weighting, tasks, optimizer, cfg.weighting.mode, cfg.train.grad_clip,
-                        speed.autocast_dtype, scaler, dist.grad_reducer(net))
+                        speed.autocast_dtype, scaler)
+    loader = make_loader(setup.builder, train_ds, cfg, train=True, epoch=start_epoch)
+    val_loader = make_loader(setup.builder, val_ds, cfg, train=False)
     writer = _tensorboard(run_path, cfg) if main else None
     n_params = count_parameters(model)
     ratio = params_ratio(cfg, tasks, model)
@@ -198,7 +230,7 @@ def _train(cfg: Config, run_path: Path) -> Path:
     for epoch in range(start_epoch, cfg.train.epochs):
         ep_start = time.time()
         model.train()
-        loader = make_loader(setup.builder, train_ds, cfg, train=True, epoch=epoch)
+        dist.set_epoch(loader, epoch)
         sums, counts = torch.zeros(len(tasks)), torch.zeros(len(tasks))
         wsum, nsteps = torch.zeros(len(tasks)), 0
         limit = cfg.train.max_steps_per_epoch
@@ -226,7 +258,8 @@ def _train(cfg: Config, run_path: Path) -> Path:
         mean_losses = sums / counts.clamp(min=1)
         weighting.epoch_end(epoch, mean_losses.to(device))
         scheduler.step()
-        val = evaluate(net, tasks, make_loader(setup.builder, val_ds, cfg, train=False, epoch=0), device,
+        dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
+        val = evaluate(runner.plain, tasks, val_loader, device,
                        channels_last=speed.channels_last, autocast_dtype=speed.autocast_dtype)
         if reference is None:
             reference = dict(val)
@@ -272,6 +305,12 @@ def _train(cfg: Config, run_path: Path) -> Path:
         }
         write_results(run_path, results)
     return run_path
+
+
+def _sync_bn(cfg: Config) -> bool:
+    """Synchronised BatchNorm under DDP: ``train.sync_bn`` when the config has it, else on."""
+    value = getattr(cfg.train, "sync_bn", None)
+    return True if value is None else bool(value)
 
 
 def _epoch_line(record: dict[str, Any], tasks: list[Task]) -> str:

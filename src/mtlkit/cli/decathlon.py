@@ -1,0 +1,99 @@
+"""``mtlkit decathlon-score``: the Visual Decathlon score of per-domain test accuracies.
+
+Accuracies (percent) come from ``--acc DOMAIN=ACC ...`` and/or ``--json FILE``: either a mapping
+``{"domain": accuracy}`` or a run's ``results.json`` / ``eval-*.json`` (keys ``<domain>/accuracy``,
+taken from ``final`` or ``best`` of a results file). Baselines default to the shipped fine-tuned
+accuracies; ``--baselines FILE`` (a ``{"domain": accuracy}`` JSON) replaces them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mtlkit.errors import ConfigError
+
+
+def _read_json(path: str) -> object:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: file not found")
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{p}: malformed JSON (line {err.lineno} column {err.colno}: {err.msg})") from None
+
+
+def accuracies_from_json(data: object, source: str, which: str = "final") -> dict[str, float]:
+    """Domain accuracies from a plain mapping, an evaluation file or a run's results.json."""
+    if isinstance(data, dict) and isinstance(data.get(which), dict):
+        data = data[which]
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object of domain accuracies")
+    suffixed = {k[: -len("/accuracy")]: v for k, v in data.items() if k.endswith("/accuracy")}
+    chosen = suffixed or {k: v for k, v in data.items() if "/" not in k}
+    if not chosen:
+        raise ConfigError(f"{source}: no domain accuracies found (expected 'domain': acc or 'domain/accuracy': acc)")
+    out = {}
+    for k, v in chosen.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{source}: accuracy of {k!r} is not a number ({v!r})")
+        out[k] = float(v)
+    return out
+
+
+def parse_acc(items: list[str]) -> dict[str, float]:
+    """``DOMAIN=ACC`` strings as a dict; a malformed item is a ConfigError naming it."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--acc {item!r}: expected DOMAIN=ACCURACY (e.g. imagenet12=60.5)")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--acc {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def cmd_decathlon_score(args: argparse.Namespace) -> int:
+    """Print the per-domain and total decathlon scores (or their JSON with --as-json)."""
+    from mtlkit.decathlon.score import format_table, score_table
+
+    accuracies: dict[str, float] = {}
+    if args.json:
+        accuracies.update(accuracies_from_json(_read_json(args.json), args.json, args.which))
+    accuracies.update(parse_acc(args.acc or []))
+    if not accuracies:
+        raise ConfigError("decathlon-score needs accuracies: --acc DOMAIN=ACC ... or --json FILE")
+    baselines = None
+    if args.baselines:
+        baselines = accuracies_from_json(_read_json(args.baselines), args.baselines)
+    rows = score_table(accuracies, baselines)
+    if args.as_json:
+        print(json.dumps({"total": sum(r.score for r in rows), "domains": {r.domain: r.score for r in rows}}, indent=2))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``decathlon-score`` command."""
+    p = subparsers.add_parser(
+        "decathlon-score",
+        help="Visual Decathlon score of per-domain test accuracies",
+        description="Decathlon score S = sum_d 1000 * max(0, 1 - E_d / (2 E_d^base))^2 of test errors E_d "
+        "(E = 100 - accuracy), against the fine-tuned baselines: 250 per domain at the baseline, 1000 at zero "
+        "error. Example: mtlkit decathlon-score --acc imagenet12=63.9 aircraft=61.8",
+    )
+    p.add_argument("--acc", nargs="+", action="extend", metavar="DOMAIN=ACC",
+                   help="test accuracy in percent per domain")
+    p.add_argument("--json", metavar="FILE",
+                   help="accuracies: {domain: acc}, an eval-*.json or a run's results.json")
+    p.add_argument("--which", choices=["final", "best"], default="final",
+                   help="section of a results.json (default final)")
+    p.add_argument("--baselines", metavar="FILE",
+                   help="baseline accuracies {domain: acc} (default: the shipped Finetune row)")
+    p.add_argument("--as-json", action="store_true", help="print {total, domains} as JSON instead of a table")
+    p.set_defaults(func=cmd_decathlon_score)

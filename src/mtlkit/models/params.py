@@ -1,0 +1,128 @@
+"""Parameter counts and the MTAN paper's #P: size relative to one single-task network.
+
+Definition (the paper's #P column): ``count(model) / count(one single-task SegNet of the same
+width)``. A single-task SegNet's size depends slightly on its head (13 classes vs 1 depth channel:
+780 parameters out of 25 M), so the reference here is the mean size of the K single-task SegNets
+of the task set, ``count(single) / K``; ``single`` then has #P exactly K. (The official MTAN code
+divides by the 13-class segmentation SegNet, 24,981,069 parameters with conv biases; the two
+references differ by < 0.003 %.) Counts are taken on the meta device: no memory, no time.
+
+Measured at width 1 (NYUv2: 13-class segmentation, depth, normals; CityScapes: 7-class
+segmentation, depth; references 24,973,424 and 24,973,316), against the paper's NYUv2 column:
+
+============  ===========  =====  =====  ==========  =====
+arch          NYUv2        #P     paper  CityScapes  #P
+============  ===========  =====  =====  ==========  =====
+single         74,920,273  3.000  3       49,946,632  2.000
+stan          114,510,673  4.585  4.56    76,340,232  3.057
+split_wide     43,925,457  1.759  1.75    43,887,944  1.757
+split_deep     50,793,425  2.034  2.0     50,755,912  2.032
+dense         123,443,921  4.943  4.95    90,583,112  3.627
+cross_stitch   74,920,354  3.000  ≈3      49,946,668  2.000
+mtan           44,203,985  1.770  1.77    41,186,888  1.649
+============  ===========  =====  =====  ==========  =====
+
+Conv layers followed by BatchNorm have no bias here (the official code's 7,168 such biases per
+SegNet are redundant and get exactly zero gradient in training), which moves no ratio by 0.1 %.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from mtlkit.errors import ConfigError
+from mtlkit.models import build_model
+from mtlkit.models.base import count_parameters
+from mtlkit.tasks import Task
+
+#: the MTAN paper's architectures, in its table's order
+PAPER_ARCHS = ("single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan")
+#: the paper's #P column (NYUv2, three tasks)
+PAPER_RATIOS_NYUV2 = {
+    "single": 3.0, "stan": 4.56, "split_wide": 1.75, "split_deep": 2.0, "dense": 4.95, "cross_stitch": 3.0,
+    "mtan": 1.77,
+}
+
+
+def _meta_model(arch: str, tasks: Sequence[Task], width: float, **options: Any) -> torch.nn.Module:
+    """``arch`` built on the meta device: shapes only, so width-1 networks cost nothing."""
+    with torch.device("meta"):
+        return build_model(arch, tasks, width, **options)
+
+
+def count_model_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, **options: Any) -> int:
+    """Number of parameters of ``arch`` for ``tasks`` at ``width``, without allocating them."""
+    return count_parameters(_meta_model(arch, tasks, width, **options))
+
+
+def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0) -> float | None:
+    """The #P reference: mean size of one single-task network per task; None when undefined.
+
+    SegNet-family architectures use one single-task SegNet; another family (e.g. the decathlon's
+    Wide-ResNets) states its own reference through a ``single_task_parameters`` classmethod.
+    """
+    if not tasks:
+        return None
+    from mtlkit.registry import ARCHITECTURES
+
+    cls = ARCHITECTURES.get(arch)
+    if hasattr(cls, "single_task_parameters"):
+        return cls.single_task_parameters(list(tasks), width)
+    if arch not in PAPER_ARCHS:
+        return None
+    return count_model_parameters("single", tasks, width) / len(tasks)
+
+
+def _resolve_tasks(tasks_or_dataset: Sequence[Task] | str, num_classes: int | None) -> tuple[list[Task], str | None]:
+    """The task list given, or the tasks of the registered dataset named (with its class count)."""
+    if isinstance(tasks_or_dataset, str):
+        from mtlkit.config import DatasetConfig
+        from mtlkit.registry import DATASETS
+
+        builder = DATASETS.get(tasks_or_dataset)(DatasetConfig(name=tasks_or_dataset, num_classes=num_classes))
+        return builder.tasks(), tasks_or_dataset
+    if num_classes is not None:
+        raise ConfigError("num_classes applies to a dataset name, not to an explicit task list")
+    return list(tasks_or_dataset), None
+
+
+def parameter_report(
+    tasks_or_dataset: Sequence[Task] | str,
+    arch: str,
+    width: float = 1.0,
+    *,
+    num_classes: int | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Parameter count of ``arch`` on a task set (or a dataset's) and its #P ratio, as a plain dict.
+
+    Keys: arch, dataset (name or None), tasks (names), width, params, shared_params,
+    single_task_params (the reference, rounded), ratio (params / reference; None for archs that
+    are not SegNet-based) and paper_ratio (the MTAN table's #P for NYUv2's three tasks, else None).
+    """
+    tasks, dataset = _resolve_tasks(tasks_or_dataset, num_classes)
+    model = _meta_model(arch, tasks, width, **options)
+    params = count_parameters(model)
+    shared = sum(p.numel() for p in model.shared_parameters())
+    reference = single_task_parameters(arch, tasks, width)
+    nyuv2_like = [(t.kind, t.channels) for t in tasks] == [("segmentation", 13), ("depth", 1), ("normal", 3)]
+    return {
+        "arch": arch,
+        "dataset": dataset,
+        "tasks": [t.name for t in tasks],
+        "width": float(width),
+        "params": params,
+        "shared_params": shared,
+        "single_task_params": None if reference is None else round(reference),
+        "ratio": None if reference is None else params / reference,
+        "paper_ratio": PAPER_RATIOS_NYUV2.get(arch) if nyuv2_like and width == 1 else None,
+    }
+
+
+def parameter_table(tasks_or_dataset: Sequence[Task] | str, width: float = 1.0,
+                    archs: Sequence[str] = PAPER_ARCHS, *, num_classes: int | None = None) -> list[dict[str, Any]]:
+    """:func:`parameter_report` for each of ``archs`` (default: the paper's seven)."""
+    return [parameter_report(tasks_or_dataset, a, width, num_classes=num_classes) for a in archs]

@@ -1,0 +1,419 @@
+"""Assemble a report from run/sweep folders: tables, figures, provenance -> report.md + report.html.
+
+Output folder layout::
+
+    report.md, report.html        the same document; the HTML embeds every figure (self-contained)
+    tables.csv, tables.json       every results table (means, stds, delta_m, per-run values)
+    provenance.json               per-run provenance and the report's own
+    figures/*.png                 every figure
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtlkit.io import atomic_write_json, atomic_write_text
+from mtlkit.report import html as html_writer
+from mtlkit.report import markdown as md_writer
+from mtlkit.report import plots
+from mtlkit.report.document import (
+    BulletList,
+    Cell,
+    Document,
+    Figure,
+    Note,
+    Paragraph,
+    Section,
+    Table,
+    file_slug,
+    slug,
+)
+from mtlkit.report.provenance import fmt_duration, report_provenance, run_provenance
+from mtlkit.report.runs import Collection, Run, collect
+from mtlkit.report.table import ResultsTable, Row, build_tables, tables_csv
+
+#: architectures whose models record attention masks (``attention/<task>/<block>``)
+ATTENTION_ARCHS = ("mtan", "stan")
+#: architectures whose models expose ``stitch_alphas()``
+STITCH_ARCHS = ("cross_stitch",)
+
+Loader = Callable[[Path], tuple]
+
+
+@dataclass
+class ReportOptions:
+    """What to report: metric source, delta_m baseline, how many model-based figures."""
+
+    source: str = "final"
+    last: int = 1
+    baseline: str = "single"
+    attention_images: int = 2
+    attention_runs: int = 2
+    stitch_runs: int = 3
+    models: bool = True
+    title: str = "mtlkit report"
+    argv: list[str] | None = None
+
+
+@dataclass
+class ReportFiles:
+    """Paths of what ``make_report`` wrote."""
+
+    out: Path
+    markdown: Path
+    html: Path
+    figures: list[Path] = field(default_factory=list)
+    data: list[Path] = field(default_factory=list)
+
+
+def default_loader(run_dir: Path) -> tuple:
+    """The trainer's ``load_run`` (best checkpoint, CPU): ``(cfg, model, tasks, builder)``."""
+    from mtlkit.train.trainer import load_run
+
+    return load_run(run_dir, which="best", device="cpu")
+
+
+def make_report(paths: list[Path], out: Path, options: ReportOptions | None = None,
+                loader: Loader | None = None) -> ReportFiles:
+    """Read the runs under ``paths`` and write the report files into ``out``."""
+    opts = options or ReportOptions()
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    col = collect([Path(p) for p in paths])
+    tables = build_tables(col.runs, opts.source, opts.last, opts.baseline)
+    builder = _Builder(out, opts, loader or default_loader)
+    doc = builder.document(col, tables)
+
+    data = [out / "tables.csv", out / "tables.json", out / "provenance.json"]
+    atomic_write_text(data[0], tables_csv(tables))
+    atomic_write_json(data[1], {"source": tables[0].source if tables else opts.source,
+                                "tables": [t.to_json() for t in tables]})
+    atomic_write_json(data[2], {"report": builder.provenance, "runs": [run_provenance(r) for r in col.runs],
+                                "missing": col.missing})
+    doc.sections.append(Section("Files", [BulletList(
+        [f"`{p.relative_to(out).as_posix()}`" for p in data + builder.figures])]))
+    md_path, html_path = out / "report.md", out / "report.html"
+    atomic_write_text(md_path, md_writer.render(doc))
+    atomic_write_text(html_path, html_writer.render(doc, out))
+    return ReportFiles(out, md_path, html_path, builder.figures, data)
+
+
+class _Builder:
+    """Builds the document's sections, writing figures into ``out/figures`` as it goes."""
+
+    def __init__(self, out: Path, opts: ReportOptions, loader: Loader) -> None:
+        self.out, self.opts, self.loader = out, opts, loader
+        self.figures: list[Path] = []
+        self.provenance = report_provenance(opts.argv)
+        self._models: dict[Path, tuple | Exception] = {}
+
+    def figure(self, path: Path, caption: str) -> Figure:
+        self.figures.append(path)
+        return Figure(path.relative_to(self.out), caption)
+
+    def document(self, col: Collection, tables: list[ResultsTable]) -> Document:
+        doc = Document(self.opts.title)
+        finished = [r for r in col.runs if r.finished]
+        total = sum((r.results or {}).get("wall_time") or 0.0 for r in finished)
+        intro = (f"{len(col.runs)} run folders ({len(finished)} finished), "
+                 f"{len(tables)} experiment table{'s' if len(tables) != 1 else ''}; "
+                 f"total training time {fmt_duration(total)}. Generated {self.provenance['generated']}.")
+        if col.sweeps:
+            intro += " Sweeps: " + ", ".join(f"`{s['name']}` ({s['runs']} runs)" for s in col.sweeps) + "."
+        doc.intro.append(Paragraph(intro))
+        problems = [r for r in col.runs if not r.finished]
+        if problems or col.missing:
+            doc.intro.append(Note(f"{len(problems) + len(col.missing)} run(s) did not finish and are left out "
+                                  "of the tables; see 'Unfinished and failed runs'."))
+        doc.sections.append(self.results_section(tables))
+        complexity = self.complexity_section(tables)
+        if complexity is not None:
+            doc.sections.append(complexity)
+        doc.sections.append(self.curves_section(tables))
+        doc.sections.append(self.weights_section(tables))
+        doc.sections.append(self.stitch_section(tables))
+        doc.sections.append(self.attention_section(tables))
+        if problems or col.missing:
+            doc.sections.append(self.problems_section(problems, col.missing))
+        doc.sections.append(self.provenance_section(col.runs))
+        return doc
+
+    # ------------------------------------------------------------------ tables
+
+    def results_section(self, tables: list[ResultsTable]) -> Section:
+        sec = Section("Results")
+        if not tables:
+            sec.blocks.append(Note("No finished run (results.json with status 'finished') to tabulate."))
+            return sec
+        for t in tables:
+            if len(tables) > 1:
+                sec.blocks.append(Paragraph(f"**{t.title}**"))
+            sec.blocks.append(t.document_table())
+            sec.blocks += [Note(n) for n in t.notes]
+            summary = _summary(t)
+            if summary:
+                sec.blocks.append(Paragraph(summary))
+        return sec
+
+    # ------------------------------------------------------------------ complexity
+
+    def complexity_section(self, tables: list[ResultsTable]) -> Section | None:
+        """Performance vs number of classes when tables differ only in a task's number of classes."""
+        groups: dict[tuple, list[ResultsTable]] = {}
+        for t in tables:
+            groups.setdefault((t.dataset, tuple(x["name"] for x in t.tasks)), []).append(t)
+        blocks = []
+        for (dataset, names), group in groups.items():
+            varying = [i for i, _ in enumerate(names) if len({t.tasks[i]["channels"] for t in group}) > 1]
+            if len(group) < 2 or not varying:
+                continue
+            vary = varying[0]
+            series: dict[tuple, dict[str, Any]] = {}
+            for t in sorted(group, key=lambda t: t.tasks[vary]["channels"]):
+                classes = int(t.tasks[vary]["channels"])
+                for row in t.rows:
+                    s = series.setdefault((row.arch, row.weighting, row.setting_text), {
+                        "label": row.label, "arch": row.arch, "weighting": row.weighting,
+                        "points": {}, "relative": {}})
+                    mains = {f"{x['name']}/{x['main_metric']}": bool(x["metrics"][x["main_metric"]])
+                             for x in t.tasks}
+                    s["points"][classes] = {k: row.mean[k] for k in mains if k in row.mean}
+                    if row.baseline_mean is not None and not row.is_baseline:
+                        s["relative"][classes] = {
+                            k: (1 if hib else -1) * (row.mean[k] - row.baseline_mean[k]) / row.baseline_mean[k] * 100
+                            for k, hib in mains.items()
+                            if k in row.mean and row.baseline_mean.get(k) not in (None, 0.0)}
+            path = self.out / "figures" / f"complexity_{slug(dataset + '-' + '-'.join(names))}.png"
+            plots.plot_complexity(list(series.values()), group[0].tasks, path,
+                                  title=f"{dataset}: performance vs number of {names[vary]} classes")
+            blocks.append(self.figure(path, f"{dataset}: each task's main metric against the number of "
+                                            f"{names[vary]} classes (top) and its gain over the single-task "
+                                            "network (bottom, %, higher is better), per architecture."))
+        if not blocks:
+            return None
+        return Section("Task complexity", [Paragraph(
+            "As in MTAN section 4.1.5: the same architectures trained with more and more segmentation "
+            "classes. A method that shares well keeps its advantage over single-task networks as the "
+            "task gets harder.")] + blocks)
+
+    # ------------------------------------------------------------------ curves and weights
+
+    def curves_section(self, tables: list[ResultsTable]) -> Section:
+        sec = Section("Training curves")
+        for t in tables:
+            lines = []
+            for row in t.rows:
+                keys = [("train", f"loss/{x['name']}") for x in t.tasks]
+                keys += [("val", f"{x['name']}/{x['main_metric']}") for x in t.tasks]
+                lines.append({"label": row.label, "arch": row.arch, "weighting": row.weighting,
+                              "series": {k: _seed_mean(row.runs, split, k) for split, k in keys}})
+            path = self.out / "figures" / f"curves_{t.key}.png"
+            plots.plot_curves(lines, t.tasks, path, title=t.title)
+            sec.blocks.append(self.figure(path, f"{t.title}: training loss (left) and validation main "
+                                                "metric (right) per epoch, mean over seeds."))
+        if not tables:
+            sec.blocks.append(Note("No finished run to plot."))
+        return sec
+
+    def weights_section(self, tables: list[ResultsTable]) -> Section:
+        sec = Section("Task weights")
+        constant = []
+        for t in tables:
+            names = [x["name"] for x in t.tasks]
+            panels = []
+            for row in t.rows:
+                series = {n: _seed_mean(row.runs, "weights", n) for n in names}
+                values = [v for pts in series.values() for _, v in pts]
+                if values and max(values) - min(values) > 1e-9:
+                    panels.append({"label": row.label, "series": series})
+                elif values:
+                    constant.append(row.label)
+            if panels:
+                path = self.out / "figures" / f"weights_{t.key}.png"
+                plots.plot_weights(panels, names, path, title=t.title)
+                sec.blocks.append(self.figure(path, f"{t.title}: each task's loss weight per epoch (mean over "
+                                                    "the epoch's steps and over seeds)."))
+        if constant:
+            sec.blocks.append(Paragraph("Constant task weights (not plotted): " + ", ".join(sorted(set(constant)))
+                                        + "."))
+        if not sec.blocks:
+            sec.blocks.append(Note("No task weights logged."))
+        return sec
+
+    # ------------------------------------------------------------------ model-based figures
+
+    def load(self, run: Run) -> tuple:
+        """The run's trained model via the loader (cached; an exception is re-raised on every use)."""
+        if run.path not in self._models:
+            try:
+                self._models[run.path] = self.loader(run.path)
+            except Exception as err:  # noqa: BLE001 - reported as a note, the report goes on
+                self._models[run.path] = err
+        got = self._models[run.path]
+        if isinstance(got, Exception):
+            raise got
+        return got
+
+    def stitch_section(self, tables: list[ResultsTable]) -> Section:
+        sec = Section("Cross-stitch alphas")
+        picked = _pick(tables, STITCH_ARCHS, self.opts.stitch_runs, one_per_arch=False)
+        if not picked:
+            sec.blocks.append(Paragraph("No cross-stitch run in this report."))
+            return sec
+        if not self.opts.models:
+            sec.blocks.append(Note("Skipped: model loading turned off (--no-models)."))
+            return sec
+        for t, row, run in picked:
+            try:
+                _, model, tasks, _ = self.load(run)
+                names = [x.name for x in tasks]
+                alphas = plots.alpha_matrices(model.stitch_alphas(), len(names))
+            except Exception as err:  # noqa: BLE001
+                sec.blocks.append(Note(f"{run.name}: skipped, the model could not be loaded "
+                                       f"({type(err).__name__}: {_short(err)})."))
+                continue
+            path = self.out / "figures" / f"stitch_{file_slug(run.name)}.png"
+            plots.plot_stitch_alphas(alphas, names, path, title=f"{row.label}: {run.name}")
+            sec.blocks.append(self.figure(path, f"{row.label} ({t.title}): learned cross-stitch alphas at each "
+                                                "stitch point (row = the task whose features are mixed), and "
+                                                "the weight each task keeps for itself along the network."))
+        return sec
+
+    def attention_section(self, tables: list[ResultsTable]) -> Section:
+        sec = Section("Attention masks")
+        picked = _pick(tables, ATTENTION_ARCHS, self.opts.attention_runs, one_per_arch=True)
+        if not picked:
+            sec.blocks.append(Paragraph("No MTAN or STAN run in this report."))
+            return sec
+        if not self.opts.models or self.opts.attention_images < 1:
+            sec.blocks.append(Note("Skipped: model loading turned off."))
+            return sec
+        sec.blocks.append(Paragraph(
+            "MTAN section 4.1.6: each task's soft-attention mask at every encoder and decoder block "
+            "(mean over channels; 0 = feature suppressed, 1 = kept) beside the image, ground truth and "
+            "prediction of a few validation images. Masks that differ between tasks show the shared "
+            "features being selected per task."))
+        for t, row, run in picked:
+            try:
+                images = self._attention_data(run)
+            except Exception as err:  # noqa: BLE001
+                sec.blocks.append(Note(f"{run.name}: skipped, the model could not be loaded or run "
+                                       f"({type(err).__name__}: {_short(err)})."))
+                continue
+            for i, (image, rows) in enumerate(images):
+                path = self.out / "figures" / f"attention_{file_slug(run.name)}_{i}.png"
+                plots.plot_attention(image, rows, path, title=f"{row.label}: {run.name}, val image {i}")
+                sec.blocks.append(self.figure(path, f"{row.label} ({t.title}), validation image {i}."))
+        return sec
+
+    def _attention_data(self, run: Run) -> list[tuple[np.ndarray, list[dict[str, Any]]]]:
+        """Forward a few val images with recording on: per image, the per-task rows for the figure."""
+        import torch
+
+        _, model, tasks, builder = self.load(run)
+        dataset = builder.dataset("val", train=False)
+        n = min(self.opts.attention_images, len(dataset))
+        samples = [dataset[i] for i in range(n)]
+        x = torch.stack([s["image"] for s in samples])
+        device = next(model.parameters()).device
+        model.eval()
+        with torch.no_grad(), model.recording() as rec:
+            raw = model(x.to(device))
+        if not any(k.startswith("attention/") for k in rec):
+            raise ValueError("the model recorded no attention/<task>/<block> masks")
+        out = []
+        for b, sample in enumerate(samples):
+            rows = []
+            for task in tasks:
+                prefix = f"attention/{task.name}/"
+                masks = [(k[len(prefix):], rec[k][b].float().mean(dim=0).cpu().numpy())
+                         for k in rec if k.startswith(prefix)]
+                pred = task.postprocess(raw[task.name][b: b + 1].float())[0]
+                if task.kind in ("segmentation", "classification"):
+                    pred = pred.argmax(dim=0)
+                target = sample.get(task.name)
+                rows.append({"task": task.name, "kind": task.kind, "channels": task.channels,
+                             "target": target.cpu().numpy() if target is not None else None,
+                             "pred": pred.cpu().numpy(), "masks": masks})
+            out.append((sample["image"].cpu().numpy(), rows))
+        return out
+
+    # ------------------------------------------------------------------ problems and provenance
+
+    def problems_section(self, runs: list[Run], missing: list[dict[str, Any]]) -> Section:
+        rows = [[Cell(r.name), Cell(r.sweep or "–"), Cell(r.status), Cell(f"{len(r.epochs)} epochs logged"),
+                 Cell((r.sweep_record or {}).get("error") or "–")] for r in runs]
+        rows += [[Cell(str(m.get("name"))), Cell(str(m.get("sweep") or "–")), Cell(str(m.get("status"))),
+                  Cell("no run folder"), Cell(str(m.get("error") or "–"))] for m in missing]
+        return Section("Unfinished and failed runs", [Table(["Run", "Sweep", "Status", "Progress", "Error"], rows)])
+
+    def provenance_section(self, runs: list[Run]) -> Section:
+        rows = []
+        for r in runs:
+            p = run_provenance(r)
+            versions = ", ".join(f"{k} {v}" for k, v in (p["versions"] or {}).items()) or "–"
+            rows.append([Cell(p["run"], title=p["path"]), Cell(p["status"]), Cell(str(p["seed"])),
+                         Cell(str(p["epochs"])), Cell(p["config_hash"] or "–"), Cell(versions),
+                         Cell((p["git_commit"] or "–")[:10], title=p["git_commit"]),
+                         Cell(str(p["machine"] or "–")), Cell(fmt_duration(p["wall_time"]))])
+        rp = self.provenance
+        items = [
+            f"Generated {rp['generated']} by `{rp['command']}`",
+            "Versions: " + ", ".join(f"{k} {v}" for k, v in rp["versions"].items()),
+            f"Git commit: `{rp['git_commit'] or 'not a git checkout'}`",
+            f"Machine: {rp['machine']['host']} ({rp['machine']['platform']})",
+        ]
+        return Section("Provenance", [
+            Table(["Run", "Status", "Seed", "Epochs", "Config hash", "Versions", "Commit", "Machine", "Wall time"],
+                  rows, caption="Per run, from its results.json; full values in provenance.json.",
+                  align=["l", "l", "r", "r", "l", "l", "l", "l", "r"]),
+            Paragraph("This report:"), BulletList(items)])
+
+
+def _short(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return text[:200]
+
+
+def _seed_mean(runs: list[Run], split: str, key: str) -> list[tuple[int, float]]:
+    """Per epoch, the mean of ``split/key`` over the runs that logged it at every such epoch."""
+    per_run = [dict(r.series(split, key)) for r in runs]
+    per_run = [p for p in per_run if p]
+    if not per_run:
+        return []
+    epochs = sorted(set.intersection(*(set(p) for p in per_run)))
+    return [(e, sum(p[e] for p in per_run) / len(per_run)) for e in epochs
+            if all(math.isfinite(p[e]) for p in per_run)]
+
+
+def _pick(tables: list[ResultsTable], archs: tuple[str, ...], limit: int,
+          one_per_arch: bool) -> list[tuple[ResultsTable, Row, Run]]:
+    """Up to ``limit`` runs per table of the given architectures, equal weighting first, first seed."""
+    out = []
+    for t in tables:
+        rows = sorted((r for r in t.rows if r.arch in archs), key=lambda r: (r.weighting != "equal", r.label))
+        seen: set[str] = set()
+        chosen = []
+        for row in rows:
+            if one_per_arch and row.arch in seen:
+                continue
+            seen.add(row.arch)
+            chosen.append((t, row, row.runs[0]))
+        out += chosen[:limit]
+    return out
+
+
+def _summary(t: ResultsTable) -> str:
+    """One sentence: the best row by delta_m and its #P."""
+    rated = [r for r in t.rows if r.delta is not None and not r.is_baseline]
+    if not rated:
+        return ""
+    best = max(rated, key=lambda r: r.delta)
+    ratio = f", {best.params_ratio:.2f}x parameters" if best.params_ratio is not None else ""
+    return f"Best Δm: **{best.label}** ({best.delta:+.2f} %{ratio})."

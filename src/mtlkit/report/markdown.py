@@ -1,0 +1,56 @@
+"""Render a report document as Markdown (figures linked as relative PNG paths, tables as pipes)."""
+
+from __future__ import annotations
+
+from mtlkit.report.document import BulletList, Cell, Document, Figure, Note, Paragraph, Table
+
+
+def _cell(cell: Cell) -> str:
+    text = cell.text.replace("|", "\\|").replace("\n", " ")
+    return f"**{text}**" if cell.bold and text not in ("", "–") else text
+
+
+def table(t: Table) -> str:
+    """A pipe table; task groups (if any) are folded into the headers as ``Group: header``."""
+    headers = list(t.headers)
+    if t.groups:
+        i = 0
+        for label, span in t.groups:
+            if label:
+                for j in range(i, i + span):
+                    headers[j] = f"{label}: {headers[j]}"
+            i += span
+    align = t.align or ["l"] * len(headers)
+    lines = ["| " + " | ".join(h.replace("|", "\\|") for h in headers) + " |",
+             "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
+    out = "\n".join(lines)
+    if t.caption:
+        out += f"\n\n*{t.caption}*"
+    return out
+
+
+def render(doc: Document) -> str:
+    """The whole document as Markdown text."""
+    parts = [f"# {doc.title}"]
+    parts += [_block(b) for b in doc.intro]
+    if len(doc.sections) > 2:
+        parts.append("\n".join(f"- [{s.title}](#{s.anchor})" for s in doc.sections if s.level == 2))
+    for section in doc.sections:
+        parts.append(f"{'#' * section.level} {section.title}")
+        parts += [_block(b) for b in section.blocks]
+    return "\n\n".join(parts) + "\n"
+
+
+def _block(block) -> str:
+    if isinstance(block, Paragraph):
+        return block.text
+    if isinstance(block, Note):
+        return f"> **Note:** {block.text}"
+    if isinstance(block, BulletList):
+        return "\n".join(f"- {item}" for item in block.items)
+    if isinstance(block, Table):
+        return table(block)
+    if isinstance(block, Figure):
+        return f"![{block.path.stem}]({block.path.as_posix()})\n\n*{block.caption}*"
+    raise TypeError(f"cannot render {type(block).__name__} as Markdown")

@@ -1,0 +1,316 @@
+"""Report figures with matplotlib's Agg canvas (no display, no pyplot global state).
+
+Every function writes one PNG and returns its path. Inputs are plain numbers/arrays, so the plots
+can be redrawn from the report's JSON/CSV files elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+
+from mtlkit.report.runs import ARCH_ORDER
+
+DPI = 110
+LINESTYLES = {"equal": "-", "uncertainty": "--", "dwa": ":"}
+EXTRA_STYLES = ["-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))]
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def arch_color(arch: str) -> tuple:
+    """A fixed colour per architecture (paper order first), so every figure uses the same colours."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    if arch in ARCH_ORDER:
+        return cmap(ARCH_ORDER.index(arch))
+    return cmap(7 + sum(map(ord, arch)) % 3)
+
+
+def weighting_style(weighting: str) -> Any:
+    """A fixed line style per weighting method."""
+    if weighting in LINESTYLES:
+        return LINESTYLES[weighting]
+    return EXTRA_STYLES[sum(map(ord, weighting)) % len(EXTRA_STYLES)]
+
+
+def plot_curves(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Per task: training loss and validation main metric per epoch, one line per table row.
+
+    ``lines``: dicts with ``label``, ``arch``, ``weighting`` and ``series``: {"loss/<task>": [(epoch,
+    value)], "<task>/<main metric>": [(epoch, value)]} (seed means).
+    """
+    k = len(tasks)
+    fig = _figure(10.5, 2.5 * k + 0.6)
+    axes = fig.subplots(k, 2, squeeze=False)
+    for i, task in enumerate(tasks):
+        name, main = task["name"], task["main_metric"]
+        higher = task["metrics"].get(main, True)
+        for j, (key, ylabel) in enumerate([(f"loss/{name}", f"{name}: train loss"),
+                                           (f"{name}/{main}", f"{name}: val {main} {'↑' if higher else '↓'}")]):
+            ax = axes[i][j]
+            positive = True
+            for line in lines:
+                pts = line["series"].get(key) or []
+                if not pts:
+                    continue
+                x, y = zip(*pts)
+                positive &= min(y) > 0
+                ax.plot(x, y, color=arch_color(line["arch"]), linestyle=weighting_style(line["weighting"]),
+                        linewidth=1.4, label=line["label"], marker="o" if len(x) < 3 else None, markersize=3)
+            if j == 0 and positive and _spans_decade(ax):
+                ax.set_yscale("log")
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=7)
+            if i == k - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[0][1].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _spans_decade(ax) -> bool:
+    lo, hi = math.inf, -math.inf
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), dtype=float)
+        if y.size:
+            lo, hi = min(lo, float(y.min())), max(hi, float(y.max()))
+    return lo > 0 and hi / lo > 20
+
+
+def plot_weights(panels: list[dict[str, Any]], task_names: list[str], path: Path, title: str = "") -> Path:
+    """Task weights over training, one small panel per weighting row: ``panels`` of {label, series{task: pts}}."""
+    n = len(panels)
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(3.6 * cols + 1.2, 2.4 * rows + 0.5)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    import matplotlib
+
+    cmap = matplotlib.colormaps["Dark2"]
+    for idx in range(rows * cols):
+        ax = axes[idx // cols][idx % cols]
+        if idx >= n:
+            ax.set_axis_off()
+            continue
+        panel = panels[idx]
+        for t, name in enumerate(task_names):
+            pts = panel["series"].get(name) or []
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, y, color=cmap(t % 8), linewidth=1.5, label=name)
+        ax.set_title(panel["label"], fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("weight", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def alpha_matrices(alphas: dict[str, Any], num_tasks: int) -> dict[str, np.ndarray]:
+    """Each stitch point's alphas as a K x K matrix (mean over any channel dims, before or after K x K)."""
+    out = {}
+    for key, value in alphas.items():
+        a = np.asarray(value.detach().cpu().float() if hasattr(value, "detach") else value, dtype=float)
+        if a.ndim == 2 and a.shape == (num_tasks, num_tasks):
+            out[key] = a
+        elif a.ndim > 2 and a.shape[:2] == (num_tasks, num_tasks):
+            out[key] = a.reshape(num_tasks, num_tasks, -1).mean(axis=2)
+        elif a.ndim > 2 and a.shape[-2:] == (num_tasks, num_tasks):
+            out[key] = a.reshape(-1, num_tasks, num_tasks).mean(axis=0)
+        else:
+            raise ValueError(f"cross-stitch alphas {key!r} have shape {a.shape}, not K x K (+ channels), K={num_tasks}")
+    return out
+
+
+def plot_stitch_alphas(alphas: dict[str, np.ndarray], task_names: list[str], path: Path, title: str = "") -> Path:
+    """Cross-stitch alphas per stitch point: K x K heat maps, and the self weight alpha_kk along the network."""
+    keys = list(alphas)
+    n = len(keys)
+    k = len(task_names)
+    fig = _figure(max(7.0, 1.25 * n + 1.5), 5.2)
+    grid = fig.add_gridspec(2, n, height_ratios=[1, 1.1])
+    vmin = min(0.0, min(float(a.min()) for a in alphas.values()))
+    vmax = max(1.0, max(float(a.max()) for a in alphas.values()))
+    image = None
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(grid[0, i])
+        image = ax.imshow(alphas[key], vmin=vmin, vmax=vmax, cmap="viridis")
+        ax.set_title(key, fontsize=8)
+        ax.set_xticks(range(k), [t[:4] for t in task_names], fontsize=6, rotation=90)
+        ax.set_yticks(range(k), [t[:4] for t in task_names] if i == 0 else [], fontsize=6)
+        if k <= 4:
+            for r in range(k):
+                for c in range(k):
+                    v = alphas[key][r, c]
+                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if v < (vmin + vmax) / 2 else "black")
+    if image is not None:
+        fig.colorbar(image, ax=fig.axes[:n], shrink=0.8, label="alpha (row: output task)")
+    ax = fig.add_subplot(grid[1, :])
+    import matplotlib
+
+    cmap = matplotlib.colormaps["Dark2"]
+    for t, name in enumerate(task_names):
+        ax.plot(range(n), [alphas[key][t, t] for key in keys], marker="o", color=cmap(t % 8),
+                label=f"{name}: own weight alpha_kk")
+        ax.plot(range(n), [alphas[key][t].sum() - alphas[key][t, t] for key in keys], marker="x",
+                linestyle="--", color=cmap(t % 8), label=f"{name}: from other tasks")
+    ax.set_xticks(range(n), keys, fontsize=7, rotation=45)
+    ax.set_ylabel("alpha", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path,
+                    title: str = "") -> Path:
+    """Performance vs number of classes per architecture (MTAN section 4.1.5).
+
+    ``series``: dicts with ``label``, ``arch``, ``weighting``, ``points``: {classes: {"<task>/<main>": v}},
+    and optionally ``relative``: {classes: {"<task>/<main>": % better than single-task}}.
+    Top row: each task's main metric; bottom row (when any series has it): relative to single-task.
+    """
+    has_rel = any(s.get("relative") for s in series)
+    k = len(tasks)
+    fig = _figure(3.8 * k + 1.8, 5.4 if has_rel else 2.9)
+    axes = fig.subplots(2 if has_rel else 1, k, squeeze=False)
+    classes = sorted({c for s in series for c in s["points"]})
+    for j, task in enumerate(tasks):
+        key = f"{task['name']}/{task['main_metric']}"
+        higher = task["metrics"].get(task["main_metric"], True)
+        for row, field, ylabel in [(0, "points", f"{task['name']} {task['main_metric']} {'↑' if higher else '↓'}"),
+                                   (1, "relative", f"{task['name']}: % vs single-task ↑")][: 2 if has_rel else 1]:
+            ax = axes[row][j]
+            for s in series:
+                data = s.get(field) or {}
+                xs = [c for c in classes if c in data and key in data[c]]
+                if xs:
+                    ax.plot(xs, [data[c][key] for c in xs], marker="o", color=arch_color(s["arch"]),
+                            linestyle=weighting_style(s["weighting"]), label=s["label"])
+            if row == 1:
+                ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xticks(classes)
+            ax.set_xlabel("segmentation classes", fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _label_cmap(n: int) -> ListedColormap:
+    import matplotlib
+
+    base = matplotlib.colormaps["tab20"] if n > 10 else matplotlib.colormaps["tab10"]
+    return ListedColormap([base(i % base.N) for i in range(max(n, 1))])
+
+
+def _show(ax, kind: str, array: np.ndarray | None, channels: int) -> None:
+    """Draw a target or prediction of a task kind: labels in colours, depth as a map, normals as RGB."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if array is None:
+        ax.set_axis_off()
+        return
+    if kind == "segmentation":
+        shown = np.ma.masked_less(array, 0)
+        ax.imshow(shown, cmap=_label_cmap(channels), vmin=-0.5, vmax=channels - 0.5, interpolation="nearest")
+        ax.set_facecolor("black")
+    elif kind == "depth":
+        d = np.asarray(array, dtype=float).squeeze()
+        ax.imshow(np.ma.masked_equal(d, 0.0), cmap="magma_r")
+        ax.set_facecolor("black")
+    elif kind == "normal":
+        n = np.asarray(array, dtype=float)
+        n = np.moveaxis(n, 0, -1) if n.shape[0] == 3 else n
+        ax.imshow(np.clip((n + 1) / 2, 0, 1))
+    else:
+        ax.text(0.5, 0.5, str(array), ha="center", va="center", transform=ax.transAxes)
+
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """A (3, H, W) float image rescaled to [0, 1] for display (datasets may normalise differently)."""
+    img = np.moveaxis(np.asarray(image, dtype=float), 0, -1)
+    lo, hi = float(img.min()), float(img.max())
+    return (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+
+
+def plot_attention(image: np.ndarray, rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """One validation image: per task a row with image, ground truth, prediction and each block's mask.
+
+    ``rows``: dicts with ``task``, ``kind``, ``channels``, ``target``, ``pred`` (arrays) and ``masks``:
+    [(block, (h, w) array = the attention mask averaged over channels)]. Each mask panel is stretched
+    to its own range (printed above it), so the spatial selection shows even when masks are near 0.5.
+    """
+    nblocks = max((len(r["masks"]) for r in rows), default=0)
+    ncols = 3 + nblocks
+    aspect = image.shape[-2] / image.shape[-1]
+    panel = 1.35
+    fig = _figure(panel * ncols + 0.3, len(rows) * (panel * aspect + 0.45) + 0.5)
+    axes = fig.subplots(len(rows), ncols, squeeze=False)
+    shown = display_image(image)
+    for i, row in enumerate(rows):
+        axes[i][0].imshow(shown)
+        axes[i][0].set_xticks([])
+        axes[i][0].set_yticks([])
+        axes[i][0].set_ylabel(row["task"], fontsize=8)
+        _show(axes[i][1], row["kind"], row["target"], row["channels"])
+        _show(axes[i][2], row["kind"], row["pred"], row["channels"])
+        for j in range(nblocks):
+            ax = axes[i][3 + j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(row["masks"]):
+                ax.set_axis_off()
+                continue
+            block, mask = row["masks"][j]
+            lo, hi = float(mask.min()), float(mask.max())
+            ax.imshow(mask, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, interpolation="nearest")
+            ax.set_title(f"{block}\n{lo:.2f}–{hi:.2f}", fontsize=6)
+        if i == 0:
+            for ax, text in zip(axes[0][:3], ["image", "ground truth", "prediction"]):
+                ax.set_title(text, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+__all__ = [
+    "plot_curves", "plot_weights", "plot_stitch_alphas", "alpha_matrices", "plot_complexity",
+    "plot_attention", "display_image", "arch_color", "weighting_style",
+]

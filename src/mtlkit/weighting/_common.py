@@ -1,0 +1,86 @@
+"""Pieces the method files share: the Gramian-based base class and checkpointable random state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtlkit.errors import ConfigError
+from mtlkit.weighting.base import Weighting
+from mtlkit.weighting.gradients import gramian
+
+
+def combine_rows(weights: Tensor, grads: Tensor) -> Tensor:
+    """sum_k weights[k] grads[k] as a float32 (or float64) D-vector on the gradients' device."""
+    dtype = torch.float64 if grads.dtype == torch.float64 else torch.float32
+    g = grads if grads.dtype == dtype else grads.to(dtype)
+    return weights.to(device=grads.device, dtype=dtype) @ g
+
+
+class GramianWeighting(Weighting):
+    """A gradient method whose task weights depend on the gradients only through G G^T.
+
+    Subclasses implement ``gramian_weights(gramian, losses) -> K weights``; the update is
+    ``sum_k w_k g_k``. This keeps the method a small pure function of a K x K matrix.
+    """
+
+    needs_gradients = True
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """Task weights (K, float64) from the K x K Gramian and the K detached losses."""
+        raise NotImplementedError
+
+    def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
+        """sum_k w_k g_k with w from the Gramian of ``grads``."""
+        check_grads(grads, self.num_tasks, type(self).__name__)
+        w = self.gramian_weights(gramian(grads), losses.detach().double().cpu())
+        self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
+        return combine_rows(w, grads)
+
+
+def check_grads(grads: Tensor, num_tasks: int, who: str) -> None:
+    """A gradient matrix must be K x D for the K tasks the method was built with."""
+    if grads.dim() != 2 or grads.shape[0] != num_tasks:
+        raise ValueError(f"{who}.aggregate: expected a {num_tasks} x D gradient matrix, got {tuple(grads.shape)}")
+
+
+def new_generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` (each method owns one, so runs are reproducible)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"weighting.options.seed must be an integer, got {seed!r}")
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return gen
+
+
+def generator_state(gen: torch.Generator) -> Tensor:
+    """The generator's state as a uint8 tensor (loads with ``weights_only=True``)."""
+    return gen.get_state().clone()
+
+
+def set_generator_state(gen: torch.Generator, state: Any) -> None:
+    """Restore a state saved by :func:`generator_state` (from any device)."""
+    gen.set_state(torch.as_tensor(state, dtype=torch.uint8).cpu())
+
+
+def present_mask(losses: Tensor) -> Tensor:
+    """True where a loss is not exactly 0.
+
+    The training step passes a constant 0 for a task absent from the batch (one domain per
+    batch); learned per-task terms (log-variances, loss scales, FAMO logits) must not drift then.
+    """
+    return losses.detach() != 0
+
+
+def positive_float(name: str, value: Any, allow_zero: bool = False) -> float:
+    """A validated option value: a real number > 0 (or >= 0); ConfigError naming the option."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"weighting.options.{name} must be a number, got {value!r}") from None
+    if not (out > 0 or (allow_zero and out == 0)) or out != out:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"weighting.options.{name} must be {bound}, got {value!r}")
+    return out

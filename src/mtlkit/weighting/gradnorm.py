@@ -1,0 +1,72 @@
+"""GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
+
+Reference: "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask
+Networks", ICML 2018.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from mtlkit.registry import WEIGHTINGS
+from mtlkit.weighting._common import GramianWeighting, positive_float
+
+
+def gradnorm_targets(weighted_norms: Tensor, losses: Tensor, initial_losses: Tensor, alpha: float) -> Tensor:
+    """GradNorm's target norms mean_k(G_k) * r_k^alpha, r_k = (L_k / L_k(0)) / mean_j(L_j / L_j(0))."""
+    ok = initial_losses > 0
+    ratio = torch.where(ok, losses / torch.where(ok, initial_losses, torch.ones_like(losses)), torch.ones_like(losses))
+    rel = ratio / ratio.mean().clamp_min(torch.finfo(ratio.dtype).tiny)
+    return weighted_norms.mean() * rel.pow(alpha)
+
+
+def gradnorm_weight_gradient(
+    weights: Tensor, norms: Tensor, losses: Tensor, initial_losses: Tensor, alpha: float = 1.5
+) -> Tensor:
+    """d/dw of L_grad = sum_k |w_k ||g_k|| - target_k| with the targets held constant (as in the paper)."""
+    weighted = weights * norms
+    target = gradnorm_targets(weighted, losses, initial_losses, alpha)
+    return torch.sign(weighted - target) * norms
+
+
+@WEIGHTINGS.register("gradnorm")
+class GradNorm(GramianWeighting):
+    """GradNorm: learned task weights w_k, trained so each weighted gradient norm tracks its target.
+
+    The shared update is sum_k w_k g_k. The weights are parameters; ``aggregate`` writes the
+    gradient of the GradNorm loss sum_k |w_k ||g_k|| - mean(w ||g||) r_k^alpha| into ``w.grad``
+    (the step zeroes gradients before and runs the optimiser after), and at the next call the
+    weights are renormalised to sum to K (clamped at 1e-4 first, so they stay positive). The paper
+    measures ||g_k|| at the last shared layer; here at the rows the step gives (all shared
+    parameters, or the shared representation). L_k(0) are the losses of the first step (a buffer).
+    Options: alpha (1.5, the paper's NYUv2 value).
+    Guarantees: weights are positive and sum to K; the weight gradient pushes w_k up exactly when
+    task k's weighted gradient norm is below its target.
+    """
+
+    def __init__(self, task_names: list[str], alpha: float = 1.5) -> None:
+        super().__init__(task_names)
+        self.alpha = positive_float("alpha", alpha, allow_zero=True)
+        self.weights = nn.Parameter(torch.ones(self.num_tasks))
+        self.register_buffer("initial_losses", torch.zeros(self.num_tasks))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def renormalise(self) -> None:
+        """Clamp the weights positive and rescale them to sum to K (after each optimiser step)."""
+        self.weights.clamp_(min=1e-4)
+        self.weights.mul_(self.num_tasks / self.weights.sum())
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The current (renormalised) weights; accumulates the GradNorm loss gradient into w.grad."""
+        if not bool(self.initialised):
+            self.initial_losses.copy_(losses.to(self.initial_losses))
+            self.initialised.fill_(True)
+        self.renormalise()
+        w = self.weights.detach().double().cpu()
+        norms = gramian.diagonal().clamp_min(0).sqrt()
+        grad = gradnorm_weight_gradient(w, norms, losses.double(), self.initial_losses.double().cpu(), self.alpha)
+        grad = grad.to(self.weights)
+        self.weights.grad = grad if self.weights.grad is None else self.weights.grad + grad
+        return w

@@ -1,0 +1,55 @@
+"""UPGrad (Quinton & Rey, 2024; TorchJD): unconflicting projection of gradients.
+
+Reference: "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232, 2024.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+from mtlkit.registry import WEIGHTINGS
+from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._solvers import as_numpy, cone_projection_weights, to_tensor
+from mtlkit.weighting.gradients import gramian
+
+
+def upgrad_weights(gramian: Tensor, preference: Tensor | None = None) -> Tensor:
+    """Weights of the preference-weighted sum of each row's projection onto the dual cone of G.
+
+    Row i's projection onto {x : G x >= 0} is G^T v_i with v_i = argmin_{v >= e_i} v^T G G^T v
+    (a K-variable non-negative QP, solved exactly by an active-set NNLS); the result is
+    sum_i p_i G^T v_i with p = 1/K by default (TorchJD's mean).
+    """
+    m = as_numpy(gramian)
+    k = m.shape[0]
+    p = np.full(k, 1.0 / k) if preference is None else preference.double().cpu().numpy()
+    w = np.zeros(k)
+    for i in range(k):
+        if p[i] == 0:
+            continue
+        e = np.zeros(k)
+        e[i] = 1.0
+        w += p[i] * cone_projection_weights(m, e)
+    return to_tensor(w)
+
+
+def upgrad(grads: Tensor, preference: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(d, weights): UPGrad's aggregation of the task-gradient rows."""
+    w = upgrad_weights(gramian(grads), preference)
+    return combine_rows(w, grads), w
+
+
+@WEIGHTINGS.register("upgrad")
+class UPGrad(GramianWeighting):
+    """UPGrad: project every task gradient onto the dual cone of all of them, then average.
+
+    Options: none (TorchJD's defaults: mean preference, exact QP; no regularisation needed since
+    the NNLS solve handles singular Gramians).
+    Guarantees: d . g_k >= 0 for every k (each projection lies in the convex dual cone);
+    non-conflicting gradients are unchanged (d = mean of the g_k); the weights are >= 1/K each.
+    """
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """UPGrad's coefficients on the raw task gradients."""
+        return upgrad_weights(gramian)
