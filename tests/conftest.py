@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from mtlkit.config import Config, config_from_dict
+
+# Tiny test models run fastest single-threaded, and several test processes (gloo, CLI subprocesses)
+# share the 2 cores: one thread each avoids oversubscription (seen: 20x slower steps with 2 threads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -124,6 +124,9 @@ _SPLITS = {"train": 0, "val": 1}
 _KINDS = ("image", "label", "depth", "normal")
 _EPS = 1e-4
 
+#: an array or a scalar: the intersection helpers broadcast over either
+_A = np.ndarray | float
+
 # texture codes
 _FLAT, _CHECKER, _STRIPES, _PLANKS, _GRID, _GRAIN, _BLOTCH = range(7)
 
@@ -551,7 +554,7 @@ def _sample_scene(rng: np.random.Generator) -> _Scene:
 # search for the nearest primitive and the per-pixel pass on the winning one
 
 
-def _slab(ox, oy, oz, dx, dy, dz, hx, hy, hz):
+def _slab(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, hx: _A, hy: _A, hz: _A) -> tuple[_A, _A, list[_A]]:
     """Entry/exit ray parameters of the box [-h, h] in its local frame, and the per-axis entries."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ax = [None, None, None]
@@ -566,12 +569,12 @@ def _slab(ox, oy, oz, dx, dy, dz, hx, hy, hz):
     return tn, tf, ax
 
 
-def _box_local(ox, oy, oz, dx, dy, dz, cos, sin):
+def _box_local(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, cos: _A, sin: _A) -> tuple[_A, ...]:
     """Ray origin offset (world) and direction turned into a box frame rotated by yaw about y."""
     return (cos * ox - sin * oz, oy, sin * ox + cos * oz, cos * dx - sin * dz, dy, sin * dx + cos * dz)
 
 
-def _sphere_t(ox, oy, oz, dx, dy, dz, r):
+def _sphere_t(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, r: _A) -> np.ndarray:
     """Nearest positive hit with spheres (offsets o = origin - centre), numerically stable form."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a = dx * dx + dy * dy + dz * dz
@@ -582,7 +585,7 @@ def _sphere_t(ox, oy, oz, dx, dy, dz, r):
         return np.where((h2 > 0) & (t > _EPS), t, np.inf)
 
 
-def _cyl_t(ox, oy, oz, dx, dy, dz, r, hh):
+def _cyl_t(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, r: _A, hh: _A) -> tuple[np.ndarray, np.ndarray]:
     """Nearest positive hits with vertical capped cylinders: (side t, cap t), inf where missed."""
     with np.errstate(divide="ignore", invalid="ignore"):
         a = dx * dx + dz * dz
@@ -732,8 +735,8 @@ def _nearest(
     return t_best, idx
 
 
-def _room_hit(o: np.ndarray, d: np.ndarray, size: np.ndarray):
-    """Exit point of rays from inside the room box: t, the exit axis and the inward normal sign."""
+def _room_hit(o: np.ndarray, d: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where rays from inside the room box leave it: (t, index of the axis whose plane they hit)."""
     with np.errstate(divide="ignore"):
         ts = np.stack([np.where(d[k] > 0, size[k] - o[k], -o[k]) / d[k] for k in range(3)])
     ts = np.where(np.isfinite(ts) & (ts > 0), ts, np.inf)
@@ -1083,6 +1086,8 @@ def generate(
                         np.save(tmp / split / kind / f"{i}.npy", out[kind])
                     bar.update(1)
         atomic_write_json(tmp / "meta.json", meta)
+        if _is_complete(root, meta):  # a concurrent writer finished the same cache first
+            return root
         if root.exists():
             shutil.rmtree(root)
         try:

@@ -250,8 +250,8 @@ class DistBatchNorm(_BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.full((1,), x.numel() // x.shape[1], dtype=torch.float32, device=x.device)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        count = torch.full((1,), x.numel() // x.shape[1], dtype=xf.dtype, device=x.device)
         stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
         total = stats[-1].detach()
         mean = stats[:-1] / total
