@@ -55,7 +55,7 @@ def run_config(data: Path, out: Path, **sections) -> dict:
         "dataset": {"name": "nyuv2", "root": str(data)},
         "model": {"arch": "mtan", "width": 0.125},
         "weighting": {"name": "equal"},
-        "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
         "train": {"epochs": 2, "batch_size": 4, "device": "cpu", "progress": False, "tensorboard": False},
     }
     for key, value in sections.items():

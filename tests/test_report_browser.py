@@ -33,7 +33,7 @@ def report(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _nonblank(png: Path) -> float:
-    """Standard deviation of the screenshot's pixels (0 for a blank page)."""
+    """Standard deviation of the screenshot's pixels (floats in [0, 1]; 0 for a blank page)."""
     return float(np.asarray(imread(png))[..., :3].std())
 
 
@@ -59,11 +59,11 @@ def test_html_report_renders_in_chromium_via_selenium(report, tmp_path: Path) ->
         assert "0.4300" in bold and "0.1800" in bold
         errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert errors == []
-        shot = tmp_path / "report.png"
+        shot = tmp_path / "report.png"  # kept under pytest's tmp folder for a look
         assert driver.save_screenshot(str(shot))
     finally:
         driver.quit()
-    assert _nonblank(shot) > 5.0
+    assert _nonblank(shot) > 0.02
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
@@ -73,4 +73,4 @@ def test_html_report_screenshot_with_chromium_cli(report, tmp_path: Path) -> Non
                     report.html.resolve().as_uri()], check=True, capture_output=True, timeout=60)
     image = imread(shot)
     assert image.shape[:2] == (1600, 1200)
-    assert _nonblank(shot) > 5.0
+    assert _nonblank(shot) > 0.02

@@ -61,9 +61,14 @@ def test_grid_exclude_include_and_names(tmp_path: Path) -> None:
     sw2 = _sweep(tmp_path, include=[{"model.arch": "stan"}, {"model.arch": "mtan", "weighting.name": "dwa"}])
     names = [r.name for r in sw2.runs()]
     assert len(names) == 8 + 4 and len(set(names)) == len(names) and "stan-dwa-s1" in names
-    # a template
-    sw3 = _sweep(tmp_path, run_name="{model.arch}_{weighting.name}_seed{seed}")
+    # a template; fixed overrides (mapping values set as they are, then key=value strings)
+    sw3 = _sweep(tmp_path, run_name="{model.arch}_{weighting.name}_seed{seed}",
+                 overrides={"dataset.tasks": ["segmentation", "depth"], "weighting.options": {}, "optim.lr": 0.01})
+    cfg = sw3.runs()[0].config
     assert sw3.runs()[0].name == "single_equal_seed0"
+    assert cfg.dataset.tasks == ["segmentation", "depth"] and cfg.optim.lr == 0.01 and cfg.model.width == 0.125
+    sw4 = sweeps.sweep_from_dict({"grid": {"seed": [3]}, "overrides": ["optim.lr=0.5"]}, overrides=["optim.lr=0.25"])
+    assert sw4.runs()[0].config.optim.lr == 0.25 and sw4.runs()[0].name == "s3"
 
 
 def test_sweep_file_errors_name_the_key(tmp_path: Path) -> None:
@@ -137,6 +142,8 @@ def test_changed_sweep_does_not_reuse_runs_of_the_old_config(tmp_path: Path) -> 
     out = tmp_path / "out"
     sweeps.run_sweep(_sweep(tmp_path, grid={"model.arch": ["mtan"]}), out, train_fn=FakeTrainer(),
                      progress=False, log=lambda m: None)
+    harmless = _sweep(tmp_path, grid={"model.arch": ["mtan"]}, overrides={"train.num_workers": 2})
+    assert [r["action"] for r in sweeps.plan(harmless, out)] == ["skip"]
     changed = _sweep(tmp_path, grid={"model.arch": ["mtan"]}, base={"train": {"epochs": 9}})
     assert [r["action"] for r in sweeps.plan(changed, out)] == ["stale"]
     trainer = FakeTrainer()
@@ -191,3 +198,26 @@ def test_shipped_sweeps_expand(name: str, n: int, key: str, values: set) -> None
         "single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan"}
     assert all(r.config.weighting.name == "equal" for r in runs if r.config.model.arch in ("single", "stan"))
     assert all(r.config.weighting.options == {} for r in runs)
+
+
+@pytest.mark.slow
+def test_real_tiny_sweep_end_to_end_then_report(scenes_cache: Path, tmp_path: Path) -> None:
+    """Two tiny real trainings through the sweep runner, a re-run that skips both, and their report."""
+    from mtlkit.report import ReportOptions, make_report
+
+    base = {"dataset": {"name": "scenes", "root": str(scenes_cache), "num_classes": 7, "height": 32, "width": 64,
+                        "n_train": 8, "n_val": 4},
+            "model": {"width": 0.125}, "optim": {"lr": 1e-3},
+            "train": {"epochs": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
+    sw = sweeps.sweep_from_dict({"name": "e2e", "base": base, "grid": {"model.arch": ["single", "mtan"]}})
+    out = tmp_path / "sweep"
+    assert sweeps.run_sweep(sw, out, progress=False, log=lambda m: None).ok
+    for name in ("single", "mtan"):
+        results = json.loads((out / name / "results.json").read_text())
+        assert results["status"] == "finished" and results["arch"] == name and results["epochs"] == 2
+        assert (out / name / "checkpoints" / "best.pt").is_file()
+    assert [r["action"] for r in sweeps.plan(sw, out)] == ["skip", "skip"]
+    files = make_report([out], tmp_path / "report", ReportOptions(attention_images=1))
+    md = files.markdown.read_text()
+    assert "| Single-Task | n.a. |" in md and "| MTAN | Equal |" in md and "Δm % ↑" in md
+    assert "attention_mtan_0.png" in [p.name for p in files.figures]

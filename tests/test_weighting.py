@@ -285,18 +285,9 @@ def _batch():
             "normal": normal}
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny CPU steps run fastest (and steadiest on a loaded machine) on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("mode", ["parameters", "representation"])
 @pytest.mark.parametrize("name", WEIGHTINGS.names())
-def test_every_method_trains_a_tiny_model_through_the_step(name, mode, one_thread):
+def test_every_method_trains_a_tiny_model_through_the_step(name, mode):
     from mtlkit.train.step import StepRunner
 
     tasks = [segmentation_task(3, "seg"), depth_task("depth"), normal_task("normal")]

@@ -12,6 +12,7 @@ from torch import nn
 from mtlkit.weighting import gradients
 from mtlkit.weighting.gradients import (
     batching_failure,
+    decided_path,
     gradient_path,
     gramian,
     graph_key,
@@ -140,7 +141,7 @@ def test_falls_back_to_loop_once_per_key_when_batching_fails():
     with pytest.warns(RuntimeWarning, match="batched backward failed"):
         got = per_task_gradients(losses, [w], key="bad-model")
     torch.testing.assert_close(got, ref)
-    assert gradient_path("bad-model") == "loop"
+    assert gradient_path("bad-model") == "loop" and decided_path("bad-model") == "loop"
     assert "item" in batching_failure("bad-model")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # remembered: no second attempt, no second warning
@@ -148,6 +149,55 @@ def test_falls_back_to_loop_once_per_key_when_batching_fails():
     torch.testing.assert_close(again, ref)
     with pytest.raises(RuntimeError):
         per_task_gradients(losses_fn(), [w], key="other", strategy="batched")
+
+
+def test_separate_losses_and_accumulated_task_parameters():
+    net, _, _ = _net_and_losses(2)
+    x = torch.randn(2, 3, 8, 8)
+    heads = list(net.heads.parameters())
+    for strategy in ("batched", "loop"):
+        rep = net.encode(x)
+        outs = [head(rep) for head in net.heads]
+        losses = [outs[0].pow(2).mean(), (outs[1] - 1).abs().mean(), outs[2].sigmoid().mean()]
+        ref = _reference(torch.stack(losses), net.shared())
+        ref_heads = torch.autograd.grad(sum(losses), heads, retain_graph=True)
+        net.zero_grad(set_to_none=True)
+        got = per_task_gradients(losses, net.shared(), accumulate=heads, strategy=strategy)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+        for p, g in zip(heads, ref_heads):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+        assert all(p.grad is None for p in net.shared())  # rows are returned, not written
+
+
+def test_loop_over_separate_losses_runs_each_task_branch_once():
+    torch.manual_seed(0)
+    w = torch.randn(4, requires_grad=True)
+    calls = {"stacked": 0, "separate": 0}
+    for form in calls:
+        shared = w * 2
+        branches = [shared.sin(), shared.cos(), shared.exp()]
+        branches[1].register_hook(lambda g, f=form: calls.__setitem__(f, calls[f] + 1))
+        losses = [b.sum() for b in branches]
+        arg = torch.stack(losses) if form == "stacked" else losses
+        got = per_task_gradients(arg, [w], strategy="loop")
+        torch.testing.assert_close(got[1], -2 * (2 * w.detach()).sin())
+    assert calls == {"stacked": 3, "separate": 1}
+
+
+def test_auto_times_both_paths_then_keeps_one():
+    net, _, _ = _net_and_losses(3)
+    x = torch.randn(2, 3, 8, 8)
+    key = "tiny-net"
+    paths = []
+    for _ in range(7):
+        rep = net.encode(x)
+        losses = net.losses(rep)
+        ref = _reference(losses, net.shared())
+        got = per_task_gradients(losses, net.shared(), key=key)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+        paths.append(gradient_path(key))
+    assert paths[:5] == ["batched", "loop", "batched", "loop", "batched"]  # try, then 2 timings each
+    assert decided_path(key) in ("batched", "loop") and paths[5:] == [decided_path(key)] * 2
 
 
 def test_write_gradients_accumulates_in_parameter_order_and_unflatten():

@@ -6,7 +6,8 @@ A sweep file is YAML::
     description: free text            # optional
     base: ../demo.yaml                # a config file (relative to this file, else to the cwd),
                                       # or an inline mapping of config sections; default: defaults
-    overrides: [train.epochs=5]       # optional dotted overrides of the base (list or mapping)
+    overrides:                        # optional: dotted keys set on the base for every run
+      train.epochs: 5                 # (a mapping, or a list of key=value strings)
     grid:                             # dotted config key -> list of values (cartesian product)
       model.arch: [single, stan, mtan]
       weighting.name: [equal, dwa]
@@ -44,8 +45,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.io import atomic_write_json, atomic_write_text
@@ -54,6 +53,9 @@ from mtlkit.io import atomic_write_json, atomic_write_text
 SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "include", "run_name", "out_dir")
 #: prefixes of the default run-name parts for well-known keys ("" = the value alone)
 NAME_PREFIXES = {"model.arch": "", "weighting.name": "", "seed": "s", "dataset.num_classes": "c"}
+#: config keys that do not change a run's results: editing them does not make finished runs stale
+HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
+                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last")
 #: run statuses recorded in sweep.json
 STATUSES = ("pending", "running", "finished", "failed", "interrupted")
 
@@ -70,9 +72,14 @@ class SweepRun:
     config: Config
 
     def plan_hash(self) -> str:
-        """Hash of the run's config without ``out_dir``: changes when the sweep file changes the run."""
+        """Hash of the run's config without :data:`HASH_IGNORED` keys: changes when the sweep changes the run."""
         data = self.config.to_dict()
-        data.pop("out_dir", None)
+        for key in HASH_IGNORED:
+            *parents, last = key.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part, {})
+            node.pop(last, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -84,6 +91,7 @@ class Sweep:
     source: Path | None
     base: dict[str, Any]
     grid: dict[str, list[Any]]
+    fixed: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     exclude: list[dict[str, list[Any]]] = field(default_factory=list)
     include: list[dict[str, list[Any]]] = field(default_factory=list)
@@ -125,6 +133,8 @@ class Sweep:
                 )
             seen[name] = point
             data = copy.deepcopy(self.base)
+            for key, value in self.fixed.items():
+                set_dotted(data, key, value, where=self.where)
             apply_overrides(data, self.overrides)
             for key, value in point.items():
                 set_dotted(data, key, value, where=self.where)
@@ -138,6 +148,7 @@ class Sweep:
         if self.run_name is not None:
 
             def sub(match: re.Match) -> str:
+                """The value of one ``{key}`` placeholder."""
                 key = match.group(1)
                 if key not in point:
                     raise ConfigError(f"{self.where}: run_name uses {{{key}}}, which is not a grid key")
@@ -207,16 +218,15 @@ def _rules(raw: Any, what: str, where: str, grid: dict[str, list[Any]], keys_mus
     return rules
 
 
-def _overrides(raw: Any, where: str) -> list[str]:
-    """The fixed overrides of a sweep file as ``key=value`` strings (from a list or a mapping)."""
+def _overrides(raw: Any, where: str) -> tuple[dict[str, Any], list[str]]:
+    """A sweep file's ``overrides``: a mapping of dotted keys to values, or a list of key=value strings."""
     if raw is None:
-        return []
+        return {}, []
     if isinstance(raw, dict):
-        return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                for k, v in raw.items()]
+        return {str(k): v for k, v in raw.items()}, []
     if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
-        return list(raw)
-    raise ConfigError(f"{where}: overrides must be a list of key=value strings or a mapping")
+        return {}, list(raw)
+    raise ConfigError(f"{where}: overrides must be a mapping of dotted keys to values or a list of key=value strings")
 
 
 def sweep_from_dict(
@@ -248,6 +258,7 @@ def sweep_from_dict(
         if key in grid:
             raise ConfigError(f"{where}: grid key {key!r} is set by the sweep itself")
     name = data.get("name") or (source.stem if source is not None else "sweep")
+    fixed, listed = _overrides(data.get("overrides"), where)
     run_name = data.get("run_name")
     if run_name is not None and not isinstance(run_name, str):
         raise ConfigError(f"{where}: run_name must be a string template like '{{model.arch}}-s{{seed}}'")
@@ -256,7 +267,8 @@ def sweep_from_dict(
         source=source,
         base=base,
         grid=grid,
-        overrides=_overrides(data.get("overrides"), where) + list(overrides or []),
+        fixed=fixed,
+        overrides=listed + list(overrides or []),
         exclude=_rules(data.get("exclude"), "exclude", where, grid, keys_must_be_in_grid=True),
         include=_rules(data.get("include"), "include", where, grid, keys_must_be_in_grid=False),
         run_name=run_name,
@@ -339,10 +351,12 @@ class SweepOutcome:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
+        """Records of the runs whose status is failed."""
         return [r for r in self.state["runs"] if r["status"] == "failed"]
 
     @property
     def ok(self) -> bool:
+        """True when no run failed."""
         return not self.failed
 
 
@@ -420,6 +434,7 @@ def _default_train() -> TrainFn:
     from mtlkit.train.trainer import train
 
     def train_fn(cfg: Config, resume: Path | None, run_dir: Path) -> Path:
+        """Resume ``resume`` with its saved config, or train ``cfg`` into ``run_dir``."""
         return train(resume=resume) if resume is not None else train(cfg, run_dir=run_dir)
 
     return train_fn
@@ -449,6 +464,7 @@ def run_sweep(
             "grid": sweep.grid,
             "exclude": sweep.exclude,
             "include": sweep.include,
+            "fixed": sweep.fixed,
             "overrides": sweep.overrides,
             "created": old.get("created", _now()),
             "updated": _now(),
@@ -472,6 +488,7 @@ def run_sweep(
             })
 
         def save() -> None:
+            """Write sweep.json atomically with the current state."""
             state["updated"] = _now()
             atomic_write_json(sweep_dir / "sweep.json", state)
 

@@ -3,9 +3,9 @@
 Each sample is a real 3-D scene seen through a pinhole camera: a box-shaped room (floor, four
 walls, ceiling) holding a random set of boxes, spheres and vertical cylinders (beds, sofas,
 chairs with legs, tables, cabinets, books, balls, vases, floor lamps, and paintings, windows and
-TVs on the walls). Every camera ray is intersected analytically with every primitive in NumPy
-(vectorised over pixels and primitives) and the nearest hit is kept, so the four outputs are
-exactly consistent with each other:
+TVs on the walls). Every camera ray is intersected analytically, in NumPy, with every primitive
+whose bounding box or bounding sphere it can reach (vectorised over all such pixel/primitive
+pairs at once) and the nearest hit is kept, so the four outputs are exactly consistent:
 
 * ``image`` float32 (H, W, 3) in [0, 1]: per-class procedural textures (planks, tiles, stripes,
   grid, wood grain, blotches, fabric noise) with per-object colour jitter, Lambertian shading
@@ -34,7 +34,7 @@ every scheme, and the 2-class scheme is also a merge of the 7-class one.
 0    floor         lowest plane; wood planks or checker tiles           0 floor        0 layout
 1    wall          vertical room planes; pastel, plain or striped       1 wall         0 layout
 2    ceiling       highest plane; near-white                            2 ceiling      0 layout
-3    bed           large low box against a wall + headboard; cream with 3 soft          1 object
+3    bed           large low box + headboard against a wall; cream,     3 soft         1 object
                    broad coloured stripes
 4    sofa          seat, back and arms against a wall; saturated        3 soft         1 object
                    fabric with fine noise
@@ -45,8 +45,8 @@ every scheme, and the 2-class scheme is also a merge of the 7-class one.
 9    painting      thin box on a wall; vivid two-colour blotches        5 wall_decor   1 object
 10   window        thin box on a wall; bright sky blue with white       1 wall         0 layout
                    mullions, unlit (emissive)
-11   books         small upright boxes in rows on tables and cabinets;  6 props        1 object
-                   vivid flat colours
+11   books         small boxes: upright rows or flat piles on tables,   6 props        1 object
+                   cabinets or the floor; vivid flat colours
 12   object        spheres and cylinders (balls, vases, bins, lamps);   6 props        1 object
                    random colours, stripes or checks
 ===  ============  ===================================================  =============  =========

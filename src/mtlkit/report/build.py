@@ -114,10 +114,12 @@ class _Builder:
         self._models: dict[Path, tuple | Exception] = {}
 
     def figure(self, path: Path, caption: str) -> Figure:
+        """Register a written PNG and return its document figure (path relative to the report)."""
         self.figures.append(path)
         return Figure(path.relative_to(self.out), caption)
 
     def document(self, col: Collection, tables: list[ResultsTable]) -> Document:
+        """The whole report document for the collected runs and their tables."""
         doc = Document(self.opts.title)
         finished = [r for r in col.runs if r.finished]
         total = sum((r.results or {}).get("wall_time") or 0.0 for r in finished)
@@ -147,6 +149,7 @@ class _Builder:
     # ------------------------------------------------------------------ tables
 
     def results_section(self, tables: list[ResultsTable]) -> Section:
+        """One paper-layout table per experiment, its notes and a one-line summary."""
         sec = Section("Results")
         if not tables:
             sec.blocks.append(Note("No finished run (results.json with status 'finished') to tabulate."))
@@ -205,6 +208,7 @@ class _Builder:
     # ------------------------------------------------------------------ curves and weights
 
     def curves_section(self, tables: list[ResultsTable]) -> Section:
+        """Per experiment: training loss and validation main metric per epoch, one line per row."""
         sec = Section("Training curves")
         for t in tables:
             lines = []
@@ -222,6 +226,7 @@ class _Builder:
         return sec
 
     def weights_section(self, tables: list[ResultsTable]) -> Section:
+        """Per experiment: task weights over epochs for the rows whose weights change."""
         sec = Section("Task weights")
         constant = []
         for t in tables:
@@ -261,6 +266,7 @@ class _Builder:
         return got
 
     def stitch_section(self, tables: list[ResultsTable]) -> Section:
+        """Learned cross-stitch alphas per stitch point of a few cross-stitch runs."""
         sec = Section("Cross-stitch alphas")
         picked = _pick(tables, STITCH_ARCHS, self.opts.stitch_runs, one_per_arch=False)
         if not picked:
@@ -286,6 +292,7 @@ class _Builder:
         return sec
 
     def attention_section(self, tables: list[ResultsTable]) -> Section:
+        """MTAN/STAN attention masks of a few validation images per task and block."""
         sec = Section("Attention masks")
         picked = _pick(tables, ATTENTION_ARCHS, self.opts.attention_runs, one_per_arch=True)
         if not picked:
@@ -347,6 +354,7 @@ class _Builder:
     # ------------------------------------------------------------------ problems and provenance
 
     def problems_section(self, runs: list[Run], missing: list[dict[str, Any]]) -> Section:
+        """Runs that did not finish: status, progress and error."""
         rows = [[Cell(r.name), Cell(r.sweep or "–"), Cell(r.status), Cell(f"{len(r.epochs)} epochs logged"),
                  Cell((r.sweep_record or {}).get("error") or "–")] for r in runs]
         rows += [[Cell(str(m.get("name"))), Cell(str(m.get("sweep") or "–")), Cell(str(m.get("status"))),
@@ -354,6 +362,7 @@ class _Builder:
         return Section("Unfinished and failed runs", [Table(["Run", "Sweep", "Status", "Progress", "Error"], rows)])
 
     def provenance_section(self, runs: list[Run]) -> Section:
+        """Per-run config hash, versions, commit, machine, wall time; and the report's own."""
         rows = []
         for r in runs:
             p = run_provenance(r)

@@ -37,6 +37,8 @@ class Figure:
 
 @dataclass
 class Paragraph:
+    """A paragraph of text (``code`` and **bold** markup allowed)."""
+
     text: str
 
 
@@ -49,22 +51,29 @@ class Note:
 
 @dataclass
 class BulletList:
+    """A bulleted list of short text items."""
+
     items: list[str]
 
 
 @dataclass
 class Section:
+    """A titled part of the document (level 2 = top level) holding blocks."""
+
     title: str
     blocks: list = field(default_factory=list)
     level: int = 2
 
     @property
     def anchor(self) -> str:
+        """The link target of the section (its title as a slug)."""
         return slug(self.title)
 
 
 @dataclass
 class Document:
+    """The whole report: title, intro blocks, sections."""
+
     title: str
     sections: list[Section] = field(default_factory=list)
     intro: list = field(default_factory=list)

@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mtlkit.report.runs import ARCH_ORDER
 
@@ -80,6 +81,7 @@ def plot_curves(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], path: 
             ax.set_ylabel(ylabel, fontsize=8)
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if i == k - 1:
                 ax.set_xlabel("epoch", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -123,6 +125,7 @@ def plot_weights(panels: list[dict[str, Any]], task_names: list[str], path: Path
                 x, y = zip(*pts)
                 ax.plot(x, y, color=cmap(t % 8), linewidth=1.5, label=name)
         ax.set_title(panel["label"], fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("epoch", fontsize=8)
@@ -301,7 +304,7 @@ def plot_attention(image: np.ndarray, rows: list[dict[str, Any]], path: Path, ti
             block, mask = row["masks"][j]
             lo, hi = float(mask.min()), float(mask.max())
             ax.imshow(mask, cmap="inferno", vmin=lo, vmax=hi if hi > lo else lo + 1e-6, interpolation="nearest")
-            ax.set_title(f"{block}\n{lo:.2f}–{hi:.2f}", fontsize=6)
+            ax.set_title(f"{block}\n{lo:.3f}–{hi:.3f}", fontsize=6)
         if i == 0:
             for ax, text in zip(axes[0][:3], ["image", "ground truth", "prediction"]):
                 ax.set_title(text, fontsize=7)

@@ -32,6 +32,7 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The run folder's name."""
         return self.path.name
 
     @property
@@ -41,6 +42,7 @@ class Run:
 
     @property
     def status(self) -> str:
+        """finished, the sweep's status (failed, interrupted...), interrupted (checkpoint left) or incomplete."""
         if self.finished:
             return "finished"
         if self.sweep_record and self.sweep_record.get("status"):
@@ -51,18 +53,22 @@ class Run:
 
     @property
     def arch(self) -> str:
+        """Architecture name (results.json, else config.yaml)."""
         return str((self.results or {}).get("arch") or self.config.get("model", {}).get("arch", "?"))
 
     @property
     def weighting(self) -> str:
+        """Weighting method name (results.json, else config.yaml)."""
         return str((self.results or {}).get("weighting") or self.config.get("weighting", {}).get("name", "?"))
 
     @property
     def dataset(self) -> str:
+        """Dataset name (results.json, else config.yaml)."""
         return str((self.results or {}).get("dataset") or self.config.get("dataset", {}).get("name", "?"))
 
     @property
     def seed(self) -> int | None:
+        """The run's seed from config.yaml (None if unknown)."""
         seed = self.config.get("seed")
         return int(seed) if seed is not None else None
 
@@ -145,7 +151,10 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
 
 def _load_sweep_dir(path: Path, out: Collection) -> None:
     """Add the runs sweep.json lists (and those without a folder to ``missing``)."""
-    state = json.loads((path / "sweep.json").read_text())
+    try:
+        state = json.loads((path / "sweep.json").read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path / 'sweep.json'}: invalid JSON ({err.msg})") from None
     out.sweeps.append({"name": state.get("name", path.name), "path": str(path), "runs": len(state.get("runs", []))})
     for rec in state.get("runs", []):
         rel = rec.get("run_dir")

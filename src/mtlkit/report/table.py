@@ -53,6 +53,7 @@ class Column:
 
     @property
     def label(self) -> str:
+        """Header text: the metric's short name and its better direction."""
         arrow = "↑" if self.higher_is_better else "↓"
         return f"{METRIC_LABELS.get(self.metric, self.metric)} {arrow}"
 
@@ -73,43 +74,52 @@ class Row:
 
     @property
     def n(self) -> int:
+        """Number of runs (seeds) in the row."""
         return len(self.runs)
 
     @property
     def seeds(self) -> list[int | None]:
+        """The runs' seeds, in row order."""
         return [r.seed for r in self.runs]
 
     @property
     def params(self) -> int | None:
+        """Parameter count (from results.json)."""
         values = [r.results.get("params") for r in self.runs if r.results and r.results.get("params") is not None]
         return int(values[0]) if values else None
 
     @property
     def params_ratio(self) -> float | None:
+        """#P: parameters relative to one single-task network (from results.json)."""
         values = [r.results.get("params_ratio") for r in self.runs
                   if r.results and r.results.get("params_ratio") is not None]
         return float(values[0]) if values else None
 
     @property
     def delta(self) -> float | None:
+        """Mean delta_m over the row's seeds (None without a baseline)."""
         return sum(self.deltas) / len(self.deltas) if self.deltas else None
 
     @property
     def delta_std(self) -> float | None:
+        """Sample std of delta_m over seeds (None with fewer than two)."""
         return sample_std(self.deltas) if len(self.deltas) > 1 else None
 
     @property
     def arch_label(self) -> str:
+        """The architecture as the paper names it."""
         return ARCH_LABELS.get(self.arch, self.arch)
 
     @property
     def weighting_label(self) -> str:
+        """The weighting as the paper names it; "n.a." for single-task networks with equal weights."""
         if self.arch in SINGLE_TASK_ARCHS and self.weighting == "equal":
             return "n.a."
         return WEIGHTING_LABELS.get(self.weighting, self.weighting)
 
     @property
     def setting_text(self) -> str:
+        """The row's other differing config keys as ``key=value`` text."""
         return ", ".join(f"{k}={v}" for k, v in self.setting.items())
 
     @property
@@ -134,20 +144,24 @@ class ResultsTable:
 
     @property
     def title(self) -> str:
+        """Dataset and tasks (with classes) of the experiment."""
         parts = [f"{t['name']} ({t['channels']} classes)" if t["kind"] in ("segmentation", "classification")
                  else t["name"] for t in self.tasks]
         return f"{self.dataset}: " + ", ".join(parts)
 
     @property
     def has_delta(self) -> bool:
+        """True when some row has delta_m values."""
         return any(r.deltas for r in self.rows)
 
     @property
     def multi_seed(self) -> bool:
+        """True when some row averages several seeds."""
         return any(r.n > 1 for r in self.rows)
 
     @property
     def has_setting(self) -> bool:
+        """True when rows differ in keys other than architecture, weighting and seed."""
         return any(r.setting for r in self.rows)
 
     def best(self) -> dict[str, set[int]]:
@@ -357,6 +371,7 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
     directions = {c.key: c.higher_is_better for c in table.columns}
 
     def shared(setting: dict[str, Any]) -> dict[str, Any]:
+        """The setting keys a baseline must match: those outside model.* and weighting.*."""
         return {k: v for k, v in setting.items() if not k.startswith(("model.", "weighting."))}
 
     unmatched: list[str] = []

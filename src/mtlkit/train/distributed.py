@@ -237,7 +237,10 @@ class DistBatchNorm(_BatchNorm):
     squares) give the exact global mean and biased variance; the backward all-reduces the matching
     gradient sums, so gradients equal those of one BatchNorm over the concatenated batch. Running
     statistics are updated with the unbiased global variance, like ``nn.BatchNorm``. Otherwise
-    (eval mode, one process) it is a plain BatchNorm. Computes in float32 under autocast.
+    (eval mode, one process) it is a plain BatchNorm. Statistics and normalisation are computed in
+    float64 (as ATen's CPU BatchNorm accumulates): float32 sums would make the gradients of
+    nearly scale-invariant layers differ from one process's far beyond rounding. It is the
+    fallback for devices without ``nn.SyncBatchNorm`` kernels, where precision beats speed.
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
@@ -250,7 +253,7 @@ class DistBatchNorm(_BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        xf = x.double()
         count = torch.full((1,), x.numel() // x.shape[1], dtype=xf.dtype, device=x.device)
         stats = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
         total = stats[-1].detach()
@@ -259,7 +262,7 @@ class DistBatchNorm(_BatchNorm):
         var = _AllReduceSum.apply((centred * centred).sum(dims)) / total
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            y = y * self.weight.double().view(shape) + self.bias.double().view(shape)
         if self.track_running_stats and self.running_mean is not None:
             self._update_running(mean.detach(), var.detach(), total)
         return y.to(x.dtype)

@@ -3,112 +3,206 @@
 ``per_task_gradients(losses, inputs)`` returns the matrix whose row k is the flattened gradient of
 ``losses[k]`` w.r.t. ``inputs`` (the shared parameters, or the shared representation tensors).
 
-How: one *batched* backward pass, ``torch.autograd.grad(losses, inputs, grad_outputs=I_K,
-is_grads_batched=True)``, which vmaps the backward graph over the K rows of the identity, instead of
-K separate backward passes. Some operators have no batching rule (custom autograd functions that
-call ``.item()``, some in-place ops); then the call raises, and we fall back to a loop of K
-``autograd.grad(losses[k], retain_graph=True)`` calls. The failure is remembered per graph
-signature (the shapes/dtypes of ``inputs``, which identify a model type and mode; or an explicit
-``key``), so the batched attempt is paid once per model type, not every step.
-``gradient_path(key)`` says which path a signature took.
+Two ways to compute it:
 
-Memory: the result is K x D floats (D = total size of ``inputs``). The batched path also holds K
-copies of each intermediate gradient during the backward, and the per-input gradients exist next
-to the flat matrix for a moment: peak about 2 K D floats plus K times one backward's activation
-gradients. ``chunk_size=c`` runs the batched backward over c rows at a time: peak (K + c) D floats
-plus c times one backward's activation gradients. The loop path peaks at (K + 1) D floats.
+* batched: one vmapped backward pass, ``torch.autograd.grad(losses, inputs, grad_outputs=I_K,
+  is_grads_batched=True)``: every node of the graph runs once on K stacked cotangents.
+* loop: K ``autograd.grad(losses[k], retain_graph=True)`` calls. Each call only runs the nodes
+  that loss k reaches, so when ``losses`` is given as a *list of the K separate loss tensors*
+  (not a stacked vector, whose backward sends zero cotangents into every task's branch), the
+  task-specific parts run once in total and only the shared part runs K times.
+
+Strategy "auto" (default): the first call for a graph signature tries the batched pass (needed
+once anyway to know it works; some operators have no batching rule, e.g. a custom autograd
+function calling ``.item()``: then the loop is used from then on, with one warning). The next
+four calls time loop and batched alternately, and the faster (by its best time) is kept for that
+signature. A signature is the shapes/dtypes of ``inputs`` and ``accumulate`` and the form of
+``losses`` (one per model type and mode), or an explicit ``key``. ``gradient_path(key)`` says
+which path it took. On CPU the loop usually wins (vmapped work is K times the work on the task
+branches); on a GPU batching amortises kernel launches.
+
+``accumulate``: tensors (the task-specific parameters) that also get sum_k dL_k/dt added to their
+``.grad`` in the same pass, so the training step needs no extra backward for them.
+
+Memory: the result is K x D floats (D = total size of ``inputs``). The loop path peaks at about
+(K + 1) D floats plus one backward's activation gradients. The batched path holds the per-input
+gradients next to the flat matrix for a moment and K copies of each intermediate gradient: about
+2 K D floats plus K times one backward's activation gradients (and K x the ``accumulate`` size);
+``chunk_size=c`` runs it over c rows at a time: (K + c) D floats plus c times the activations.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-#: graph signature -> "batched" or "loop": the path the last call with that signature took.
-_PATHS: dict[Hashable, str] = {}
-#: graph signature -> why the batched backward failed (the first line of the error).
-_BATCHING_FAILED: dict[Hashable, str] = {}
+STRATEGIES = ("auto", "batched", "loop")
+#: the strategy used when a call does not name one ("auto"); benchmarks may change it.
+DEFAULT_STRATEGY = "auto"
+_TRIALS = 2  # timed calls of each path before "auto" decides
 
 
-def graph_key(inputs: Sequence[Tensor]) -> tuple:
-    """The default memory key of a call: shapes, dtypes and device types of ``inputs``."""
-    return tuple((tuple(t.shape), t.dtype, t.device.type) for t in inputs)
+@dataclass
+class _PathState:
+    """What "auto" knows about one graph signature."""
+
+    last: str | None = None
+    decided: str | None = None
+    batched_ok: bool = False
+    failure: str | None = None
+    times: dict[str, list[float]] = field(default_factory=lambda: {"batched": [], "loop": []})
+
+
+_STATES: dict[Hashable, _PathState] = {}
+
+
+def graph_key(inputs: Sequence[Tensor], accumulate: Sequence[Tensor] = (), separate: bool = False) -> tuple:
+    """The default signature of a call: shapes, dtypes and devices of the tensors, form of the losses."""
+    def sig(ts: Sequence[Tensor]) -> tuple:
+        return tuple((tuple(t.shape), t.dtype, t.device.type) for t in ts)
+
+    return (sig(inputs), sig(accumulate), separate)
 
 
 def gradient_path(key: Hashable) -> str | None:
     """``"batched"`` or ``"loop"``: the path the last call with this key took (None if never)."""
-    return _PATHS.get(key)
+    state = _STATES.get(key)
+    return state.last if state else None
+
+
+def decided_path(key: Hashable) -> str | None:
+    """The path "auto" settled on for ``key`` (None while still trying)."""
+    state = _STATES.get(key)
+    return state.decided if state else None
 
 
 def batching_failure(key: Hashable) -> str | None:
     """Why the batched backward failed for ``key`` (None if it worked or was never tried)."""
-    return _BATCHING_FAILED.get(key)
+    state = _STATES.get(key)
+    return state.failure if state else None
+
+
+def recorded_paths() -> dict[Hashable, str]:
+    """Every key's last path ("batched"/"loop"): what a benchmark reports."""
+    return {k: s.last for k, s in _STATES.items() if s.last is not None}
 
 
 def forget_gradient_paths() -> None:
-    """Clear the remembered paths and failures (tests; or after changing a model's code)."""
-    _PATHS.clear()
-    _BATCHING_FAILED.clear()
+    """Clear what "auto" learnt (tests; benchmarks; after changing a model's code)."""
+    _STATES.clear()
 
 
 def per_task_gradients(
-    losses: Tensor,
+    losses: Tensor | Sequence[Tensor],
     inputs: Sequence[Tensor],
     retain_graph: bool = False,
     *,
+    accumulate: Sequence[Tensor] = (),
     key: Hashable | None = None,
     chunk_size: int | None = None,
-    strategy: str = "auto",
+    strategy: str | None = None,
 ) -> Tensor:
     """The K x D matrix of flattened gradients of each of the K ``losses`` w.r.t. ``inputs``.
 
-    ``strategy``: "auto" (batched, falling back to the loop once per key), "batched" (no
-    fallback: errors propagate) or "loop". Inputs a loss does not reach get zero gradients.
+    ``losses``: a K-vector, or (faster in the loop path) a sequence of the K scalar loss tensors.
+    ``accumulate``: tensors whose ``.grad`` also receives sum_k dL_k/dt. ``strategy``: "auto"
+    (see the module docstring), "batched" (no fallback: errors propagate) or "loop"; None means
+    ``DEFAULT_STRATEGY``. Inputs a loss does not reach get zero gradients.
     """
-    if strategy not in ("auto", "batched", "loop"):
-        raise ValueError(f"strategy must be 'auto', 'batched' or 'loop', got {strategy!r}")
-    inputs = list(inputs)
-    losses = losses.reshape(-1)
-    k = losses.numel()
-    key = graph_key(inputs) if key is None else key
-    if not losses.requires_grad or k == 0:
+    strategy = DEFAULT_STRATEGY if strategy is None else strategy
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    inputs, accumulate = list(inputs), list(accumulate)
+    separate = not isinstance(losses, Tensor)
+    items = [loss.reshape(()) for loss in losses] if separate else list(losses.reshape(-1).unbind(0))
+    vector = None if separate else losses.reshape(-1)
+    k = len(items)
+    key = graph_key(inputs, accumulate, separate) if key is None else key
+    state = _STATES.setdefault(key, _PathState())
+    if k == 0 or not any(t.requires_grad for t in items):
         return _zeros(k, inputs)
-    if k == 1:
-        _PATHS[key] = "batched"
-        return _flat_rows(_grad_once(losses[0], inputs, retain_graph), inputs, 1)
-    use_batched = strategy == "batched" or (strategy == "auto" and key not in _BATCHING_FAILED)
-    if use_batched:
-        # Until a key has worked once, keep the graph: a failed batched attempt must leave it whole
-        # for the loop fallback.
-        keep = retain_graph or (strategy == "auto" and _PATHS.get(key) != "batched")
+    path = _choose(state, strategy)
+    keep = retain_graph or (strategy == "auto" and not state.batched_ok)
+    if path == "batched":
+        timer = _Timer(inputs, enabled=strategy == "auto" and state.decided is None and state.batched_ok)
         try:
-            out = _batched(losses, inputs, keep, chunk_size)
+            with timer:
+                out = _batched(items, vector, inputs, accumulate, keep, chunk_size)
         except RuntimeError as err:
             if strategy == "batched":
                 raise
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _BATCHING_FAILED[key] = reason
+            state.failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            state.decided = "loop"
             warnings.warn(
-                f"per-task gradients: batched backward failed ({reason}); using {k} backward passes "
-                "for this model from now on",
+                f"per-task gradients: batched backward failed ({state.failure}); using {k} backward "
+                "passes for this model from now on",
                 RuntimeWarning,
                 stacklevel=2,
             )
         else:
-            _PATHS[key] = "batched"
+            _record(state, "batched", timer)
+            state.batched_ok = True
             return out
-    _PATHS[key] = "loop"
-    return _looped(losses, inputs, retain_graph)
+    timer = _Timer(inputs, enabled=strategy == "auto" and state.decided is None)
+    with timer:
+        out = _looped(items, inputs, accumulate, retain_graph)
+    _record(state, "loop", timer)
+    return out
+
+
+def _choose(state: _PathState, strategy: str) -> str:
+    """The path of this call: forced, decided, or the next trial of "auto"."""
+    if strategy != "auto":
+        return strategy
+    if state.decided is not None:
+        return state.decided
+    if not state.batched_ok:
+        return "batched"
+    n_loop, n_batched = len(state.times["loop"]), len(state.times["batched"])
+    return "loop" if n_loop <= n_batched else "batched"
+
+
+def _record(state: _PathState, path: str, timer: _Timer) -> None:
+    """Remember the path taken and, during trials, its time; decide once both have enough."""
+    state.last = path
+    if timer.enabled and state.decided is None:
+        state.times[path].append(timer.elapsed)
+        if all(len(v) >= _TRIALS for v in state.times.values()):
+            state.decided = min(state.times, key=lambda p: min(state.times[p]))
+
+
+class _Timer:
+    """Wall time of a block, synchronising CUDA around it (only when enabled)."""
+
+    def __init__(self, tensors: Sequence[Tensor], enabled: bool) -> None:
+        self.enabled = enabled
+        self.cuda = [t.device for t in tensors[:1] if t.device.type == "cuda"]
+        self.elapsed = 0.0
+
+    def __enter__(self) -> _Timer:
+        if self.enabled:
+            for d in self.cuda:
+                torch.cuda.synchronize(d)
+            self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and exc[0] is None:
+            for d in self.cuda:
+                torch.cuda.synchronize(d)
+            self.elapsed = time.perf_counter() - self.start
 
 
 def _zeros(k: int, inputs: Sequence[Tensor]) -> Tensor:
     """A K x D zero matrix (losses that reach no input)."""
     d = sum(t.numel() for t in inputs)
-    like = inputs[0] if inputs else torch.zeros(())
-    return torch.zeros(k, d, dtype=_grad_dtype(inputs), device=like.device)
+    device = inputs[0].device if inputs else None
+    return torch.zeros(k, d, dtype=_grad_dtype(inputs), device=device)
 
 
 def _grad_dtype(inputs: Sequence[Tensor]) -> torch.dtype:
@@ -122,60 +216,86 @@ def _grad_dtype(inputs: Sequence[Tensor]) -> torch.dtype:
     return out
 
 
-def _grad_once(loss: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> list[Tensor | None]:
-    return list(torch.autograd.grad(loss, inputs, retain_graph=retain_graph, allow_unused=True))
+def _empty(k: int, inputs: Sequence[Tensor]) -> Tensor:
+    return torch.empty(k, sum(t.numel() for t in inputs), dtype=_grad_dtype(inputs), device=inputs[0].device)
 
 
-def _flat_rows(grads: Sequence[Tensor | None], inputs: Sequence[Tensor], k: int) -> Tensor:
-    """Concatenate per-input gradients (each ``(k, *shape)`` or None) into a k x D matrix."""
-    dtype = _grad_dtype(inputs)
-    device = inputs[0].device
-    d = sum(t.numel() for t in inputs)
-    out = torch.empty(k, d, dtype=dtype, device=device)
+def _fill_rows(out: Tensor, rows: slice | int, grads: Sequence[Tensor | None], inputs: Sequence[Tensor]) -> None:
+    """Copy per-input gradients (each ``(k, *shape)`` or ``shape``, or None) into ``out[rows]``."""
+    target = out[rows]
+    k = target.shape[0] if target.dim() == 2 else 1
+    target = target.reshape(k, -1)
     offset = 0
     for g, t in zip(grads, inputs):
         n = t.numel()
         if g is None:
-            out[:, offset:offset + n].zero_()
+            target[:, offset:offset + n].zero_()
         else:
-            out[:, offset:offset + n].copy_(g.reshape(k, n))
+            target[:, offset:offset + n].copy_(g.reshape(k, n))
         offset += n
-    return out
 
 
-def _batched(losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool, chunk_size: int | None) -> Tensor:
+def _add_grad(t: Tensor, g: Tensor) -> None:
+    """t.grad += g (setting it when None)."""
+    g = g.to(t.dtype)
+    if t.grad is None:
+        t.grad = g
+    else:
+        t.grad.add_(g)
+
+
+def _batched(
+    items: list[Tensor],
+    vector: Tensor | None,
+    inputs: list[Tensor],
+    accumulate: list[Tensor],
+    retain_graph: bool,
+    chunk_size: int | None,
+) -> Tensor:
     """All rows by vmapped backward passes over (chunks of) the identity's rows."""
-    k = losses.numel()
-    eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
+    k = len(items)
+    ref = vector if vector is not None else items[0]
+    eye = torch.eye(k, dtype=ref.dtype, device=ref.device)
     step = k if not chunk_size or chunk_size >= k else max(1, int(chunk_size))
-    if step == k:
-        grads = torch.autograd.grad(
-            losses, inputs, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph, allow_unused=True
-        )
-        return _flat_rows(grads, inputs, k)
-    out = torch.empty(k, sum(t.numel() for t in inputs), dtype=_grad_dtype(inputs), device=inputs[0].device)
+    out = _empty(k, inputs) if inputs else torch.zeros(k, 0)
+    wanted = inputs + accumulate
     for start in range(0, k, step):
         rows = eye[start:start + step]
         last = start + step >= k
+        if vector is not None:
+            outputs, cotangents = [vector], [rows]
+        else:
+            outputs, cotangents = items, [rows[:, j] for j in range(k)]
+        pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
         grads = torch.autograd.grad(
-            losses, inputs, grad_outputs=rows, is_grads_batched=True,
+            [o for o, _ in pairs], wanted, grad_outputs=[c for _, c in pairs], is_grads_batched=True,
             retain_graph=retain_graph or not last, allow_unused=True,
         )
-        out[start:start + rows.shape[0]] = _flat_rows(grads, inputs, rows.shape[0])
+        if inputs:
+            _fill_rows(out, slice(start, start + rows.shape[0]), grads[:len(inputs)], inputs)
+        for t, g in zip(accumulate, grads[len(inputs):]):
+            if g is not None:
+                _add_grad(t, g.sum(0))
         del grads
     return out
 
 
-def _looped(losses: Tensor, inputs: Sequence[Tensor], retain_graph: bool) -> Tensor:
-    """Row by row: K backward passes through the same (retained) graph."""
-    k = losses.numel()
-    out = torch.empty(k, sum(t.numel() for t in inputs), dtype=_grad_dtype(inputs), device=inputs[0].device)
+def _looped(items: list[Tensor], inputs: list[Tensor], accumulate: list[Tensor], retain_graph: bool) -> Tensor:
+    """Row by row: one backward per loss through the (retained) graph."""
+    k = len(items)
+    out = _empty(k, inputs) if inputs else torch.zeros(k, 0)
+    wanted = inputs + accumulate
+    live = [i for i in range(k) if items[i].requires_grad]
     for i in range(k):
-        if losses[i].requires_grad:
-            grads = _grad_once(losses[i], inputs, retain_graph or i < k - 1)
-            out[i] = _flat_rows(grads, inputs, 1)[0]
-        else:
+        if i not in live:
             out[i].zero_()
+            continue
+        grads = torch.autograd.grad(items[i], wanted, retain_graph=retain_graph or i != live[-1], allow_unused=True)
+        if inputs:
+            _fill_rows(out, i, grads[:len(inputs)], inputs)
+        for t, g in zip(accumulate, grads[len(inputs):]):
+            if g is not None:
+                _add_grad(t, g)
     return out
 
 
