@@ -3,8 +3,16 @@
 The comparison is exact up to float rounding because (1) the 2-process sampler gives the ranks,
 together, exactly the single-process batch of every step; (2) BatchNorm is synchronised, so its
 statistics are those of the global batch; (3) every target pixel is valid, so the mean of the
-ranks' mean losses is the global mean loss; (4) SGD keeps rounding differences proportional (Adam
-would amplify them on near-zero gradients).
+ranks' mean losses is the global mean loss.
+
+Float rounding itself is amplified by training: two single-process runs of this tiny network that
+differ only in the number of CPU threads agree to ~1e-7 after one step, ~1e-6 after two and only
+~1e-4 after three (plain SGD, lr 2e-3; ReLU/max-pool kinks and BatchNorm over a 4-sample batch
+make the dynamics chaotic). So the runs are short (one step per epoch) and values are compared
+at 1e-4 relative: a real discrepancy (unsynchronised BatchNorm, another data order, gradients
+summed instead of averaged) moves the losses by 1e-3 to 1e-2 from the first step on. Metrics that
+count pixels (accuracy, mIoU, angle thresholds, the median) of an untrained network flip on
+near-ties, so they get an absolute tolerance of a few pixels.
 """
 
 from __future__ import annotations
@@ -49,14 +57,15 @@ def write_npy_set(root: Path, n_train: int = 8, n_val: int = 5, size: int = 32, 
 
 
 def run_config(data: Path, out: Path, **sections) -> dict:
-    """A config dict of a seconds-long run: width-0.125 MTAN on 32x32 images, SGD, global batch 4."""
+    """A config dict of a seconds-long run: width-0.125 MTAN on 32x32 images, SGD, global batch 4, one step per epoch."""
     cfg = {
         "name": "ddp", "out_dir": str(out), "seed": 0,
         "dataset": {"name": "nyuv2", "root": str(data)},
         "model": {"arch": "mtan", "width": 0.125},
         "weighting": {"name": "equal"},
-        "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.0},
-        "train": {"epochs": 2, "batch_size": 4, "device": "cpu", "progress": False, "tensorboard": False},
+        "optim": {"name": "sgd", "lr": 2e-3, "momentum": 0.0},
+        "train": {"epochs": 2, "batch_size": 4, "max_steps_per_epoch": 1, "device": "cpu", "progress": False,
+                  "tensorboard": False},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg[key], **value}
@@ -81,12 +90,19 @@ def history(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_records(a: dict, b: dict, rtol: float = 2e-4, atol: float = 2e-5) -> None:
+#: absolute tolerances of metrics that count pixels (0.5% of the 5 x 32 x 32 validation pixels, in each unit)
+COUNT_TOLERANCE = {"miou": 5e-3, "pix_acc": 5e-3, "median": 0.5, "within_11.25": 0.5, "within_22.5": 0.5,
+                   "within_30": 0.5}
+
+
+def assert_same_records(a: dict, b: dict, rtol: float = 1e-4) -> None:
     """Same epoch record (train losses, validation losses and metrics, weights) within float rounding."""
     for section in ("train", "val", "weights"):
         assert set(a[section]) == set(b[section]), section
         for key, value in a[section].items():
-            assert b[section][key] == pytest.approx(value, rel=rtol, abs=atol), f"{section}/{key}"
+            atol = COUNT_TOLERANCE.get(key.split("/")[-1], 1e-6)
+            got = b[section][key]
+            assert got == pytest.approx(value, rel=rtol, abs=atol), f"{section}/{key}: {value} vs {got}"
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +246,11 @@ def test_dist_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_two_processes_match_one_and_resume_on_one(data: Path, tmp_path: Path) -> None:
-    """2-process run = 1-process run (same global batch) for 2 epochs; resumed on 1 process for a 3rd."""
+    """2-process run = 1-process run (same global batch) for 2 epochs; resumed on 1 process for a 3rd.
+
+    Each epoch takes the first global batch of its own shuffle, so epoch 2 also checks that both
+    runs move their samplers to the same epoch.
+    """
     one = train(config_from_dict(run_config(data, tmp_path, train={"epochs": 3})), run_dir=tmp_path / "one")
     two = tmp_path / "two"
     torchrun(run_config(data, tmp_path), two)

@@ -68,7 +68,7 @@ def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0)
         return None
     from mtlkit.registry import ARCHITECTURES
 
-    cls = ARCHITECTURES.get(arch)
+    cls = ARCHITECTURES.get(arch) if arch in ARCHITECTURES.names() else None
     if hasattr(cls, "single_task_parameters"):
         return cls.single_task_parameters(list(tasks), width)
     if arch not in PAPER_ARCHS:

@@ -136,10 +136,19 @@ class StepRunner:
             else:
                 preds = self.plain(x)
                 inputs = [p for p in core.shared_parameters() if p.requires_grad]
-        losses = self.losses(preds, batch, present)
-        shared_losses = dist.all_reduce_mean(losses.detach())
+        # One loss tensor per task, not a stacked vector: each task's backward then runs only the part
+        # of the graph that task reaches, and the task-specific parameters get sum_k dL_k/dtheta in
+        # the same pass (no extra backward).
+        per_task = [t.loss(preds[t.name], batch[t.name]) for t in self.tasks]
+        losses = torch.stack([loss.detach() for loss in per_task])
+        shared_losses = dist.all_reduce_mean(losses)
         _check_finite(shared_losses, self._names)
-        grads = per_task_gradients(losses * scale, inputs, retain_graph=True) / scale
+        shared_ids = {id(p) for p in core.shared_parameters()}
+        own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
+        grads = per_task_gradients([loss * scale for loss in per_task], inputs, retain_graph=False,
+                                   accumulate=own) / scale
+        if own:
+            dist.average_grads(own)
         if self.mode == "representation":
             # d(mean over ranks of L_k) / d(rank r's representation) = grads_r / world: the
             # global matrix is the ranks' blocks side by side (one column block per rank).
@@ -147,11 +156,6 @@ class StepRunner:
         else:
             grads = dist.all_reduce_mean(grads)
         update = self.weighting.aggregate(grads, shared_losses)
-        shared_ids = {id(p) for p in core.shared_parameters()}
-        own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
-        if own:
-            torch.autograd.backward(losses.sum() * scale, inputs=own)
-            dist.average_grads(own)
         if self.mode == "representation":
             local = update.view(world, -1)[dist.rank()] * world
             chunks, offset = [], 0

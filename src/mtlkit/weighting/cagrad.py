@@ -27,6 +27,7 @@ def _dual_simplex(m: np.ndarray, c: float) -> np.ndarray:
     eps = 1e-16 * max(float(np.trace(m)), 1e-300)
 
     def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
+        """The dual objective and its gradient."""
         mw = m @ w
         root = np.sqrt(max(w @ mw, 0.0) + eps)
         return float(w @ b + rho * root), b + rho * mw / root

@@ -66,6 +66,7 @@ class DWA(Weighting):
         self._refresh()
 
     def _refresh(self) -> None:
+        """Recompute the weights of the coming epoch from the history."""
         w = dwa_weights(self.history, self.temperature) if self.history else [1.0] * self.num_tasks
         self.weights = torch.tensor(w, dtype=torch.float32, device=self.weights.device)
 

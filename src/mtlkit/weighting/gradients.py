@@ -64,6 +64,7 @@ _STATES: dict[Hashable, _PathState] = {}
 def graph_key(inputs: Sequence[Tensor], accumulate: Sequence[Tensor] = (), separate: bool = False) -> tuple:
     """The default signature of a call: shapes, dtypes and devices of the tensors, form of the losses."""
     def sig(ts: Sequence[Tensor]) -> tuple:
+        """(shape, dtype, device type) of each tensor."""
         return tuple((tuple(t.shape), t.dtype, t.device.type) for t in ts)
 
     return (sig(inputs), sig(accumulate), separate)
@@ -217,6 +218,7 @@ def _grad_dtype(inputs: Sequence[Tensor]) -> torch.dtype:
 
 
 def _empty(k: int, inputs: Sequence[Tensor]) -> Tensor:
+    """An uninitialised K x D matrix for the flattened gradients of ``inputs``."""
     return torch.empty(k, sum(t.numel() for t in inputs), dtype=_grad_dtype(inputs), device=inputs[0].device)
 
 

@@ -17,11 +17,16 @@ from mtlkit.weighting.gradients import gramian
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-def gradient_normalizers(gramian: Tensor, losses: Tensor | None, normalization: str) -> Tensor:
-    """Per-task divisors n_k of Sener & Koltun: 1, ||g_k||, L_k or L_k ||g_k|| (float64)."""
+def check_normalization(normalization: str) -> None:
+    """A known normalisation name, else a ConfigError listing the choices."""
     if normalization not in NORMALIZATIONS:
         raise ConfigError(f"weighting.options.normalization must be one of {', '.join(NORMALIZATIONS)}, "
                           f"got {normalization!r}")
+
+
+def gradient_normalizers(gramian: Tensor, losses: Tensor | None, normalization: str) -> Tensor:
+    """Per-task divisors n_k of Sener & Koltun: 1, ||g_k||, L_k or L_k ||g_k|| (float64)."""
+    check_normalization(normalization)
     k = gramian.shape[0]
     norms = gramian.diagonal().clamp_min(0).sqrt()
     if normalization == "none":
@@ -75,7 +80,7 @@ class MGDA(GramianWeighting):
         self, task_names: list[str], normalization: str = "loss+", max_iter: int = 250, tol: float = 1e-5
     ) -> None:
         super().__init__(task_names)
-        gradient_normalizers(torch.eye(1, dtype=torch.float64), torch.ones(1), normalization)
+        check_normalization(normalization)
         self.normalization = normalization
         self.max_iter = int(max_iter)
         self.tol = float(tol)
