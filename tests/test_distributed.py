@@ -57,7 +57,7 @@ def write_npy_set(root: Path, n_train: int = 8, n_val: int = 5, size: int = 32, 
 
 
 def run_config(data: Path, out: Path, **sections) -> dict:
-    """A config dict of a seconds-long run: width-0.125 MTAN on 32x32 images, SGD, global batch 4, one step per epoch."""
+    """A seconds-long run config: width-0.125 MTAN on 32x32 images, SGD, global batch 4, one step per epoch."""
     cfg = {
         "name": "ddp", "out_dir": str(out), "seed": 0,
         "dataset": {"name": "nyuv2", "root": str(data)},

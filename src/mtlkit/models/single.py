@@ -18,7 +18,7 @@ from mtlkit.tasks import Task
 
 @ARCHITECTURES.register("single")
 class SingleTask(MultiTaskModel):
-    """``nets[task]`` is a one-task :class:`SegNet`; ``encode`` passes the image through."""
+    """One full SegNet per task, nothing shared (the MTAN paper's Single-Task baseline)."""
 
     supports_representation = False
 

@@ -19,7 +19,7 @@ from mtlkit.tasks import Task
 
 @ARCHITECTURES.register("stan")
 class STAN(MultiTaskModel):
-    """One single-task MTAN per task; ``encode`` passes the image through."""
+    """One single-task MTAN per task, nothing shared (the MTAN paper's STAN baseline)."""
 
     supports_representation = False
 
