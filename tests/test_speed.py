@@ -17,7 +17,7 @@ from mtlkit.tasks import depth_task, normal_task, segmentation_task
 from mtlkit.train import distributed as dist
 from mtlkit.train.speed import compile_unavailable, speed_settings
 from mtlkit.train.step import StepRunner
-from mtlkit.train.trainer import make_loader, train
+from mtlkit.train.trainer import make_loader, make_optimizer, train
 from mtlkit.weighting.equal import Equal
 
 TASKS = [segmentation_task(7), depth_task(), normal_task()]
@@ -245,3 +245,31 @@ def test_trainer_channels_last_and_bf16_runs(tiny_cfg) -> None:
     for key in ("loss/depth", "depth/abs_err", "loss/normal", "normal/mean", "loss/segmentation"):
         assert nhwc["val"][key] == pytest.approx(plain["val"][key], rel=1e-5)
         assert bf16["val"][key] == pytest.approx(plain["val"][key], rel=5e-2)
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+
+def test_fused_adam_is_used_and_matches_the_default_implementation() -> None:
+    """The trainer's Adam is torch's fused kernel on CPU; five steps on the same gradients equal for-each Adam.
+
+    The gradients are fixed random tensors, not a training run: training amplifies rounding
+    (see ``test_trainer_channels_last_and_bf16_runs``), the optimizer itself does not.
+    """
+    cfg = config_from_dict({"optim": {"name": "adam", "lr": 1e-2, "weight_decay": 1e-4}})
+    fused_model, plain_model = _model(), _model()
+    fused = make_optimizer(cfg, fused_model, Equal([t.name for t in TASKS]))
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = torch.optim.Adam(plain_model.parameters(), lr=1e-2, weight_decay=1e-4, foreach=True)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        for p, q in zip(plain_model.parameters(), fused_model.parameters()):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        plain.step()
+        fused.step()
+    start, moved = _model().state_dict(), 0
+    for (name, p), q in zip(plain_model.named_parameters(), fused_model.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7, msg=name)
+        moved += int(not torch.equal(p, start[name]))
+    assert moved == len(list(plain_model.parameters()))

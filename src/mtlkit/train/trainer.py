@@ -103,15 +103,25 @@ def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoc
 
 
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: Weighting) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's parameter groups and the method's own parameters.
+
+    Adam and AdamW use torch's fused kernel where it has one for the parameters' device (CUDA;
+    CPU since torch 2.4): the same update up to float rounding (~1e-8 after 8 steps), one pass
+    over each tensor instead of several, and it honours a GradScaler. On CPU the optimizer step
+    of a full-width MTAN (44M parameters) is ~6x faster, the whole training step 1.03-1.05x
+    (bench/train_step.py). Elsewhere the default implementation.
+    """
     groups = model.param_groups(cfg.optim.lr)
     extra = [p for p in weighting.parameters() if p.requires_grad]
     if extra:
         groups.append({"params": extra, "lr": cfg.optim.lr})
     o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+        try:  # fresh group dicts each time: the constructor writes its settings into them
+            return cls([dict(g) for g in groups], lr=o.lr, weight_decay=o.weight_decay, fused=True)
+        except (RuntimeError, ValueError, TypeError):  # no fused kernel for these tensors / this torch
+            return cls([dict(g) for g in groups], lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
