@@ -357,3 +357,11 @@ def test_cpu_config_builds() -> None:
     assert type(setup.model).__name__ == "WRNMTAN" and hasattr(setup.builder, "batch_sampler")
     full = load_config(root / "decathlon.yaml")
     assert (full.model.arch, full.dataset.name, full.dataset.height) == ("wrn_mtan", "decathlon", 72)
+
+
+def test_params_without_a_dataset_folder_uses_the_official_class_counts() -> None:
+    """``mtlkit params --dataset decathlon`` needs no data: the ten domains' release class counts."""
+    builder = DATASETS.get("decathlon")(DatasetConfig(name="decathlon"))
+    assert {t.name: t.channels for t in builder.tasks()} == DOMAIN_CLASSES
+    with pytest.raises(ConfigError, match="dataset.root: set it"):
+        builder.dataset("train", train=True)

@@ -62,7 +62,7 @@ DOMAINS = (
     "svhn",
     "ucf101",
 )
-#: classes per domain in the official release (informational; the loader counts categories)
+#: classes per domain in the official release (the loader counts categories; used when there is no root)
 DOMAIN_CLASSES = {
     "imagenet12": 1000,
     "aircraft": 100,
@@ -347,11 +347,7 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
         if not isinstance(n_stats, int) or isinstance(n_stats, bool) or n_stats < 1:
             raise ConfigError(f"dataset.options.stats_images: expected an integer >= 1 (got {n_stats!r})")
         self.stats_images = n_stats
-        if cfg.root is None:
-            raise ConfigError(
-                "dataset.root: set it to the Visual Decathlon folder (decathlon-1.0, with annotations/ and data/)"
-            )
-        self.root = Path(cfg.root).expanduser()
+        self.root = None if cfg.root is None else Path(cfg.root).expanduser()
         self.size = (cfg.height or DEFAULT_SIZE, cfg.width or cfg.height or DEFAULT_SIZE)
         self._annotations: dict[tuple[str, str], Annotations] = {}
         self._stats: dict[str, tuple[Tensor, Tensor]] = {}
@@ -368,6 +364,10 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
         return list(self.cfg.tasks)
 
     def _check_domain(self, domain: str) -> None:
+        if self.root is None:
+            raise ConfigError(
+                "dataset.root: set it to the Visual Decathlon folder (decathlon-1.0, with annotations/ and data/)"
+            )
         if not self.root.is_dir():
             raise DataError(f"{self.root}: Visual Decathlon folder not found (dataset.root)")
         folder = self.root / "data" / domain
@@ -395,7 +395,12 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
         return self._annotations[key]
 
     def all_tasks(self) -> list[Task]:
-        """One classification task per domain, sized by the train file's categories."""
+        """One classification task per domain, sized by the train file's categories.
+
+        Without ``dataset.root`` (e.g. ``mtlkit params``), the official release's class counts.
+        """
+        if self.root is None:
+            return [classification_task(d, DOMAIN_CLASSES[d]) for d in self.domains()]
         return [classification_task(d, len(self.annotations(d, "train").category_ids)) for d in self.domains()]
 
     def _labelled(self, domain: str, split: str) -> tuple[list[Path], np.ndarray]:
