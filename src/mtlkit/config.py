@@ -7,6 +7,7 @@ receives them (its constructor's keyword arguments).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -120,19 +121,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-3)")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"override {item!r} has an empty key part")
-        node = data
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = _parse_value(raw)
+        set_dotted(data, key.strip(), _parse_value(raw), where="override")
     return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, where: str = "sweep") -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections (a value in the way: error)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: key {key!r} has an empty part")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{where}: key {key!r}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml
+from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.io import atomic_write_json, atomic_write_text
 
@@ -181,22 +181,6 @@ def _fmt(value: Any) -> str:
 def _matches(point: dict[str, Any], rule: dict[str, list[Any]]) -> bool:
     """True when every key of ``rule`` has one of the rule's values in ``point``."""
     return all(key in point and point[key] in values for key, values in rule.items())
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any, where: str = "sweep") -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating sections (a value in the way: error)."""
-    parts = key.split(".")
-    if not all(parts):
-        raise ConfigError(f"{where}: key {key!r} has an empty part")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"{where}: key {key!r}: {part!r} is a value, not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _as_list(value: Any) -> list[Any]:
