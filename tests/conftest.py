@@ -48,3 +48,27 @@ def tiny_cfg(scenes_cache: Path, tmp_path: Path):
         return tiny_config(scenes_cache, tmp_path / "runs", **sections)
 
     return make
+
+
+class Killed(Exception):
+    """Raised inside a training step to simulate a run killed mid-epoch."""
+
+
+def train_until_killed(cfg: Config, run_dir: Path, monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
+    """Start ``cfg`` in ``run_dir`` and die (``Killed``) at the ``at_step``-th training step (1-based)."""
+    from mtlkit.train import step as step_module
+    from mtlkit.train.trainer import train
+
+    calls = {"n": 0}
+    original = step_module.StepRunner.__call__
+
+    def dying(self, batch):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise Killed
+        return original(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(step_module.StepRunner, "__call__", dying)
+        with pytest.raises(Killed):
+            train(cfg, run_dir=run_dir)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import train_until_killed
 from mtlkit.errors import TrainingError
 from mtlkit.train import step as step_module
 from mtlkit.train.checkpoint import load_checkpoint
@@ -56,30 +57,14 @@ def test_training_lowers_the_loss(tiny_cfg) -> None:
     assert sum(last.values()) < sum(first.values())
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_resume_after_kill_matches_uninterrupted(tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny_cfg(train={"epochs": 3}, dataset={"augment": True})
     straight = train(cfg, run_dir=Path(cfg.out_dir) / "straight")
 
-    calls = {"n": 0}
-    original = step_module.StepRunner.__call__
-
-    def dying(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2 * 4 + 2:  # 4 steps per epoch: die inside the third epoch
-            raise _Killed
-        return original(self, batch)
-
-    monkeypatch.setattr(step_module.StepRunner, "__call__", dying)
     killed = Path(cfg.out_dir) / "killed"
-    with pytest.raises(_Killed):
-        train(cfg, run_dir=killed)
+    train_until_killed(cfg, killed, monkeypatch, at_step=2 * 4 + 2)  # 4 steps per epoch: dies in epoch 3
     assert len(_val(killed)) == 2
     assert not (killed / "results.json").exists()
-    monkeypatch.setattr(step_module.StepRunner, "__call__", original)
     assert train(resume=killed) == killed
     assert _val(killed) == _val(straight)
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]

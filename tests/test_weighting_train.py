@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_until_killed
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.train import step as step_module
 from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.trainer import train
 
@@ -41,28 +41,12 @@ def test_method_trains_mtan_with_finite_decreasing_losses(tiny_cfg, name, mode):
     assert totals[-1] < totals[0], totals
 
 
-class _Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", ["dwa", "rlw", "famo", "pcgrad", "gradvac", "gradnorm", "db_mtl", "uncertainty"])
 def test_weighting_state_is_restored_on_resume(tiny_cfg, monkeypatch: pytest.MonkeyPatch, name):
     cfg = tiny_cfg(weighting={"name": name}, train={"epochs": 3})
     straight = train(cfg, run_dir=Path(cfg.out_dir) / "straight")
-    calls = {"n": 0}
-    original = step_module.StepRunner.__call__
-
-    def dying(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 2 * 4 + 2:  # 4 steps per epoch: die inside the third epoch
-            raise _Killed
-        return original(self, batch)
-
-    monkeypatch.setattr(step_module.StepRunner, "__call__", dying)
     killed = Path(cfg.out_dir) / "killed"
-    with pytest.raises(_Killed):
-        train(cfg, run_dir=killed)
-    monkeypatch.setattr(step_module.StepRunner, "__call__", original)
+    train_until_killed(cfg, killed, monkeypatch, at_step=2 * 4 + 2)  # 4 steps per epoch: dies in epoch 3
     train(resume=killed)
     assert [h["weights"] for h in _history(killed)] == [h["weights"] for h in _history(straight)]
     a = load_checkpoint(straight / "checkpoints" / "last.pt")

@@ -42,3 +42,14 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through a temp file and rename, so a kill never leaves a broken checkpoint."""
     _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (for stale partial files and locks)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

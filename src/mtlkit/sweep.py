@@ -47,7 +47,7 @@ from typing import Any
 
 from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
 from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.io import atomic_write_json, atomic_write_text
+from mtlkit.io import atomic_write_json, atomic_write_text, pid_alive
 
 #: keys a sweep file may have
 SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "include", "run_name", "out_dir")
@@ -388,7 +388,7 @@ def _lock(sweep_dir: Path) -> Iterator[None]:
                 pid = int(path.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and pid != os.getpid() and _alive(pid):
+            if pid and pid != os.getpid() and pid_alive(pid):
                 raise MtlkitError(f"{sweep_dir}: sweep is being run by process {pid} (sweep.lock)") from None
             path.unlink(missing_ok=True)
             continue
@@ -403,13 +403,6 @@ def _lock(sweep_dir: Path) -> Iterator[None]:
         path.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -82,7 +82,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mtlkit.errors import ConfigError, DataError
-from mtlkit.io import atomic_write_json
+from mtlkit.io import atomic_write_json, pid_alive
 
 __all__ = ["CLASS_NAMES", "VERSION", "cache_name", "ensure_generated", "generate", "render_scene", "sample_seed"]
 
@@ -1028,14 +1028,6 @@ def _is_scenes_folder(root: Path) -> bool:
     return set(os.listdir(root)) <= {"meta.json", *_SPLITS}
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -1045,7 +1037,7 @@ def _clean_stale(root: Path) -> None:
     for p in root.parent.glob(f".{root.name}.partial-*"):
         parts = p.name.rsplit(".partial-", 1)[1].split("-")
         if len(parts) >= 3 and "-".join(parts[:-2]) == host and parts[-2].isdigit():
-            if not _pid_alive(int(parts[-2])):
+            if not pid_alive(int(parts[-2])):
                 shutil.rmtree(p, ignore_errors=True)
 
 
