@@ -16,20 +16,46 @@ import mtlkit
 from mtlkit.config import Config, save_config
 from mtlkit.io import atomic_write_json, atomic_write_text
 
+#: suffixes tried after ``<name>-<timestamp>`` before giving up (runs started in the same second)
+MAX_SUFFIX = 10_000
+
+
+def claim_run_dir(out_dir: str | Path, name: str, stamp: str | None = None) -> Path:
+    """Create and return a new folder ``<out_dir>/<name>-<stamp>`` (``-1``, ``-2``... if taken).
+
+    The folder is created exclusively (``mkdir`` fails if it exists), so processes started in the
+    same second with the same name (parallel sweeps, cluster arrays) each get their own folder.
+    ``stamp`` defaults to the current local time as ``YYYYmmdd-HHMMSS``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"{name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    for i in range(MAX_SUFFIX):
+        path = out / (base if i == 0 else f"{base}-{i}")
+        try:
+            path.mkdir(exist_ok=False)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{out / base}: {MAX_SUFFIX} run folders of this name and second exist already")
+
 
 def new_run_dir(cfg: Config) -> Path:
-    """``<out_dir>/<name>-<YYYYmmdd-HHMMSS>`` (a numeric suffix keeps it unique)."""
-    base = Path(cfg.out_dir) / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, i = base, 1
-    while path.exists():
-        path, i = base.with_name(f"{base.name}-{i}"), i + 1
-    return path
+    """Claim a new run folder ``<out_dir>/<name>-<YYYYmmdd-HHMMSS>`` for ``cfg`` (see :func:`claim_run_dir`)."""
+    return claim_run_dir(cfg.out_dir, cfg.name)
 
 
 def prepare_run_dir(path: Path, cfg: Config) -> None:
     """Create the folder layout and write the resolved config."""
     (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, path / "config.yaml")
+
+
+def open_run_dir(path: Path | None, cfg: Config) -> Path:
+    """The run folder, laid out: a newly claimed one when ``path`` is None, else ``path`` (resume, --run-dir)."""
+    path = new_run_dir(cfg) if path is None else Path(path)
+    prepare_run_dir(path, cfg)
+    return path
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:

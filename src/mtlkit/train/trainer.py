@@ -29,8 +29,7 @@ from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.train.evaluate import evaluate, move_batch
 from mtlkit.train.rundir import (
-    new_run_dir,
-    prepare_run_dir,
+    open_run_dir,
     provenance,
     read_results,
     write_history,
@@ -176,8 +175,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
 
 def _resolve_run(
     cfg: Config | None, resume: str | Path | None, run_dir: str | Path | None
-) -> tuple[Config, Path, bool]:
-    """``(config, run folder, already finished)`` of a new run or of the run folder to resume."""
+) -> tuple[Config, Path | None, bool]:
+    """``(config, run folder, already finished)`` of the run to resume or to start (None: claim a new folder)."""
     if resume is not None:
         run_path = Path(resume)
         if not (run_path / "config.yaml").is_file():
@@ -185,17 +184,16 @@ def _resolve_run(
         done = read_results(run_path)
         return load_config(run_path / "config.yaml"), run_path, bool(done and done.get("status") == "finished")
     assert cfg is not None
-    return cfg, Path(run_dir) if run_dir is not None else new_run_dir(cfg), False
+    return cfg, Path(run_dir) if run_dir is not None else None, False
 
 
-def _train(cfg: Config, run_path: Path) -> Path:
+def _train(cfg: Config, run_path: Path | None) -> Path:
     main = dist.is_main()
     setup = build(cfg, dist.device_for(cfg.train.device))
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
     dist.check_weighting(weighting)
     model = dist.convert_sync_batchnorm(setup.model, device) if _sync_bn(cfg) else setup.model
-    if main:
-        prepare_run_dir(run_path, cfg)
+    run_path = dist.broadcast_object(open_run_dir(run_path, cfg) if main else None)
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
         train_ds = setup.builder.dataset("train", train=True)
         val_ds = setup.builder.dataset("val", train=False)
