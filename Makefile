@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/mtlkit train configs/demo.yaml
+	$(BIN)/mtlkit train demo
 
 # Headless Chromium for the report's browser test (skipped with a reason where it cannot be installed).
 browser:

@@ -76,7 +76,6 @@ def test_errors_are_one_line_without_traceback(args: list[str], needle: str) -> 
 
 
 def test_missing_dataset_root_is_one_line(tmp_path: Path) -> None:
-    config = Path(__file__).resolve().parents[1] / "configs" / "nyuv2_mtan.yaml"
-    proc = run_cli("train", str(config), f"dataset.root={tmp_path / 'nowhere'}", "train.epochs=1")
+    proc = run_cli("train", "nyuv2_mtan", f"dataset.root={tmp_path / 'nowhere'}", "train.epochs=1")
     assert proc.returncode == 2
     assert "nowhere" in proc.stderr and "Traceback" not in proc.stderr

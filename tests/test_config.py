@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from mtlkit.catalog import presets
 from mtlkit.config import apply_overrides, load_config
 from mtlkit.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -19,16 +18,16 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_shipped_configs_load() -> None:
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    for path in presets("config").values():
         cfg = load_config(path)
         assert cfg.train.epochs >= 1, path
 
 
 def test_paper_settings_in_shipped_configs() -> None:
-    nyu = load_config(ROOT / "configs" / "nyuv2_mtan.yaml")
+    nyu = load_config(presets()["nyuv2_mtan"])
     assert (nyu.optim.name, nyu.optim.lr, nyu.optim.step_size, nyu.optim.gamma) == ("adam", 1e-4, 100, 0.5)
     assert (nyu.train.epochs, nyu.train.batch_size) == (200, 2)
-    city = load_config(ROOT / "configs" / "cityscapes_mtan.yaml")
+    city = load_config(presets()["cityscapes_mtan"])
     assert (city.train.epochs, city.train.batch_size, city.dataset.num_classes) == (200, 8, 7)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from mtlkit.catalog import PRESET_DIR
 from mtlkit.cli.main import main
 from mtlkit.config import DatasetConfig
 from mtlkit.decathlon import (
@@ -350,7 +351,7 @@ def test_cpu_config_builds() -> None:
     from mtlkit.config import load_config
     from mtlkit.train.trainer import build
 
-    root = Path(__file__).resolve().parents[1] / "configs"
+    root = PRESET_DIR
     setup = build(load_config(root / "decathlon_cpu.yaml", ["dataset.n_train=4", "dataset.n_val=4"]),
                   torch.device("cpu"))
     assert [t.name for t in setup.tasks] == list(SYNTHETIC_CLASSES)

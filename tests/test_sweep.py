@@ -11,10 +11,9 @@ import pytest
 import yaml
 
 from mtlkit import sweep as sweeps
+from mtlkit.catalog import presets
 from mtlkit.config import Config
 from mtlkit.errors import ConfigError, MtlkitError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep(tmp_path: Path, **extra) -> sweeps.Sweep:
@@ -192,7 +191,7 @@ def test_cli_dry_run_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 ])
 def test_shipped_sweeps_expand(name: str, n: int, key: str, values: set) -> None:
     """The paper grids: 5 multi-task archs x 3 weightings + single/STAN with equal; complexity 3 x 7."""
-    runs = sweeps.load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml").runs()
+    runs = sweeps.load_sweep(presets("sweep")[name]).runs()
     assert len(runs) == n and {r.assignment[key] for r in runs} == values
     assert {r.config.model.arch for r in runs} == {
         "single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan"}

@@ -4,8 +4,9 @@ A sweep file is YAML::
 
     name: scenes_paper_cpu            # default: the file's stem
     description: free text            # optional
-    base: ../demo.yaml                # a config file (relative to this file, else to the cwd),
-                                      # or an inline mapping of config sections; default: defaults
+    base: ../demo.yaml                # a config file (relative to this file, else to the cwd), a
+                                      # config preset name (`demo`), or an inline mapping of config
+                                      # sections; default: the defaults
     overrides:                        # optional: dotted keys set on the base for every run
       train.epochs: 5                 # (a mapping, or a list of key=value strings)
     grid:                             # dotted config key -> list of values (cartesian product)
@@ -45,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mtlkit.catalog import presets
 from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
 from mtlkit.errors import ConfigError, MtlkitError
 from mtlkit.io import atomic_write_json, atomic_write_text, pid_alive
@@ -262,7 +264,7 @@ def sweep_from_dict(
 
 
 def _resolve_base(text: str, source: Path | None) -> Path:
-    """A base config path: relative to the sweep file's folder first, then to the working directory."""
+    """A base config path: relative to the sweep file's folder, then to the working directory, then a preset."""
     path = Path(text)
     if path.is_absolute():
         return path
@@ -270,6 +272,8 @@ def _resolve_base(text: str, source: Path | None) -> Path:
     for cand in candidates:
         if cand.is_file():
             return cand
+    if text in presets("config"):
+        return presets("config")[text]
     raise ConfigError(f"{source or 'sweep'}: base config {text!r} not found (looked in "
                       f"{', '.join(str(c.parent) for c in candidates)})")
 

@@ -16,10 +16,11 @@ from mtlkit import __version__
 from mtlkit.errors import MtlkitError
 
 #: modules under mtlkit.cli that add command groups through ``register(subparsers)``
-COMMAND_MODULES = ["data", "sweep", "report", "decathlon"]
+COMMAND_MODULES = ["data", "sweep", "report", "decathlon", "config"]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from mtlkit.catalog import resolve
     from mtlkit.config import load_config
     from mtlkit.train.trainer import train
 
@@ -29,10 +30,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run = train(resume=args.resume)
     else:
         if args.config is None:
-            raise MtlkitError("train needs CONFIG.yaml (or --resume RUN_DIR)")
+            raise MtlkitError("train needs CONFIG.yaml or a preset name (or --resume RUN_DIR)")
         overrides = list(args.overrides)
         if args.config.endswith(".yaml") or args.config.endswith(".yml") or "=" not in args.config:
-            cfg = load_config(args.config, overrides)
+            cfg = load_config(resolve(args.config), overrides)
         else:
             cfg = load_config(None, [args.config, *overrides])
         run = train(cfg, run_dir=args.run_dir)
@@ -65,6 +66,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from mtlkit.catalog import description, presets
     from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS
 
     def doc(obj) -> str:
@@ -74,6 +76,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "architectures": {n: doc(c) for n, c in ARCHITECTURES.items()},
         "weightings": {n: doc(c) for n, c in WEIGHTINGS.items()},
         "datasets": {n: doc(c) for n, c in DATASETS.items()},
+        "presets": {n: description(p) for n, p in presets("config").items()},
+        "sweep presets": {n: description(p, "sweep") for n, p in presets("sweep").items()},
     }
     if args.json:
         print(json.dumps(table, indent=2))
@@ -81,7 +85,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for section, items in table.items():
         print(f"{section}:")
         for n, d in items.items():
-            print(f"  {n:16s} {d}")
+            print(f"  {n:21s} {d}")
     return 0
 
 
@@ -105,10 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mtlkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    t = sub.add_parser("train", help="train a model from a YAML config",
-                       description="Train from CONFIG.yaml with dotted overrides, e.g. "
-                       "`mtlkit train configs/demo.yaml optim.lr=1e-3 model.arch=mtan weighting.name=dwa`.")
-    t.add_argument("config", nargs="?", help="YAML config file")
+    t = sub.add_parser("train", help="train a model from a YAML config or a preset",
+                       description="Train from CONFIG.yaml or a preset name (`mtlkit list` shows the presets) "
+                       "with dotted overrides, e.g. `mtlkit train demo optim.lr=1e-3 model.arch=mtan "
+                       "weighting.name=dwa`. An existing file wins over a preset of the same name.")
+    t.add_argument("config", nargs="?", help="YAML config file, or a preset name (a file wins over a preset)")
     t.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys: train.epochs=5)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--run-dir", help="write into this folder instead of <out_dir>/<name>-<timestamp>")
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     e.set_defaults(func=_cmd_evaluate)
 
-    ls = sub.add_parser("list", help="list registered architectures, weighting methods and datasets")
+    ls = sub.add_parser("list", help="list architectures, weighting methods, datasets and presets")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=_cmd_list)
 
