@@ -243,27 +243,30 @@ def _tasks() -> list:
     return [classification_task("aircraft", 5), classification_task("svhn", 3), classification_task("dtd", 4)]
 
 
-def _wrn_params(width_factor: int, depth: int = 28) -> int:
-    """WRN backbone size by hand: bias-free convs, BN (2 per channel), 1x1 projection shortcuts."""
+def _wrn_params(width_factor: int, depth: int = 28, bias: bool = False) -> int:
+    """WRN backbone size by hand: convs (with or without bias), BN (2 per channel), 1x1 projection shortcuts."""
     n = (depth - 4) // 6
     c = [16, 16 * width_factor, 32 * width_factor, 64 * width_factor]
-    total = 3 * 16 * 9
+    total = 3 * 16 * 9 + bias * 16
     for cin, cout in zip(c[:-1], c[1:]):
-        total += 2 * cin + 9 * cin * cout + 2 * cout + 9 * cout * cout + cin * cout
-        total += (n - 1) * (2 * cout + 9 * cout * cout + 2 * cout + 9 * cout * cout)
+        total += 2 * cin + 9 * cin * cout + 2 * cout + 9 * cout * cout + cin * cout + bias * 3 * cout
+        total += (n - 1) * (2 * cout + 9 * cout * cout + 2 * cout + 9 * cout * cout + bias * 2 * cout)
     return total + 2 * c[3]
 
 
 def test_parameter_counts_and_ratio() -> None:
+    """The clean variant (no conv biases); the official one's biases are counted in test_decathlon_official."""
     tasks = [classification_task(d, DOMAIN_CLASSES[d]) for d in DOMAINS]
-    backbone, mtan = WRNBackbone(1.0, 28, 4), WRNMTAN(tasks)
+    backbone, mtan = WRNBackbone(1.0, 28, 4, "clean"), WRNMTAN(tasks, variant="clean")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(backbone) == _wrn_params(4) == 5_846_480
     heads = sum(256 * k + k for k in DOMAIN_CLASSES.values())
-    single = WRNMTAN.single_task_parameters(tasks)
+    single = WRNMTAN.single_task_parameters(tasks, variant="clean")
     assert single == pytest.approx(5_846_480 + heads / 10, abs=1)
     # one network per domain: #P = number of domains (checked at width 1/8 to stay small)
-    assert count(WRN(tasks, width=0.125)) / WRN.single_task_parameters(tasks, 0.125) == pytest.approx(10.0)
+    for variant in ("clean", "official"):
+        wrn = WRN(tasks, width=0.125, variant=variant)
+        assert count(wrn) / WRN.single_task_parameters(tasks, 0.125, variant=variant) == pytest.approx(10.0)
     # per-domain attention: 1x1 convs [16-16-16], [128-64-64], [256-128-128], [512-256-256] + BN
     att = (16 * 16 + 16 * 16 + 4 * 16) + sum(2 * c * c + c * c + 4 * c for c in (64, 128, 256))
     blocks = sum(9 * a * b + 2 * b for a, b in [(16, 64), (64, 128), (128, 256), (256, 256)])
@@ -274,10 +277,11 @@ def test_parameter_counts_and_ratio() -> None:
 
 
 @pytest.mark.parametrize("arch", ["wrn", "wrn_mtan"])
-def test_forward_computes_only_the_requested_domain(arch: str) -> None:
+@pytest.mark.parametrize(("variant", "size"), [("clean", 32), ("official", 72)])
+def test_forward_computes_only_the_requested_domain(arch: str, variant: str, size: int) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, _tasks(), width=0.125, depth=10)
-    x = torch.randn(2, 3, 32, 32)
+    model = build_model(arch, _tasks(), width=0.125, depth=10, variant=variant)
+    x = torch.randn(2, 3, size, size)
     out = model(x)
     assert {k: tuple(v.shape) for k, v in out.items()} == {"aircraft": (2, 5), "svhn": (2, 3), "dtd": (2, 4)}
     calls: list[str] = []
@@ -326,7 +330,8 @@ def test_wrn_mtan_trains_on_the_tiny_folder_through_the_cli(tiny_root: Path, tmp
     rc = main([
         "train", "dataset.name=decathlon", f"dataset.root={tiny_root}", f"dataset.tasks=[{','.join(TINY_DOMAINS)}]",
         "dataset.height=32", "dataset.width=32", "model.arch=wrn_mtan", "model.width=0.125",
-        "model.options.depth=10", "train.epochs=2", "train.batch_size=4", "train.progress=false",
+        "model.options.depth=10", "model.options.variant=clean", "train.epochs=2", "train.batch_size=4",
+        "train.progress=false",
         "train.tensorboard=false", "optim.lr=1e-3", "--run-dir", str(run_dir),
     ])
     assert rc == 0
@@ -345,6 +350,11 @@ def test_wrn_mtan_trains_on_the_tiny_folder_through_the_cli(tiny_root: Path, tmp
     assert set(scored["domains"]) == set(TINY_DOMAINS)
     expected = decathlon_score({d: results["final"][f"{d}/accuracy"] for d in TINY_DOMAINS})[0]
     assert scored["total"] == pytest.approx(expected)
+    # evaluation with per-domain BN statistics: its own file, every domain's metrics
+    assert main(["evaluate", str(run_dir), "--checkpoint", "last", "--device", "cpu", "--refresh-bn"]) == 0
+    refreshed = json.loads((run_dir / "eval-val-last-refresh-bn.json").read_text())
+    assert set(refreshed) == {f"{k}/{d}" for d in TINY_DOMAINS for k in ("loss",)} | {
+        f"{d}/accuracy" for d in TINY_DOMAINS}
 
 
 def test_cpu_config_builds() -> None:

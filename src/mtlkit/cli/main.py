@@ -53,11 +53,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, model, tasks, builder = load_run(args.run_dir, which=args.checkpoint, device=str(device))
     if args.split not in builder.splits:
         raise MtlkitError(f"--split {args.split!r}: dataset {cfg.dataset.name!r} has {', '.join(builder.splits)}")
-    ds = builder.dataset(args.split, train=False)
-    with torch.no_grad():
-        metrics = evaluate(model.to(device), tasks, make_loader(builder, ds, cfg, train=False, epoch=0), device,
-                           progress=True)
-    out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}.json"
+    if args.refresh_bn:
+        from mtlkit.decathlon.evaluate import evaluate_refresh_bn
+
+        metrics = evaluate_refresh_bn(model.to(device), tasks, builder, cfg, device, args.split)
+    else:
+        ds = builder.dataset(args.split, train=False)
+        with torch.no_grad():
+            metrics = evaluate(model.to(device), tasks, make_loader(builder, ds, cfg, train=False, epoch=0), device,
+                               progress=True)
+    suffix = "-refresh-bn" if args.refresh_bn else ""
+    out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}{suffix}.json"
     atomic_write_json(out, metrics)
     for k, v in metrics.items():
         print(f"{k:28s} {v:.4f}")
@@ -126,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", help="dataset split (default: val)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    e.add_argument("--refresh-bn", action="store_true",
+                   help="decathlon: refit the BatchNorm statistics on each domain's training split (one epoch of "
+                   "training-mode forward passes) before testing it, as the MTAN evaluation script does")
     e.set_defaults(func=_cmd_evaluate)
 
     ls = sub.add_parser("list", help="list architectures, weighting methods, datasets and presets")

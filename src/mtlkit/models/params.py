@@ -58,11 +58,12 @@ def count_model_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0,
     return count_parameters(_meta_model(arch, tasks, width, **options))
 
 
-def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0) -> float | None:
+def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, **options: Any) -> float | None:
     """The #P reference: mean size of one single-task network per task; None when undefined.
 
     SegNet-family architectures use one single-task SegNet; another family (e.g. the decathlon's
-    Wide-ResNets) states its own reference through a ``single_task_parameters`` classmethod.
+    Wide-ResNets) states its own reference through a ``single_task_parameters`` classmethod, which
+    gets the model options (a variant with conv biases counts them in the reference too).
     """
     if not tasks:
         return None
@@ -70,7 +71,7 @@ def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0)
 
     cls = ARCHITECTURES.get(arch) if arch in ARCHITECTURES.names() else None
     if hasattr(cls, "single_task_parameters"):
-        return cls.single_task_parameters(list(tasks), width)
+        return cls.single_task_parameters(list(tasks), width, **options)
     if arch not in PAPER_ARCHS:
         return None
     return count_model_parameters("single", tasks, width) / len(tasks)
@@ -107,7 +108,7 @@ def parameter_report(
     model = _meta_model(arch, tasks, width, **options)
     params = count_parameters(model)
     shared = sum(p.numel() for p in model.shared_parameters())
-    reference = single_task_parameters(arch, tasks, width)
+    reference = single_task_parameters(arch, tasks, width, **options)
     nyuv2_like = [(t.kind, t.channels) for t in tasks] == [("segmentation", 13), ("depth", 1), ("normal", 3)]
     return {
         "arch": arch,

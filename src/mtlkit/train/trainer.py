@@ -144,7 +144,7 @@ def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float
     """#P as the MTAN paper reports it: parameters relative to one single-task network."""
     from mtlkit.models.params import single_task_parameters
 
-    base = single_task_parameters(cfg.model.arch, tasks, cfg.model.width)
+    base = single_task_parameters(cfg.model.arch, tasks, cfg.model.width, **cfg.model.options)
     return count_parameters(model) / base if base else None
 
 
