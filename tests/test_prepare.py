@@ -12,13 +12,14 @@ import scipy.io
 from mtlkit.cli.main import main
 from mtlkit.data.check import check_dataset
 from mtlkit.data.prepare_nyuv2 import (
+    DEFAULT_SMOOTHING,
     KINECT,
-    _smallest_eigenvector,
     backproject,
     kinect_intrinsics,
     load_meta,
     normals_from_depth,
     prepare_nyuv2,
+    smallest_eigenvector,
 )
 from mtlkit.errors import ConfigError, DataError
 
@@ -55,8 +56,11 @@ def write_splits(path: Path, train: list[int], test: list[int]) -> Path:
     return path
 
 
-def write_release(path: Path, n: int = 3) -> dict[str, np.ndarray]:
-    """A tiny nyu_depth_v2_labeled.mat: HDF5 with a 512-byte user block, arrays stored transposed."""
+def write_release(path: Path, n: int = 3, with_raw: bool = False) -> dict[str, np.ndarray]:
+    """A tiny nyu_depth_v2_labeled.mat: HDF5 with a 512-byte user block, arrays stored transposed.
+
+    ``with_raw``: also ``rawDepths``, the plane 1 % further (as measured) with a hole in rows 12..15.
+    """
     images = np.zeros((n, IN_H, IN_W, 3), np.uint8)
     images[:, :, : IN_W // 2, 0] = 255  # left half red
     images[:, : IN_H // 2, :, 1] = 255  # top half green
@@ -72,6 +76,11 @@ def write_release(path: Path, n: int = 3) -> dict[str, np.ndarray]:
         f.create_dataset("images", data=images.transpose(0, 3, 2, 1))  # (N, 3, W, H)
         f.create_dataset("depths", data=depths.transpose(0, 2, 1))  # (N, W, H)
         f.create_dataset("labels", data=labels.transpose(0, 2, 1))
+        if with_raw:
+            raw = np.where(depths > 0, depths * 1.01, 0).astype(np.float32)  # the same plane, scaled
+            raw[:, 12:16, 10:26] = 0  # the sensor saw nothing there; the filled depths invented it
+            f.create_dataset("rawDepths", data=raw.transpose(0, 2, 1))
+            return {"images": images, "depths": depths, "labels": labels, "rawDepths": raw}
     return {"images": images, "depths": depths, "labels": labels}
 
 
@@ -102,20 +111,88 @@ def test_normals_of_a_plane_face_the_camera() -> None:
         normals_from_depth(depth, kinect_intrinsics(48, 64), window=4)
 
 
-def test_plane_fit_eigenvector_matches_eigh() -> None:
+def test_plane_fit_eigenvector_is_exact_also_when_poorly_determined() -> None:
+    """Known eigenvectors: C = Q diag(l) Q^T; l_min / l_mid up to 0.999, where 6 power steps were not enough."""
     rng = np.random.default_rng(0)
-    pts = rng.normal(size=(2000, 25, 3)) * [1.0, 0.7, 0.1]  # noisy planar patches
-    rot = np.linalg.qr(rng.normal(size=(2000, 3, 3)))[0]
-    pts = np.einsum("nij,nkj->nki", rot, pts)
-    centred = pts - pts.mean(1, keepdims=True)
-    cov = np.einsum("nki,nkj->nij", centred, centred) / 25
-    vec, ok = _smallest_eigenvector(cov)
-    ref = np.linalg.eigh(cov)[1][..., :, 0]
+    q = np.linalg.qr(rng.normal(size=(3000, 3, 3)))[0]
+    low = np.concatenate([rng.uniform(0, 0.1, 1000), rng.uniform(0.9, 0.999, 2000)])
+    values = np.stack([low, np.ones(3000), rng.uniform(1, 5, 3000)], -1)  # l_min, l_mid, l_max
+    cov = np.einsum("nij,nj,nkj->nik", q, values, q)
+    vec, ok = smallest_eigenvector(cov)
     assert ok.all() and np.allclose(np.linalg.norm(vec, axis=-1), 1)
-    assert np.abs((vec * ref).sum(-1)).min() > 1 - 1e-6
+    assert np.abs((vec * q[..., :, 0]).sum(-1)).min() > 1 - 1e-9
     line = np.zeros((1, 3, 3))
     line[0, 0, 0] = 1.0  # collinear points: no plane
-    assert not _smallest_eigenvector(line)[1][0]
+    assert not smallest_eigenvector(line)[1][0]
+
+
+def kinect_plane(normal: np.ndarray, offset: float, rows: slice, cols: slice, noise: float,
+                 seed: int = 0) -> tuple[np.ndarray, object]:
+    """A crop of the full 640x480 view of the plane n . P = offset, depth through the Kinect's integer disparity.
+
+    ``round(k / z + noise)`` with ``k = 1 / 2.85e-3``: depth steps of 2.85e-3 z^2 (66 mm at 4.9 m);
+    the noise (disparity units) is white noise smoothed over 3 px. Returns depth and the crop's intrinsics.
+    """
+    from scipy import ndimage
+
+    full = kinect_intrinsics(480, 640)
+    k = type(full)(full.fx, full.fy, full.cx - cols.start, full.cy - rows.start)
+    h, w = rows.stop - rows.start, cols.stop - cols.start
+    u, v = np.meshgrid(np.arange(w), np.arange(h))
+    ray = np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones((h, w))], -1)
+    z = offset / (ray @ normal)
+    n = ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=z.shape), 3.0)
+    kq = 1 / 2.85e-3
+    return (kq / np.round(kq / z + noise * n / n.std())).astype(np.float32), k
+
+
+def _median_angle(est: np.ndarray, true: np.ndarray, margin: int = 16) -> float:
+    e = est[margin:-margin, margin:-margin].reshape(-1, 3)
+    assert (np.abs(e).sum(-1) > 0).all()
+    return float(np.median(np.degrees(np.arccos(np.clip(e @ true, -1, 1)))))
+
+
+@pytest.mark.parametrize(
+    ("name", "normal", "offset", "rows", "limit"),
+    [
+        # a wall 4.4 to 5 m away, turned 20 degrees: the issue's case (66 mm steps)
+        ("wall", np.array([np.sin(0.35), 0.0, -np.cos(0.35)]), -4.6, slice(160, 320), 11.0),
+        # the floor 1.2 m below a camera pitched down 15 degrees, 1.9 to 3 m away
+        ("floor", np.array([0.0, -np.cos(0.26), -np.sin(0.26)]), -1.2, slice(300, 460), 5.0),
+    ],
+)
+def test_normals_on_kinect_quantised_planes(name: str, normal: np.ndarray, offset: float, rows: slice,
+                                            limit: float) -> None:
+    """The default (bilateral + depth-adaptive window) within ``limit`` degrees (median), the 5-pixel fit not."""
+    normal = normal / np.linalg.norm(normal)
+    depth, k = kinect_plane(normal, offset, rows, slice(200, 440), noise=0.4)
+    default = _median_angle(normals_from_depth(depth, k, "adaptive", smoothing=DEFAULT_SMOOTHING), normal)
+    five = _median_angle(normals_from_depth(depth, k, 5), normal)
+    assert default < limit < five
+    assert default < 0.6 * five
+
+
+def test_prepare_raw_depth_marks_what_the_sensor_missed(tmp_path: Path) -> None:
+    src = write_release(tmp_path / "labeled.mat", with_raw=True)
+    meta = write_meta(tmp_path / "meta")
+    splits = write_splits(tmp_path / "splits.mat", [1], [2])
+    kw = {"splits": splits, "height": IN_H, "width": IN_W, "progress": False}
+    prepare_nyuv2(tmp_path / "labeled.mat", [meta], tmp_path / "raw", depth="raw", **kw)
+    prepare_nyuv2(tmp_path / "labeled.mat", [meta], tmp_path / "filled", **kw)
+    raw_depth = np.load(tmp_path / "raw/val/depth/0.npy")[..., 0]
+    raw_normal = np.load(tmp_path / "raw/val/normal/0.npy")
+    missing = src["rawDepths"][1] == 0
+    assert missing.sum() == 16 + 64  # the corner and the hole
+    assert (raw_depth[missing] == 0).all() and (raw_normal[missing] == 0).all()
+    assert np.array_equal(raw_depth[~missing], src["rawDepths"][1][~missing])  # the measured values
+    filled_depth = np.load(tmp_path / "filled/val/depth/0.npy")[..., 0]
+    filled_normal = np.load(tmp_path / "filled/val/normal/0.npy")
+    hole = np.zeros_like(missing)
+    hole[12:16, 10:26] = True
+    assert (filled_depth[hole] > 0).all() and (np.abs(filled_normal[hole]).sum(-1) > 0).all()
+    assert np.array_equal(filled_depth, src["depths"][1])
+    valid = np.abs(raw_normal).sum(-1) > 0
+    assert valid.sum() > 0.5 * valid.size and np.allclose(raw_normal[valid], [0, -0.6, -0.8], atol=1e-3)
 
 
 def test_meta_from_public_structure(tmp_path: Path) -> None:
@@ -204,3 +281,9 @@ def test_prepare_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -
         prepare_nyuv2(tmp_path / "labeled.mat", [tmp_path / "nothing"], tmp_path / "o5", progress=False)
     with pytest.raises(ConfigError, match="--normal-window"):
         prepare_nyuv2(tmp_path / "labeled.mat", [meta], tmp_path / "o6", window=4, progress=False)
+    with pytest.raises(ConfigError, match="--normal-smoothing"):
+        prepare_nyuv2(tmp_path / "labeled.mat", [meta], tmp_path / "o6", smoothing=4, progress=False)
+    with pytest.raises(ConfigError, match="--depth: expected one of filled, raw"):
+        prepare_nyuv2(tmp_path / "labeled.mat", [meta], tmp_path / "o6", depth="sensor", progress=False)
+    with pytest.raises(DataError, match="'rawDepths' not found"):  # an older file without rawDepths
+        prepare_nyuv2(tmp_path / "labeled.mat", [meta], tmp_path / "o7", depth="raw", progress=False)

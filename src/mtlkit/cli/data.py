@@ -30,6 +30,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _window(text: str) -> int | str:
+    """``--normal-window``: 'adaptive' or an integer."""
+    if text == "adaptive":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an odd integer or 'adaptive', got {text!r}") from None
+
+
 def _cmd_prepare(args: argparse.Namespace) -> int:
     """Convert a dataset release into the ``.npy`` layout (NYUv2 labeled .mat)."""
     from mtlkit.data.prepare_nyuv2 import prepare_nyuv2
@@ -44,6 +54,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         window=args.normal_window,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        depth=args.depth,
+        smoothing=args.normal_smoothing,
     )
     print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -103,7 +115,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=288, help="output height (default 288)")
     p.add_argument("--width", type=int, default=384, help="output width (default 384)")
     p.add_argument(
-        "--normal-window", type=int, default=5, help="odd window of the normals' plane fit (default 5)"
+        "--normal-window", type=_window, default="adaptive",
+        help="plane-fit window of the normals: an odd size, or 'adaptive' (default: 4 px per metre of depth, "
+        "5 to 31; see bench/nyuv2_normals.py)",
+    )
+    p.add_argument(
+        "--normal-smoothing", type=int, default=11,
+        help="odd window of the bilateral depth smoothing before the normals' plane fit, 0 for none (default 11)",
+    )
+    p.add_argument(
+        "--depth", choices=["filled", "raw"], default="filled",
+        help="filled: the release's in-painted depths (default; what MTAN's release holds); raw: rawDepths, "
+        "with depth 0 and normal 0 where the sensor measured nothing (the losses and metrics skip them)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
