@@ -50,8 +50,12 @@ def tiny_cfg(scenes_cache: Path, tmp_path: Path):
     return make
 
 
-class Killed(Exception):
-    """Raised inside a training step to simulate a run killed mid-epoch."""
+class Killed(BaseException):
+    """Raised inside a training step to simulate a run killed mid-epoch.
+
+    A BaseException, like the KeyboardInterrupt of Ctrl-C: a killed process records nothing, while
+    an Exception is a failure the trainer records in results.json.
+    """
 
 
 def train_until_killed(cfg: Config, run_dir: Path, monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:

@@ -85,11 +85,14 @@ def test_score_errors() -> None:
 def test_score_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["decathlon-score", "--acc", "svhn=96.55", "gtsrb=100"]) == 0
     out = capsys.readouterr().out
-    assert "svhn" in out and "250.0" in out and "1000.0" in out and out.strip().splitlines()[-1].endswith("1250.0")
+    lines = out.strip().splitlines()
+    assert "svhn" in out and "250.0" in out and "1000.0" in out and lines[-2].endswith("1250.0")
+    assert lines[-1].startswith("note: the total covers 2 of 10 domains; no accuracy for imagenet12")
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"final": {"dtd/accuracy": 55.53, "loss/dtd": 1.0}, "best": {}}))
     assert main(["decathlon-score", "--json", str(results), "--as-json"]) == 0
     scored = json.loads(capsys.readouterr().out)
+    assert set(scored.pop("missing")) == set(default_baselines()) - {"dtd"}
     assert scored == {"total": pytest.approx(250.0), "domains": {"dtd": pytest.approx(250.0)}}
     assert main(["decathlon-score", "--acc", "svhn"]) == 2
     assert "DOMAIN=ACCURACY" in capsys.readouterr().err

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import time
 from pathlib import Path
 
-from mtlkit.train.rundir import claim_run_dir
+import pytest
+
+from mtlkit.report.runs import read_run
+from mtlkit.train.rundir import claim_run_dir, write_history
 
 RACERS = 6
 STAMP = "20260101-000000"
@@ -48,3 +52,23 @@ def test_claim_skips_taken_names_and_files(tmp_path: Path) -> None:
     path = claim_run_dir(tmp_path / "new", "r", stamp=STAMP)
     assert path == tmp_path / "new" / f"r-{STAMP}" and path.is_dir()
     assert claim_run_dir(tmp_path, "r", stamp=STAMP) == tmp_path / f"r-{STAMP}-2"
+
+
+def _strict(line: str) -> dict:
+    return json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} written"))
+
+
+def test_history_is_strict_json_and_flags_non_finite_values(tmp_path: Path) -> None:
+    record = {"epoch": 1, "train": {"loss/depth": 0.5}, "val": {"loss/depth": float("inf")},
+              "weights": {"depth": float("nan")}}
+    write_history(tmp_path, [record])
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    written = _strict(line)
+    assert written["val"] == {"loss/depth": None} and written["weights"] == {"depth": None}
+    assert written["non_finite"] == ["val.loss/depth", "weights.depth"]
+    assert written["train"] == {"loss/depth": 0.5}
+    # a report marks the run, also for logs of older versions that wrote bare Infinity
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "metrics.jsonl").write_text('{"epoch": 1, "val": {"loss/depth": Infinity}}\n')
+    assert read_run(tmp_path).non_finite == ["epoch 1: val.loss/depth", "epoch 1: weights.depth"]
+    assert read_run(tmp_path / "old").non_finite == ["epoch 1: val.loss/depth"]

@@ -105,5 +105,5 @@ def test_checkpoints_are_weights_only(tiny_cfg, tmp_path: Path) -> None:
     torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainingError, match="bad.pt: cannot read checkpoint"):
+    with pytest.raises(TrainingError, match="bad.pt: not a PyTorch checkpoint"):
         load_checkpoint(bad)

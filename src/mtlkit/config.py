@@ -11,16 +11,34 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from mtlkit.errors import ConfigError
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``true``/``false`` where a number is expected is an error, not 1/0 (pydantic's lax default)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            allowed = _types(cls.model_fields[info.field_name].annotation)
+            if bool not in allowed and Any not in allowed and allowed & {int, float}:
+                raise ValueError("expected a number, got a boolean")
+        return value
+
+
+def _types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
+    args = get_args(annotation)
+    if not args or get_origin(annotation) is Literal:
+        return {annotation}
+    return set().union(*(_types(a) for a in args))
 
 
 class DatasetConfig(_Strict):
@@ -148,7 +166,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     if kind == "extra_forbidden":
         msg = "unknown key"
     else:
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], dict):
             msg += f" (got {first['input']!r})"
     more = len(err.errors()) - 1
@@ -167,6 +185,9 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing file or bad YAML is a ConfigError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file (to continue a run in it: "
+                          "mtlkit train --resume FOLDER)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -185,7 +206,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (or the defaults when None), apply overrides, validate."""
     data = read_yaml(path) if path is not None else {}
+    empty = path is not None and not data
     apply_overrides(data, list(overrides or []))
+    if empty:
+        raise ConfigError(f"{path}: empty config file; it would train every default for "
+                          f"{TrainConfig().epochs} epochs. Put settings in it (see configs/demo.yaml), or give "
+                          "no file and only key=value overrides")
     return config_from_dict(data, source=str(path) if path is not None else "overrides")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -10,20 +11,67 @@ from typing import Any
 
 import torch
 
+from mtlkit.errors import OutputError
+
+
+class _Sink:
+    """The file an atomic write goes through; remembers the OS error of a failed write.
+
+    ``torch.save`` turns a failed write into an opaque ``RuntimeError [enforce fail ...]``; the
+    remembered ``OSError`` (e.g. "No space left on device") is what the user is told instead.
+    """
+
+    def __init__(self, fh, path: Path) -> None:
+        self.fh, self.path = fh, path
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def output_error(path: str | Path, err: BaseException) -> OutputError:
+    """A one-line OutputError naming ``path`` and the OS error (a file in the way named as such)."""
+    path = Path(path)
+    if isinstance(err, FileExistsError | NotADirectoryError):
+        for p in (path, *path.parents):
+            if p.exists() and not p.is_dir():
+                return OutputError(f"{p}: is a file, not a folder (cannot write {path})")
+    if isinstance(err, OSError) and err.strerror:
+        reason = err.strerror
+    else:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OutputError(f"{path}: cannot write ({reason})")
+
 
 def _atomic(path: str | Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise output_error(path.parent, err) from None
+    sink = None
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            sink = _Sink(fh, path)
+            write(sink)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if sink is not None and sink.error is not None and isinstance(err, Exception):
+            raise output_error(path, sink.error) from None
+        if isinstance(err, OSError):
+            raise output_error(path, err) from None
         raise
 
 
@@ -35,8 +83,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def json_safe(obj: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``obj`` with every NaN/inf float replaced by None, and the dotted paths of those values.
+
+    JSON has no NaN or Infinity (Python's ``json`` would write bare ``NaN``/``Infinity``, which
+    other readers reject); writers store null and say which values were not finite.
+    """
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [where or "value"]
+    if isinstance(obj, dict):
+        out, bad = {}, []
+        for k, v in obj.items():
+            out[k], sub = json_safe(v, f"{where}.{k}" if where else str(k))
+            bad += sub
+        return out, bad
+    if isinstance(obj, list | tuple):
+        items = [json_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in items], [b for _, sub in items for b in sub]
+    return obj, []
+
+
+def to_json(obj: Any, indent: int | None = None) -> str:
+    """Strict JSON text of ``obj`` (non-finite floats as null, see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj)[0], indent=indent, allow_nan=False)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -59,7 +59,7 @@ def parse_acc(items: list[str]) -> dict[str, float]:
 
 def cmd_decathlon_score(args: argparse.Namespace) -> int:
     """Print the per-domain and total decathlon scores (or their JSON with --as-json)."""
-    from mtlkit.decathlon.score import format_table, score_table
+    from mtlkit.decathlon.score import default_baselines, format_table, score_table
 
     accuracies: dict[str, float] = {}
     if args.json:
@@ -71,10 +71,16 @@ def cmd_decathlon_score(args: argparse.Namespace) -> int:
     if args.baselines:
         baselines = accuracies_from_json(_read_json(args.baselines), args.baselines)
     rows = score_table(accuracies, baselines)
+    domains = list(baselines if baselines is not None else default_baselines())
+    missing = [d for d in domains if d not in accuracies]
     if args.as_json:
-        print(json.dumps({"total": sum(r.score for r in rows), "domains": {r.domain: r.score for r in rows}}, indent=2))
+        print(json.dumps({"total": sum(r.score for r in rows), "domains": {r.domain: r.score for r in rows},
+                          "missing": missing}, indent=2))
     else:
         print(format_table(rows))
+        if missing:
+            print(f"note: the total covers {len(rows)} of {len(domains)} domains; no accuracy for "
+                  f"{', '.join(missing)} (they score 0, so it is not comparable with a {len(domains)}-domain total)")
     return 0
 
 

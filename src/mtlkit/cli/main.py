@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
 from mtlkit import __version__
-from mtlkit.errors import MtlkitError
+from mtlkit.errors import MtlkitError, warn
 
 #: modules under mtlkit.cli that add command groups through ``register(subparsers)``
 COMMAND_MODULES = ["data", "sweep", "report", "decathlon", "config"]
@@ -65,6 +66,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     suffix = "-refresh-bn" if args.refresh_bn else ""
     out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}{suffix}.json"
     atomic_write_json(out, metrics)
+    bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+    if bad:
+        warn(f"non-finite {', '.join(bad)} (written as null in {out}): the checkpoint's predictions diverged")
     for k, v in metrics.items():
         print(f"{k:28s} {v:.4f}")
     print(f"written: {out}")

@@ -7,7 +7,6 @@ and summarises counts, shapes, dtypes and value ranges per split and folder.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mtlkit.config import DatasetConfig
+from mtlkit.data.consistency import sample_indices
 from mtlkit.data.npy import NpyBuilder, load_npy, read_depth, read_image, read_label, read_normal
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.registry import DATASETS
@@ -93,15 +93,8 @@ class CheckReport:
 
 def _indices(folder: Path, report: CheckReport) -> set[int]:
     """Sample indices present in ``folder``; odd file names are problems."""
-    found: set[int] = set()
-    for name in sorted(os.listdir(folder)):
-        if name.startswith(".") or not name.endswith(".npy"):
-            continue
-        stem = name[:-4]
-        if not stem.isdigit() or str(int(stem)) != stem:
-            report.problems.append(f"{folder / name}: unexpected file name, expected <index>.npy")
-            continue
-        found.add(int(stem))
+    found, odd = sample_indices(folder)
+    report.problems += [f"{folder / name}: unexpected file name, expected <index>.npy" for name in odd]
     return found
 
 

@@ -14,7 +14,6 @@ malformed file raises a one-line :class:`DataError` naming it. The same checks b
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch.utils.data import Dataset
 from mtlkit.config import DatasetConfig
 from mtlkit.data.augment import DenseAugment
 from mtlkit.data.base import DatasetBuilder
+from mtlkit.data.consistency import check_sample_folders
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks import Task
 
@@ -42,8 +42,34 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+#: the first bytes of every .npy file
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _file_kind(head: bytes) -> str:
+    """What a file that is not a .npy file looks like, from its first bytes."""
+    if not head:
+        return "empty file"
+    if head.startswith(b"PK"):
+        return "a zip archive, e.g. .npz: save one array per file with numpy.save"
+    if head[:1] == b"\x80":
+        return "pickled Python data: save the array with numpy.save"
+    if all(32 <= c < 127 or c in (9, 10, 13) for c in head):
+        return "a text file"
+    return "unknown binary content"
+
+
 def load_npy(path: Path) -> np.ndarray:
     """Memory-map one ``.npy`` file; a missing, truncated or non-``.npy`` file is a DataError."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if head != NPY_MAGIC:
+        raise DataError(f"{path}: not a .npy file ({_file_kind(head)}; a .npy file starts with the \\x93NUMPY header)")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError:
@@ -159,29 +185,6 @@ def read_normal(path: Path, hw: tuple[int, int] | None = None, tol: float = NORM
     return out
 
 
-def count_samples(folder: Path) -> int:
-    """Number of samples in a modality folder of ``{i}.npy`` files; a gap in the numbering is a DataError."""
-    if not folder.is_dir():
-        raise DataError(f"{folder}: folder not found")
-    indices: set[int] = set()
-    for name in os.listdir(folder):
-        if name.startswith(".") or not name.endswith(".npy"):
-            continue
-        stem = name[:-4]
-        if not stem.isdigit() or str(int(stem)) != stem:
-            raise DataError(
-                f"{folder / name}: unexpected file name, expected <index>.npy (0.npy, 1.npy, ...)"
-            )
-        indices.add(int(stem))
-    if not indices:
-        raise DataError(f"{folder}: no .npy samples found")
-    n = max(indices) + 1
-    if len(indices) != n:
-        missing = min(set(range(n)) - indices)
-        raise DataError(f"{folder / f'{missing}.npy'}: missing file (samples must be numbered 0..{n - 1})")
-    return n
-
-
 class NpyDenseDataset(Dataset):
     """Samples of one split of a ``.npy``-layout folder, as the dict of tensors the trainer expects.
 
@@ -223,11 +226,11 @@ class NpyDenseDataset(Dataset):
         split_dir = self.root / split
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: split folder not found")
-        n = count_samples(split_dir / "image")
         for task in self.tasks:
             folder = split_dir / self.dirs[task.name]
             if not folder.is_dir():
                 raise DataError(f"{folder}: folder not found (needed for task {task.name!r})")
+        n = check_sample_folders(split_dir, list(dict.fromkeys(["image", *self.dirs.values()])))
         self.num_samples = n if max_samples is None else min(n, int(max_samples))
 
         first = load_npy(self.path("image", 0))

@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 
 from mtlkit.config import DatasetConfig
 from mtlkit.data.base import DatasetBuilder
+from mtlkit.data.consistency import require_files
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.registry import DATASETS
 from mtlkit.tasks import Task, classification_task
@@ -418,6 +419,7 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
                 raise DataError(f"{ann.path}: category id {c} is not among the train split's categories")
             labels[i] = index[c]
         paths = [self._image_path(f) for f in ann.files]
+        require_files(paths, ann.path)
         cap = {"train": self.cfg.n_train, "val": self.cfg.n_val}.get(split)
         if cap is not None and cap < len(paths):
             keep = np.sort(np.random.default_rng([self.cfg.seed, len(paths)]).permutation(len(paths))[:cap])

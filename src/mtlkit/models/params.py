@@ -80,10 +80,12 @@ def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0,
 def _resolve_tasks(tasks_or_dataset: Sequence[Task] | str, num_classes: int | None) -> tuple[list[Task], str | None]:
     """The task list given, or the tasks of the registered dataset named (with its class count)."""
     if isinstance(tasks_or_dataset, str):
-        from mtlkit.config import DatasetConfig
+        from mtlkit.config import config_from_dict
         from mtlkit.registry import DATASETS
 
-        builder = DATASETS.get(tasks_or_dataset)(DatasetConfig(name=tasks_or_dataset, num_classes=num_classes))
+        cls = DATASETS.get(tasks_or_dataset)
+        data = {"dataset": {"name": tasks_or_dataset, "num_classes": num_classes}}  # validated: one-line errors
+        builder = cls(config_from_dict(data, f"{tasks_or_dataset} with num_classes={num_classes}").dataset)
         return builder.tasks(), tasks_or_dataset
     if num_classes is not None:
         raise ConfigError("num_classes applies to a dataset name, not to an explicit task list")

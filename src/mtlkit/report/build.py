@@ -133,6 +133,11 @@ class _Builder:
         if problems or col.missing:
             doc.intro.append(Note(f"{len(problems) + len(col.missing)} run(s) did not finish and are left out "
                                   "of the tables; see 'Unfinished and failed runs'."))
+        diverged = [r for r in col.runs if r.non_finite]
+        if diverged:
+            doc.intro.append(Note("Non-finite (NaN/inf) values were logged by " + "; ".join(
+                f"{r.name} ({', '.join(r.non_finite[:3])}{', ...' if len(r.non_finite) > 3 else ''})"
+                for r in diverged) + ": their numbers are not trustworthy."))
         doc.sections.append(self.results_section(tables))
         complexity = self.complexity_section(tables)
         if complexity is not None:
@@ -356,7 +361,7 @@ class _Builder:
     def problems_section(self, runs: list[Run], missing: list[dict[str, Any]]) -> Section:
         """Runs that did not finish: status, progress and error."""
         rows = [[Cell(r.name), Cell(r.sweep or "–"), Cell(r.status), Cell(f"{len(r.epochs)} epochs logged"),
-                 Cell((r.sweep_record or {}).get("error") or "–")] for r in runs]
+                 Cell(r.error or "–")] for r in runs]
         rows += [[Cell(str(m.get("name"))), Cell(str(m.get("sweep") or "–")), Cell(str(m.get("status"))),
                   Cell("no run folder"), Cell(str(m.get("error") or "–"))] for m in missing]
         return Section("Unfinished and failed runs", [Table(["Run", "Sweep", "Status", "Progress", "Error"], rows)])

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, warn
 
 #: paper order of the MTAN table's architectures (others follow alphabetically)
 ARCH_ORDER = ("single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan")
@@ -45,11 +46,31 @@ class Run:
         """finished, the sweep's status (failed, interrupted...), interrupted (checkpoint left) or incomplete."""
         if self.finished:
             return "finished"
+        if (self.results or {}).get("status") == "failed":
+            return "failed"
         if self.sweep_record and self.sweep_record.get("status"):
             return str(self.sweep_record["status"])
         if (self.path / "checkpoints" / "last.pt").is_file():
             return "interrupted"
         return (self.results or {}).get("status", "incomplete")
+
+    @property
+    def error(self) -> str | None:
+        """Why the run failed: results.json's one-line reason (the trainer's), else the sweep's record."""
+        return (self.results or {}).get("error") or (self.sweep_record or {}).get("error")
+
+    @property
+    def non_finite(self) -> list[str]:
+        """``epoch N: key`` of every NaN/inf value the run logged (null + ``non_finite``, or old bare NaN/Infinity)."""
+        out = []
+        for e in self.epochs:
+            keys = list(e.get("non_finite") or [])
+            for section in ("train", "val", "weights"):
+                for k, v in (e.get(section) or {}).items():
+                    if isinstance(v, float) and not math.isfinite(v):
+                        keys.append(f"{section}.{k}")
+            out += [f"epoch {e.get('epoch', '?')}: {k}" for k in keys]
+        return out
 
     @property
     def arch(self) -> str:
@@ -115,18 +136,23 @@ def is_run_dir(path: Path) -> bool:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file; a truncated last line (a killed writer) is ignored."""
+    """The objects of a JSON-lines file; a truncated last line (a killed writer) is skipped with a warning."""
     if not path.is_file():
         return []
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
     out = []
     for i, line in enumerate(lines):
         try:
-            out.append(json.loads(line))
+            obj = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
+                warn(f"{path}: line {i + 1} (the last) is not valid JSON, a writer killed mid-line? "
+                     f"Skipped: {len(out)} epoch(s) read")
                 break
             raise ConfigError(f"{path}: line {i + 1} is not valid JSON") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{path}: line {i + 1} is a JSON {type(obj).__name__}, expected an object per epoch")
+        out.append(obj)
     return out
 
 
@@ -139,6 +165,8 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
             config = yaml.safe_load(cfg_path.read_text()) or {}
         except yaml.YAMLError:
             raise ConfigError(f"{cfg_path}: invalid YAML") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{cfg_path}: expected a mapping of config sections, got a {type(config).__name__}")
     results = None
     res_path = path / "results.json"
     if res_path.is_file():
@@ -146,6 +174,9 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
             results = json.loads(res_path.read_text())
         except json.JSONDecodeError as err:
             raise ConfigError(f"{res_path}: invalid JSON ({err.msg})") from None
+        if not isinstance(results, dict):
+            raise ConfigError(f"{res_path}: expected a JSON object (the trainer's results), got a "
+                              f"{_json_kind(results)}")
     return Run(path, config, read_jsonl(path / "metrics.jsonl"), results, sweep, record)
 
 
@@ -155,6 +186,8 @@ def _load_sweep_dir(path: Path, out: Collection) -> None:
         state = json.loads((path / "sweep.json").read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path / 'sweep.json'}: invalid JSON ({err.msg})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("runs", []), list):
+        raise ConfigError(f"{path / 'sweep.json'}: expected a JSON object with a list of runs")
     out.sweeps.append({"name": state.get("name", path.name), "path": str(path), "runs": len(state.get("runs", []))})
     for rec in state.get("runs", []):
         rel = rec.get("run_dir")
@@ -164,6 +197,10 @@ def _load_sweep_dir(path: Path, out: Collection) -> None:
         else:
             out.missing.append({"name": rec.get("name"), "sweep": state.get("name"),
                                 "status": rec.get("status"), "error": rec.get("error")})
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), "null")
 
 
 def collect(paths: list[Path]) -> Collection:

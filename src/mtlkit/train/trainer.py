@@ -26,16 +26,26 @@ from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import DATASETS, WEIGHTINGS
 from mtlkit.tasks import Task
 from mtlkit.train import distributed as dist
-from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
+from mtlkit.train.checkpoint import (
+    MODEL_KEYS,
+    checkpoint_meta,
+    load_checkpoint,
+    load_model_weights,
+    restore_training_state,
+    resume_state,
+    save_checkpoint,
+)
 from mtlkit.train.evaluate import evaluate, move_batch
+from mtlkit.train.guards import check_validation, preflight
 from mtlkit.train.rundir import (
+    failures_recorded,
     open_run_dir,
     provenance,
     read_results,
     write_history,
     write_results,
 )
-from mtlkit.train.runtime import rng_state, seed_everything, select_device, set_rng_state
+from mtlkit.train.runtime import rng_state, seed_everything, select_device
 from mtlkit.train.step import StepRunner
 from mtlkit.weighting.base import Weighting
 
@@ -168,7 +178,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
         if isinstance(plan, MtlkitError):
             raise plan
         cfg, run_path, finished = plan
-        return run_path if finished else _train(cfg, run_path)
+        with failures_recorded():
+            return run_path if finished else _train(cfg, run_path)
     finally:
         dist.cleanup()
 
@@ -193,7 +204,6 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
     dist.check_weighting(weighting)
     model = dist.convert_sync_batchnorm(setup.model, device) if _sync_bn(cfg) else setup.model
-    run_path = dist.broadcast_object(open_run_dir(run_path, cfg) if main else None)
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
         train_ds = setup.builder.dataset("train", train=True)
         val_ds = setup.builder.dataset("val", train=False)
@@ -206,17 +216,12 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
 
     history: list[dict[str, Any]] = []
     start_epoch, best, reference, wall_before = 0, {"score": -math.inf, "epoch": 0, "val": {}}, None, 0.0
-    ckpt_path = run_path / "checkpoints" / "last.pt"
+    meta = checkpoint_meta(cfg, tasks)
     # rank 0 reads the checkpoint and shares it: any world size resumes the same run
-    state = dist.broadcast_object(load_checkpoint(ckpt_path) if main and ckpt_path.is_file() else None)
+    state = resume_state(run_path / "checkpoints" / "last.pt" if run_path is not None else None, meta)
     if state is not None:
-        model.load_state_dict(state["model"])
-        weighting.load_state_dict(state["weighting"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        restore_training_state(run_path / "checkpoints" / "last.pt", state, model, weighting, optimizer, scheduler,
+                               scaler)
         start_epoch, best, reference = state["epoch"], state["best"], state["reference"]
         history, wall_before = state["history"], state["wall_time"]
 
@@ -230,6 +235,9 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
                         speed.autocast_dtype, scaler)
     loader = make_loader(setup.builder, train_ds, cfg, train=True, epoch=start_epoch)
     val_loader = make_loader(setup.builder, val_ds, cfg, train=False)
+    preflight(model, tasks, {"train": train_ds, "val": val_ds}, device)
+    run_path = dist.broadcast_object(open_run_dir(run_path, cfg) if main else None)
+    ckpt_path = run_path / "checkpoints" / "last.pt"
     writer = _tensorboard(run_path, cfg) if main else None
     n_params = count_parameters(model)
     ratio = params_ratio(cfg, tasks, model)
@@ -269,6 +277,7 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
         dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
         val = evaluate(runner.plain, tasks, val_loader, device,
                        channels_last=speed.channels_last, autocast_dtype=speed.autocast_dtype)
+        check_validation(val, epoch + 1, ckpt_path)
         if reference is None:
             reference = dict(val)
         score = _best_score(val, reference, tasks)
@@ -291,11 +300,12 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(), "epoch": epoch + 1, "best": best, "reference": reference,
-                "history": history, "wall_time": time.time() - t0,
+                "history": history, "wall_time": time.time() - t0, "meta": meta,
             }
             save_checkpoint(ckpt_path, state)
             if is_best:
-                save_checkpoint(run_path / "checkpoints" / "best.pt", {"model": state["model"], "epoch": epoch + 1})
+                best_state = {"model": state["model"], "epoch": epoch + 1, "meta": meta}
+                save_checkpoint(run_path / "checkpoints" / "best.pt", best_state)
             write_history(run_path, history)
             _log_tensorboard(writer, record)
             if cfg.train.progress:
@@ -362,8 +372,10 @@ def load_run(
     cfg = load_config(run_dir / "config.yaml")
     setup = build(cfg, torch.device(device))
     ckpt = run_dir / "checkpoints" / f"{which}.pt"
-    if not ckpt.is_file():
-        ckpt = run_dir / "checkpoints" / "last.pt"
-    setup.model.load_state_dict(load_checkpoint(ckpt, map_location=device)["model"])
+    if which == "best" and not ckpt.is_file() and ckpt.with_name("last.pt").is_file():
+        raise TrainingError(f"{ckpt}: not found (the run saved no best checkpoint); "
+                            "use --checkpoint last to evaluate its last epoch")
+    expect = {k: v for k, v in checkpoint_meta(cfg, setup.tasks).items() if k in MODEL_KEYS}
+    load_model_weights(ckpt, setup.model, load_checkpoint(ckpt, map_location=device, expect=expect))
     setup.model.eval()
     return cfg, setup.model, setup.tasks, setup.builder
