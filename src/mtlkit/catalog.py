@@ -56,7 +56,7 @@ def resolve(name_or_path: str | Path, kind: str = "config") -> Path:
     Anything else is a :class:`ConfigError` naming the argument and the presets there are.
     """
     path = Path(name_or_path)
-    if path.is_file():
+    if path.is_file() or path.is_dir():  # a folder: load_config / read_yaml says it is one
         return path
     found = presets(kind)
     text = str(name_or_path)

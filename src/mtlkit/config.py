@@ -186,8 +186,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path``; missing file or bad YAML is a ConfigError naming the file."""
     path = Path(path)
     if path.is_dir():
-        raise ConfigError(f"{path}: is a folder, not a config file (to continue a run in it: "
-                          "mtlkit train --resume FOLDER)")
+        raise ConfigError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -205,6 +204,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (or the defaults when None), apply overrides, validate."""
+    if path is not None and Path(path).is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file (to continue a run in it: "
+                          "mtlkit train --resume FOLDER)")
     data = read_yaml(path) if path is not None else {}
     empty = path is not None and not data
     apply_overrides(data, list(overrides or []))
