@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,7 @@ def test_the_documented_presets_exist() -> None:
 @pytest.mark.parametrize("kind", ["config", "sweep"])
 def test_every_preset_has_a_one_line_description(kind: str) -> None:
     """The rule `mtlkit list` relies on: a config's first comment paragraph, a sweep's description key."""
-    for name, path in catalog.presets(kind).items():
+    for path in catalog.presets(kind).values():
         text = catalog.description(path, kind)
         assert text, f"{path}: no description ({'description: key' if kind == 'sweep' else 'leading # comment'})"
         assert len(text) <= 120 and "\n" not in text, f"{path}: description longer than one line: {text!r}"
@@ -127,6 +126,7 @@ def test_help_says_a_path_wins(capsys: pytest.CaptureFixture) -> None:
 
 def test_package_data_covers_every_preset() -> None:
     """pyproject's package-data patterns match every preset file, so the wheel carries them all."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mtlkit"]
     package = catalog.PRESET_DIR.parent
     for path in [*CONFIGS.values(), *SWEEPS.values()]:
