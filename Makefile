@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 #   make demo TORCH_SPEC="torch>=2.2"   (pyproject.toml itself asks for torch>=2.2,<3)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint bench browser clean
+.PHONY: install demo test lint bench browser wheel-check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# The documentation site's tools (mkdocs, Material, mkdocstrings), on top of the dev install.
+$(VENV)/.docs-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,docs]"
+	touch $@
 
 demo: install
 	$(BIN)/mtlkit train demo
@@ -32,11 +37,21 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench docs/gen_pages.py .ci/check_extras.py
+
+# The documentation site into site/ (reference pages generated from the code by docs/gen_pages.py);
+# --strict: a broken link or reference fails the build.
+docs: $(VENV)/.docs-installed
+	DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+
+# Build the sdist and the wheel, install the wheel in a fresh venv outside the checkout and use it
+# from an empty folder (CLI, one tiny training, a report, the public API, every extra's imports).
+wheel-check: install
+	bash .ci/wheel_check.sh "$(BIN)/python" "$(TORCH_SPEC)"
 
 bench: install
 	$(BIN)/python bench/weighting_step.py
 	$(BIN)/python bench/train_step.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site dist build
