@@ -71,6 +71,8 @@ def test_a_file_wins_over_a_preset_of_the_same_name(tmp_path: Path, monkeypatch:
     ("nope", "config", "nope: config file not found, nor a config preset of this name (config presets: "),
     ("configs/demo.yaml", "config", "did you mean the config preset `demo`?"),
     ("nope", "sweep", "nope: sweep file not found, nor a sweep preset of this name (sweep presets: "),
+    ("nyuv2_paper", "config", "nyuv2_paper: not a config preset but a sweep preset"),
+    ("demo", "sweep", "demo: not a sweep preset but a config preset"),
 ])
 def test_unknown_name_is_a_config_error_listing_presets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arg: str, kind: str, needle: str

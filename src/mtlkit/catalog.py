@@ -65,5 +65,8 @@ def resolve(name_or_path: str | Path, kind: str = "config") -> Path:
     what = "sweep file" if kind == "sweep" else "config file"
     if path.stem in found:
         raise ConfigError(f"{text}: {what} not found (did you mean the {kind} preset `{path.stem}`?)")
+    other = "sweep" if kind == "config" else "config"
+    if text in presets(other):
+        raise ConfigError(f"{text}: not a {kind} preset but a {other} preset (`mtlkit list` shows which is which)")
     names = ", ".join(found) or "none"
     raise ConfigError(f"{text}: {what} not found, nor a {kind} preset of this name ({kind} presets: {names})")
