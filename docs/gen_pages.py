@@ -33,6 +33,11 @@ def first_line(obj: object) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def cell(text: str) -> str:
+    """Text made safe for a Markdown table cell (a bare ``|`` would start a new column)."""
+    return text.replace("|", "\\|")
+
+
 def options(cls: type) -> list[tuple[str, str]]:
     """(name, default) of every keyword option the class's constructor takes."""
     rows = []
@@ -76,7 +81,7 @@ def registry_pages(kind: str, folder: str, registry, key: str,
     rows = []
     for name, cls in registry.items():
         yield f"{folder}/{name}.md", member_page(kind, name, cls, key, extra(cls))
-        rows.append(f"| [`{name}`]({name}.md) | {first_line(cls)} |")
+        rows.append(f"| [`{name}`]({name}.md) | {cell(first_line(cls))} |")
     title = {"architecture": "Architectures", "weighting method": "Weighting methods"}[kind]
     intro = {
         "architecture": "Every architecture takes the task list of the dataset and a width multiplier "
@@ -100,7 +105,7 @@ def weighting_extra(cls: type) -> list[str]:
 
 def datasets_page() -> str:
     """An index of the registered datasets."""
-    rows = [f"| `{name}` | {first_line(cls)} | `{path_of(cls)}` |" for name, cls in DATASETS.items()]
+    rows = [f"| `{name}` | {cell(first_line(cls))} | `{path_of(cls)}` |" for name, cls in DATASETS.items()]
     return "\n".join(["# Datasets", "", "Select one with `dataset.name=NAME`.", "",
                       "| `dataset.name` | what | class |", "|---|---|---|", *rows, ""])
 

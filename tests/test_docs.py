@@ -61,6 +61,9 @@ def test_generator_writes_a_page_per_architecture_and_weighting(tmp_path: Path) 
             assert f"::: {cls.__module__}.{cls.__qualname__}" in text, name
             assert gen.first_line(cls) and gen.first_line(cls) in text, name
             assert f"[`{name}`]({name}.md)" in pages[f"{folder}/index.md"]
+        rows = [line for line in pages[f"{folder}/index.md"].splitlines() if line.startswith("| [`")]
+        assert len(rows) == len(registry.names())
+        assert all(len(re.findall(r"(?<!\\)\|", row)) == 3 for row in rows), "a cell's | splits the table"
     assert "| `weighting.options.temperature` | `2.0` |" in pages["weighting/dwa.md"]
     assert "Kind: **gradient level**" in pages["weighting/mgda.md"] and "loss level" in pages["weighting/dwa.md"]
     for command in ("mtlkit", "mtlkit train", "mtlkit config show", "mtlkit sweep", *(f"mtlkit {c}" for c in
