@@ -53,8 +53,8 @@ def main() -> int:
     failed = []
     for extra, dists in table.items():
         t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"mtlkit[{extra}] @ {wheel.as_uri()}"],
-                              capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", f"mtlkit[{extra}] @ {wheel.as_uri()}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
         noise = "WARNING: Location "  # this machine's pip config names local index folders that may be absent
         print("".join(line for line in (proc.stdout + proc.stderr).splitlines(keepends=True)
                       if not line.startswith(noise)), end="")
