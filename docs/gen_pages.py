@@ -4,8 +4,8 @@ Run by the mkdocs-gen-files plugin at every ``mkdocs build`` (see ``mkdocs.yml``
 ``python docs/gen_pages.py OUT_DIR`` to write the pages to a folder; importing it writes nothing.
 One page per registered architecture and weighting method (their docstrings, rendered by
 mkdocstrings, plus the options and defaults read from the constructor), an index of datasets,
-the presets, and the CLI reference from the argparse parsers. Anything registered later appears
-without editing this file.
+the presets, the CLI reference from the argparse parsers, and the navigation (SUMMARY.md, read by
+mkdocs-literate-nav). Anything registered later appears without editing this file.
 """
 
 from __future__ import annotations
@@ -23,6 +23,33 @@ os.environ["COLUMNS"] = "100"
 from mtlkit.catalog import description, presets  # noqa: E402
 from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS  # noqa: E402
 
+#: the site's navigation: (title, page) or (title, [children]); "@architectures" and "@weighting"
+#: stand for the generated index page of that folder with one entry per registered class below it
+NAV = [
+    ("Home", "index.md"),
+    ("Getting started", "getting-started.md"),
+    ("Concepts", "concepts.md"),
+    ("Guides", [
+        ("Train on your own data", "own-data.md"),
+        ("Use it in your own training loop", "training-loop.md"),
+        ("Running a grid on a cluster", "cluster.md"),
+        ("Scaling to GPUs", "scaling.md"),
+    ]),
+    ("Reference", [
+        ("Architectures", "@architectures"),
+        ("Weighting methods", "@weighting"),
+        ("Datasets", "datasets.md"),
+        ("Presets", "presets.md"),
+        ("Command line", "cli.md"),
+        ("How the pieces fit", "ARCHITECTURE.md"),
+    ]),
+    ("Results", [
+        ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
+        ("Paper grid on the scenes (30 epochs)", "results/scenes_paper_cpu_long/report.md"),
+        ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
+    ]),
+    ("Changelog", "changelog.md"),
+]
 #: constructor arguments that are not user options
 _NOT_OPTIONS = {"self", "tasks", "task_names", "width", "cfg"}
 
@@ -146,6 +173,28 @@ def cli_page() -> str:
     return "\n".join(lines)
 
 
+def summary() -> str:
+    """The navigation as the Markdown list mkdocs-literate-nav reads (SUMMARY.md)."""
+    registries = {"@architectures": ARCHITECTURES, "@weighting": WEIGHTINGS}
+    lines = []
+
+    def walk(items: list, depth: int) -> None:
+        pad = "    " * depth
+        for title, target in items:
+            if isinstance(target, list):
+                lines.append(f"{pad}* {title}")
+                walk(target, depth + 1)
+            elif target in registries:
+                folder = target[1:]
+                lines.append(f"{pad}* [{title}]({folder}/index.md)")
+                lines.extend(f"{pad}    * [`{name}`]({folder}/{name}.md)" for name in registries[target].names())
+            else:
+                lines.append(f"{pad}* [{title}]({target})")
+
+    walk(NAV, 0)
+    return "\n".join(lines) + "\n"
+
+
 def pages() -> Iterator[tuple[str, str]]:
     """Every generated page as (path under docs/, markdown text)."""
     yield from registry_pages("architecture", "architectures", ARCHITECTURES, "model.arch", lambda cls: [])
@@ -154,6 +203,7 @@ def pages() -> Iterator[tuple[str, str]]:
     yield "presets.md", presets_page()
     yield "cli.md", cli_page()
     yield "changelog.md", (Path(__file__).resolve().parents[1] / "CHANGELOG.md").read_text()
+    yield "SUMMARY.md", summary()
 
 
 def write_with_gen_files() -> None:
