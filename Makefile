@@ -42,7 +42,7 @@ lint: install
 # The documentation site into site/ (reference pages generated from the code by docs/gen_pages.py);
 # --strict: a broken link or reference fails the build.
 docs: $(VENV)/.docs-installed
-	DISABLE_MKDOCS_2_WARNING=true $(BIN)/mkdocs build --strict
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Build the sdist and the wheel, install the wheel in a fresh venv outside the checkout and use it
 # from an empty folder (CLI, one tiny training, a report, the public API, every extra's imports).

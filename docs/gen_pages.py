@@ -47,6 +47,7 @@ NAV = [
         ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
         ("Paper grid on the scenes (30 epochs)", "results/scenes_paper_cpu_long/report.md"),
         ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
+        ("NYUv2 normals from Kinect depth", "results/nyuv2_normals/README.md"),
     ]),
     ("Changelog", "changelog.md"),
 ]
