@@ -102,14 +102,16 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_params(args: argparse.Namespace) -> int:
     from mtlkit.models.params import parameter_report
 
-    report = parameter_report(args.dataset, args.arch, args.width, num_classes=args.num_classes)
+    report = parameter_report(args.dataset, args.arch, args.width, num_classes=args.num_classes,
+                              backbone=args.backbone)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         ratio = report.get("ratio")
         rel = (f"{ratio:.3f}x one single-task network ({report['single_task_params']:,.0f})"
                if ratio is not None else "no single-task reference for this architecture")
-        print(f"{report['arch']} on {report['dataset']} ({', '.join(report['tasks'])}), width {report['width']}: "
+        on = f" ({report['backbone']})" if report["backbone"] else ""
+        print(f"{report['arch']}{on} on {report['dataset']} ({', '.join(report['tasks'])}), width {report['width']}: "
               f"{report['params']:,} parameters, {rel}")
     return 0
 
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "to one single-task network of the same backbone and width (the MTAN paper's #P).")
     pa.add_argument("--dataset", required=True, help="dataset whose tasks size the heads (nyuv2, cityscapes, ...)")
     pa.add_argument("--arch", required=True, help="architecture name (see `mtlkit list`)")
+    pa.add_argument("--backbone", default=None, help="segnet, resnet{18,34,50}_dilated (default: the arch's own)")
     pa.add_argument("--width", type=float, default=1.0, help="channel multiplier (default 1.0)")
     pa.add_argument("--num-classes", type=int, default=None, help="segmentation classes (dataset default)")
     pa.add_argument("--json", action="store_true", help="machine-readable output")

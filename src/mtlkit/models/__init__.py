@@ -1,7 +1,10 @@
 """Architectures, registered by name in ARCHITECTURES, and :func:`build_model` that makes one.
 
-Importing this package registers the MTAN paper's seven SegNet-based networks: ``single``,
-``stan``, ``split_wide``, ``split_deep``, ``dense``, ``cross_stitch`` and ``mtan``.
+Importing this package registers the MTAN paper's seven SegNet-based networks (``single``,
+``stan``, ``split_wide``, ``split_deep``, ``dense``, ``cross_stitch``, ``mtan``) and the
+architectures written over any backbone (``hps``, ``mmoe``, ``cgc``, ``ple``, ``dselect_k``,
+``ltb``). ``single``, ``mtan`` and ``cross_stitch`` keep the paper's SegNet classes on the
+``segnet`` backbone and have a backbone-generic class for the others (:data:`OVER_BACKBONE`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,42 @@ from collections.abc import Sequence
 from typing import Any
 
 from mtlkit.errors import ConfigError
-from mtlkit.models import cross_stitch, dense, mtan, single, split, stan  # noqa: F401  (registration)
+from mtlkit.models import cgc, cross_stitch, dense, dselect_k, hps, ltb, mmoe, mtan, ple, single, split, stan  # noqa: F401  (registration)  # noqa: F401  (registration)
+from mtlkit.models.backbones import BACKBONES, check_pretrained
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.models.blocks import check_width
+from mtlkit.models.hps import SingleOverBackbone
+from mtlkit.models.over_backbone import BackboneModel
+from mtlkit.models.resnet_mtan import ResNetMTAN
+from mtlkit.models.stitch import StagedCrossStitch
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
-__all__ = ["MultiTaskModel", "build_model", "count_parameters", "model_options"]
+__all__ = ["OVER_BACKBONE", "MultiTaskModel", "build_model", "count_parameters", "model_class", "model_options"]
 
 #: constructor arguments that are not ``model.options``
-_FIXED = ("self", "tasks", "width")
+_FIXED = ("self", "tasks", "width", "backbone", "pretrained")
+#: the paper's SegNet architectures that other backbones get through a backbone-generic class
+OVER_BACKBONE: dict[str, type[BackboneModel]] = {
+    "single": SingleOverBackbone, "mtan": ResNetMTAN, "cross_stitch": StagedCrossStitch,
+}
+
+
+def model_class(arch: str, backbone: str | None = None) -> type:
+    """The class that builds ``arch`` on ``backbone`` (None: the architecture's own backbone)."""
+    cls = ARCHITECTURES.get(arch)
+    if backbone is None:
+        return cls
+    BACKBONES.get(backbone)
+    segnet_family = cls.__module__.startswith("mtlkit.models.")
+    if issubclass(cls, BackboneModel) or (backbone == "segnet" and segnet_family):
+        return cls
+    if arch in OVER_BACKBONE:
+        return OVER_BACKBONE[arch]
+    own = "SegNet" if segnet_family else "its own network"
+    raise ConfigError(f"model.backbone {backbone!r}: model.arch {arch!r} is built on {own} only "
+                      f"(leave model.backbone unset, or use hps, single, mtan, cross_stitch, mmoe, cgc, ple, "
+                      f"dselect_k or ltb)")
 
 
 def model_options(cls: type) -> dict[str, Any] | None:
@@ -35,9 +64,10 @@ def model_options(cls: type) -> dict[str, Any] | None:
     return options
 
 
-def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, **options: Any) -> MultiTaskModel:
-    """The registered architecture ``arch`` for ``tasks``; unknown names/options are ConfigErrors."""
-    cls = ARCHITECTURES.get(arch)
+def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbone: str | None = None,
+                pretrained: str = "none", **options: Any) -> MultiTaskModel:
+    """``arch`` on ``backbone`` (None: its own) for ``tasks``; unknown names/options are ConfigErrors."""
+    cls = model_class(arch, backbone)
     accepted = model_options(cls)
     if accepted is not None:
         unknown = [k for k in options if k not in accepted]
@@ -47,4 +77,9 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, **options:
     in_channels = options.get("in_channels", 3)
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ConfigError(f"model.options.in_channels must be a positive integer (got {in_channels!r})")
+    if issubclass(cls, BackboneModel):
+        check_pretrained(backbone or "segnet", pretrained)
+        return cls(list(tasks), check_width(width), backbone=backbone or "segnet", pretrained=pretrained, **options)
+    if pretrained != "none":
+        raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
     return cls(list(tasks), check_width(width), **options)

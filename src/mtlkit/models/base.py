@@ -55,6 +55,9 @@ class MultiTaskModel(nn.Module):
         """Optimizer parameter groups; cross-stitch overrides this to scale its alphas' lr."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called before each training epoch (0-based) of ``epochs``; models with a schedule (LTB) override it."""
+
     @contextmanager
     def recording(self) -> Iterator[dict[str, Tensor]]:
         """Within the block, forward passes store attention masks / stitch alphas in ``recorded``."""

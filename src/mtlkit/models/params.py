@@ -22,6 +22,10 @@ cross_stitch   74,920,354  3.000  ≈3      49,946,668  2.000
 mtan           44,203,985  1.770  1.77    41,186,888  1.649
 ============  ===========  =====  =====  ==========  =====
 
+On another backbone the reference is one single-task network of that backbone: for
+``resnet50_dilated``, one ResNet-50 (output stride 8) + DeepLabV3 head, as the ResNet papers
+report #P; the ``single`` architecture then has #P exactly K there too.
+
 Conv layers followed by BatchNorm have no bias here (the official code's 7,168 such biases per
 SegNet are redundant and get exactly zero gradient in training), which moves no ratio by 0.1 %.
 """
@@ -47,34 +51,42 @@ PAPER_RATIOS_NYUV2 = {
 }
 
 
-def _meta_model(arch: str, tasks: Sequence[Task], width: float, **options: Any) -> torch.nn.Module:
+def _meta_model(arch: str, tasks: Sequence[Task], width: float, backbone: str | None = None,
+                **options: Any) -> torch.nn.Module:
     """``arch`` built on the meta device: shapes only, so width-1 networks cost nothing."""
     with torch.device("meta"):
-        return build_model(arch, tasks, width, **options)
+        return build_model(arch, tasks, width, backbone=backbone, **options)
 
 
-def count_model_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, **options: Any) -> int:
-    """Number of parameters of ``arch`` for ``tasks`` at ``width``, without allocating them."""
-    return count_parameters(_meta_model(arch, tasks, width, **options))
+def count_model_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, *,
+                           backbone: str | None = None, **options: Any) -> int:
+    """Number of parameters of ``arch`` (on ``backbone``) for ``tasks`` at ``width``, without allocating them."""
+    return count_parameters(_meta_model(arch, tasks, width, backbone, **options))
 
 
-def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, **options: Any) -> float | None:
+def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, *,
+                           backbone: str | None = None, **options: Any) -> float | None:
     """The #P reference: mean size of one single-task network per task; None when undefined.
 
-    SegNet-family architectures use one single-task SegNet; another family (e.g. the decathlon's
-    Wide-ResNets) states its own reference through a ``single_task_parameters`` classmethod, which
-    gets the model options (a variant with conv biases counts them in the reference too).
+    SegNet-family architectures and those written over a backbone use one single-task network of
+    that backbone (SegNet by default); another family (e.g. the decathlon's Wide-ResNets) states
+    its own reference through a ``single_task_parameters`` classmethod, which gets the model
+    options (a variant with conv biases counts them in the reference too).
     """
     if not tasks:
         return None
+    from mtlkit.models import model_class
+    from mtlkit.models.over_backbone import BackboneModel
     from mtlkit.registry import ARCHITECTURES
 
-    cls = ARCHITECTURES.get(arch) if arch in ARCHITECTURES.names() else None
+    if arch not in ARCHITECTURES:
+        return None
+    cls = model_class(arch, backbone)
     if hasattr(cls, "single_task_parameters"):
         return cls.single_task_parameters(list(tasks), width, **options)
-    if arch not in PAPER_ARCHS:
+    if arch not in PAPER_ARCHS and not issubclass(cls, BackboneModel):
         return None
-    return count_model_parameters("single", tasks, width) / len(tasks)
+    return count_model_parameters("single", tasks, width, backbone=backbone) / len(tasks)
 
 
 def _resolve_tasks(tasks_or_dataset: Sequence[Task] | str, num_classes: int | None) -> tuple[list[Task], str | None]:
@@ -98,22 +110,24 @@ def parameter_report(
     width: float = 1.0,
     *,
     num_classes: int | None = None,
+    backbone: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Parameter count of ``arch`` on a task set (or a dataset's) and its #P ratio, as a plain dict.
 
-    Keys: arch, dataset (name or None), tasks (names), width, params, shared_params,
+    Keys: arch, backbone (None: the arch's own), dataset (name or None), tasks (names), width, params, shared_params,
     single_task_params (the reference, rounded), ratio (params / reference; None for archs that
     are not SegNet-based) and paper_ratio (the MTAN table's #P for NYUv2's three tasks, else None).
     """
     tasks, dataset = _resolve_tasks(tasks_or_dataset, num_classes)
-    model = _meta_model(arch, tasks, width, **options)
+    model = _meta_model(arch, tasks, width, backbone, **options)
     params = count_parameters(model)
     shared = sum(p.numel() for p in model.shared_parameters())
-    reference = single_task_parameters(arch, tasks, width, **options)
+    reference = single_task_parameters(arch, tasks, width, backbone=backbone, **options)
     nyuv2_like = [(t.kind, t.channels) for t in tasks] == [("segmentation", 13), ("depth", 1), ("normal", 3)]
     return {
         "arch": arch,
+        "backbone": backbone,
         "dataset": dataset,
         "tasks": [t.name for t in tasks],
         "width": float(width),
@@ -121,11 +135,13 @@ def parameter_report(
         "shared_params": shared,
         "single_task_params": None if reference is None else round(reference),
         "ratio": None if reference is None else params / reference,
-        "paper_ratio": PAPER_RATIOS_NYUV2.get(arch) if nyuv2_like and width == 1 else None,
+        "paper_ratio": PAPER_RATIOS_NYUV2.get(arch) if nyuv2_like and width == 1 and backbone in (None, "segnet")
+        else None,
     }
 
 
 def parameter_table(tasks_or_dataset: Sequence[Task] | str, width: float = 1.0,
-                    archs: Sequence[str] = PAPER_ARCHS, *, num_classes: int | None = None) -> list[dict[str, Any]]:
-    """:func:`parameter_report` for each of ``archs`` (default: the paper's seven)."""
-    return [parameter_report(tasks_or_dataset, a, width, num_classes=num_classes) for a in archs]
+                    archs: Sequence[str] = PAPER_ARCHS, *, num_classes: int | None = None,
+                    backbone: str | None = None) -> list[dict[str, Any]]:
+    """:func:`parameter_report` for each of ``archs`` (default: the paper's seven) on ``backbone``."""
+    return [parameter_report(tasks_or_dataset, a, width, num_classes=num_classes, backbone=backbone) for a in archs]

@@ -76,7 +76,8 @@ def build(cfg: Config, device: torch.device | None = None) -> Setup:
     seed_everything(cfg.seed)
     builder = DATASETS.get(cfg.dataset.name)(cfg.dataset)
     tasks = builder.tasks()
-    model = build_model(cfg.model.arch, tasks, width=cfg.model.width, **cfg.model.options)
+    model = build_model(cfg.model.arch, tasks, width=cfg.model.width, backbone=cfg.model.backbone,
+                        pretrained=cfg.model.pretrained, **cfg.model.options)
     weighting = build_weighting(cfg, tasks)
     device = device or select_device(cfg.train.device)
     return Setup(cfg, builder, tasks, model.to(device), weighting.to(device), device)
@@ -154,7 +155,8 @@ def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float
     """#P as the MTAN paper reports it: parameters relative to one single-task network."""
     from mtlkit.models.params import single_task_parameters
 
-    base = single_task_parameters(cfg.model.arch, tasks, cfg.model.width, **cfg.model.options)
+    base = single_task_parameters(cfg.model.arch, tasks, cfg.model.width, backbone=cfg.model.backbone,
+                                  **cfg.model.options)
     return count_parameters(model) / base if base else None
 
 
@@ -247,6 +249,7 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
         ep_start = time.time()
         model.train()
         dist.set_epoch(loader, epoch)
+        setup.model.set_epoch(epoch, cfg.train.epochs)
         sums, counts = torch.zeros(len(tasks)), torch.zeros(len(tasks))
         wsum, nsteps = torch.zeros(len(tasks)), 0
         limit = cfg.train.max_steps_per_epoch

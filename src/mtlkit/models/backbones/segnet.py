@@ -1,0 +1,66 @@
+"""The MTAN paper's SegNet (VGG-16 encoder + mirrored decoder) as a staged backbone.
+
+Ten stages: encoder stages 0-4 (convs, then 2x2 max-pooling whose indices go into the pass's
+context) and decoder stages 4-0 (max-unpooling with those indices, then convs), so ``forward`` is
+exactly :class:`~mtlkit.models.blocks.SegNetTrunk`'s output (full resolution, ``c_0`` channels).
+Several copies of the backbone mixed stage by stage (cross-stitch, PLE, LTB) each unpool with
+their own indices, as the MTAN authors' cross-stitch SegNet does.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mtlkit.models.backbones.base import Backbone
+from mtlkit.models.blocks import (
+    NUM_LEVELS,
+    SEGNET_CHANNELS,
+    SEGNET_DEPTHS,
+    SIZE_DIVISOR,
+    Head,
+    SegNetTrunk,
+    init_weights,
+    pool,
+    scale_channels,
+    unpool,
+)
+
+
+class SegNetBackbone(Backbone):
+    """SegNet of the MTAN paper at ``width``; stages enc0..enc4, dec4..dec0."""
+
+    name = "segnet"
+    size_divisor = SIZE_DIVISOR
+
+    def __init__(self, width: float = 1.0, in_channels: int = 3) -> None:
+        super().__init__()
+        c = scale_channels(SEGNET_CHANNELS, width)
+        self.trunk = SegNetTrunk(in_channels, c, SEGNET_DEPTHS)
+        dec = self.trunk.dec_out_channels
+        self.channels = tuple(c) + tuple(dec[j] for j in range(NUM_LEVELS - 1, -1, -1))
+        self.strides = tuple(2 ** (j + 1) for j in range(NUM_LEVELS)) + tuple(
+            2**j for j in range(NUM_LEVELS - 1, -1, -1))
+        init_weights(self)
+
+    def begin(self, x: Tensor) -> tuple[Tensor, dict]:
+        """The image and an empty context (filled with each encoder stage's pre-pool output and indices)."""
+        return x, {}
+
+    def stage(self, i: int, h: Tensor, ctx: dict) -> Tensor:
+        """Encoder stage ``i`` (conv + pool) for i < 5, else decoder level ``9 - i`` (unpool + conv)."""
+        if i < NUM_LEVELS:
+            out = self.trunk.enc[i](h)
+            pooled, ctx[i] = pool(out)
+            ctx[("size", i)] = out
+            return pooled
+        j = 2 * NUM_LEVELS - 1 - i
+        return self.trunk.decoder(j)(unpool(h, ctx[j], ctx[("size", j)]))
+
+    def stage_module(self, i: int) -> nn.Module:
+        return self.trunk.enc[i] if i < NUM_LEVELS else self.trunk.decoder(2 * NUM_LEVELS - 1 - i)
+
+    def make_head(self, out_channels: int) -> nn.Module:
+        """The MTAN paper's head (3x3 conv, 1x1 conv) at full resolution."""
+        head = Head(self.out_channels, out_channels)
+        init_weights(head)
+        return head

@@ -1,0 +1,48 @@
+"""What every architecture written over a backbone shares: backbone copies, heads, input checks.
+
+``BackboneModel(tasks, width, backbone=..., in_channels=..., pretrained=...)`` checks the tasks are
+dense, remembers how to build the backbone (:func:`~mtlkit.models.backbones.build_backbone`), and
+gives one head per task from the backbone's ``make_head``. Subclasses say how copies connect.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from mtlkit.errors import ConfigError
+from mtlkit.models.backbones import Backbone, build_backbone
+from mtlkit.models.base import MultiTaskModel
+from mtlkit.models.blocks import check_dense_tasks, check_width
+from mtlkit.tasks import Task
+
+
+def positive_int(value: object, key: str) -> int:
+    """``value`` when it is a positive int, else a ConfigError naming ``model.options.<key>``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"model.options.{key} must be a positive integer (got {value!r})")
+    return value
+
+
+class BackboneModel(MultiTaskModel):
+    """Base of the architectures written once over any backbone."""
+
+    arch_name = "backbone_model"
+
+    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
+                 in_channels: int = 3, pretrained: str = "none") -> None:
+        super().__init__(tasks)
+        check_dense_tasks(self.tasks, self.arch_name)
+        self.backbone_name = backbone
+        self._spec = (check_width(width), in_channels, pretrained)
+
+    def new_backbone(self) -> Backbone:
+        """A fresh copy of the configured backbone (pretrained weights loaded into each copy)."""
+        width, in_channels, pretrained = self._spec
+        return build_backbone(self.backbone_name, width, in_channels, pretrained)
+
+    def make_heads(self, backbone: Backbone) -> nn.ModuleDict:
+        """One ``backbone.make_head`` per task, keyed by task name."""
+        return nn.ModuleDict({t.name: backbone.make_head(t.channels) for t in self.tasks})
+
+    def check_input(self, x: Tensor, backbone: Backbone) -> None:
+        backbone.check_input(x)
