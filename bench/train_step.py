@@ -21,6 +21,10 @@ loader the trainer builds, 0 and 2 workers) is timed alone.
     python bench/train_step.py --quick                 # smoke run (about a minute on a CPU)
     python bench/train_step.py                         # CPU: width 0.25, 96x128; CUDA: paper size
     python bench/train_step.py --device cuda --compile --archs mtan
+    python bench/train_step.py --device cuda --backbone resnet50_dilated --archs hps mtan
+
+With ``--backbone`` the architectures are built on that backbone (no reference MTAN: it is a
+SegNet), and the report adds each architecture's speed relative to ``hps`` on it.
 
 Writes ``bench/results/train_step.json`` (atomically) and prints a table. Target (issue 7):
 mtlkit's MTAN step at least 1.3x the reference's speed on the same input, in mtlkit's default
@@ -73,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed rounds (median per case; default: 8 CPU, 20 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per case first (default: 1 CPU, 3 CUDA)")
     p.add_argument("--archs", nargs="*", default=list(PAPER_ARCHS), help="architectures (default: the paper's 7)")
+    p.add_argument("--backbone", default=None,
+                   help="build the architectures on this backbone (e.g. resnet50_dilated; default: their own)")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the default setting (cold compile of SegNet on CPU: ~10 min per case)")
     p.add_argument("--no-reference", action="store_true", help="skip the reference MTAN")
@@ -112,7 +118,11 @@ def resolve(args: argparse.Namespace) -> tuple[argparse.Namespace, torch.device]
     if quick:
         args.batch = min(args.batch, 2)
         args.loader_epochs = min(args.loader_epochs, 2)
-    if args.height % 32 or args.width % 32:
+    if args.backbone not in (None, "segnet"):
+        args.no_reference = True  # the reference MTAN is a SegNet
+        if args.height % 8 or args.width % 8:
+            raise SystemExit("--height and --width must be multiples of 8 (output stride 8)")
+    elif args.height % 32 or args.width % 32:
         raise SystemExit("--height and --width must be multiples of 32 (five 2x2 poolings)")
     return args, device
 
@@ -194,7 +204,7 @@ def mtlkit_case(arch: str, v: Variant, tasks: list[Task], args, device, batch, *
     """The trainer's step for ``arch`` in setting ``v`` (its optimizer builder, unless ``fused=False``)."""
     cfg = config_from_dict({"optim": {"name": "adam", "lr": LR}})
     torch.manual_seed(args.seed)
-    model = build_model(arch, tasks, args.model_width).to(device)
+    model = build_model(arch, tasks, args.model_width, backbone=args.backbone).to(device)
     weighting = WEIGHTINGS.get("equal")([t.name for t in tasks]).to(device)
     opt = make_optimizer(cfg, model, weighting) if fused else torch.optim.Adam(model.parameters(), lr=LR)
     if v.channels_last:
@@ -295,12 +305,13 @@ def step_flops(build: Callable[[], torch.nn.Module], tasks: list[Task], h: int, 
     """FLOPs per image of forward + backward (the losses' sum), counted on the meta device."""
     with torch.device("meta"):
         model = build()
-        batch = {"image": torch.rand(1, 3, h, w), tasks[0].name: torch.randint(0, tasks[0].channels, (1, h, w)),
-                 tasks[1].name: torch.rand(1, 1, h, w), tasks[2].name: torch.rand(1, 3, h, w)}
+        # two images: training-mode BatchNorm after a global pooling (DeepLabV3's ASPP) needs more than one
+        batch = {"image": torch.rand(2, 3, h, w), tasks[0].name: torch.randint(0, tasks[0].channels, (2, h, w)),
+                 tasks[1].name: torch.rand(2, 1, h, w), tasks[2].name: torch.rand(2, 3, h, w)}
     counter = FlopCounterMode(display=False)
     with counter:
         stack_losses(tasks, model(batch["image"]), batch).sum().backward()
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // 2
 
 
 # ----------------------------------------------------------------------------- data loader
@@ -406,8 +417,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     flops = {}
     for arch in args.archs:
-        flops[arch] = step_flops(lambda arch=arch: build_model(arch, tasks, args.model_width), tasks,
-                                 args.height, args.width)
+        flops[arch] = step_flops(lambda arch=arch: build_model(arch, tasks, args.model_width, backbone=args.backbone),
+                                 tasks, args.height, args.width)
     if not args.no_reference:
         channels = {t.name: t.channels for t in tasks}
         flops["reference"] = step_flops(lambda: ReferenceMTAN(channels, args.model_width), tasks,
@@ -473,6 +484,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     loader_rows = [] if args.no_loader else time_loader(args, device)
 
+    # ---- each architecture against hard parameter sharing on the same backbone, default setting
+    ratio_to_hps = {}
+    if "hps" in args.archs:
+        hps_case, hps_row = by_key[f"arch:hps:{default_name}"]
+        for arch in args.archs:
+            case, row = by_key[f"arch:{arch}:{default_name}"]
+            ratio_to_hps[arch] = {
+                "images_per_s_ratio": row["images_per_s"] / hps_row["images_per_s"],
+                "images_per_s_ratio_paired": _paired(hps_case, case),  # per-round time(hps)/time(arch)
+                "peak_mib_ratio": row["peak_mib"] / hps_row["peak_mib"] if row["peak_mib"] else None,
+            }
+
     result = {
         "benchmark": "train_step",
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
@@ -490,6 +513,7 @@ def main(argv: list[str] | None = None) -> dict:
         "bench_seconds": bench_s,
         "results": rows,
         "reference": comparison,
+        "ratio_to_hps": ratio_to_hps,
         "compile_checks": compile_checks,
         "loader": loader_rows,
     }
@@ -534,6 +558,13 @@ def format_report(result: dict) -> str:
                      f"vs reference in the same settings: {r['ratio_default_vs_reference_same_settings']:.3f}x")
         lines.append(f"fused Adam (trainer) vs default Adam, same model and settings: {r['fused_adam_gain']:.3f}x "
                      f"(paired {r['fused_adam_gain_paired']:.3f}x); same FLOPs as the reference: {r['flops_equal']}")
+    if result.get("ratio_to_hps"):
+        lines += ["", f"relative to hps ({result['settings'].get('backbone') or 'own backbone'}, default setting): "
+                  "images/s ratio (paired), peak memory ratio"]
+        for arch, r in result["ratio_to_hps"].items():
+            mem = f"{r['peak_mib_ratio']:.2f}" if r["peak_mib_ratio"] else "-"
+            ratio, paired = r["images_per_s_ratio"], r["images_per_s_ratio_paired"]
+            lines.append(f"  {arch:<13} {ratio:.3f} ({paired:.3f})  memory {mem}")
     if result["compile_checks"]:
         lines += ["", "torch.compile vs eager, first step from the same weights and batch:"]
         for c in result["compile_checks"]:

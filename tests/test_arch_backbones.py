@@ -242,3 +242,23 @@ def test_resnet50_counts_by_hand():
     dsk = (48 + 1) * (2 * 2) + (48 + 1) * 2
     assert count_model_parameters("dselect_k", NYUV2, 0.0625, backbone="resnet50_dilated") == (
         4 * backbone + 3 * dsk + small_heads)
+
+
+def test_libmtl_settings_in_shipped_configs():
+    from pathlib import Path
+
+    from mtlkit.config import load_config
+    from mtlkit.sweep import load_sweep
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for name, size in (("nyuv2_resnet50", (288, 384)), ("cityscapes_resnet50", (128, 256))):
+        cfg = load_config(root / f"{name}.yaml")
+        assert (cfg.model.backbone, cfg.model.pretrained) == ("resnet50_dilated", "imagenet")
+        assert (cfg.dataset.height, cfg.dataset.width) == size
+        assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adam", 1e-4, 1e-5)
+        assert (cfg.optim.step_size, cfg.optim.gamma, cfg.train.batch_size, cfg.train.epochs) == (100, 0.5, 8, 200)
+        assert cfg.train.amp == "off"
+    runs = load_sweep(root / "sweeps" / "nyuv2_resnet50.yaml").runs()
+    assert len(runs) == 8 * 6 + 1
+    cpu = load_sweep(root / "sweeps" / "scenes_resnet18_cpu.yaml").runs()
+    assert len(cpu) == len(ARCHS)

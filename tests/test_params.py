@@ -106,3 +106,22 @@ def test_cityscapes_counts_and_report_by_dataset_name():
     assert parameter_report("cityscapes", "mtan", num_classes=19)["params"] > r["params"]
     with pytest.raises(ConfigError, match="num_classes"):
         parameter_report(NYUV2, "mtan", num_classes=13)
+
+
+def test_resnet_reports_are_relative_to_one_resnet50_deeplabv3(capsys):
+    import json
+
+    from mtlkit.cli.main import main
+
+    one_net = 23_508_032 + sum(  # ResNet-50 without classifier + one DeepLabV3 head per task, averaged
+        count_model_parameters("hps", [t], backbone="resnet50_dilated") - 23_508_032 for t in NYUV2) / 3
+    report = parameter_report(NYUV2, "hps", backbone="resnet50_dilated")
+    assert report["single_task_params"] == round(one_net) and report["backbone"] == "resnet50_dilated"
+    assert report["ratio"] == pytest.approx(report["params"] / one_net) and report["paper_ratio"] is None
+    assert parameter_report(NYUV2, "single", backbone="resnet50_dilated")["ratio"] == pytest.approx(3.0)
+    # SegNet-generic architectures are relative to one single-task SegNet
+    assert parameter_report(NYUV2, "hps")["ratio"] == pytest.approx(
+        count_model_parameters("hps", NYUV2) / single_task_parameters("mtan", NYUV2))
+    assert main(["params", "--dataset", "nyuv2", "--arch", "mtan", "--backbone", "resnet50_dilated", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"] == 92_333_521 and out["backbone"] == "resnet50_dilated"

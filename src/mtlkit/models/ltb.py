@@ -58,23 +58,19 @@ class LTB(BackboneModel):
         k = len(self.tasks)
         self.alpha = nn.Parameter(torch.zeros(first.num_stages - 1, k, k))
         self.heads = self.make_heads(first)
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))
-        self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
+        self.epoch, self.epochs = 0, 0  # set by the trainer before every epoch (resume included)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Move the schedule to 0-based ``epoch`` of ``epochs``."""
-        self.epoch.fill_(epoch)
-        self.epochs.fill_(epochs)
+        self.epoch, self.epochs = int(epoch), int(epochs)
 
     def in_warmup(self) -> bool:
         """Whether the current epoch lies in the warm-up (every column reads a soft mix of all)."""
-        epochs = int(self.epochs)
-        return epochs > 0 and int(self.epoch) < self.warmup * epochs
+        return self.epochs > 0 and self.epoch < self.warmup * self.epochs
 
     def temperature(self) -> float:
         """The Gumbel-softmax temperature at the current epoch."""
-        epochs = int(self.epochs)
-        return 1.0 if epochs == 0 else self.tau_scale * epochs / math.sqrt(int(self.epoch) + 1)
+        return 1.0 if self.epochs == 0 else self.tau_scale * self.epochs / math.sqrt(self.epoch + 1)
 
     def branch_weights(self) -> Tensor:
         """``(stages - 1, K, K)`` parent weights for this pass (rows: children, columns: parents)."""
