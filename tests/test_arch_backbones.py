@@ -262,3 +262,29 @@ def test_libmtl_settings_in_shipped_configs():
     assert len(runs) == 8 * 6 + 1
     cpu = load_sweep(root / "sweeps" / "scenes_resnet18_cpu.yaml").runs()
     assert len(cpu) == len(ARCHS)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradient_weighting_in_both_modes(arch):
+    """One trainer step with a gradient method: parameter mode always, representation mode where the
+    architecture has a shared representation, a one-line ConfigError where it has none."""
+    from mtlkit.registry import WEIGHTINGS
+    from mtlkit.train.step import StepRunner
+
+    torch.manual_seed(0)
+    model, h, w = small("resnet18_dilated", arch)
+    batch = batch_for(NYUV2, h, w)
+    names = [t.name for t in NYUV2]
+    for mode in ("parameters", "representation"):
+        weighting = WEIGHTINGS.get("mgda")(names)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        if mode == "representation" and not model.supports_representation:
+            with pytest.raises(ConfigError, match="has no shared representation; use weighting.mode=parameters"):
+                StepRunner(model, weighting, NYUV2, opt, mode)
+            continue
+        before = [p.detach().clone() for p in model.parameters()]
+        losses = StepRunner(model, weighting, NYUV2, opt, mode)(batch)
+        assert losses.shape == (3,) and torch.isfinite(losses).all()
+        moved = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
+        assert sum(moved) > 0.9 * len(moved)
+        assert weighting.last_weights.shape == (3,) and (weighting.last_weights >= 0).all()
