@@ -288,3 +288,21 @@ def test_gradient_weighting_in_both_modes(arch):
         moved = [not torch.equal(b, p) for b, p in zip(before, model.parameters())]
         assert sum(moved) > 0.9 * len(moved)
         assert weighting.last_weights.shape == (3,) and (weighting.last_weights >= 0).all()
+
+
+def test_trainer_runs_ltb_on_a_resnet_with_its_schedule(tiny_cfg, monkeypatch):
+    """The trainer builds model.backbone, tells LTB each epoch and reports #P against a single-task ResNet."""
+    import json
+
+    from mtlkit.models.ltb import LTB
+    from mtlkit.train.trainer import train
+
+    seen = []
+    original = LTB.set_epoch
+    monkeypatch.setattr(LTB, "set_epoch", lambda self, e, n: (seen.append((e, n)), original(self, e, n)))
+    run = train(tiny_cfg(model={"arch": "ltb", "backbone": "resnet18_dilated", "width": 0.125},
+                         train={"epochs": 2, "max_steps_per_epoch": 2}))
+    assert seen == [(0, 2), (1, 2)]
+    results = json.loads((run / "results.json").read_text())
+    # three ResNet columns and heads (the scenes' three tasks) + 27 branch logits
+    assert results["status"] == "finished" and results["params_ratio"] == pytest.approx(3.0, abs=1e-3)
