@@ -14,6 +14,7 @@ from mtlkit import sweep as sweeps
 from mtlkit.catalog import presets
 from mtlkit.config import Config
 from mtlkit.errors import ConfigError, MtlkitError
+from mtlkit.sweep import worker as sweep_worker
 
 
 def _sweep(tmp_path: Path, **extra) -> sweeps.Sweep:
@@ -174,7 +175,7 @@ def test_cli_dry_run_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     printed = capsys.readouterr().out
     assert "sweep s: 2 runs" in printed and "  mtan    train   model.arch=mtan" in printed and not out.exists()
     trainer = FakeTrainer(fail={"single"})
-    monkeypatch.setattr(sweeps, "_default_train", lambda: trainer)
+    monkeypatch.setattr(sweep_worker, "default_train", lambda: trainer)
     args = parser.parse_args(["sweep", str(path), "train.epochs=3", "--out", str(out), "--no-progress"])
     assert args.func(args) == 1
     assert "failed: single: RuntimeError" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Grids of runs as one command: expand a sweep file into configs and train them one after another.
+"""A sweep file: a grid of configs, expanded into named runs with validated configs.
 
 A sweep file is YAML::
 
@@ -19,14 +19,15 @@ A sweep file is YAML::
       - {model.arch: mtan, weighting.name: uncertainty}
     run_name: "{model.arch}-{weighting.name}-s{seed}"   # optional; default built from the grid
     out_dir: runs/sweeps              # the sweep folder is <out_dir>/<name> unless --out is given
+    executors:                        # optional: how each executor places the runs (flags override)
+      local: {parallel: 2}
+      slurm: {partition: gpu, time_min: 240, gpus_per_node: 1, cpus_per_task: 8}
+      ray: {num_cpus: 4, num_gpus: 1}
 
 Includes are added after excludes (an include wins). Every run gets a deterministic name and its
 run folder is ``<sweep dir>/<run name>/`` (``cfg.name`` is the run name, ``cfg.out_dir`` the sweep
-folder). Re-running the sweep skips runs whose
-``results.json`` says ``finished``, resumes runs that have ``checkpoints/last.pt``, and starts the
-rest. A run that raises is recorded as failed in ``sweep.json`` (with the error and a traceback
-file under ``logs/``) and the sweep goes on. ``sweep.json`` is rewritten atomically after every
-change, so it always describes the sweep's state.
+folder): the folder is fixed before any executor starts, so parallel runs never race for one.
+The ``executors`` keys are those of :mod:`mtlkit.sweep.options`.
 """
 
 from __future__ import annotations
@@ -35,35 +36,24 @@ import copy
 import hashlib
 import itertools
 import json
-import os
 import re
-import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mtlkit.catalog import presets
 from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
-from mtlkit.errors import ConfigError, MtlkitError
-from mtlkit.io import atomic_write_json, atomic_write_text, pid_alive
+from mtlkit.errors import ConfigError
+from mtlkit.sweep.options import ExecutorOptions, executor_options
 
 #: keys a sweep file may have
-SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "include", "run_name", "out_dir")
+SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "include", "run_name", "out_dir",
+              "executors")
 #: prefixes of the default run-name parts for well-known keys ("" = the value alone)
 NAME_PREFIXES = {"model.arch": "", "weighting.name": "", "seed": "s", "dataset.num_classes": "c"}
 #: config keys that do not change a run's results: editing them does not make finished runs stale
 HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
                 "train.device", "train.eval_batch_size", "train.compile", "train.channels_last")
-#: run statuses recorded in sweep.json
-STATUSES = ("pending", "running", "finished", "failed", "interrupted")
-
-#: ``train_fn(cfg, resume, run_dir)``: train ``cfg`` into ``run_dir``, or continue the run in ``resume``
-TrainFn = Callable[[Config, "Path | None", Path], Path]
-
 
 @dataclass
 class SweepRun:
@@ -100,6 +90,7 @@ class Sweep:
     run_name: str | None = None
     out_dir: str = "runs/sweeps"
     description: str = ""
+    executors: ExecutorOptions = field(default_factory=ExecutorOptions)
 
     @property
     def where(self) -> str:
@@ -186,6 +177,7 @@ def _matches(point: dict[str, Any], rule: dict[str, list[Any]]) -> bool:
 
 
 def _as_list(value: Any) -> list[Any]:
+    """A scalar as a one-element list; lists and tuples as lists."""
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
@@ -260,6 +252,7 @@ def sweep_from_dict(
         run_name=run_name,
         out_dir=str(data.get("out_dir") or "runs/sweeps"),
         description=str(data.get("description") or ""),
+        executors=executor_options(data.get("executors"), where),
     )
 
 
@@ -297,247 +290,6 @@ def check_names(runs: list[SweepRun]) -> None:
             raise ConfigError(f"run {run.name}: {err}") from None
 
 
-# --------------------------------------------------------------------------- run folders
-
-
-def run_status(run_dir: Path) -> str:
-    """``finished`` (results.json says so), ``resumable`` (checkpoints/last.pt), ``empty`` or ``absent``."""
-    if not run_dir.is_dir():
-        return "absent"
-    results = run_dir / "results.json"
-    if results.is_file():
-        try:
-            if json.loads(results.read_text()).get("status") == "finished":
-                return "finished"
-        except (OSError, json.JSONDecodeError):
-            pass
-    if (run_dir / "checkpoints" / "last.pt").is_file():
-        return "resumable"
-    return "empty"
-
-
-# --------------------------------------------------------------------------- state and running
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path.resolve())
-
-
-@dataclass
-class SweepOutcome:
-    """What one invocation of a sweep did: the state written to sweep.json and the failures."""
-
-    sweep_dir: Path
-    state: dict[str, Any]
-
-    @property
-    def failed(self) -> list[dict[str, Any]]:
-        """Records of the runs whose status is failed."""
-        return [r for r in self.state["runs"] if r["status"] == "failed"]
-
-    @property
-    def ok(self) -> bool:
-        """True when no run failed."""
-        return not self.failed
-
-
 def default_sweep_dir(sweep: Sweep) -> Path:
     """``<out_dir>/<name>`` of the sweep file."""
     return Path(sweep.out_dir) / sweep.name
-
-
-def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
-    """For each run: its name, grid values and what a run of the sweep would do now (train/resume/skip)."""
-    state = _read_state(sweep_dir)
-    recorded = {r["name"]: r for r in state.get("runs", [])} if state else {}
-    rows = []
-    for run in sweep.runs():
-        rec = recorded.get(run.name, {})
-        run_dir = sweep_dir / run.name
-        status = run_status(run_dir)
-        made_by = rec.get("run_plan_hash")
-        stale = status in ("finished", "resumable") and made_by not in (None, run.plan_hash())
-        action = {"finished": "skip", "resumable": "resume"}.get(status, "train")
-        rows.append({"name": run.name, "assignment": run.assignment, "action": "stale" if stale else action,
-                     "run_dir": str(run_dir)})
-    return rows
-
-
-def _read_state(sweep_dir: Path) -> dict[str, Any] | None:
-    path = sweep_dir / "sweep.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err.msg}); delete it to start a new record") from None
-
-
-@contextmanager
-def _lock(sweep_dir: Path) -> Iterator[None]:
-    """Hold ``sweep.lock`` (our pid) so two processes never run the same sweep folder at once."""
-    path = sweep_dir / "sweep.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                pid = 0
-            if pid and pid != os.getpid() and pid_alive(pid):
-                raise MtlkitError(f"{sweep_dir}: sweep is being run by process {pid} (sweep.lock)") from None
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
-        break
-    else:
-        raise MtlkitError(f"{sweep_dir}: could not take sweep.lock (another process keeps recreating it)")
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
-    return True
-
-
-def _default_train() -> TrainFn:
-    """The trainer's ``train``, imported when a sweep actually trains."""
-    from mtlkit.train.trainer import train
-
-    def train_fn(cfg: Config, resume: Path | None, run_dir: Path) -> Path:
-        """Resume ``resume`` with its saved config, or train ``cfg`` into ``run_dir``."""
-        return train(resume=resume) if resume is not None else train(cfg, run_dir=run_dir)
-
-    return train_fn
-
-
-def run_sweep(
-    sweep: Sweep,
-    sweep_dir: str | Path | None = None,
-    train_fn: TrainFn | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> SweepOutcome:
-    """Train every run of ``sweep`` in turn (skip finished, resume interrupted), recording sweep.json."""
-    from tqdm.auto import tqdm
-
-    sweep_dir = Path(sweep_dir) if sweep_dir is not None else default_sweep_dir(sweep)
-    runs = sweep.runs()
-    train_fn = train_fn or _default_train()
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _lock(sweep_dir):
-        old = _read_state(sweep_dir) or {}
-        previous = {r["name"]: r for r in old.get("runs", [])}
-        state: dict[str, Any] = {
-            "name": sweep.name,
-            "description": sweep.description,
-            "source": str(sweep.source.resolve()) if sweep.source is not None else None,
-            "grid": sweep.grid,
-            "exclude": sweep.exclude,
-            "include": sweep.include,
-            "fixed": sweep.fixed,
-            "overrides": sweep.overrides,
-            "created": old.get("created", _now()),
-            "updated": _now(),
-            "runs": [],
-        }
-        for run in runs:
-            rec = previous.get(run.name, {})
-            state["runs"].append({
-                "name": run.name,
-                "assignment": run.assignment,
-                "plan_hash": run.plan_hash(),
-                "config_hash": run.config.hash(),
-                "status": rec.get("status", "pending") if rec.get("status") != "running" else "interrupted",
-                "run_dir": run.name,
-                "error": rec.get("error"),
-                "traceback": rec.get("traceback"),
-                "attempts": rec.get("attempts", 0),
-                "wall_time": rec.get("wall_time", 0.0),
-                "run_plan_hash": rec.get("run_plan_hash"),
-                "last_action": None,
-            })
-
-        def save() -> None:
-            """Write sweep.json atomically with the current state."""
-            state["updated"] = _now()
-            atomic_write_json(sweep_dir / "sweep.json", state)
-
-        save()
-        say = log or (lambda msg: tqdm.write(msg))
-        bar = tqdm(total=len(runs), desc=f"sweep {sweep.name}", unit="run", disable=not progress, position=0)
-        try:
-            for run, rec in zip(runs, state["runs"]):
-                bar.set_postfix_str(run.name)
-                _one_run(run, rec, sweep_dir, train_fn, save, say)
-                save()
-                bar.update(1)
-        finally:
-            bar.close()
-            save()
-        n = {s: sum(r["status"] == s for r in state["runs"]) for s in STATUSES}
-        say(f"sweep {sweep.name}: {n['finished']} finished, {n['failed']} failed, "
-            f"{len(runs) - n['finished'] - n['failed']} other; state in {sweep_dir / 'sweep.json'}")
-    return SweepOutcome(sweep_dir, state)
-
-
-def _one_run(run: SweepRun, rec: dict[str, Any], sweep_dir: Path, train_fn: TrainFn,
-             save: Callable[[], None], say: Callable[[str], None]) -> None:
-    """Skip, resume or start one run, updating its record ``rec`` (status, error, times)."""
-    cfg = run.config.model_copy(deep=True)
-    cfg.out_dir = str(sweep_dir)
-    run_dir = sweep_dir / run.name
-    status = run_status(run_dir)
-    made_by = rec.get("run_plan_hash")
-    if status in ("finished", "resumable") and made_by is not None and made_by != rec["plan_hash"]:
-        rec.update(status="failed", last_action="stale",
-                   error=f"{run_dir}: made from a different config (the sweep changed since); delete that "
-                         "folder to retrain it, or give the sweep another --out folder")
-        say(f"[{run.name}] FAILED: {rec['error']}")
-        return
-    if status == "finished":
-        rec.update(status="finished", last_action="skipped", error=None)
-        say(f"[{run.name}] finished already: skipped")
-        return
-    resume = run_dir if status == "resumable" else None
-    rec.update(status="running", last_action="resumed" if resume else "trained", error=None, traceback=None,
-               run_plan_hash=rec["plan_hash"])
-    rec["attempts"] += 1
-    rec["started"] = _now()
-    save()
-    say(f"[{run.name}] {'resuming' if resume else 'training'} in {run_dir}")
-    start = time.perf_counter()
-    try:
-        out = Path(train_fn(cfg, resume, run_dir))
-    except Exception as err:  # noqa: BLE001 - a failed run is recorded and the sweep goes on
-        rec["wall_time"] += time.perf_counter() - start
-        tb_path = sweep_dir / "logs" / f"{run.name}.traceback.txt"
-        atomic_write_text(tb_path, traceback.format_exc())
-        message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-        rec.update(status="failed", error=message, traceback=_rel(tb_path, sweep_dir), ended=_now())
-        say(f"[{run.name}] FAILED: {rec['error']} (traceback: {tb_path})")
-        return
-    except BaseException:
-        rec["wall_time"] += time.perf_counter() - start
-        rec.update(status="interrupted", ended=_now())
-        raise
-    rec["wall_time"] += time.perf_counter() - start
-    rec["ended"] = _now()
-    if out.resolve() != run_dir.resolve():
-        rec.update(status="failed", error=f"training wrote {out}, not the sweep's folder {run_dir}")
-    elif run_status(out) == "finished":
-        rec["status"] = "finished"
-    else:
-        rec.update(status="failed", error=f"{out}: training returned but results.json does not say finished")
-    if rec["status"] == "failed":
-        say(f"[{run.name}] FAILED: {rec['error']}")
