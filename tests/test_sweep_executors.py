@@ -186,3 +186,60 @@ def test_missing_extra_is_refused_in_one_line(executor: str, module: str, monkey
         sweeps.run_sweep(sw, tmp_path / "x", executor=executor, progress=False)
     assert not (tmp_path / "x").exists()
     assert sweep_options.EXECUTORS[executor] == (module, executor)
+
+
+class Stopper:
+    """Sends ``sig`` to the process running ``run`` once it has saved an epoch's checkpoint (mid-run)."""
+
+    def __init__(self, sweep_dir: Path, run: str, sig: int, timeout: float = 600.0) -> None:
+        import threading
+
+        self.sweep_dir, self.run, self.sig, self.timeout = sweep_dir, run, sig, timeout
+        self.sent_to: int | None = None
+        self.epoch_at_kill: int | None = None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        import time
+
+        import torch
+
+        deadline = time.monotonic() + self.timeout
+        ckpt = self.sweep_dir / self.run / "checkpoints" / "last.pt"
+        while time.monotonic() < deadline:
+            state = st.read_state(self.sweep_dir) if (self.sweep_dir / "sweep.json").is_file() else None
+            rec = next((r for r in (state or {}).get("runs", []) if r["name"] == self.run), None)
+            if rec and rec["status"] == "running" and rec.get("where", {}).get("pid") and ckpt.is_file():
+                self.epoch_at_kill = torch.load(ckpt, weights_only=True)["epoch"]
+                self.sent_to = rec["where"]["pid"]
+                os.kill(self.sent_to, self.sig)
+                return
+            time.sleep(0.05)
+
+    def join(self) -> None:
+        """Wait for the watcher (it has sent its signal or given up)."""
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.slow
+def test_slurm_local_requeue_resumes_and_equals_sequential(reference_sweep: Path, scenes_cache: Path,
+                                                           tmp_path: Path) -> None:
+    """submitit's local executor (the SLURM code path without sbatch); one run preempted (USR2) mid-run."""
+    import signal
+
+    pytest.importorskip("submitit", reason="needs the slurm extra: pip install 'mtlkit[slurm]'")
+    out = tmp_path / "tiny4"
+    stopper = Stopper(out, "mtan-dwa", signal.SIGUSR2)
+    outcome = sweeps.run_sweep(tiny4(scenes_cache), out, progress=False, log=lambda m: None, executor="slurm",
+                               options=sweeps.ExecutorOptions(slurm={"cluster": "local", "time_min": 30}))
+    stopper.join()
+    assert stopper.sent_to is not None and stopper.epoch_at_kill == 1
+    by = {r["name"]: r for r in outcome.state["runs"]}
+    assert outcome.ok
+    assert (by["mtan-dwa"]["attempts"], by["mtan-dwa"]["last_action"]) == (2, "resumed")  # requeued, resumed
+    assert all(by[n]["attempts"] == 1 for n in by if n != "mtan-dwa")
+    assert by["mtan-dwa"]["where"]["pid"] != stopper.sent_to and by["mtan-dwa"]["where"]["executor"] == "slurm"
+    logs = "".join(p.read_text() for p in (out / "slurm").rglob("*.err"))
+    assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
+    assert metrics_of(out) == metrics_of(reference_sweep)
