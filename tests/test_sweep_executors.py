@@ -243,3 +243,28 @@ def test_slurm_local_requeue_resumes_and_equals_sequential(reference_sweep: Path
     logs = "".join(p.read_text() for p in (out / "slurm").rglob("*.err"))
     assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
     assert metrics_of(out) == metrics_of(reference_sweep)
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_run_is_retried_and_equals_sequential(reference_sweep: Path, scenes_cache: Path,
+                                                                     tmp_path: Path) -> None:
+    """A local Ray instance (2 CPUs): one run's worker is SIGKILLed after its first epoch; Ray retries it."""
+    import signal
+
+    ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'mtlkit[ray]'")
+    out = tmp_path / "tiny4"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=80 * 1024**2)
+    try:
+        stopper = Stopper(out, "mtan-dwa", signal.SIGKILL)
+        outcome = sweeps.run_sweep(tiny4(scenes_cache), out, progress=False, log=lambda m: None, executor="ray",
+                                   options=sweeps.ExecutorOptions(ray={"num_cpus": 1, "max_retries": 2}))
+        stopper.join()
+    finally:
+        ray.shutdown()
+    assert stopper.sent_to is not None and stopper.epoch_at_kill == 1
+    by = {r["name"]: r for r in outcome.state["runs"]}
+    assert outcome.ok
+    assert (by["mtan-dwa"]["attempts"], by["mtan-dwa"]["last_action"]) == (2, "resumed")  # retried, resumed
+    assert by["mtan-dwa"]["where"]["pid"] != stopper.sent_to and by["mtan-dwa"]["where"]["executor"] == "ray"
+    assert all(by[n]["attempts"] == 1 and by[n]["where"]["threads"] == 1 for n in by if n != "mtan-dwa")
+    assert metrics_of(out) == metrics_of(reference_sweep)
