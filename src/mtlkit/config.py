@@ -93,6 +93,10 @@ class TrainConfig(_Strict):
     grad_clip: float | None = Field(None, gt=0)
     progress: bool = True
     tensorboard: bool = True
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="experiment trackers (mlflow, wandb: mtlkit[trackers])")
+    tracker_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per tracker, e.g. {mlflow: {tracking_uri: ..., experiment: ...}}")
 
 
 class Config(_Strict):

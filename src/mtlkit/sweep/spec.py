@@ -53,7 +53,8 @@ SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "in
 NAME_PREFIXES = {"model.arch": "", "weighting.name": "", "seed": "s", "dataset.num_classes": "c"}
 #: config keys that do not change a run's results: editing them does not make finished runs stale
 HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
-                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last")
+                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last", "train.loggers",
+                "train.tracker_options")
 
 @dataclass
 class SweepRun:
@@ -278,11 +279,13 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:
 
 
 def check_names(runs: list[SweepRun]) -> None:
-    """Look up every run's dataset, architecture and weighting in the registries (typos fail up front)."""
+    """Look up every run's dataset, architecture, weighting and trackers (typos, missing extras fail up front)."""
     from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS
+    from mtlkit.trackers import check_loggers
 
     for run in runs:
         try:
+            check_loggers(run.config.train.loggers, run.config.train.tracker_options)
             DATASETS.get(run.config.dataset.name)
             ARCHITECTURES.get(run.config.model.arch)
             WEIGHTINGS.get(run.config.weighting.name)

@@ -25,6 +25,7 @@ from mtlkit.models import build_model
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import DATASETS, WEIGHTINGS
 from mtlkit.tasks import Task
+from mtlkit.trackers import Trackers, check_loggers, log_run_files, tracker_factories, tracking
 from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import (
     MODEL_KEYS,
@@ -181,7 +182,10 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
             raise plan
         cfg, run_path, finished = plan
         with failures_recorded():
-            return run_path if finished else _train(cfg, run_path)
+            if finished:
+                return run_path
+            with tracking() as trackers:
+                return _train(cfg, run_path, trackers)
     finally:
         dist.cleanup()
 
@@ -197,10 +201,11 @@ def _resolve_run(
         done = read_results(run_path)
         return load_config(run_path / "config.yaml"), run_path, bool(done and done.get("status") == "finished")
     assert cfg is not None
+    check_loggers(cfg.train.loggers, cfg.train.tracker_options)
     return cfg, Path(run_dir) if run_dir is not None else None, False
 
 
-def _train(cfg: Config, run_path: Path | None) -> Path:
+def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
     main = dist.is_main()
     setup = build(cfg, dist.device_for(cfg.train.device))
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
@@ -240,7 +245,9 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
     preflight(model, tasks, {"train": train_ds, "val": val_ds}, device)
     run_path = dist.broadcast_object(open_run_dir(run_path, cfg) if main else None)
     ckpt_path = run_path / "checkpoints" / "last.pt"
-    writer = _tensorboard(run_path, cfg) if main else None
+    if main:
+        trackers.add(tracker_factories(cfg, run_path))
+        trackers.log_params(cfg.to_dict())
     n_params = count_parameters(model)
     ratio = params_ratio(cfg, tasks, model)
     t0 = time.time() - wall_before
@@ -310,12 +317,10 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
                 best_state = {"model": state["model"], "epoch": epoch + 1, "meta": meta}
                 save_checkpoint(run_path / "checkpoints" / "best.pt", best_state)
             write_history(run_path, history)
-            _log_tensorboard(writer, record)
+            trackers.log_epoch(record)
             if cfg.train.progress:
                 tqdm.write(_epoch_line(record, tasks))
         dist.barrier()
-    if writer is not None:
-        writer.close()
     if main:
         results = {
             "name": cfg.name, "arch": cfg.model.arch, "weighting": cfg.weighting.name,
@@ -325,6 +330,7 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
             "wall_time": time.time() - t0, "config_hash": cfg.hash(), **provenance(), "status": "finished",
         }
         write_results(run_path, results)
+        log_run_files(trackers, run_path)
     return run_path
 
 
@@ -342,27 +348,6 @@ def _epoch_line(record: dict[str, Any], tasks: list[Task]) -> str:
             loss = record["train"][f"loss/{t.name}"]
             parts.append(f"{t.name} loss {loss:.3f} {t.main_metric} {record['val'][key]:.4g}")
     return " | ".join(parts) + f" | {record['epoch_time']:.1f}s"
-
-
-def _tensorboard(run_path: Path, cfg: Config):
-    if not cfg.train.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(run_path / "tb"))
-
-
-def _log_tensorboard(writer, record: dict[str, Any]) -> None:
-    if writer is None:
-        return
-    step = record["epoch"]
-    for section in ("train", "val"):
-        for k, v in record[section].items():
-            writer.add_scalar(f"{section}/{k}", v, step)
-    for k, v in record["weights"].items():
-        writer.add_scalar(f"weights/{k}", v, step)
-    writer.add_scalar("lr", record["lr"], step)
-    writer.flush()
 
 
 def load_run(

@@ -18,6 +18,7 @@ from typing import Any
 
 import ray
 
+from mtlkit.errors import MtlkitError
 from mtlkit.sweep.options import RayOptions
 from mtlkit.sweep.worker import RunJob, TrainFn, execute
 
@@ -35,7 +36,13 @@ def run_jobs(jobs: list[RunJob], ctx: Any) -> None:
     opts: RayOptions = ctx.options.ray
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=opts.address, include_dashboard=False, log_to_driver=False)
+        except Exception as err:  # noqa: BLE001 - one line for the user, not Ray's traceback
+            where = opts.address or "a local instance"
+            raise MtlkitError(f"--executor ray: could not start or join {where}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+                              ) from None
     try:
         task = ray.remote(_run_on_worker).options(
             num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_retries=opts.max_retries, retry_exceptions=False,

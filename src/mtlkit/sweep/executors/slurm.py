@@ -19,6 +19,7 @@ from typing import Any
 
 import submitit
 
+from mtlkit.errors import MtlkitError
 from mtlkit.sweep.options import SlurmOptions
 from mtlkit.sweep.worker import RunJob, TrainFn, execute
 
@@ -74,7 +75,11 @@ def run_jobs(jobs: list[RunJob], ctx: Any) -> None:
     """Submit one job per run (as one array), then follow them until each ended; settle jobs that died."""
     opts: SlurmOptions = ctx.options.slurm
     folder = Path(opts.folder) if opts.folder else ctx.sweep_dir / "slurm"
-    executor = make_executor(opts, folder / "%j")
+    try:
+        executor = make_executor(opts, folder / "%j")
+    except Exception as err:  # noqa: BLE001 - e.g. no sbatch on this machine: one line, not a traceback
+        raise MtlkitError(f"--executor slurm: cannot use submitit's {opts.cluster} executor: "
+                          f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
     for job in jobs:
         job.threads = opts.cpus_per_task
         job.config = {**job.config, "train": {**job.config.get("train", {}), "progress": False}}

@@ -1,0 +1,231 @@
+"""Experiment trackers: the background set (never blocks, warns once), MLflow on a real file store read
+back through MlflowClient, W&B offline files, refusal without the extra."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import train_until_killed
+from mtlkit.errors import ConfigError
+from mtlkit.trackers import Tracker, Trackers, check_loggers, epoch_scalars, flatten
+
+
+class Recorder(Tracker):
+    """Keeps every call; optionally slow, or raising from a given method."""
+
+    name = "recorder"
+
+    def __init__(self, delay: float = 0.0, fail_in: str | None = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.delay, self.fail_in = delay, fail_in
+
+    def _do(self, method: str, arg: Any) -> None:
+        time.sleep(self.delay)
+        if method == self.fail_in:
+            raise ConnectionError("server down\nsecond line")
+        self.calls.append((method, arg))
+
+    def log_params(self, params):
+        self._do("log_params", params)
+
+    def log_epoch(self, record):
+        self._do("log_epoch", record["epoch"])
+
+    def log_artifact(self, path):
+        self._do("log_artifact", Path(path).name)
+
+    def finish(self, status):
+        self._do("finish", status)
+
+
+RECORD = {"epoch": 1, "lr": 0.1, "train": {"loss/a": 2.0}, "val": {"a/acc": 0.5}, "weights": {"a": 1.0}}
+
+
+def test_flatten_and_epoch_scalars() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": {},
+                                                                              "f": None}
+    assert epoch_scalars(RECORD) == {"train/loss/a": 2.0, "val/a/acc": 0.5, "weights/a": 1.0, "lr": 0.1}
+
+
+def test_slow_tracker_never_blocks_and_gets_everything_in_order(tmp_path: Path) -> None:
+    slow = Recorder(delay=0.3)
+    trackers = Trackers({"slow": lambda: slow})
+    (tmp_path / "results.json").write_text("{}")
+    start = time.perf_counter()
+    trackers.log_params({"x": 1})
+    for epoch in (1, 2, 3):
+        trackers.log_epoch({**RECORD, "epoch": epoch})
+    trackers.log_artifact(tmp_path / "results.json")
+    trackers.log_artifact(tmp_path / "missing.json")  # skipped
+    assert time.perf_counter() - start < 0.1  # 5 calls of 0.3 s each queued, none waited for
+    trackers.finish("finished")
+    assert slow.calls == [("log_params", {"x": 1}), ("log_epoch", 1), ("log_epoch", 2), ("log_epoch", 3),
+                          ("log_artifact", "results.json"), ("finish", "finished")]
+    assert trackers.errors == {}
+
+
+def test_failing_tracker_warns_once_and_the_others_go_on() -> None:
+    bad, good = Recorder(fail_in="log_epoch"), Recorder()
+    trackers = Trackers({"bad": lambda: bad, "good": lambda: good})
+    with pytest.warns(RuntimeWarning) as caught:
+        for epoch in (1, 2, 3):
+            trackers.log_epoch({**RECORD, "epoch": epoch})
+        trackers.finish("finished")
+    messages = [str(w.message) for w in caught if "tracker" in str(w.message)]
+    assert messages == ["mtlkit: tracker bad failed (ConnectionError: server down); training goes on without it"]
+    assert trackers.errors == {"bad": "ConnectionError: server down"} and bad.calls == []
+    assert good.calls == [("log_epoch", 1), ("log_epoch", 2), ("log_epoch", 3), ("finish", "finished")]
+
+    def broken_open() -> Tracker:
+        raise OSError("cannot reach host")
+
+    with pytest.warns(RuntimeWarning, match="tracker x failed \\(OSError: cannot reach host\\)"):
+        opened = Trackers({"x": broken_open})
+        opened.log_epoch(RECORD)
+        opened.finish("failed")
+
+
+def test_unknown_or_missing_tracker_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch, tiny_cfg) -> None:
+    import importlib.util
+
+    from mtlkit.config import config_from_dict
+
+    with pytest.raises(ConfigError, match="train.loggers.0: Input should be 'tensorboard', 'mlflow' or 'wandb'"):
+        config_from_dict({"train": {"loggers": ["neptune"]}})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"^train.loggers: wandb needs wandb: pip install 'mtlkit\[trackers\]'$"):
+        check_loggers(["tensorboard", "wandb"], {})
+    with pytest.raises(ConfigError, match="train.tracker_options: unknown tracker 'mlfow'"):
+        check_loggers(["tensorboard"], {"mlfow": {}})
+    from mtlkit.train.trainer import train
+
+    cfg = tiny_cfg(train={"loggers": ["wandb"]})
+    with pytest.raises(ConfigError, match="needs wandb"):
+        train(cfg)
+
+
+@pytest.mark.slow
+def test_mlflow_file_store_read_back_and_resume_continues_the_run(tiny_cfg, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run killed in epoch 2, then resumed: one MLflow run with both epochs, params, artifacts, FINISHED."""
+    pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
+    from mlflow.tracking import MlflowClient
+
+    from mtlkit.train.trainer import train
+
+    uri = (tmp_path / "mlruns").resolve().as_uri()
+    cfg = tiny_cfg(train={"loggers": ["tensorboard", "mlflow"], "tensorboard": True,
+                          "tracker_options": {"mlflow": {"tracking_uri": uri, "experiment": "tiny"}}})
+    run_dir = tmp_path / "run"
+    train_until_killed(cfg, run_dir, monkeypatch, at_step=6)  # 4 steps per epoch: dies in epoch 2
+    client = MlflowClient(tracking_uri=uri)
+    run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    assert client.get_run(run_id).info.status == "FAILED"
+    train(resume=run_dir)
+    run = client.get_run(run_id)
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # the resume continued the same MLflow run
+    assert run.data.params["model.arch"] == "mtan" and float(run.data.params["optim.lr"]) == 1e-3
+    assert run.data.params["train.loggers"] == "['tensorboard', 'mlflow']"
+    for key in ("val/segmentation/miou", "train/loss/depth", "weights/normal", "lr"):
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        assert [g[0] for g in got] == [r["epoch"] for r in history] == [1, 2], key
+        assert [g[1] for g in got] == pytest.approx([epoch_scalars(r)[key] for r in history]), key
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"results.json", "config.yaml", "metrics.jsonl"}
+    local = Path(client.download_artifacts(run_id, "results.json", str(tmp_path / "dl")))
+    assert json.loads(local.read_text()) == json.loads((run_dir / "results.json").read_text())
+    assert any((run_dir / "tb").iterdir())
+
+
+@pytest.mark.slow
+def test_unreachable_mlflow_server_warns_once_and_training_finishes(tiny_cfg, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
+    from mtlkit.train.trainer import train
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    cfg = tiny_cfg(train={"loggers": ["mlflow"],
+                          "tracker_options": {"mlflow": {"tracking_uri": "http://127.0.0.1:9"}}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(cfg, run_dir=tmp_path / "run")
+    messages = [str(w.message) for w in caught if "tracker mlflow" in str(w.message)]
+    assert len(messages) == 1 and messages[0].startswith("mtlkit: tracker mlflow failed (")
+    assert json.loads((run / "results.json").read_text())["status"] == "finished"
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B ``.wandb`` file: a 7-byte ``:W&B`` header, then a LevelDB-style log of
+    32 KiB blocks whose chunks (crc32, length, type FULL=1 FIRST=2 MIDDLE=3 LAST=4) hold the records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, out, buf = 7, [], b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer too short for a chunk header
+            pos += 32768 - pos % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        buf = chunk if kind in (1, 2) else buf + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(buf)
+            out.append(record)
+            buf = b""
+    return out
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_its_run_files(tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline W&B: the run file holds the config, one history row per epoch, the saved files and exit 0."""
+    pytest.importorskip("wandb", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
+    from mtlkit.train.trainer import train
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = tiny_cfg(train={"loggers": ["wandb"],
+                          "tracker_options": {"wandb": {"mode": "offline", "project": "tiny"}}})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(cfg, run_dir=tmp_path / "run")
+    assert not [str(w.message) for w in caught if "tracker wandb" in str(w.message)]
+    run_id = json.loads((run / "trackers.json").read_text())["wandb"]
+    folders = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(folders) == 1
+    files = folders[0] / "files"
+    assert json.loads((files / "results.json").read_text()) == json.loads((run / "results.json").read_text())
+    assert (files / "config.yaml").is_file() and (files / "metrics.jsonl").is_file()
+    deadline = time.monotonic() + 60
+    while True:  # wandb's service process may still be writing the file when finish() returned
+        records = wandb_records(folders[0] / f"run-{run_id}.wandb")
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    config = {u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update}
+    assert config["model"]["arch"] == "mtan" and config["train"]["loggers"] == ["wandb"]
+    rows = [{i.nested_key[0] if i.nested_key else i.key: json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.HasField("history")]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for row, rec in zip(rows, history):
+        assert row["val/segmentation/miou"] == pytest.approx(rec["val"]["segmentation/miou"])
+        assert row["weights/depth"] == pytest.approx(rec["weights"]["depth"])
+    saved = {f.path for r in records if r.HasField("files") for f in r.files.files}
+    assert {"results.json", "config.yaml", "metrics.jsonl"} <= saved
+    assert kinds.count("exit") == 1 and next(r for r in records if r.HasField("exit")).exit.exit_code == 0
