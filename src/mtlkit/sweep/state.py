@@ -194,6 +194,8 @@ def describe_where(where: dict[str, Any] | None) -> str:
     if not where:
         return "?"
     parts = [where.get("executor", "?"), str(where.get("host", "?"))]
+    if where.get("node"):
+        parts.append(f"node {where['node']}")
     if where.get("job_id"):
         parts.append(f"job {where['job_id']}")
     if where.get("pid"):
