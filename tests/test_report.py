@@ -134,7 +134,7 @@ def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     assert "| #P | Architecture | Weighting | Seeds | Segmentation: mIoU ↑ |" in md
     mtan_row = next(line for line in md.splitlines() if line.startswith("| 1.20 | MTAN |"))
     assert "**0.4300**" in mtan_row and "**0.6300**" in mtan_row and "± 2.65" in mtan_row
-    assert "| 2.00 | Single-Task | n.a. | 2 | 0.4000 |" in md
+    assert "| 2.00 | Single-Task | n.a. | 2 | 0.4000 ± 0.0283 | 0.6000 ± 0.0000 |" in md
     assert "Best Δm: **MTAN / Equal** (+3.12 %, 1.20x parameters)." in md
     # sections and figures
     for title in ("## Results", "## Training curves", "## Task weights", "## Cross-stitch alphas",

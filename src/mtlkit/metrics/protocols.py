@@ -197,3 +197,17 @@ def _normal(task: Task, protocol: str, batch_size: int) -> Meter:
 _MTAN_METERS: dict[str, Callable[[Task, str, int], Meter]] = {
     "segmentation": _segmentation, "depth": _depth, "normal": _normal,
 }
+
+
+#: metrics (by name) each protocol reports in percent (0-100); every other metric is in its own unit
+#: (fractions 0-1 for mIoU, pixel accuracy and, under the MTAN protocols, within-t)
+PERCENT_METRICS = {
+    "pooled": frozenset({"within_11.25", "within_22.5", "within_30", "accuracy"}),
+    "mtan_official": frozenset({"accuracy"}),
+    "mtan_paper": frozenset({"accuracy"}),
+}
+
+
+def in_percent(protocol: str, metric: str) -> bool:
+    """True when ``protocol`` reports ``metric`` (a name such as ``within_30``) in percent."""
+    return metric in PERCENT_METRICS[check_protocol(protocol)]
