@@ -189,3 +189,28 @@ def test_evaluate_and_config_use_the_protocol() -> None:
         ref = ref_per_image_seg if protocol == "mtan_paper" else ref_pooled_seg
         assert out["segmentation/miou"] == pytest.approx(ref(d["seg_p"].argmax(1).numpy(),
                                                              d["seg_t"].numpy())[0], abs=1e-12)
+
+
+def test_training_records_the_protocol_and_evaluate_cli_switches_it(tiny_cfg, tmp_path) -> None:
+    """A 1-epoch run under mtan_paper without model selection; then `mtlkit evaluate --protocol pooled`."""
+    import json
+
+    from mtlkit.cli.main import main
+    from mtlkit.train.trainer import train
+
+    cfg = tiny_cfg(train={"epochs": 1, "batch_size": 4, "progress": False, "tensorboard": False, "amp": False},
+                   eval={"protocol": "mtan_paper", "batch_size": 2, "select_best": False, "report_last": 10})
+    assert cfg.train.amp == "off"  # YAML's bare `off` is false
+    run = train(cfg, run_dir=tmp_path / "r")
+    results = json.loads((run / "results.json").read_text())
+    assert results["eval"] == {"protocol": "mtan_paper", "batch_size": 2, "select_best": False, "report_last": 10}
+    assert results["best"] is None and "no best epoch" in results["best_note"]
+    assert not (run / "checkpoints" / "best.pt").exists()
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--protocol", "pooled", "--device", "cpu"]) == 0
+    pooled = json.loads((run / "eval-val-last-pooled.json").read_text())
+    assert pooled["protocol"] == "pooled"
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--protocol", "mtan_paper", "--device", "cpu"]) == 0
+    paper = json.loads((run / "eval-val-last-mtan_paper.json").read_text())
+    final = results["final"]
+    assert {k: paper[k] for k in final} == pytest.approx(final, rel=1e-5)  # the trainer's own evaluation
+    assert pooled["segmentation/miou"] != pytest.approx(final["segmentation/miou"], abs=1e-9)
