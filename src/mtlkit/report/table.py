@@ -409,7 +409,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):  # an empty mapping (e.g. model.options: {}) is the same as none
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
