@@ -74,10 +74,11 @@ class ReportFiles:
 
 
 def default_loader(run_dir: Path) -> tuple:
-    """The trainer's ``load_run`` (best checkpoint, CPU): ``(cfg, model, tasks, builder)``."""
+    """The trainer's ``load_run`` (best checkpoint, else last: runs without model selection), on CPU."""
     from mtlkit.train.trainer import load_run
 
-    return load_run(run_dir, which="best", device="cpu")
+    which = "best" if (Path(run_dir) / "checkpoints" / "best.pt").is_file() else "last"
+    return load_run(run_dir, which=which, device="cpu")
 
 
 def make_report(paths: list[Path], out: Path, options: ReportOptions | None = None,
