@@ -36,7 +36,7 @@ def tiny_config(root: Path, out: Path, **sections) -> Config:
         "train": {"epochs": 2, "batch_size": 4, "progress": False, "tensorboard": False},
     }
     for key, value in sections.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return config_from_dict(data)
 
 

@@ -134,7 +134,7 @@ def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     assert "| #P | Architecture | Weighting | Seeds | Segmentation: mIoU ↑ |" in md
     mtan_row = next(line for line in md.splitlines() if line.startswith("| 1.20 | MTAN |"))
     assert "**0.4300**" in mtan_row and "**0.6300**" in mtan_row and "± 2.65" in mtan_row
-    assert "| 2.00 | Single-Task | n.a. | 2 | 0.4000 |" in md
+    assert "| 2.00 | Single-Task | n.a. | 2 | 0.4000 ± 0.0283 | 0.6000 ± 0.0000 |" in md
     assert "Best Δm: **MTAN / Equal** (+3.12 %, 1.20x parameters)." in md
     # sections and figures
     for title in ("## Results", "## Training curves", "## Task weights", "## Cross-stitch alphas",
@@ -160,7 +160,9 @@ def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     assert len(srcs) == len(files.figures) and all(s.startswith("data:image/png;base64,") for s in srcs)
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page and "<script" not in page
     assert '<th colspan="2">Segmentation</th>' in page
-    assert re.search(r'<td class="r" title="± 0.01414 over 2 seeds"><b>0.4300</b></td>', page)
+    # the spread over seeds beside the mean; † and the Welch p-value: 2 seeds each cannot tell 0.43 from 0.40
+    assert '<td class="r" title="Welch p = 0.35 vs the baseline row"><b>0.4300</b> ' \
+           '<span class="extra">± 0.0141†</span></td>' in page
     assert page.count("<table>") == 3  # results, unfinished runs, provenance
     # tables as CSV and JSON
     rows = list(csv.DictReader((out / "tables.csv").open()))

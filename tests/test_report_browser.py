@@ -74,3 +74,41 @@ def test_html_report_screenshot_with_chromium_cli(report, tmp_path: Path) -> Non
     image = imread(shot)
     assert image.shape[:2] == (1600, 1200)
     assert _nonblank(shot) > 0.02
+
+
+@pytest.fixture(scope="module")
+def reference_report(tmp_path_factory: pytest.TempPathFactory):
+    """The paper-like runs with the MTAN paper's published table added (`mtlkit report --reference mtan_paper`)."""
+    root = tmp_path_factory.mktemp("browser_reference")
+    paper_like_runs(root / "runs")
+    opts = ReportOptions(title="Reference rows", references=["mtan_paper"], models=False)
+    return make_report([root / "runs"], root / "report", opts, loader=fake_loader)
+
+
+@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                    reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
+def test_reference_rows_render_greyed_in_chromium(reference_report, tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS + ["--window-size=1400,1800"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        driver.get(reference_report.html.resolve().as_uri())
+        assert driver.title == "Reference rows"
+        colors = driver.execute_script(
+            "return Array.from(document.querySelectorAll('td.muted')).map(td => getComputedStyle(td).color);")
+        assert colors and len(colors) % 17 == 0  # the 17 published rows, every cell greyed
+        assert set(colors) == {"rgb(138, 138, 138)"}
+        rows = driver.execute_script(
+            "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.textContent);")
+        assert any("One Task" in r and "[mtan_paper]" in r and "0.1510" in r for r in rows)
+        assert [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"] == []
+        shot = tmp_path / "reference.png"
+        assert driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert _nonblank(shot) > 0.02

@@ -184,8 +184,8 @@ def test_cli_dry_run_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("name, n, key, values", [
-    ("nyuv2_paper", 17, "weighting.name", {"equal", "uncertainty", "dwa"}),
-    ("cityscapes_paper", 17, "weighting.name", {"equal", "uncertainty", "dwa"}),
+    ("nyuv2_paper", 17 * 3, "weighting.name", {"equal", "uncertainty", "dwa"}),
+    ("cityscapes_paper", 17 * 3, "weighting.name", {"equal", "uncertainty", "dwa"}),
     ("scenes_paper_cpu", 17, "weighting.name", {"equal", "uncertainty", "dwa"}),
     ("complexity_cityscapes", 21, "dataset.num_classes", {2, 7, 19}),
     ("complexity_scenes", 21, "dataset.num_classes", {2, 7, 13}),
@@ -198,6 +198,11 @@ def test_shipped_sweeps_expand(name: str, n: int, key: str, values: set) -> None
         "single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan"}
     assert all(r.config.weighting.name == "equal" for r in runs if r.config.model.arch in ("single", "stan"))
     assert all(r.config.weighting.options == {} for r in runs)
+    if name.endswith("_paper"):  # the GPU paper grids: 3 seeds, the authors' cross-stitch, fp32, paper protocol
+        assert {r.config.seed for r in runs} == {0, 1, 2}
+        assert all(r.config.model.options == {"variant": "mtan"} for r in runs if r.config.model.arch == "cross_stitch")
+        assert all(r.config.train.amp == "off" and r.config.eval.protocol == "mtan_paper"
+                   and not r.config.eval.select_best and r.config.eval.report_last == 10 for r in runs)
 
 
 @pytest.mark.slow

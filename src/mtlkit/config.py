@@ -98,6 +98,23 @@ class TrainConfig(_Strict):
     tracker_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per tracker, e.g. {mlflow: {tracking_uri: ..., experiment: ...}}")
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` as false: accept it as "off"."""
+        return "off" if value is False else value
+
+
+class EvalConfig(_Strict):
+    """How validation metrics are computed and reported (see ``mtlkit.metrics.protocols``)."""
+
+    protocol: Literal["pooled", "mtan_official", "mtan_paper"] = "pooled"
+    batch_size: int | None = Field(None, ge=1, description="images per batch of the MTAN protocols' batch "
+                                   "means; None = train.batch_size")
+    select_best: bool = Field(True, description="keep a best epoch (checkpoints/best.pt, results' best); "
+                              "false when the validation split is the one the table reports")
+    report_last: int = Field(1, ge=1, description="reports average the last K epochs' metrics by default")
+
 
 class Config(_Strict):
     """A whole run: data, model, weighting, optimiser, training loop."""
@@ -110,6 +127,7 @@ class Config(_Strict):
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

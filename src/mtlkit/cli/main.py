@@ -46,7 +46,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from mtlkit.io import atomic_write_json
-    from mtlkit.train.evaluate import evaluate
+    from mtlkit.metrics.protocols import describe
+    from mtlkit.train.evaluate import evaluate, protocol_args
     from mtlkit.train.runtime import select_device
     from mtlkit.train.trainer import load_run, make_loader
 
@@ -54,6 +55,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg, model, tasks, builder = load_run(args.run_dir, which=args.checkpoint, device=str(device))
     if args.split not in builder.splits:
         raise MtlkitError(f"--split {args.split!r}: dataset {cfg.dataset.name!r} has {', '.join(builder.splits)}")
+    if args.protocol is not None:
+        cfg.eval.protocol = args.protocol
+    protocol = protocol_args(cfg)
     if args.refresh_bn:
         from mtlkit.decathlon.evaluate import evaluate_refresh_bn
 
@@ -62,10 +66,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         ds = builder.dataset(args.split, train=False)
         with torch.no_grad():
             metrics = evaluate(model.to(device), tasks, make_loader(builder, ds, cfg, train=False, epoch=0), device,
-                               progress=True)
+                               progress=True, **protocol)
+        print(f"protocol: {describe(protocol['protocol'], protocol['protocol_batch'])}")
     suffix = "-refresh-bn" if args.refresh_bn else ""
+    suffix += f"-{args.protocol}" if args.protocol is not None else ""
     out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}{suffix}.json"
-    atomic_write_json(out, metrics)
+    record = {} if args.refresh_bn else {"protocol": protocol["protocol"], "protocol_batch": protocol["protocol_batch"]}
+    atomic_write_json(out, {**metrics, **record})
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
         warn(f"non-finite {', '.join(bad)} (written as null in {out}): the checkpoint's predictions diverged")
@@ -141,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--refresh-bn", action="store_true",
                    help="decathlon: refit the BatchNorm statistics on each domain's training split (one epoch of "
                    "training-mode forward passes) before testing it, as the MTAN evaluation script does")
+    e.add_argument("--protocol", choices=["pooled", "mtan_official", "mtan_paper"], default=None,
+                   help="evaluation protocol (default: the run's eval.protocol); with it the output is "
+                        "eval-<split>-<checkpoint>-<protocol>.json")
     e.set_defaults(func=_cmd_evaluate)
 
     ls = sub.add_parser("list", help="list architectures, weighting methods, datasets and presets")

@@ -29,10 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--title", default="mtlkit report", help="the report's title")
     p.add_argument("--use", choices=["final", "best"], default="final",
                    help="which validation metrics of each run: last epoch (final, default) or best epoch")
-    p.add_argument("--average-last", type=int, default=1, metavar="K",
-                   help="use the mean of the last K epochs' validation metrics instead (K > 1)")
+    p.add_argument("--average-last", type=int, default=None, metavar="K",
+                   help="use the mean of the last K epochs' validation metrics instead (K > 1); default: the "
+                        "runs' eval.report_last (the paper configs: 10), else 1")
     p.add_argument("--baseline", default="single", metavar="ARCH",
-                   help="architecture of the delta_m baseline rows (default: single)")
+                   help="architecture of the delta_m baseline rows (default: single), or a published row "
+                        "reference:NAME/ROW, e.g. 'reference:mtan_paper/One Task'")
+    p.add_argument("--reference", action="append", default=[], metavar="NAME",
+                   help="add a published table as greyed rows (repeatable): " + ", ".join(_references()))
     p.add_argument("--attention-images", type=int, default=2, metavar="N",
                    help="validation images per MTAN/STAN run in the attention figures (0: none)")
     p.add_argument("--no-models", action="store_true",
@@ -41,15 +45,22 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def _references() -> list[str]:
+    from mtlkit.report.reference import available
+
+    return available()
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the report; prints the paths of the Markdown and HTML files."""
     from mtlkit.report.build import ReportOptions, make_report
 
-    if args.average_last < 1:
+    if args.average_last is not None and args.average_last < 1:
         raise ConfigError(f"--average-last must be at least 1, got {args.average_last}")
-    if args.average_last > 1 and args.use != "final":
+    if args.average_last is not None and args.average_last > 1 and args.use != "final":
         raise ConfigError("--average-last averages the last epochs; it cannot be combined with --use best")
     options = ReportOptions(source=args.use, last=args.average_last, baseline=args.baseline,
+                            references=list(args.reference),
                             attention_images=args.attention_images, models=not args.no_models,
                             title=args.title, argv=["mtlkit", *sys.argv[1:]])
     files = make_report(args.paths, args.out, options)

@@ -2,17 +2,21 @@
 
 One SegNet per task; after every stage (the pooled output of each encoder stage, and the output of
 decoder stages 4 to 1, i.e. before every unpooling: 9 stitch points, as in the official MTAN code)
-a cross-stitch unit mixes the K tasks' feature maps:
+a cross-stitch unit mixes the K tasks' feature maps. Two variants (``variant`` option):
 
-    x~_i = sum_k alpha[i, k] x_k          (alpha: K x K, or K x K x C with ``per_channel=True``)
-
-generalising Misra et al.'s 2 x 2 unit to K tasks. alpha starts at ``alpha_s`` on the diagonal and
-``(1 - alpha_s) / (K - 1)`` off it, so every row sums to 1 (a single task gets 1). The alphas
-train with the learning rate times ``alpha_lr_mult`` (Misra et al. scale it by 10^2 to 10^3).
+- ``misra`` (default): ``x~_i = sum_k alpha[i, k] x_k`` (alpha: K x K, or K x K x C with
+  ``per_channel=True``), generalising Misra et al.'s 2 x 2 unit to K tasks. alpha starts at
+  ``alpha_s`` on the diagonal and ``(1 - alpha_s) / (K - 1)`` off it, so every row sums to 1 (a
+  single task gets 1); the alphas train at the learning rate times ``alpha_lr_mult`` (default 100;
+  Misra et al. scale it by 10^2 to 10^3).
+- ``mtan``: the MTAN paper's cross-stitch baseline (the authors' code): one learned K-vector ``w``
+  per stitch point, shared by all tasks, ``x~_i = sum_k w[k] x_k`` for every i, initialised to
+  ones and trained at the base learning rate (``alpha_lr_mult`` default 1).
 
 Every task's loss depends on every network through the stitches, so there is no shared
 representation; ``shared_parameters()`` is everything but the heads. Alphas are recorded as
-``alpha/<stage>`` (stages ``enc0``-``enc4``, ``dec4``-``dec1``) and returned by ``stitch_alphas()``.
+``alpha/<stage>`` (stages ``enc0``-``enc4``, ``dec4``-``dec1``) and returned by ``stitch_alphas()``
+as K x K matrices (the ``mtan`` variant's vector repeated in every row).
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ from mtlkit.models.blocks import (
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
+VARIANTS = ("misra", "mtan")
+
 
 class CrossStitchUnit(nn.Module):
-    """Learned K x K (or K x K x C) linear mix of K same-shaped feature maps."""
+    """Learned K x K (or K x K x C) linear mix of K same-shaped feature maps (Misra et al.)."""
 
     def __init__(self, num_tasks: int, channels: int, alpha_s: float, per_channel: bool) -> None:
         super().__init__()
@@ -64,6 +70,28 @@ class CrossStitchUnit(nn.Module):
             y = torch.einsum("ikc,kbchw->ibchw", alpha, x)
         return list(y.unbind(0))
 
+    def matrix(self) -> Tensor:
+        """The K x K (x C) mixing weights."""
+        return self.alpha
+
+
+class SharedStitchUnit(nn.Module):
+    """The MTAN authors' unit: one K-vector ``w`` (init ones); every task gets ``sum_k w[k] xs[k]``."""
+
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(num_tasks))
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        """The same mix ``sum_k w[k] * xs[k]`` for each of the K tasks."""
+        mixed = torch.einsum("k,kbchw->bchw", self.alpha.to(xs[0].dtype), torch.stack(xs))
+        return [mixed] * len(xs)
+
+    def matrix(self) -> Tensor:
+        """The equivalent K x K matrix: ``w`` in every row."""
+        k = self.alpha.numel()
+        return self.alpha.unsqueeze(0).expand(k, k)
+
 
 @ARCHITECTURES.register("cross_stitch")
 class CrossStitch(MultiTaskModel):
@@ -77,18 +105,28 @@ class CrossStitch(MultiTaskModel):
         width: float = 1.0,
         *,
         in_channels: int = 3,
-        alpha_s: float = 0.9,
+        variant: str = "misra",
+        alpha_s: float | None = None,
         per_channel: bool = False,
-        alpha_lr_mult: float = 100.0,
+        alpha_lr_mult: float | None = None,
     ) -> None:
         super().__init__(tasks)
         check_dense_tasks(self.tasks, "cross_stitch")
+        if variant not in VARIANTS:
+            raise ConfigError(f"model.options.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+        if variant == "mtan" and (alpha_s is not None or per_channel):
+            raise ConfigError("model.options.alpha_s and per_channel belong to variant 'misra'; "
+                              "variant 'mtan' learns one K-vector per stitch point, initialised to ones")
+        alpha_s = 0.9 if alpha_s is None else alpha_s
         if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
             raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
         if not isinstance(per_channel, bool):
             raise ConfigError(f"model.options.per_channel must be true or false (got {per_channel!r})")
+        if alpha_lr_mult is None:
+            alpha_lr_mult = 100.0 if variant == "misra" else 1.0
         if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult > 0:
             raise ConfigError(f"model.options.alpha_lr_mult must be a positive number (got {alpha_lr_mult!r})")
+        self.variant = variant
         self.alpha_lr_mult = float(alpha_lr_mult)
         c = scale_channels(SEGNET_CHANNELS, check_width(width))
         self.nets = nn.ModuleDict({t.name: SegNetTrunk(in_channels, c, SEGNET_DEPTHS) for t in self.tasks})
@@ -96,15 +134,16 @@ class CrossStitch(MultiTaskModel):
         points = {f"enc{j}": c[j] for j in range(NUM_LEVELS)}
         points.update({f"dec{j}": trunk.dec_out_channels[j] for j in range(NUM_LEVELS - 1, 0, -1)})
         k = len(self.tasks)
-        self.stitches = nn.ModuleDict(
-            {name: CrossStitchUnit(k, ch, float(alpha_s), per_channel) for name, ch in points.items()}
-        )
+        def unit(ch: int) -> nn.Module:
+            return SharedStitchUnit(k) if variant == "mtan" else CrossStitchUnit(k, ch, float(alpha_s), per_channel)
+
+        self.stitches = nn.ModuleDict({name: unit(ch) for name, ch in points.items()})
         self.heads = make_heads(self.tasks, trunk.out_channels)
         init_weights(self)
 
     def _stitch(self, point: str, xs: list[Tensor]) -> list[Tensor]:
         unit = self.stitches[point]
-        self.record(f"alpha/{point}", unit.alpha)
+        self.record(f"alpha/{point}", unit.matrix())
         return unit(xs)
 
     def encode(self, x: Tensor) -> list[Tensor]:
@@ -138,12 +177,12 @@ class CrossStitch(MultiTaskModel):
         return [p for p in self.parameters() if id(p) not in heads]
 
     def alpha_parameters(self) -> list[nn.Parameter]:
-        """The cross-stitch matrices, one per stitch point."""
+        """The cross-stitch weights (matrices, or the ``mtan`` variant's vectors), one per stitch point."""
         return [unit.alpha for unit in self.stitches.values()]
 
     def stitch_alphas(self) -> dict[str, Tensor]:
-        """A detached copy of every stitch point's alpha matrix, keyed by stage (for plots)."""
-        return {name: unit.alpha.detach().clone() for name, unit in self.stitches.items()}
+        """A detached copy of every stitch point's K x K (x C) alpha matrix, keyed by stage (for plots)."""
+        return {name: unit.matrix().detach().clone() for name, unit in self.stitches.items()}
 
     def param_groups(self, lr: float) -> list[dict]:
         """Network weights at ``lr``; the alphas at ``lr * alpha_lr_mult``."""

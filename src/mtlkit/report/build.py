@@ -51,8 +51,9 @@ class ReportOptions:
     """What to report: metric source, delta_m baseline, how many model-based figures."""
 
     source: str = "final"
-    last: int = 1
+    last: int | None = None  # None: the runs' eval.report_last (1 when they disagree or lack it)
     baseline: str = "single"
+    references: list[str] = field(default_factory=list)
     attention_images: int = 2
     attention_runs: int = 2
     stitch_runs: int = 3
@@ -73,10 +74,11 @@ class ReportFiles:
 
 
 def default_loader(run_dir: Path) -> tuple:
-    """The trainer's ``load_run`` (best checkpoint, CPU): ``(cfg, model, tasks, builder)``."""
+    """The trainer's ``load_run`` (best checkpoint, else last: runs without model selection), on CPU."""
     from mtlkit.train.trainer import load_run
 
-    return load_run(run_dir, which="best", device="cpu")
+    which = "best" if (Path(run_dir) / "checkpoints" / "best.pt").is_file() else "last"
+    return load_run(run_dir, which=which, device="cpu")
 
 
 def make_report(paths: list[Path], out: Path, options: ReportOptions | None = None,
@@ -86,7 +88,8 @@ def make_report(paths: list[Path], out: Path, options: ReportOptions | None = No
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     col = collect([Path(p) for p in paths])
-    tables = build_tables(col.runs, opts.source, opts.last, opts.baseline)
+    last = opts.last if opts.last is not None else _runs_report_last(col.runs, opts.source)
+    tables = build_tables(col.runs, opts.source, last, opts.baseline, opts.references)
     builder = _Builder(out, opts, loader or default_loader)
     doc = builder.document(col, tables)
 
@@ -164,10 +167,28 @@ class _Builder:
                 sec.blocks.append(Paragraph(f"**{t.title}**"))
             sec.blocks.append(t.document_table())
             sec.blocks += [Note(n) for n in t.notes]
+            delta = self.delta_figure(t)
+            if delta is not None:
+                sec.blocks.append(delta)
             summary = _summary(t)
             if summary:
                 sec.blocks.append(Paragraph(summary))
         return sec
+
+    def delta_figure(self, t: ResultsTable) -> Figure | None:
+        """Δm of every rated row (and published rows rated against a published baseline), with error bars."""
+        bars = [{"label": r.label, "arch": r.arch, "delta": r.delta, "std": r.delta_std,
+                 "not_significant": r.not_significant("delta_m")}
+                for r in t.rows if r.delta is not None and not r.is_baseline]
+        bars += [{"label": ref.label, "arch": ref.row.arch, "delta": ref.delta, "std": None, "reference": True}
+                 for ref in t.references if ref.delta is not None]
+        if not bars:
+            return None
+        path = self.out / "figures" / f"delta_m_{t.key}.png"
+        plots.plot_delta(bars, path, title=t.title, baseline=t.baseline or "")
+        hatch = " Hatched: not significant at 5 % (Welch's t-test over seeds)." if t.significance_tested else ""
+        return self.figure(path, f"{t.title}: Δm vs the {t.baseline} row per row, mean over seeds with ± sample "
+                                 f"std error bars.{hatch}")
 
     # ------------------------------------------------------------------ complexity
 
@@ -388,6 +409,12 @@ class _Builder:
                   rows, caption="Per run, from its results.json; full values in provenance.json.",
                   align=["l", "l", "r", "r", "l", "l", "l", "l", "r"]),
             Paragraph("This report:"), BulletList(items)])
+
+
+def _runs_report_last(runs: list[Run], source: str) -> int:
+    """The K of the runs' ``eval.report_last`` when all finished runs agree (and source is final), else 1."""
+    wanted = {r.report_last for r in runs if r.finished}
+    return wanted.pop() if source == "final" and len(wanted) == 1 else 1
 
 
 def _short(err: Exception) -> str:

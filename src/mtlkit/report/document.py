@@ -14,6 +14,8 @@ class Cell:
     text: str
     bold: bool = False
     title: str | None = None
+    extra: str | None = None  # shown after the text, never bold (spread over seeds, marks)
+    muted: bool = False  # greyed (reference rows)
 
 
 @dataclass

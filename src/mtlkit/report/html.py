@@ -22,6 +22,8 @@ thead th { background: #f1f1f4; border-bottom: 2px solid #999; }
 thead tr.groups th { border-bottom: 1px solid #999; text-align: center; }
 td.r { text-align: right; font-variant-numeric: tabular-nums; }
 tbody tr:hover { background: #fafae6; }
+td.muted { color: #8a8a8a; background: #f7f7f7; font-style: italic; }
+span.extra { font-size: 11px; color: #666; }
 .caption { font-size: 12px; color: #555; margin-bottom: 1.2em; }
 .scroll { overflow-x: auto; }
 figure { margin: 1em 0 2em; }
@@ -40,11 +42,14 @@ def inline(text: str) -> str:
 
 
 def _cell(cell: Cell, tag: str, align: str) -> str:
-    cls = ' class="r"' if align == "r" else ""
+    classes = " ".join(c for c, on in (("r", align == "r"), ("muted", cell.muted)) if on)
+    cls = f' class="{classes}"' if classes else ""
     title = f' title="{html.escape(cell.title)}"' if cell.title else ""
     text = html.escape(cell.text)
     if cell.bold:
         text = f"<b>{text}</b>"
+    if cell.extra:
+        text += f' <span class="extra">{html.escape(cell.extra)}</span>'
     return f"<{tag}{cls}{title}>{text}</{tag}>"
 
 

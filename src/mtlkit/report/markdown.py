@@ -7,7 +7,11 @@ from mtlkit.report.document import BulletList, Cell, Document, Figure, Note, Par
 
 def _cell(cell: Cell) -> str:
     text = cell.text.replace("|", "\\|").replace("\n", " ")
-    return f"**{text}**" if cell.bold and text not in ("", "–") else text
+    if cell.bold and text not in ("", "–"):
+        text = f"**{text}**"
+    elif cell.muted and text not in ("", "–"):
+        text = f"*{text}*"
+    return f"{text} {cell.extra}" if cell.extra else text
 
 
 def table(t: Table) -> str:

@@ -317,3 +317,29 @@ __all__ = [
     "plot_curves", "plot_weights", "plot_stitch_alphas", "alpha_matrices", "plot_complexity",
     "plot_attention", "display_image", "arch_color", "weighting_style",
 ]
+
+
+def plot_delta(bars: list[dict[str, Any]], path: Path, title: str = "", baseline: str = "") -> Path:
+    """Δm per row as horizontal bars with ± std error bars over seeds (hatched: not significant).
+
+    ``bars``: dicts with ``label``, ``arch``, ``delta`` (%), ``std`` (None: one seed),
+    ``not_significant`` (bool) and ``reference`` (bool: a published row, drawn grey).
+    """
+    fig = _figure(7.0, 0.34 * len(bars) + 1.3)
+    ax = fig.subplots()
+    ys = np.arange(len(bars))[::-1]
+    for y, b in zip(ys, bars):
+        color = (0.72, 0.72, 0.72, 1.0) if b.get("reference") else arch_color(b["arch"])
+        ax.barh(y, b["delta"], color=color, hatch="//" if b.get("not_significant") else None,
+                edgecolor="black" if b.get("not_significant") else color, linewidth=0.6)
+        if b.get("std") is not None:
+            ax.errorbar(b["delta"], y, xerr=b["std"], color="black", capsize=3, linewidth=1)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(ys, [b["label"] for b in bars], fontsize=7)
+    ax.set_xlabel(f"Δm % vs {baseline} (higher is better; bars: mean, whiskers: ± std over seeds)"
+                  if baseline else "Δm %", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

@@ -94,6 +94,17 @@ class Run:
         return int(seed) if seed is not None else None
 
     @property
+    def protocol(self) -> str:
+        """The evaluation protocol of the run's metrics (results.json, else config.yaml, else pooled)."""
+        recorded = ((self.results or {}).get("eval") or {}).get("protocol")
+        return str(recorded or (self.config.get("eval") or {}).get("protocol") or "pooled")
+
+    @property
+    def report_last(self) -> int:
+        """How many last epochs the run's config asks reports to average (``eval.report_last``, else 1)."""
+        return int((self.config.get("eval") or {}).get("report_last") or 1)
+
+    @property
     def tasks(self) -> list[dict[str, Any]]:
         """Task declarations from results.json: name, kind, channels, metrics {m: higher}, main_metric."""
         return list((self.results or {}).get("tasks") or [])

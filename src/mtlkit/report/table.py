@@ -11,6 +11,13 @@ every task with its better direction (↑ higher is better, ↓ lower), and
 of each seed's run against the single-task row's seed-mean (Maninis et al. 2019), reported as the
 mean over seeds ± the sample standard deviation (ddof = 1) when a row has several seeds. The best
 value of each column (direction respected; delta_m: highest) is bold.
+
+With several seeds, every metric and delta_m of a row is compared with the baseline row by Welch's
+t-test (unequal variances, two-sided, ``scipy.stats.ttest_ind(equal_var=False)``) over the seeds;
+a difference that is not significant at the 5 % level is marked † (two constant samples: p = 1 when
+equal, 0 when not). The baseline may also be a
+published row (``reference:NAME/ROW``, see :mod:`mtlkit.report.reference`); published tables can be
+added as greyed reference rows, converted to the units of the runs' evaluation protocol.
 """
 
 from __future__ import annotations
@@ -21,8 +28,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from mtlkit.errors import ConfigError
+from mtlkit.metrics.protocols import describe
 from mtlkit.report.document import Cell, Table, slug
+from mtlkit.report.reference import Reference, ReferenceRow, load_reference
 from mtlkit.report.runs import SINGLE_TASK_ARCHS, Run, order_key
+
+#: significance level of the Welch t-tests against the baseline row
+ALPHA = 0.05
+#: mark of a difference from the baseline that is not significant at ALPHA
+NOT_SIGNIFICANT = "†"
 
 #: config keys that never make two runs different rows (bookkeeping, hardware, seeds)
 IGNORED_KEYS = (
@@ -71,6 +86,17 @@ class Row:
     deltas: list[float] = field(default_factory=list)
     is_baseline: bool = False
     baseline_mean: dict[str, float] | None = None
+    pvalues: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        """The evaluation protocol of the row's runs (the first run's; rows never mix protocols)."""
+        return self.runs[0].protocol if self.runs else "pooled"
+
+    def not_significant(self, key: str) -> bool:
+        """True when the Welch test against the baseline row gave p >= ALPHA for ``key`` (or delta_m)."""
+        p = self.pvalues.get(key)
+        return p is not None and math.isfinite(p) and p >= ALPHA
 
     @property
     def n(self) -> int:
@@ -130,6 +156,21 @@ class Row:
 
 
 @dataclass
+class ReferenceLine:
+    """A published row shown greyed in a table, in the units of the table's protocol."""
+
+    reference: Reference
+    row: ReferenceRow
+    values: dict[str, float]
+    delta: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The row as printed, with the reference's name."""
+        return f"{self.row.name} [{self.reference.name}]"
+
+
+@dataclass
 class ResultsTable:
     """One experiment's table: its tasks, metric columns and rows, best cells and delta_m baseline."""
 
@@ -141,6 +182,28 @@ class ResultsTable:
     source: str
     baseline: str | None = None
     notes: list[str] = field(default_factory=list)
+    references: list[ReferenceLine] = field(default_factory=list)
+    baseline_reference: ReferenceLine | None = None
+
+    @property
+    def protocols(self) -> list[str]:
+        """The evaluation protocols of the table's rows, in row order without repeats."""
+        return list(dict.fromkeys(r.protocol for r in self.rows))
+
+    @property
+    def protocol_batch(self) -> int | None:
+        """The batch size of the MTAN protocols' batch means (from the first run that recorded it)."""
+        for row in self.rows:
+            for run in row.runs:
+                b = ((run.results or {}).get("eval") or {}).get("batch_size")
+                if b is not None:
+                    return int(b)
+        return None
+
+    @property
+    def significance_tested(self) -> bool:
+        """True when some row has a Welch test against the baseline."""
+        return any(r.pvalues for r in self.rows)
 
     @property
     def title(self) -> str:
@@ -186,8 +249,18 @@ class ResultsTable:
                 rec[f"{col.key} std"] = row.std.get(col.key)
             rec["delta_m"] = row.delta
             rec["delta_m std"] = row.delta_std
+            rec["delta_m p"] = row.pvalues.get("delta_m")
             rec["baseline"] = row.is_baseline
+            rec["protocol"] = row.protocol
             rec["runs"] = " ".join(str(r.path) for r in row.runs)
+            out.append(rec)
+        for ref in self.references:
+            rec = {"table": self.key, "dataset": ref.reference.meta.get("dataset"), "arch": ref.row.arch,
+                   "weighting": ref.row.weighting, "setting": f"reference {ref.reference.name}: {ref.row.name}",
+                   "params_ratio": ref.row.params_ratio}
+            rec.update({col.key: ref.values.get(col.key) for col in self.columns})
+            rec["delta_m"] = ref.delta
+            rec["protocol"] = ref.reference.protocol
             out.append(rec)
         return out
 
@@ -199,11 +272,14 @@ class ResultsTable:
             "columns": [{"key": c.key, "task": c.task, "metric": c.metric, "higher_is_better": c.higher_is_better}
                         for c in self.columns],
             "rows": [
-                {**rec, "per_run": [{"path": str(r.path), "seed": r.seed, "values": r.values(*_src(self.source)),
-                                     "delta_m": d}
-                                    for r, d in zip(row.runs, row.deltas or [None] * row.n)]}
+                {**rec, "pvalues": row.pvalues,
+                 "per_run": [{"path": str(r.path), "seed": r.seed, "values": r.values(*_src(self.source)),
+                              "delta_m": d}
+                             for r, d in zip(row.runs, row.deltas or [None] * row.n)]}
                 for rec, row in zip(self.records(), self.rows)
             ],
+            "references": [{"reference": ref.reference.name, "row": ref.row.name, "source": ref.reference.source,
+                            "values": ref.values, "delta_m": ref.delta} for ref in self.references],
         }
 
     def document_table(self) -> Table:
@@ -238,18 +314,45 @@ class ResultsTable:
                 cells.append(Cell(str(row.n), title="seeds " + ", ".join(str(s) for s in row.seeds)))
             for col in self.columns:
                 v = row.mean.get(col.key)
-                tip = f"± {row.std[col.key]:.4g} over {row.n} seeds" if col.key in row.std else None
-                cells.append(Cell(fmt_value(v), bold=i in best[col.key], title=tip))
+                extra = f"± {fmt_value(row.std[col.key])}" if col.key in row.std else ""
+                extra += NOT_SIGNIFICANT if row.not_significant(col.key) else ""
+                p = row.pvalues.get(col.key)
+                tip = f"Welch p = {p:.3g} vs the baseline row" if p is not None else None
+                cells.append(Cell(fmt_value(v), bold=i in best[col.key], title=tip, extra=extra or None))
             if self.has_delta:
-                cells.append(Cell(fmt_delta(row.delta, row.delta_std), bold=i in best["delta_m"]))
+                mark = NOT_SIGNIFICANT if row.not_significant("delta_m") else None
+                cells.append(Cell(fmt_delta(row.delta, row.delta_std), bold=i in best["delta_m"], extra=mark))
             rows.append(cells)
-        caption = (f"Validation metrics ({self.source}); #P = parameters relative to one single-task network; "
-                   "best per column in bold.")
-        if self.has_delta:
-            spread = " ± sample std over seeds" if self.multi_seed else ""
-            caption += f" Δm: mean relative gain over all metrics vs the {self.baseline} row, in %{spread}."
-        return Table(headers, rows, caption, groups, align=["r", "l", "l"] + ["l"] * (lead - 3) +
+        for ref in self.references:
+            cells = [Cell(f"{ref.row.params_ratio:g}" if ref.row.params_ratio is not None else "–", muted=True),
+                     Cell(ref.row.arch, muted=True, title=ref.reference.source),
+                     Cell(f"{ref.row.weighting} [{ref.reference.name}]", muted=True)]
+            cells += [Cell("–", muted=True) for _ in range(lead - 3)]
+            cells += [Cell(fmt_value(ref.values.get(c.key)), muted=True) for c in self.columns]
+            if self.has_delta:
+                cells.append(Cell(fmt_delta(ref.delta, None), muted=True))
+            rows.append(cells)
+        return Table(headers, rows, self.caption(), groups, align=["r", "l", "l"] + ["l"] * (lead - 3) +
                      ["r"] * (len(headers) - lead))
+
+    def caption(self) -> str:
+        """What the numbers are: source, protocol, Δm baseline, spread, significance test, references."""
+        protocols = "; ".join(f"`{p}`: {describe(p, self.protocol_batch)}" for p in self.protocols)
+        caption = (f"Validation metrics ({self.source}); evaluation protocol {protocols}. #P = parameters "
+                   "relative to one single-task network; best per column in bold.")
+        if self.multi_seed:
+            caption += " Values: mean ± sample std over seeds."
+        if self.has_delta:
+            caption += f" Δm: mean relative gain over all metrics vs the {self.baseline} row, in %."
+        if self.significance_tested:
+            caption += (f" {NOT_SIGNIFICANT}: difference from the baseline row not significant at the 5 % level "
+                        "(Welch's t-test over seeds, two-sided; rows with fewer than 2 seeds are not tested).")
+        for ref in dict.fromkeys(r.reference.name for r in self.references):
+            reference = next(r.reference for r in self.references if r.reference.name == ref)
+            caption += (f" Greyed rows: published numbers [{ref}] ({reference.meta.get('title', ref)}; "
+                        f"{reference.meta.get('setting', '')}), converted to this table's units; "
+                        f"source: {reference.source}")
+        return caption
 
 
 def _src(source: str) -> tuple[str, int]:
@@ -306,7 +409,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in data.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
+        if isinstance(v, dict):  # an empty mapping (e.g. model.options: {}) is the same as none
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -322,8 +425,15 @@ def table_key(dataset: str, tasks: list[dict[str, Any]]) -> str:
     return slug(dataset + "-" + "-".join(f"{t['name']}{t['channels']}" for t in tasks))
 
 
-def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline: str = "single") -> list[ResultsTable]:
-    """Group finished runs into experiment tables and rows, average seeds, and compute delta_m."""
+def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline: str = "single",
+                 references: list[str] | None = None) -> list[ResultsTable]:
+    """Group finished runs into experiment tables and rows, average seeds, and compute delta_m.
+
+    ``baseline``: an architecture name, or ``reference:NAME/ROW`` for a published row. ``references``:
+    names of shipped reference tables whose rows are added (greyed) to every table.
+    """
+    refs = [load_reference(n) for n in references or []]
+    ref_base = _reference_baseline(baseline)
     finished = [r for r in runs if r.finished and r.tasks]
     groups: dict[tuple, list[Run]] = {}
     for run in finished:
@@ -355,9 +465,122 @@ def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline
                     if len(vals) > 1:
                         row.std[col.key] = sample_std(vals)
         table = ResultsTable(table_key(dataset, tasks), dataset, tasks, columns, ordered, label)
-        _add_deltas(table, baseline, source, last)
+        if source == "best":
+            _note_missing_best(table)
+        if ref_base is not None:
+            _add_reference_deltas(table, *ref_base, source, last)
+        else:
+            _add_deltas(table, baseline, source, last)
+            _add_significance(table, source, last)
+        _add_references(table, refs)
         tables.append(table)
     return tables
+
+
+def _reference_baseline(baseline: str) -> tuple[Reference, ReferenceRow] | None:
+    """``(reference, row)`` of a ``reference:NAME/ROW`` baseline, None for an architecture name."""
+    if not baseline.startswith("reference:"):
+        return None
+    name, sep, row = baseline[len("reference:"):].partition("/")
+    if not sep or not name or not row:
+        raise ConfigError(f"--baseline {baseline!r}: expected reference:NAME/ROW (e.g. reference:mtan_paper/One Task)")
+    ref = load_reference(name)
+    return ref, ref.row(row)
+
+
+def _note_missing_best(table: ResultsTable) -> None:
+    """Say why a table built from ``best`` values has none: runs without model selection."""
+    notes = {(r.results or {}).get("best_note") for row in table.rows for r in row.runs
+             if not (r.results or {}).get("best")}
+    if notes:
+        table.notes.append("Some runs have no best epoch, so --use best leaves them empty: "
+                           + "; ".join(sorted(n or "results.json has no best values" for n in notes)) + ".")
+
+
+def _add_reference_deltas(table: ResultsTable, ref: Reference, base: ReferenceRow, source: str, last: int) -> None:
+    """delta_m of every run against a published row, converted to each row's protocol units."""
+    directions = {c.key: c.higher_is_better for c in table.columns}
+    line = ReferenceLine(ref, base, ref.values(base, table.rows[0].protocol if table.rows else "pooled"))
+    table.baseline, table.baseline_reference = f"published {base.name} [{ref.name}]", line
+    shared = sorted(k for k in directions if k in base.raw)
+    if not shared:
+        table.notes.append(f"The reference row {base.name} [{ref.name}] has none of this table's metrics: no Δm.")
+        return
+    for row in table.rows:
+        values = ref.values(base, row.protocol)
+        higher = {k: directions[k] for k in shared if values[k] != 0}
+        row.baseline_mean = values
+        row.deltas = _run_deltas(row.runs, values, higher, source, last)
+    missing = sorted(set(directions) - set(shared))
+    table.notes.append(f"Δm against the published row {base.name} [{ref.name}] ({ref.source})"
+                       + (f"; over {', '.join(shared)} only (the reference lacks {', '.join(missing)})."
+                          if missing else "."))
+    if ref.protocol not in table.protocols:
+        table.notes.append(f"The reference row was evaluated under protocol {ref.meta.get('protocol')}, the runs "
+                           f"under {', '.join(table.protocols)}: the Δm mixes protocols.")
+
+
+def _add_references(table: ResultsTable, refs: list[Reference]) -> None:
+    """Greyed published rows (every reference row with a metric of the table), in the table's units."""
+    protocol = table.rows[0].protocol if table.rows else "pooled"
+    keys = {c.key for c in table.columns}
+    directions = {c.key: c.higher_is_better for c in table.columns}
+    for ref in refs:
+        lines = [ReferenceLine(ref, r, ref.values(r, protocol)) for r in ref.rows if keys & set(r.raw)]
+        if not lines:
+            table.notes.append(f"Reference {ref.name}: no metric in common with this table.")
+            continue
+        base = table.baseline_reference
+        for line in lines:
+            if base is not None and base.reference.name == ref.name:
+                shared = {k: directions[k] for k in keys if k in line.values and k in base.values
+                          and base.values[k] != 0}
+                line.delta = delta_m({k: line.values[k] for k in shared}, base.values, shared)
+        table.references += lines
+        if ref.meta.get("dataset") and ref.meta["dataset"] != table.dataset:
+            table.notes.append(f"Reference rows [{ref.name}] are published {ref.meta['dataset']} results, not "
+                               f"{table.dataset}: shown for scale, not comparable number for number.")
+        if ref.protocol != protocol:
+            table.notes.append(f"Reference rows [{ref.name}] use protocol {ref.meta.get('protocol')}, the runs "
+                               f"{protocol}.")
+
+
+def _add_significance(table: ResultsTable, source: str, last: int) -> None:
+    """Welch's t-test of each row's per-seed metrics and delta_m against its baseline row's."""
+    import warnings
+
+    from scipy.stats import ttest_ind
+
+    baselines = [r for r in table.rows if r.is_baseline]
+    if not baselines:
+        return
+    for row in table.rows:
+        if row.is_baseline or row.n < 2 or row.baseline_mean is None:
+            continue
+        base = next((b for b in baselines if b.mean is row.baseline_mean), None)
+        if base is None or base.n < 2:
+            continue
+        with warnings.catch_warnings():  # identical seeds: scipy warns, the p-value is still defined or NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            _welch(row, base, table.columns, source, last, ttest_ind)
+
+
+def _welch(row: Row, base: Row, columns: list[Column], source: str, last: int, ttest_ind) -> None:
+    """Fill ``row.pvalues`` with Welch's two-sided p-values against ``base`` (per metric, delta_m)."""
+    def pvalue(a: list[float], b: list[float]) -> float:
+        if sample_std(a) <= 1e-12 * max(1.0, abs(a[0])) and sample_std(b) <= 1e-12 * max(1.0, abs(b[0])):
+            return 1.0 if math.isclose(a[0], b[0], rel_tol=1e-9, abs_tol=1e-12) else 0.0  # no spread at all
+        return float(ttest_ind(a, b, equal_var=False).pvalue)
+
+    mine = [r.values(source, last) for r in row.runs]
+    theirs = [r.values(source, last) for r in base.runs]
+    for col in columns:
+        a = [v[col.key] for v in mine if col.key in v]
+        b = [v[col.key] for v in theirs if col.key in v]
+        if len(a) > 1 and len(b) > 1:
+            row.pvalues[col.key] = pvalue(a, b)
+    if len(base.deltas) > 1 and len(row.deltas) > 1:
+        row.pvalues["delta_m"] = pvalue(row.deltas, base.deltas)
 
 
 def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> None:
@@ -387,11 +610,20 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
         higher = {k: h for k, h in directions.items() if math.isfinite(base.mean.get(k, math.nan))
                   and base.mean[k] != 0}
         dropped.update(k for k in directions if k not in higher)
-        row.deltas = [delta_m(r.values(source, last), base.mean, higher) for r in row.runs]
+        row.deltas = _run_deltas(row.runs, base.mean, higher, source, last)
     if dropped:
         table.notes.append("Δm leaves out " + ", ".join(sorted(dropped)) + " (baseline value 0 or missing).")
     if unmatched:
         table.notes.append("No baseline run with the same settings for: " + "; ".join(unmatched) + ".")
+
+
+def _run_deltas(runs: list[Run], base: dict[str, float], higher: dict[str, bool], source: str,
+                last: int) -> list[float]:
+    """delta_m of each run against ``base``; empty when some run has no values (e.g. no best epoch)."""
+    values = [r.values(source, last) for r in runs]
+    if not all(any(k in v for k in higher) for v in values):
+        return []
+    return [delta_m(v, base, higher) for v in values]
 
 
 def tables_csv(tables: list[ResultsTable]) -> str:

@@ -1,12 +1,16 @@
-"""Evaluation over a whole split: metrics from streaming meters (never a mean of batch values)."""
+"""Evaluation over a whole split under an evaluation protocol (``mtlkit.metrics.protocols``)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from mtlkit.config import Config
+from mtlkit.metrics.protocols import protocol_meter
 from mtlkit.tasks import Task
 from mtlkit.train.distributed import all_reduce_sum
 
@@ -32,10 +36,17 @@ def evaluate(
     progress: bool = False,
     channels_last: bool = False,
     autocast_dtype: torch.dtype | None = None,
+    protocol: str = "pooled",
+    protocol_batch: int | None = None,
 ) -> dict[str, float]:
-    """``{"loss/<task>": mean loss, "<task>/<metric>": value}`` over every sample of ``loader``."""
+    """``{"loss/<task>": mean loss, "<task>/<metric>": value}`` over every sample of ``loader``.
+
+    ``protocol`` picks the meters (pooled, mtan_official, mtan_paper); ``protocol_batch`` is the
+    batch size of the MTAN protocols' per-batch means (default: the loader's batch size).
+    """
     model.eval()
-    meters = {t.name: t.new_meter() for t in tasks}
+    chunk = protocol_batch or loader.batch_size or 1
+    meters = {t.name: protocol_meter(t, protocol, chunk) for t in tasks}
     loss_sum = {t.name: 0.0 for t in tasks}
     loss_n = {t.name: 0 for t in tasks}
     names = [t.name for t in tasks]
@@ -66,3 +77,24 @@ def evaluate(
             out[f"{t.name}/{k}"] = float(v)
     model.train()
     return out
+
+
+def protocol_args(cfg: Config) -> dict[str, Any]:
+    """``evaluate`` keyword arguments of the config's evaluation protocol."""
+    return {"protocol": cfg.eval.protocol, "protocol_batch": cfg.eval.batch_size or cfg.train.batch_size}
+
+
+def protocol_record(cfg: Config) -> dict[str, Any]:
+    """What results.json says about the evaluation: protocol, its batch size, best-epoch selection."""
+    args = protocol_args(cfg)
+    return {"protocol": args["protocol"], "batch_size": args["protocol_batch"],
+            "select_best": cfg.eval.select_best, "report_last": cfg.eval.report_last}
+
+
+def best_fields(cfg: Config, best: dict[str, Any]) -> dict[str, Any]:
+    """results.json's ``best``/``best_epoch``; absent (None, with the reason) without model selection."""
+    if cfg.eval.select_best:
+        return {"best": best["val"], "best_epoch": best["epoch"]}
+    return {"best": None, "best_epoch": None,
+            "best_note": "no best epoch: eval.select_best is off because the only evaluated split "
+                         "(val) is the one the results table reports"}

@@ -36,7 +36,7 @@ from mtlkit.train.checkpoint import (
     resume_state,
     save_checkpoint,
 )
-from mtlkit.train.evaluate import evaluate, move_batch
+from mtlkit.train.evaluate import best_fields, evaluate, move_batch, protocol_args, protocol_record
 from mtlkit.train.guards import check_validation, preflight
 from mtlkit.train.rundir import (
     failures_recorded,
@@ -286,7 +286,8 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
         scheduler.step()
         dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
         val = evaluate(runner.plain, tasks, val_loader, device,
-                       channels_last=speed.channels_last, autocast_dtype=speed.autocast_dtype)
+                       channels_last=speed.channels_last, autocast_dtype=speed.autocast_dtype,
+                       **protocol_args(cfg))
         check_validation(val, epoch + 1, ckpt_path)
         if reference is None:
             reference = dict(val)
@@ -301,7 +302,7 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
             "weights": {n: float(w) for n, w in zip(names, wsum / max(nsteps, 1))},
         }
         history.append(record)
-        is_best = score > best["score"] or best["epoch"] == 0
+        is_best = cfg.eval.select_best and (score > best["score"] or best["epoch"] == 0)
         if is_best:
             best = {"score": score, "epoch": epoch + 1, "val": val}
         if main:
@@ -326,7 +327,7 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
             "name": cfg.name, "arch": cfg.model.arch, "weighting": cfg.weighting.name,
             "dataset": cfg.dataset.name, "tasks": _task_info(tasks), "params": n_params,
             "params_ratio": ratio, "final": history[-1]["val"] if history else {},
-            "best": best["val"], "best_epoch": best["epoch"], "epochs": cfg.train.epochs,
+            **best_fields(cfg, best), "eval": protocol_record(cfg), "epochs": cfg.train.epochs,
             "wall_time": time.time() - t0, "config_hash": cfg.hash(), **provenance(), "status": "finished",
         }
         write_results(run_path, results)
