@@ -13,7 +13,7 @@ from mtlkit.models import build_model
 from mtlkit.models.backbones import BACKBONES, build_backbone
 from mtlkit.models.blocks import SEGNET_CHANNELS, SEGNET_DEPTHS, SegNetTrunk, scale_channels
 from mtlkit.models.heads import DeepLabHead
-from mtlkit.tasks import depth_task
+from mtlkit.tasks import classification_task, depth_task
 
 #: torchvision's published parameter counts (``weights.meta["num_params"]``), classifier included
 TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
@@ -110,7 +110,7 @@ def test_segnet_backbone_is_the_segnet_trunk():
 
 
 def test_registry():
-    assert set(BACKBONES.names()) == {"segnet", "resnet18_dilated", "resnet34_dilated", "resnet50_dilated"}
+    assert set(BACKBONES.names()) == {"segnet", "resnet18_dilated", "resnet34_dilated", "resnet50_dilated", "wrn28"}
     with pytest.raises(ConfigError, match="unknown backbone 'vgg'"):
         build_model("hps", [depth_task()], 0.125, backbone="vgg")
 
@@ -153,3 +153,40 @@ def test_imagenet_without_torchvision_is_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"needs torchvision.*resnet50-0676ba61\.pth.*model\.pretrained"):
         with torch.device("meta"):
             build_model("hps", [depth_task()], backbone="resnet50_dilated", pretrained="imagenet")
+
+
+def test_wrn28_stages_heads_and_counts():
+    """WRN-28-4 at width 1/8 (channels 2, 8, 16, 32): four stages at strides 1, 2, 4, 8, classifier heads."""
+    torch.manual_seed(0)
+    b = build_backbone("wrn28", 0.125)
+    assert (b.channels, b.strides, b.out_channels, b.variant) == ((2, 8, 16, 32), (1, 2, 4, 8), 32, "official")
+    x = torch.randn(2, 3, 72, 72)
+    levels = b.levels(x)
+    assert [tuple(h.shape) for h in levels] == [(2, 2, 72, 72), (2, 8, 36, 36), (2, 16, 18, 18), (2, 32, 9, 9)]
+    torch.testing.assert_close(b(x), levels[-1], rtol=0, atol=0)
+    assert float(levels[-1].detach().min()) >= 0  # the last stage ends with the final BN-ReLU
+    stage_params = [id(p) for i in range(4) for p in b.stage_module(i).parameters()]
+    assert sorted(stage_params) == sorted(id(p) for p in b.parameters())  # the stages partition the backbone
+    assert b.make_head(7)(b(x)).shape == (2, 7)
+    # clean: any input size (global average pooling); #P by hand at width 1 in tests/test_decathlon.py
+    clean = type(b)(0.125, variant="clean")
+    assert clean.make_head(3)(clean(torch.randn(1, 3, 20, 28))).shape == (1, 3)
+    # 28 = 6n + 4: n = 4 blocks per residual stage; 3x3 conv weights of the stem + 2 per block + shortcuts
+    convs = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 + 3 * 4 * 2 + 3
+
+
+def test_architectures_on_wrn28_classify_and_refuse_dense_tasks():
+    tasks = [classification_task("a", 5), classification_task("b", 3)]
+    torch.manual_seed(0)
+    model = build_model("hps", tasks, 0.125, backbone="wrn28")
+    out = model(torch.randn(2, 3, 64, 64))
+    assert {k: tuple(v.shape) for k, v in out.items()} == {"a": (2, 5), "b": (2, 3)}
+    (out["a"].sum() + out["b"].sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ConfigError, match="model.backbone 'wrn28' classifies images; task 'depth'"):
+        build_model("hps", [depth_task()], 0.125, backbone="wrn28")
+    with pytest.raises(ConfigError, match="predicts dense maps; task 'a'"):
+        build_model("hps", tasks, 0.125, backbone="resnet18_dilated")
+    with pytest.raises(ConfigError, match="segnet backbone has no pretrained weights"):
+        build_model("hps", [depth_task()], 0.125, backbone="segnet", pretrained="imagenet")

@@ -233,3 +233,51 @@ def test_evaluate_refresh_bn_tests_each_domain_with_its_own_statistics() -> None
     by_hand = evaluate(model, [task], torch.utils.data.DataLoader(pick(val_ds), batch_size=3), device)
     assert out[f"loss/{task.name}"] == pytest.approx(by_hand[f"loss/{task.name}"], rel=1e-6)
     assert out[f"loss/{task.name}"] != pytest.approx(plain[f"loss/{task.name}"], rel=1e-3)
+
+
+# ----------------------------------------------------------------------------- wrn_mtan = mtan on wrn28
+
+def _seed_bn(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(c, generator=g, dtype=m.running_mean.dtype))
+            m.running_var.copy_(0.5 + torch.rand(c, generator=g, dtype=m.running_var.dtype))
+
+
+@torch.no_grad()
+def test_wrn_mtan_is_mtan_built_on_the_wrn28_backbone() -> None:
+    """``model.arch: mtan`` + ``model.backbone: wrn28`` (WRN-28-4 at width 1/8) is wrn_mtan, weight for weight."""
+    from mtlkit.models.resnet_mtan import MTANOverBackbone
+
+    torch.manual_seed(0)
+    generic = build_model("mtan", _tasks(), 0.125, backbone="wrn28").double()
+    assert type(generic) is MTANOverBackbone
+    _seed_bn(generic, 1)
+    torch.manual_seed(5)
+    own = build_model("wrn_mtan", _tasks(), 0.125).double()
+    assert isinstance(own, MTANOverBackbone) and type(own).decode is MTANOverBackbone.decode
+    assert own.state_dict().keys() == generic.state_dict().keys()
+    assert not torch.equal(own.heads["svhn"].weight, generic.heads["svhn"].weight)
+    own.load_state_dict(generic.state_dict())
+    generic.eval(), own.eval()
+    x = torch.randn(2, 3, 72, 72, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with generic.recording() as rec_g, own.recording() as rec_o:
+        out_g, out_o = generic(x), own(x)
+    for d in ("aircraft", "svhn"):
+        torch.testing.assert_close(out_o[d], out_g[d], rtol=0, atol=0)
+        torch.testing.assert_close(out_g[d], _reference(generic, x, d), rtol=1e-12, atol=1e-12)
+    assert rec_g.keys() == rec_o.keys() and len(rec_g) == 8
+    assert [id(p) for p in own.shared_parameters()] == [id(p) for p in own.backbone.parameters()] + [
+        id(p) for p in own.blocks.parameters()]
+    assert len(generic.shared_parameters()) == len(own.shared_parameters())
+    assert parameter_report(_tasks(), "mtan", 0.125, backbone="wrn28")["params"] == sum(
+        p.numel() for p in generic.parameters())
+
+
+def test_wrn_mtan_refuses_another_backbone() -> None:
+    with pytest.raises(ConfigError, match="'wrn_mtan' is built on wrn28 only"):
+        build_model("wrn_mtan", _tasks(), 0.125, backbone="resnet18_dilated")
+    with pytest.raises(ConfigError, match="wrn28 backbone has no pretrained weights"):
+        build_model("mtan", _tasks(), 0.125, backbone="wrn28", pretrained="imagenet")

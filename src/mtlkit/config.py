@@ -59,7 +59,7 @@ class DatasetConfig(_Strict):
 
 class ModelConfig(_Strict):
     arch: str = "mtan"
-    backbone: str | None = Field(None, description="segnet | resnet{18,34,50}_dilated; None = the arch's own")
+    backbone: str | None = Field(None, description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own")
     pretrained: str = Field("none", description="backbone weights: none | imagenet | path to a state dict")
     width: float = Field(1.0, gt=0, description="channel multiplier of every layer")
     options: dict[str, Any] = Field(default_factory=dict)

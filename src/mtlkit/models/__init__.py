@@ -20,7 +20,7 @@ from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.models.blocks import check_width
 from mtlkit.models.hps import SingleOverBackbone
 from mtlkit.models.over_backbone import BackboneModel
-from mtlkit.models.resnet_mtan import ResNetMTAN
+from mtlkit.models.resnet_mtan import MTANOverBackbone
 from mtlkit.models.stitch import StagedCrossStitch
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
@@ -31,7 +31,7 @@ __all__ = ["OVER_BACKBONE", "MultiTaskModel", "build_model", "count_parameters",
 _FIXED = ("self", "tasks", "width", "backbone", "pretrained")
 #: the paper's SegNet architectures that other backbones get through a backbone-generic class
 OVER_BACKBONE: dict[str, type[BackboneModel]] = {
-    "single": SingleOverBackbone, "mtan": ResNetMTAN, "cross_stitch": StagedCrossStitch,
+    "single": SingleOverBackbone, "mtan": MTANOverBackbone, "cross_stitch": StagedCrossStitch,
 }
 
 
@@ -78,8 +78,9 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ConfigError(f"model.options.in_channels must be a positive integer (got {in_channels!r})")
     if issubclass(cls, BackboneModel):
-        check_pretrained(backbone or "segnet", pretrained)
-        return cls(list(tasks), check_width(width), backbone=backbone or "segnet", pretrained=pretrained, **options)
+        backbone = backbone or cls.default_backbone
+        check_pretrained(backbone, pretrained)
+        return cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options)
     if pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
     return cls(list(tasks), check_width(width), **options)

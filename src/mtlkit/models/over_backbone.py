@@ -1,8 +1,9 @@
 """What every architecture written over a backbone shares: backbone copies, heads, input checks.
 
-``BackboneModel(tasks, width, backbone=..., in_channels=..., pretrained=...)`` checks the tasks are
-dense, remembers how to build the backbone (:func:`~mtlkit.models.backbones.build_backbone`), and
-gives one head per task from the backbone's ``make_head``. Subclasses say how copies connect.
+``BackboneModel(tasks, width, backbone=..., in_channels=..., pretrained=...)`` checks the tasks suit
+the backbone's heads (dense maps; classification on ``wrn28``), remembers how to build the
+backbone (:func:`~mtlkit.models.backbones.build_backbone`), and gives one head per task from the
+backbone's ``make_head``. Subclasses say how copies connect.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.models.backbones import Backbone, build_backbone
+from mtlkit.models.backbones import Backbone, build_backbone, head_kind
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.models.blocks import check_dense_tasks, check_width
 from mtlkit.tasks import Task
@@ -23,15 +24,30 @@ def positive_int(value: object, key: str) -> int:
     return value
 
 
+def check_classification_tasks(tasks: list[Task], arch: str, backbone: str) -> None:
+    """Raise a ConfigError unless the tasks are classification tasks with unique names."""
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model.arch {arch!r}: task names must be unique (got {', '.join(names)})")
+    for t in tasks:
+        if t.kind != "classification":
+            raise ConfigError(f"model.backbone {backbone!r} classifies images; task {t.name!r} is {t.kind!r}")
+
+
 class BackboneModel(MultiTaskModel):
     """Base of the architectures written once over any backbone."""
 
     arch_name = "backbone_model"
+    #: the backbone ``build_model`` gives when ``model.backbone`` is unset
+    default_backbone = "segnet"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
                  in_channels: int = 3, pretrained: str = "none") -> None:
         super().__init__(tasks)
-        check_dense_tasks(self.tasks, self.arch_name)
+        if head_kind(backbone) == "dense":
+            check_dense_tasks(self.tasks, self.arch_name)
+        else:
+            check_classification_tasks(self.tasks, self.arch_name, backbone)
         self.backbone_name = backbone
         self._spec = (check_width(width), in_channels, pretrained)
 
