@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,7 @@ def in_units(published: dict[str, float], protocol: str) -> dict[str, float]:
 
 
 def test_shipped_references_parse_with_their_source() -> None:
-    assert {"mtan_paper", "libmtl_segnet_mtan", "auto_lambda_split"} <= set(available())
+    assert {"mtan_paper", "libmtl_segnet_mtan", "libmtl_resnet50", "auto_lambda_split"} <= set(available())
     paper = load_reference("mtan_paper")
     assert len(paper.rows) == 17 and paper.protocol == "mtan_paper"
     assert "CVPR 2019" in paper.source and "Table" in paper.source
@@ -177,3 +178,82 @@ def test_cli_reference_and_bad_baseline(tmp_path: Path) -> None:
     bad = subprocess.run(cmd + ["--baseline", "reference:mtan_paper"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("mtlkit: error: --baseline")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+#: rows of LibMTL's resnet_results.pdf checked by hand (libmtl_nyuv2_resnet50.txt, line numbers as `grep -n`)
+LIBMTL_R50 = {
+    "HPS/EW": [54.10, 75.78, 0.3771, 0.1596, 23.53, 17.20, 34.55, 60.75, 72.06],  # line 52, Table 2
+    "MTAN/DWA": [54.82, 75.93, 0.3780, 0.1582, 22.94, 16.34, 36.53, 62.44, 73.21],  # line 119, Table 5
+    "PLE/Nash-MTL": [50.80, 73.84, 0.3813, 0.1562, 22.28, 15.57, 37.90, 64.30, 74.78],  # line 169, Table 7
+    "DSelect-k/RLW": [52.25, 74.92, 0.3807, 0.1561, 22.47, 15.73, 37.74, 63.75, 74.16],  # line 213, Table 9
+}
+#: the runs the PDF marks OOM: no row is shipped for them
+LIBMTL_R50_OOM = {f"{a}/GradDrop" for a in ("Cross-stitch", "MMoE", "MTAN", "CGC", "PLE", "LTB", "DSelect-k")} | {
+    "CGC/Nash-MTL", "LTB/Nash-MTL"}
+NYU_COLUMNS = [f"{t['name']}/{m}" for t in NYU_TASKS for m in t["metrics"]]
+
+
+def _published_text() -> str | None:
+    """The PDF text in ``shared/data/reference-results`` beside the checkout (or above it), if there is one."""
+    repo = Path(__file__).resolve().parents[1]
+    for folder in (repo, *repo.parents):
+        path = folder / "shared" / "data" / "reference-results" / "libmtl_nyuv2_resnet50.txt"
+        if path.is_file():
+            return path.read_text(encoding="utf-8")
+    return None
+
+
+def test_libmtl_resnet50_rows_as_published() -> None:
+    """Hand-checked rows, the OOM runs absent, units: percent columns become fractions under ``pooled``."""
+    ref = load_reference("libmtl_resnet50")
+    assert ref.protocol == "pooled" and "resnet_results.pdf" in ref.source and "JMLR 2023" in ref.source
+    assert len(ref.rows) == 8 * 13 - len(LIBMTL_R50_OOM)
+    assert len({r.name for r in ref.rows}) == len(ref.rows)
+    for name, published in LIBMTL_R50.items():
+        row = ref.row(name)
+        assert [row.arch, row.weighting] == name.split("/") and row.params_ratio is None
+        assert row.raw == dict(zip(NYU_COLUMNS, published))
+    assert not LIBMTL_R50_OOM & {r.name for r in ref.rows}
+    pooled = ref.values(ref.row("HPS/EW"), "pooled")  # within-t stays in percent under pooled
+    assert pooled["segmentation/miou"] == pytest.approx(0.5410) and pooled["normal/within_30"] == 72.06
+    assert ref.values(ref.row("HPS/EW"), "mtan_paper")["normal/within_30"] == pytest.approx(0.7206)
+
+
+def test_libmtl_resnet50_matches_the_pdf_text() -> None:
+    """Every row of Tables 2-9 of the PDF text (read here) is shipped with the same nine numbers; OOM ones not."""
+    text = _published_text()
+    if text is None:
+        pytest.skip("shared/data/reference-results/libmtl_nyuv2_resnet50.txt not found beside the checkout")
+    published, oom, arch = {}, set(), None
+    for line in text.split("\n"):
+        title = re.search(r"Table \d+: Performance on .* on (.+) \[\d+\] architecture", line)
+        if title:
+            arch = title.group(1)
+            continue
+        cells = re.sub(r"\[\d+\]", "", line).split()
+        if arch and len(cells) == 10 and all(re.fullmatch(r"\d+\.\d+", c) for c in cells[1:]):
+            published[f"{arch}/{cells[0]}"] = [float(c) for c in cells[1:]]
+        elif arch and len(cells) == 2 and cells[1] == "OOM":
+            oom.add(f"{arch}/{cells[0]}")
+    ref = load_reference("libmtl_resnet50")
+    assert oom == LIBMTL_R50_OOM and len(published) + len(oom) == 8 * 13
+    assert {r.name: [r.raw[c] for c in NYU_COLUMNS] for r in ref.rows} == published
+    assert {k: published[k] for k in LIBMTL_R50} == LIBMTL_R50
+
+
+def test_cli_libmtl_resnet50_reference_and_baseline(tmp_path: Path) -> None:
+    """``--reference libmtl_resnet50 --baseline reference:libmtl_resnet50/HPS/EW``: greyed rows and Δm vs HPS/EW."""
+    hps_ew = dict(zip(NYU_COLUMNS, LIBMTL_R50["HPS/EW"]))
+    mtan_dwa = dict(zip(NYU_COLUMNS, LIBMTL_R50["MTAN/DWA"]))
+    fake_run(tmp_path / "runs", "mtan-s0", "mtan", 0, in_units(mtan_dwa, "pooled"), "pooled")
+    cmd = [sys.executable, "-m", "mtlkit", "report", str(tmp_path / "runs"), "--out", str(tmp_path / "r"),
+           "--no-models", "--reference", "libmtl_resnet50", "--baseline", "reference:libmtl_resnet50/HPS/EW"]
+    ok = subprocess.run(cmd, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert sum(line.startswith("| – | *") for line in md.splitlines()) == 95  # the greyed rows, no #P published
+    assert "| – | *HPS* | *EW [libmtl_resnet50]* | *0.5410* | *0.7578* | *0.3771* |" in md
+    assert "resnet_results.pdf" in md
+    [table] = json.loads((tmp_path / "r" / "tables.json").read_text())["tables"]
+    [run] = table["rows"]
+    assert run["delta_m"] == pytest.approx(ref_delta(mtan_dwa, hps_ew))
