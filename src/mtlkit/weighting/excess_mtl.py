@@ -45,7 +45,8 @@ class ExcessMTL(Weighting):
     only (the accumulated squared gradients are per parameter). State (accumulator, r(0), weights)
     is checkpointed.
     Guarantees: weights are positive and sum to K; the first step is the equal update; the weights
-    do not change when one task's loss is multiplied by a constant (r_k / r_k(0) is scale-free).
+    do not change when one task's loss is multiplied by a constant (r_k / r_k(0) is scale-free, up to
+    the 1e-7 inside the square root).
     """
 
     needs_gradients = True

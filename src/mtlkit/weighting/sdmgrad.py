@@ -18,12 +18,14 @@ from mtlkit.weighting.gradients import gramian
 
 
 def sdmgrad_inner(
-    gramian: Tensor, w: np.ndarray, lam: float = 0.3, n_iter: int = 20, lr: float = 5.0, momentum: float = 0.5
+    gramian: Tensor, w: np.ndarray, lam: float = 0.3, n_iter: int = 20, lr: float = 10.0, momentum: float = 0.5
 ) -> np.ndarray:
-    """n_iter projected heavy-ball steps on min_{w in simplex} w^T M w / 2 + lam w^T M 1 / K.
+    """n_iter projected heavy-ball steps on min_{w in simplex} w^T M w + 2 lam w^T M 1 / K.
 
-    M is the Gramian divided by the squared mean gradient norm (the authors' normalisation), so the
-    step size lr = 5 with momentum 0.5 (their values) is scale-free. ``w`` is the warm start.
+    M is the Gramian divided by the squared mean gradient norm (the authors' normalisation, so the
+    step is scale-free); lr 10 and momentum 0.5 are the authors' values (torch SGD's momentum
+    form). With these the 20 steps need not converge to the QP's minimiser (they often end at a
+    vertex); a small lr and many steps do. ``w`` is the warm start.
     """
     m = as_numpy(gramian)
     k = m.shape[0]
@@ -33,7 +35,7 @@ def sdmgrad_inner(
     w = w.astype(np.float64).copy()
     buf = np.zeros(k)
     for i in range(n_iter):
-        grad = m @ w + lam * target
+        grad = 2.0 * (m @ w + lam * target)
         buf = grad if i == 0 else momentum * buf + grad
         w = project_simplex(w - lr * buf)
     return w
@@ -59,23 +61,25 @@ class SDMGrad(GramianWeighting):
     momentum steps, warm-started from the previous step's w); the update is
     d = (G^T w + lam g0) / (1 + lam). The paper draws three independent batches (one for G^T w, two
     for an unbiased G G^T); here all three are the step's batch (the deterministic variant).
-    Options: lam (0.3, LibMTL's NYUv2 value), n_iter (20). The weights w are a buffer (checkpointed).
+    Options: lam (0.3, LibMTL's NYUv2 value), n_iter (20), lr (10, the authors' inner step size).
+    The weights w are a buffer (checkpointed).
     Guarantees: w stays on the simplex; equal gradients give that gradient (the mean); lam -> inf
     gives the mean gradient.
     """
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
-    def __init__(self, task_names: list[str], lam: float = 0.3, n_iter: int = 20) -> None:
+    def __init__(self, task_names: list[str], lam: float = 0.3, n_iter: int = 20, lr: float = 10.0) -> None:
         super().__init__(task_names)
         self.lam = positive_float("lam", lam, allow_zero=True)
         if not isinstance(n_iter, int) or n_iter < 1:
             raise ConfigError(f"weighting.options.n_iter must be an integer >= 1, got {n_iter!r}")
         self.n_iter = n_iter
+        self.lr = positive_float("lr", lr)
         self.register_buffer("w", torch.full((self.num_tasks,), 1.0 / self.num_tasks, dtype=torch.float64))
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Advance w by n_iter projected steps; coefficients of (G^T w + lam g0) / (1 + lam)."""
-        w = sdmgrad_inner(gramian, self.w.cpu().numpy(), self.lam, self.n_iter)
+        w = sdmgrad_inner(gramian, self.w.cpu().numpy(), self.lam, self.n_iter, self.lr)
         self.w.copy_(torch.from_numpy(w))
         return sdmgrad_weights(w, self.lam)
