@@ -105,8 +105,6 @@ def test_every_method_declares_known_properties_for_its_kind(name):
     assert set(cls.properties) <= allowed, set(cls.properties) - allowed
     assert not ({"non_conflicting", "non_conflicting_full_rank"} <= set(cls.properties))
     assert not ({"mean_when_equal", "sum_when_equal"} <= set(cls.properties))
-    if not cls.needs_gradients:
-        assert "positive_weights" in cls.properties
 
 
 def test_harness_catches_a_method_that_breaks_its_declaration():

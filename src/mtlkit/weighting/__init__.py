@@ -3,12 +3,15 @@
 Loss level (``combine``): equal, uncertainty, dwa, rlw, famo, imtl_l, gls, stch, go4align.
 Gradient level (``aggregate``): gradnorm, mgda, pcgrad, graddrop, gradvac, cagrad, imtl, imtl_g,
 nash_mtl, aligned_mtl, upgrad, db_mtl, moco, sdmgrad, modo, fairgrad, config, dualproj, krum,
-trimmed_mean, excess_mtl. Each has a pure function of the K x D gradient matrix
-(returning the update and the weights on the rows) and, where the method only needs inner
-products, a ``*_weights(gramian)`` function of the K x K Gramian.
+trimmed_mean, excess_mtl. Bilevel: auto_lambda (lambda-weighted losses into any other method, lambda
+learned on a meta split of the training set; ``meta_split`` is the trainer's hook).
+Each gradient method has a pure function of the K x D gradient matrix (returning the update and
+the weights on the rows) and, where the method only needs inner products, a
+``*_weights(gramian)`` function of the K x K Gramian.
 """
 
 from mtlkit.weighting.aligned_mtl import AlignedMTL, aligned_mtl, aligned_mtl_weights, balance_transform
+from mtlkit.weighting.auto_lambda import AutoLambda, MetaSplit, meta_gradient, meta_split
 from mtlkit.weighting.base import Weighting
 from mtlkit.weighting.cagrad import CAGrad, cagrad, cagrad_weights
 from mtlkit.weighting.config import ConFIG, config, config_weights
@@ -43,7 +46,7 @@ __all__ = [
     "Weighting", "Equal", "Uncertainty", "DWA", "RLW", "FAMO", "IMTLL",
     "GradNorm", "MGDA", "PCGrad", "GradDrop", "GradVac", "CAGrad", "IMTL", "IMTLG", "NashMTL",
     "AlignedMTL", "UPGrad", "DBMTL", "GLS", "STCH", "GO4Align", "ExcessMTL", "MoCo", "SDMGrad", "MoDo",
-    "FairGrad", "ConFIG", "DualProj", "Krum", "TrimmedMean",
+    "FairGrad", "ConFIG", "DualProj", "Krum", "TrimmedMean", "AutoLambda", "MetaSplit", "meta_gradient", "meta_split",
     "per_task_gradients", "write_gradients", "unflatten_like", "gramian",
     "uncertainty_loss", "dwa_weights", "rlw_weights", "famo_weights", "famo_logit_gradient", "imtl_l_loss",
     "gradnorm_targets", "gradnorm_weight_gradient", "mgda", "mgda_weights", "gradient_normalizers",
