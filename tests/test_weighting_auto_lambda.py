@@ -140,3 +140,15 @@ def test_auto_lambda_trains_records_its_split_and_resumes_exactly(tiny_cfg, monk
     assert [h["weights"] for h in _history(killed)] == weights
     a, b = load_checkpoint(straight / "checkpoints" / "last.pt"), load_checkpoint(killed / "checkpoints" / "last.pt")
     assert torch.equal(a["weighting"]["lam"], b["weighting"]["lam"])
+
+
+def test_auto_lambda_is_refused_under_several_processes(monkeypatch):
+    from mtlkit.train import distributed as dist
+
+    dist.check_weighting(AutoLambda(NAMES))  # one process: fine
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    with pytest.raises(ConfigError, match="meta batch"):
+        dist.check_weighting(AutoLambda(NAMES))
+    for name in WEIGHTINGS.names():
+        if name != "auto_lambda":
+            dist.check_weighting(WEIGHTINGS.get(name)(NAMES))  # every other method is accepted
