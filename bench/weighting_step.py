@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-width", type=int, default=64, help="input width (pixels)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--classes", type=int, default=7, help="segmentation classes")
-    p.add_argument("--steps", type=int, default=15, help="timed steps per runner (median)")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per runner (median); 0: memory only")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per runner first")
     p.add_argument("--methods", nargs="*", default=None, help="subset of methods (default: all)")
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
@@ -150,8 +150,14 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text())["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max([0, *totals])
+    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
+    if not mem:
+        return 0
+    # "Total Allocated" is the profiler's running count, not reset between sessions: measure from
+    # its value before the step's first event (frees of blocks allocated before the step are not
+    # recorded, so this can only over-estimate the peak)
+    start = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
+    return max(0, max(e["args"]["Total Allocated"] for e in mem) - start)
 
 
 def build_runners(args: argparse.Namespace, k: int, device: torch.device, methods: list[str]):
@@ -211,7 +217,7 @@ def run_k(args: argparse.Namespace, k: int, device: torch.device, methods: list[
     memory = {key: peak_bytes(lambda r=runner: r(batch), device) for key, runner in runners.items()}
     rows = []
     for mode in args.modes:
-        ref_t = statistics.median(times[("equal", mode, "step")])
+        ref_t = statistics.median(times[("equal", mode, "step")]) if args.steps else None
         ref_m = memory[("equal", mode, "step")]
         kd = k * dims[mode] * 4
         for key in sorted({key for key in list(runners) + list(unsupported) if key[1] == mode},
@@ -222,9 +228,10 @@ def run_k(args: argparse.Namespace, k: int, device: torch.device, methods: list[
                 rows.append({"method": name, "kind": kind, "mode": mode, "path": path, "tasks": k,
                              "supported": False, "note": unsupported[key]})
                 continue
-            med = statistics.median(times[key])
+            med = statistics.median(times[key]) if times[key] else None
             rows.append({"method": name, "kind": kind, "mode": mode, "path": path, "tasks": k, "supported": True,
-                         "median_s": med, "ratio": med / ref_t, "peak_bytes": memory[key],
+                         "median_s": med, "ratio": med / ref_t if med is not None else None,
+                         "peak_bytes": memory[key],
                          "memory_ratio": memory[key] / max(ref_m, 1), "kd_bytes": kd,
                          "within_memory_target": memory[key] <= 1.1 * (ref_m + kd), "times_s": times[key]})
     return rows, dims
@@ -277,7 +284,8 @@ def format_table(rows: list[dict]) -> str:
             lines.append(f"| {r['method']} | {r['kind']} | {r['path']} | {r['tasks']} | {r['mode']} | n/a | | | | |")
             continue
         lines.append(f"| {r['method']} | {r['kind']} | {r['path']} | {r['tasks']} | {r['mode']} | "
-                     f"{r['median_s'] * 1e3:.1f} | {r['ratio']:.2f} | {r['peak_bytes'] / 2**20:.1f} | "
+                     + (f"{r['median_s'] * 1e3:.1f} | {r['ratio']:.2f} | " if r["median_s"] is not None else "- | - | ")
+                     + f"{r['peak_bytes'] / 2**20:.1f} | "
                      f"{r['memory_ratio']:.2f} | {'yes' if r['within_memory_target'] else 'no'} |")
     return "\n".join(lines)
 
