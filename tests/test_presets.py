@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from mtlkit import catalog

@@ -15,9 +15,11 @@ from mtlkit.weighting.gradients import (
     decided_path,
     gradient_path,
     gramian,
+    gramian_blockwise,
     graph_key,
     per_task_gradients,
     unflatten_like,
+    weighted_backward,
     write_gradients,
 )
 
@@ -220,3 +222,18 @@ def test_gramian_is_float64_gram_matrix():
     m = gramian(g)
     assert m.dtype == torch.float64
     torch.testing.assert_close(m, torch.tensor([[5.0, 1.0], [1.0, 10.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("max_block", [1, 40, 10**6])
+def test_blockwise_gramian_matches_the_full_matrix_and_weighted_backward_gives_the_update(max_block):
+    net, rep, losses = _net_and_losses(3)
+    shared = net.shared()
+    full = _reference(losses, shared)
+    blocks = gramian_blockwise(list(losses.unbind(0)), shared, max_block, retain_graph=True)
+    torch.testing.assert_close(blocks, gramian(full), rtol=1e-5, atol=1e-7)
+    w = torch.tensor([0.5, 2.0, 1.5])
+    for p in net.parameters():
+        p.grad = None
+    weighted_backward(list(losses.unbind(0)), w)
+    got = torch.cat([p.grad.reshape(-1) for p in shared])
+    torch.testing.assert_close(got, w @ full, rtol=1e-5, atol=1e-7)

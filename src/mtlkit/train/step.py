@@ -127,7 +127,8 @@ class StepRunner:
 
         core = self.core
         world = dist.world_size()
-        scale = self.scaler.get_scale() if self.scaler is not None else 1.0
+        # scaler.scale() (not get_scale()) so the scaler is initialised before unscale_ in _finish
+        scale = float(self.scaler.scale(torch.ones((), device=x.device))) if self.scaler is not None else 1.0
         with self._autocast(x.device):
             if self.mode == "representation":
                 reps = core.encode(x)
@@ -156,6 +157,10 @@ class StepRunner:
         else:
             grads = dist.all_reduce_mean(grads)
         update = self.weighting.aggregate(grads, shared_losses)
+        if scale != 1.0:  # gradients a method wrote into its own parameters are unscaled: match the rest
+            for p in self.weighting.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
         if self.mode == "representation":
             local = update.view(world, -1)[dist.rank()] * world
             chunks, offset = [], 0

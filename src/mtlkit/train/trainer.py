@@ -48,6 +48,7 @@ from mtlkit.train.rundir import (
 )
 from mtlkit.train.runtime import rng_state, seed_everything, select_device
 from mtlkit.train.step import StepRunner
+from mtlkit.weighting.auto_lambda import meta_split
 from mtlkit.weighting.base import Weighting
 
 
@@ -214,6 +215,8 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
         train_ds = setup.builder.dataset("train", train=True)
         val_ds = setup.builder.dataset("val", train=False)
+    train_ds, meta = meta_split(weighting, train_ds, cfg.seed, cfg.train.batch_size,
+                                hasattr(setup.builder, "batch_sampler"))  # bilevel methods only
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma)
     from mtlkit.train.speed import speed_settings
@@ -268,6 +271,8 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
                 break
             batch = move_batch(batch, device, speed.channels_last)
             try:
+                if meta is not None:
+                    meta.step(runner.core, tasks, batch, optimizer.param_groups[0]["lr"])
                 losses = runner(batch).cpu()
             except TrainingError as err:
                 bar.close()
@@ -329,6 +334,7 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
             "params_ratio": ratio, "final": history[-1]["val"] if history else {},
             **best_fields(cfg, best), "eval": protocol_record(cfg), "epochs": cfg.train.epochs,
             "wall_time": time.time() - t0, "config_hash": cfg.hash(), **provenance(), "status": "finished",
+            **({"meta_split": meta.describe()} if meta is not None else {}),
         }
         write_results(run_path, results)
         log_run_files(trackers, run_path)

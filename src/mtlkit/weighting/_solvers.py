@@ -103,3 +103,14 @@ def cone_projection_weights(m: np.ndarray, u: np.ndarray) -> np.ndarray:
 def to_tensor(x: np.ndarray) -> Tensor:
     """A float64 CPU tensor from a numpy array."""
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+
+
+def project_simplex(v: np.ndarray) -> np.ndarray:
+    """The Euclidean projection of ``v`` onto the probability simplex (sort-based, exact)."""
+    k = v.shape[0]
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1.0
+    idx = np.arange(1, k + 1)
+    rho = int(np.nonzero(u - css / idx > 0)[0][-1])
+    theta = css[rho] / (rho + 1)
+    return np.clip(v - theta, 0.0, None)

@@ -21,11 +21,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+#: Property names a method may declare, and what the harness checks for each.
+PROPERTIES: dict[str, str] = {
+    "positive_weights": "loss level: finite, positive weights for present tasks on any loss sequence",
+    "loss_scale_invariant": "multiplying one task's loss (and its gradient) by c > 0 changes the update "
+                            "only by a positive factor",
+    "loss_scale_invariant_at_equilibrium": "as above once the method's learned scales have converged "
+                                           "on constant losses",
+    "permutation_equivariant": "permuting the tasks permutes the weights and leaves the update unchanged",
+    "non_conflicting": "the update has a non-negative inner product with every task gradient",
+    "non_conflicting_full_rank": "as above whenever the task gradients are linearly independent",
+    "mean_when_equal": "K equal task gradients g give the update g",
+    "sum_when_equal": "K equal task gradients g give the update K g (the equal-weighting sum)",
+    "pareto_stationary": "the update is 0 when a convex combination of the task gradients is 0",
+    "linear_under_scaling": "c -> update(diag(c) G) is linear for c >= 0",
+}
+
 
 class Weighting(nn.Module):
     """Base class of every weighting method (an nn.Module so learned weights are parameters)."""
 
     needs_gradients: bool = False
+    #: The guarantees the method declares, checked by the property harness
+    #: (tests/test_weighting_properties.py); names in ``PROPERTIES``. Every method must declare some.
+    properties: frozenset[str] = frozenset()
+    #: The fewest tasks the method accepts with its default options (robust aggregators need 3).
+    min_tasks: int = 1
     #: False for methods that need gradients w.r.t. parameters (e.g. GradNorm's last shared layer).
     supports_representation: bool = True
 

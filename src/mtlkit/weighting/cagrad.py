@@ -80,6 +80,8 @@ class CAGrad(GramianWeighting):
     that ball; c = 0 gives the mean gradient.
     """
 
+    properties = frozenset({"permutation_equivariant"})
+
     def __init__(self, task_names: list[str], c: float = 0.4, rescale: int = 1) -> None:
         super().__init__(task_names)
         self.c = positive_float("c", c, allow_zero=True)

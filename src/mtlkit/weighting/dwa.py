@@ -47,6 +47,8 @@ class DWA(Weighting):
     run uses the same weights.
     """
 
+    properties = frozenset({"positive_weights", "permutation_equivariant"})
+
     def __init__(self, task_names: list[str], temperature: float = 2.0) -> None:
         super().__init__(task_names)
         self.temperature = positive_float("temperature", temperature)

@@ -7,3 +7,5 @@ from mtlkit.weighting.base import Weighting
 @WEIGHTINGS.register("equal")
 class Equal(Weighting):
     """L = sum_k L_k. The MTAN paper's "Equal Weighting" baseline."""
+
+    properties = frozenset({"positive_weights", "permutation_equivariant"})

@@ -61,6 +61,8 @@ class FAMO(Weighting):
     they are inversely proportional to L_k - m_k, so every log-loss gets the same gradient weight.
     """
 
+    properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant"})
+
     def __init__(
         self, task_names: list[str], lr: float = 0.025, gamma: float = 0.01, min_losses: float = 0.0
     ) -> None:

@@ -54,6 +54,8 @@ class GradDrop(Weighting):
     where signs conflict the result has the sign of the kept side (or is 0); |d_i| <= sum_k |g_ki|.
     """
 
+    properties = frozenset({"sum_when_equal"})
+
     needs_gradients = True
 
     def __init__(self, task_names: list[str], leak: float = 0.0, seed: int = 0) -> None:

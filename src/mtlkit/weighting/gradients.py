@@ -334,3 +334,51 @@ def gramian(grads: Tensor) -> Tensor:
     """The K x K Gramian G G^T of the task gradients, in float64 on the CPU (for small solvers)."""
     g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
     return (g @ g.T).double().cpu()
+
+
+def gramian_blockwise(
+    losses: Sequence[Tensor], inputs: Sequence[Tensor], max_block: int, retain_graph: bool = False
+) -> Tensor:
+    """The K x K Gramian of the task gradients w.r.t. ``inputs``, never holding the K x D matrix.
+
+    ``inputs`` are grouped into blocks of at most ``max_block`` elements (a tensor larger than that
+    is a block of its own); for each block one vmapped backward over the K losses gives its K x D_b
+    rows, whose Gramian is added and the rows freed. Peak extra memory: K x (largest block) floats
+    plus one batched backward's activation gradients; cost: one batched backward per block. The
+    update then needs only one more backward of sum_k w_k L_k (see :func:`weighted_backward`).
+    Returned in float64 on the CPU, like :func:`gramian`.
+    """
+    items = [loss.reshape(()) for loss in losses]
+    k = len(items)
+    blocks: list[list[Tensor]] = []
+    size = 0
+    for t in inputs:
+        if blocks and size + t.numel() <= max_block:
+            blocks[-1].append(t)
+            size += t.numel()
+        else:
+            blocks.append([t])
+            size = t.numel()
+    out = torch.zeros(k, k, dtype=torch.float64)
+    eye = torch.eye(k, dtype=items[0].dtype, device=items[0].device)
+    live = [(o, eye[:, j]) for j, o in enumerate(items) if o.requires_grad]
+    if not live:
+        return out
+    for i, block in enumerate(blocks):
+        grads = torch.autograd.grad([o for o, _ in live], block, grad_outputs=[c for _, c in live],
+                                    is_grads_batched=True, allow_unused=True,
+                                    retain_graph=retain_graph or i < len(blocks) - 1)
+        for g in grads:
+            if g is not None:
+                rows = g.reshape(k, -1)
+                rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
+                out += (rows @ rows.T).double().cpu()
+        del grads
+    return out
+
+
+def weighted_backward(losses: Sequence[Tensor], weights: Tensor) -> None:
+    """Back-propagate sum_k w_k L_k: every parameter's ``.grad`` gets sum_k w_k dL_k/dtheta, the
+    update of a Gramian-only method (shared parameters) and the weighted task gradients (heads)."""
+    total = sum(w * loss.reshape(()) for w, loss in zip(weights.tolist(), losses))
+    total.backward()

@@ -45,6 +45,8 @@ class GradNorm(GramianWeighting):
     task k's weighted gradient norm is below its target.
     """
 
+    properties = frozenset({"permutation_equivariant", "sum_when_equal"})
+
     def __init__(self, task_names: list[str], alpha: float = 1.5) -> None:
         super().__init__(task_names)
         self.alpha = positive_float("alpha", alpha, allow_zero=True)

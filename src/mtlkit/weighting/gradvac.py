@@ -79,6 +79,8 @@ class GradVac(GramianWeighting):
     non-conflicting pairs above target are left unchanged.
     """
 
+    properties = frozenset({"sum_when_equal"})
+
     def __init__(self, task_names: list[str], beta: float = 1e-2, seed: int = 0) -> None:
         super().__init__(task_names)
         beta = float(beta)

@@ -56,6 +56,8 @@ class IMTLG(GramianWeighting):
     weights sum to 1; for two orthogonal gradients of norms a, b the update is (b g_1 + a g_2)/(a + b).
     """
 
+    properties = frozenset({"permutation_equivariant", "mean_when_equal"})
+
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """IMTL-G's closed-form weights."""
         return imtl_g_weights(gramian)
@@ -68,6 +70,8 @@ class IMTLL(Weighting):
     Guarantees: for fixed L_k the optimum is s_k = -log L_k, so every scaled loss tends to 1;
     weights exp(s_k) are positive. A task whose loss is exactly 0 in a batch contributes nothing.
     """
+
+    properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant_at_equilibrium"})
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__(task_names)
@@ -92,6 +96,8 @@ class IMTL(Weighting):
     Guarantees: equal projections of d onto every unit task gradient (IMTL-G's, unchanged by the
     positive scales); weights alpha_k exp(s_k) on the raw rows are reported.
     """
+
+    properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     needs_gradients = True
 

@@ -76,6 +76,8 @@ class MGDA(GramianWeighting):
     vanishes (Pareto stationarity). Weights on normalised rows sum to 1.
     """
 
+    properties = frozenset({"non_conflicting", "permutation_equivariant", "pareto_stationary"})
+
     def __init__(
         self, task_names: list[str], normalization: str = "loss+", max_iter: int = 250, tol: float = 1e-5
     ) -> None:

@@ -57,6 +57,8 @@ class PCGrad(GramianWeighting):
     sum d satisfies d . g_k >= 0 for both; with no conflicts d = sum_k g_k (the ``equal`` update).
     """
 
+    properties = frozenset({"sum_when_equal"})
+
     def __init__(self, task_names: list[str], seed: int = 0) -> None:
         super().__init__(task_names)
         self.generator = new_generator(seed)

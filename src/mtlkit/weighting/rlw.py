@@ -31,6 +31,8 @@ class RLW(Weighting):
     K), and are independent of the losses.
     """
 
+    properties = frozenset({"positive_weights"})
+
     def __init__(self, task_names: list[str], seed: int = 0) -> None:
         super().__init__(task_names)
         self.generator = new_generator(seed)

@@ -1,0 +1,49 @@
+"""DualProj: GEM's dual-cone projection (Lopez-Paz & Ranzato, NeurIPS 2017) as a multi-task aggregator.
+
+Reference: "Gradient Episodic Memory for Continual Learning", NeurIPS 2017; as an aggregator in
+TorchJD (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import Tensor
+
+from mtlkit.registry import WEIGHTINGS
+from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._solvers import as_numpy, cone_projection_weights, to_tensor
+from mtlkit.weighting.gradients import gramian
+
+
+def dualproj_weights(gramian: Tensor) -> Tensor:
+    """Weights v = argmin_{v >= 1/K} v^T G G^T v: G^T v is the projection of the mean gradient onto {x : G x >= 0}.
+
+    GEM's quadratic program in its dual form (K variables), solved exactly by scipy's NNLS.
+    """
+    m = as_numpy(gramian)
+    k = m.shape[0]
+    return to_tensor(cone_projection_weights(m, np.full(k, 1.0 / k)))
+
+
+def dualproj(grads: Tensor) -> tuple[Tensor, Tensor]:
+    """(d, weights): the projection of the mean gradient onto the dual cone of the task gradients."""
+    w = dualproj_weights(gramian(grads))
+    return combine_rows(w, grads), w
+
+
+@WEIGHTINGS.register("dualproj")
+class DualProj(GramianWeighting):
+    """DualProj: the closest vector to the mean gradient that conflicts with no task gradient.
+
+    d = argmin ||x - mean_k g_k|| subject to g_k . x >= 0 for all k (GEM's projection), found from
+    the K x K Gramian with an active-set NNLS (scipy). Options: none (TorchJD's mean preference).
+    Guarantees: g_k . d >= 0 for every k; non-conflicting gradients give the mean unchanged; the
+    weights are >= 1/K; opposite gradients give 0 (stationary at a Pareto-stationary point).
+    """
+
+    properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal",
+                            "pareto_stationary"})
+
+    def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """DualProj's coefficients on the raw task gradients."""
+        return dualproj_weights(gramian)
