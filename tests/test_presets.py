@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import tomllib
 import yaml
 
 from mtlkit import catalog
