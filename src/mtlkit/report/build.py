@@ -346,11 +346,9 @@ class _Builder:
                 prefix = f"attention/{task.name}/"
                 masks = [(k[len(prefix):], rec[k][b].float().mean(dim=0).cpu().numpy())
                          for k in rec if k.startswith(prefix)]
-                pred = task.postprocess(raw[task.name][b: b + 1].float())[0]
-                if task.kind in ("segmentation", "classification"):
-                    pred = pred.argmax(dim=0)
+                pred = task.spec.display(task, task.postprocess(raw[task.name][b: b + 1].float())[0])
                 target = sample.get(task.name)
-                rows.append({"task": task.name, "kind": task.kind, "channels": task.channels,
+                rows.append({"task": task,
                              "target": target.cpu().numpy() if target is not None else None,
                              "pred": pred.cpu().numpy(), "masks": masks})
             out.append((sample["image"].cpu().numpy(), rows))

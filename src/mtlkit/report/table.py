@@ -23,6 +23,7 @@ from typing import Any
 
 from mtlkit.report.document import Cell, Table, slug
 from mtlkit.report.runs import SINGLE_TASK_ARCHS, Run, order_key
+from mtlkit.tasks import Task
 
 #: config keys that never make two runs different rows (bookkeeping, hardware, seeds)
 IGNORED_KEYS = (
@@ -145,8 +146,7 @@ class ResultsTable:
     @property
     def title(self) -> str:
         """Dataset and tasks (with classes) of the experiment."""
-        parts = [f"{t['name']} ({t['channels']} classes)" if t["kind"] in ("segmentation", "classification")
-                 else t["name"] for t in self.tasks]
+        parts = [Task.from_dict(t).table_label() for t in self.tasks]
         return f"{self.dataset}: " + ", ".join(parts)
 
     @property

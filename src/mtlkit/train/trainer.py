@@ -147,8 +147,7 @@ def _best_score(val: dict[str, float], reference: dict[str, float], tasks: list[
 
 
 def _task_info(tasks: list[Task]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "kind": t.kind, "channels": t.channels, "metrics": t.metrics,
-             "main_metric": t.main_metric} for t in tasks]
+    return [t.to_dict() for t in tasks]
 
 
 def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float | None:
