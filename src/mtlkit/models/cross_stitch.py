@@ -69,6 +69,9 @@ class CrossStitchUnit(nn.Module):
 class CrossStitch(MultiTaskModel):
     """One SegNet per task, joined by cross-stitch units after every stage."""
 
+    records = ("stitch",)
+    single_task_reference = "single"
+
     supports_representation = False
 
     def __init__(

@@ -85,6 +85,10 @@ class Task:
         """How report tables name the task (e.g. ``seg (13 classes)``)."""
         return self.spec.table_label(self)
 
+    def metric_label(self, metric: str) -> str:
+        """A metric's short column header in report tables (e.g. ``mIoU``)."""
+        return self.spec.metric_labels.get(metric, metric)
+
     def to_dict(self) -> dict[str, Any]:
         """The task as plain data (``results.json``); :meth:`from_dict` reads it back."""
         out = {"name": self.name, "kind": self.kind, "channels": self.channels,
@@ -120,6 +124,8 @@ class TaskKind:
     fixed_channels: ClassVar[int | None] = None
     #: accepted options and their defaults
     defaults: ClassVar[dict[str, Any]] = {}
+    #: metric -> short column header in report tables
+    metric_labels: ClassVar[dict[str, str]] = {}
 
     # ------------------------------------------------------------------ declaring a task
 

@@ -58,6 +58,7 @@ class Binary(TaskKind):
     name = "binary"
     metrics = BINARY_METRICS
     main_metric = "iou"
+    metric_labels = {"iou": "IoU", "max_f": "max F"}
     fixed_channels = 1
     defaults = {"ignore_index": -1, "pos_weight": None}
 

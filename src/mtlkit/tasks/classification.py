@@ -29,6 +29,7 @@ class Classification(TaskKind):
     dense = False
     metrics = CLASSIFICATION_METRICS
     main_metric = "accuracy"
+    metric_labels = {"accuracy": "Acc"}
 
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return classification_loss(pred, target)

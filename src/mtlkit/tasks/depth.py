@@ -30,6 +30,7 @@ class Depth(TaskKind):
     name = "depth"
     metrics = DEPTH_METRICS
     main_metric = "abs_err"
+    metric_labels = {"abs_err": "Abs Err", "rel_err": "Rel Err"}
     fixed_channels = 1
     defaults = {"inverse": False}
 

@@ -48,6 +48,7 @@ class Edge(TaskKind):
     name = "edge"
     metrics = EDGE_METRICS
     main_metric = "ods_f"
+    metric_labels = {"ods_f": "ODS F"}
     fixed_channels = 1
     defaults = {"ignore_index": -1, "pos_weight": None, "tolerance": 0.0075}
 

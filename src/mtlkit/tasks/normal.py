@@ -33,6 +33,8 @@ class Normal(TaskKind):
     name = "normal"
     metrics = NORMAL_METRICS
     main_metric = "mean"
+    metric_labels = {"mean": "Mean", "median": "Median", "within_11.25": "11.25°", "within_22.5": "22.5°",
+                     "within_30": "30°"}
     fixed_channels = 3
 
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:

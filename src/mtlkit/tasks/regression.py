@@ -42,6 +42,7 @@ class Regression(TaskKind):
     name = "regression"
     metrics = REGRESSION_METRICS
     main_metric = "mae"
+    metric_labels = {"mae": "MAE", "rmse": "RMSE"}
     defaults = {"loss": "l1", "invalid_value": None}
 
     def check_options(self, name: str, options: Mapping[str, Any], channels: int) -> None:

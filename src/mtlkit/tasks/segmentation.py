@@ -63,6 +63,7 @@ class Segmentation(TaskKind):
     name = "segmentation"
     metrics = SEGMENTATION_METRICS
     main_metric = "miou"
+    metric_labels = {"miou": "mIoU", "pix_acc": "Pix Acc"}
     defaults = {"ignore_index": -1, "class_names": None}
 
     def check_options(self, name: str, options: Mapping[str, Any], channels: int) -> None:

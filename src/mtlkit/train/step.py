@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mtlkit.balance import Balancer
 from mtlkit.errors import ConfigError, TrainingError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
@@ -40,10 +41,14 @@ class StepRunner:
     grad_clip: float | None = None
     autocast_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+    grad_path: str = "loop"
     _names: list[str] = field(init=False)
+    _balancer: Balancer = field(init=False)
 
     def __post_init__(self) -> None:
         self._names = [t.name for t in self.tasks]
+        self._balancer = Balancer(self.weighting)
+        self._balancer.strategy = self.grad_path
         core = self.core
         if self.weighting.needs_gradients and self.mode == "representation":
             if not core.supports_representation:
@@ -123,50 +128,24 @@ class StepRunner:
             self.optimizer.step()
 
     def _gradient_step(self, x: Tensor, batch: dict[str, Tensor], present: list[str]) -> Tensor:
-        from mtlkit.weighting.gradients import per_task_gradients, write_gradients
-
+        """Per-task gradients aggregated by the method (:class:`mtlkit.balance.Balancer`, as users call it)."""
         core = self.core
-        world = dist.world_size()
-        scale = self.scaler.get_scale() if self.scaler is not None else 1.0
         with self._autocast(x.device):
             if self.mode == "representation":
-                reps = core.encode(x)
-                inputs = [r.detach().requires_grad_(True) for r in reps]
-                preds = core.decode(inputs)
+                features: list[Tensor] | None = core.encode(x)
+                preds = core.decode(features)
             else:
+                features = None
                 preds = self.plain(x)
-                inputs = [p for p in core.shared_parameters() if p.requires_grad]
-        # One loss tensor per task, not a stacked vector: each task's backward then runs only the part
-        # of the graph that task reaches, and the task-specific parameters get sum_k dL_k/dtheta in
-        # the same pass (no extra backward).
         per_task = [t.loss(preds[t.name], batch[t.name]) for t in self.tasks]
         losses = torch.stack([loss.detach() for loss in per_task])
         shared_losses = dist.all_reduce_mean(losses)
         _check_finite(shared_losses, self._names)
-        shared_ids = {id(p) for p in core.shared_parameters()}
+        shared = [p for p in core.shared_parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in shared}
         own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
-        grads = per_task_gradients([loss * scale for loss in per_task], inputs, retain_graph=False,
-                                   accumulate=own) / scale
-        if own:
-            dist.average_grads(own)
-        if self.mode == "representation":
-            # d(mean over ranks of L_k) / d(rank r's representation) = grads_r / world: the
-            # global matrix is the ranks' blocks side by side (one column block per rank).
-            grads = dist.all_gather_cat(grads / world, dim=1)
-        else:
-            grads = dist.all_reduce_mean(grads)
-        update = self.weighting.aggregate(grads, shared_losses)
-        if self.mode == "representation":
-            local = update.view(world, -1)[dist.rank()] * world
-            chunks, offset = [], 0
-            for r in reps:
-                n = r.numel()
-                chunks.append(local[offset:offset + n].view_as(r).to(r.dtype) * scale)
-                offset += n
-            torch.autograd.backward(reps, grad_tensors=chunks)
-            dist.average_grads(p for p in core.shared_parameters() if p.requires_grad)
-        else:
-            write_gradients(inputs, update * scale)
+        self._balancer.backward(per_task, shared, features, task_params=own, scaler=self.scaler,
+                                shared_losses=shared_losses)
         return losses
 
 
