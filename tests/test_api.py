@@ -92,12 +92,14 @@ def test_folder_problems_are_one_line_naming_the_file(my_data: Path) -> None:
     (my_data / "train" / "fg" / "train001.png").unlink()  # missing target
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(my_data / "train" / "fg" / "stray.png")  # extra stem
     (my_data / "val" / "images" / "val000.png").write_bytes(b"not a png")  # unreadable
+    Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(my_data / "train" / "seg" / "train002.png")  # RGB labels
     report = check_dataset("folder", my_data)
     text = "\n".join(report.problems)
     assert "train000.png: label map holds label(s) [7] outside [0, 3)" in text
     assert "train/fg/train001.png: missing" in text
     assert "stray.png: no image with this name" in text
     assert "val000.png: unreadable" in text
+    assert "train002.png: label map must be (H, W), got shape (48, 48, 3)" in text
     assert all("\n" not in p for p in report.problems)
     ds = FolderBuilder(DatasetConfig(name="folder", root=str(my_data), height=32, width=32))
     with pytest.raises(DataError, match="train001.png: missing target"):
@@ -182,6 +184,7 @@ def _loop_losses(cfg, method: str) -> list[dict[str, float]]:
     return history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pcgrad", "mgda"])
 def test_backward_loop_matches_mtlkit_train(tiny_cfg, method: str) -> None:
     from mtlkit.train.trainer import train

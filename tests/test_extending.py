@@ -103,6 +103,7 @@ def extension(tmp_path_factory: pytest.TempPathFactory):
         sys.path.remove(str(root))
 
 
+@pytest.mark.slow
 def test_one_file_each_then_train_by_name(extension, tmp_path: Path) -> None:
     from mtlkit.cli.main import main
     from test_api import write_folder

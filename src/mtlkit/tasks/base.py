@@ -257,11 +257,9 @@ def label_map(array: np.ndarray, task: Task, what: str, ignore: int, classes: in
 
 
 def labels_from_file(array: np.ndarray) -> Tensor:
-    """An (H, W) int64 label tensor from an (H, W) or (1, H, W) array."""
+    """An (H, W) int64 label tensor from an (H, W) or (1, H, W) array (other shapes kept, for the check to name)."""
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., 0]
     return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
 
 
