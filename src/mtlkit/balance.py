@@ -87,7 +87,7 @@ class Balancer:
             feats = [features] if isinstance(features, Tensor) else list(features)
             self._gradient_backward(items, seen, shared, feats, task_params, scaler)
         else:
-            if not shared:
+            if shared_params is None:
                 raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
             self._gradient_backward(items, seen, shared, None, task_params, scaler)
         return values

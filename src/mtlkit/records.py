@@ -23,12 +23,12 @@ class EpochRecord:
     """One epoch: training loss means, validation losses and metrics, mean task weights."""
 
     epoch: int  # 1-based
-    time: float  # seconds since the run started (over resumes)
-    epoch_time: float
-    lr: float
-    train: dict[str, float]  # "loss/<task>"
-    val: dict[str, float]  # "loss/<task>", "<task>/<metric>"
-    weights: dict[str, float]  # "<task>"
+    time: float = 0.0  # seconds since the run started (over resumes)
+    epoch_time: float = 0.0
+    lr: float = 0.0
+    train: dict[str, float] = field(default_factory=dict)  # "loss/<task>"
+    val: dict[str, float] = field(default_factory=dict)  # "loss/<task>", "<task>/<metric>"
+    weights: dict[str, float] = field(default_factory=dict)  # "<task>"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -39,7 +39,6 @@ class EpochRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EpochRecord:
         known, extra = _split(cls, data)
-        known.setdefault("weights", {})
         return cls(**known, extra=extra)
 
 

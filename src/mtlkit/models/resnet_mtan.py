@@ -54,6 +54,8 @@ def shared_block(cin: int, cout: int) -> Bottleneck:
 class ResNetMTAN(BackboneModel):
     """Shared dilated ResNet + per-task attention on the last block of each of its four stages."""
 
+    records = ("attention",)
+
     arch_name = "mtan"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",

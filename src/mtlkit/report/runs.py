@@ -179,13 +179,14 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
             raise ConfigError(f"{res_path}: expected a JSON object (the trainer's results), got a "
                               f"{_json_kind(results)}")
     epochs = read_jsonl(path / "metrics.jsonl")
-    try:  # the trainer's schema (mtlkit.records): a record missing a field names the file
-        epochs = [EpochRecord.from_dict(e).to_dict() for e in epochs]
+    try:  # checked against the trainer's schema (mtlkit.records): a record missing a field names the file
+        for e in epochs:
+            EpochRecord.from_dict(e)
     except TypeError as err:
         raise ConfigError(f"{path / 'metrics.jsonl'}: not a metrics record ({err})") from None
     if results is not None and results.get("status") == "finished":
         try:
-            results = RunResults.from_dict(results).to_dict()
+            RunResults.from_dict(results)
         except TypeError as err:
             raise ConfigError(f"{res_path}: not a results record ({err})") from None
     return Run(path, config, epochs, results, sweep, record)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -83,10 +82,3 @@ class RunState:
                    ckpt["reference"], [EpochRecord.from_dict(r) for r in ckpt["history"]],
                    float(ckpt["wall_time"]))
 
-
-def saved_history(run_path: Path) -> list[EpochRecord]:
-    """The epochs a run folder's last checkpoint holds (what metrics.jsonl continues from on a resume)."""
-    from mtlkit.train.checkpoint import load_checkpoint
-
-    ckpt = Path(run_path) / "checkpoints" / "last.pt"
-    return RunState.from_checkpoint(load_checkpoint(ckpt)).history if ckpt.is_file() else []

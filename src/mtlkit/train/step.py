@@ -49,18 +49,7 @@ class StepRunner:
         self._names = [t.name for t in self.tasks]
         self._balancer = Balancer(self.weighting)
         self._balancer.strategy = self.grad_path
-        core = self.core
-        if self.weighting.needs_gradients and self.mode == "representation":
-            if not core.supports_representation:
-                raise ConfigError(
-                    f"weighting.mode=representation: architecture {type(core).__name__} has no shared "
-                    "representation; use weighting.mode=parameters"
-                )
-            if not self.weighting.supports_representation:
-                raise ConfigError(
-                    f"weighting.mode=representation is not supported by {type(self.weighting).__name__}; "
-                    "use weighting.mode=parameters"
-                )
+        check_mode(self.core, self.weighting, self.mode)
 
     @property
     def core(self) -> MultiTaskModel:
@@ -147,6 +136,22 @@ class StepRunner:
         self._balancer.backward(per_task, shared, features, task_params=own, scaler=self.scaler,
                                 shared_losses=shared_losses)
         return losses
+
+
+def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
+    """A ConfigError when ``weighting.mode=representation`` cannot run with this model or method."""
+    if not (weighting.needs_gradients and mode == "representation"):
+        return
+    if not model.supports_representation:
+        raise ConfigError(
+            f"weighting.mode=representation: architecture {type(model).__name__} has no shared "
+            "representation; use weighting.mode=parameters"
+        )
+    if not weighting.supports_representation:
+        raise ConfigError(
+            f"weighting.mode=representation is not supported by {type(weighting).__name__}; "
+            "use weighting.mode=parameters"
+        )
 
 
 def _check_finite(losses: Tensor, names: list[str]) -> None:

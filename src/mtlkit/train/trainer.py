@@ -36,6 +36,7 @@ from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import failures_recorded, open_run_dir, read_results
 from mtlkit.train.runtime import seed_everything, select_device
 from mtlkit.train.state import RunState
+from mtlkit.train.step import check_mode
 from mtlkit.weighting.base import Weighting
 
 
@@ -161,6 +162,7 @@ def _train(cfg: Config, run_path: Path | None) -> Path:
     setup = build(cfg, dist.device_for(cfg.train.device))
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
     dist.check_weighting(weighting)
+    check_mode(setup.model, weighting, cfg.weighting.mode)
     model = dist.convert_sync_batchnorm(setup.model, device) if _sync_bn(cfg) else setup.model
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
         train_ds = setup.builder.dataset("train", train=True)
