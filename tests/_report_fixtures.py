@@ -10,12 +10,11 @@ import yaml
 from torch import Tensor, nn
 
 from mtlkit.models.base import MultiTaskModel
+from mtlkit.records import EpochRecord, RunResults
 from mtlkit.tasks import Task, depth_task, segmentation_task
 
-SEG = {"name": "segmentation", "kind": "segmentation", "channels": 7,
-       "metrics": {"miou": True, "pix_acc": True}, "main_metric": "miou"}
-DEPTH = {"name": "depth", "kind": "depth", "channels": 1,
-         "metrics": {"abs_err": False, "rel_err": False}, "main_metric": "abs_err"}
+SEG = segmentation_task(7).to_dict()
+DEPTH = depth_task().to_dict()
 
 
 def write_run(root: Path, name: str, arch: str, weighting: str, seed: int, final: dict[str, float],
@@ -39,22 +38,21 @@ def write_run(root: Path, name: str, arch: str, weighting: str, seed: int, final
             weights = {"segmentation": 1.0 + 0.1 * (e - 1), "depth": 1.0 - 0.1 * (e - 1)}
         else:
             weights = {"segmentation": 1.0, "depth": 1.0}
-        lines.append({"epoch": e, "time": 2.0 * e, "epoch_time": 2.0, "lr": 1e-3,
-                      "train": {"loss/segmentation": 2.0 / e + 0.01 * seed, "loss/depth": 0.8 / e},
-                      "val": {"loss/segmentation": 2.2 / e, "loss/depth": 0.9 / e, **val},
-                      "weights": weights})
+        lines.append(EpochRecord(epoch=e, time=2.0 * e, epoch_time=2.0, lr=1e-3,
+                                 train={"loss/segmentation": 2.0 / e + 0.01 * seed, "loss/depth": 0.8 / e},
+                                 val={"loss/segmentation": 2.2 / e, "loss/depth": 0.9 / e, **val},
+                                 weights=weights).to_dict())
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     (run / "checkpoints" / "last.pt").write_bytes(b"fake")
     if finished:
         seg = {**SEG, "channels": classes}
-        results = {"name": name, "arch": arch, "weighting": weighting, "dataset": "scenes",
-                   "tasks": [seg, DEPTH], "params": int(1000 * params_ratio), "params_ratio": params_ratio,
-                   "final": final, "best": final, "best_epoch": epochs, "epochs": epochs, "wall_time": 2.0 * epochs,
-                   "config_hash": f"hash{seed}{arch[:3]}", "versions": {"python": "3.11", "torch": "2.x",
-                                                                        "mtlkit": "0.1.0"},
-                   "git_commit": "0123456789abcdef", "machine": {"host": "test", "device": "cpu"},
-                   "status": "finished"}
-        (run / "results.json").write_text(json.dumps(results))
+        results = RunResults(name=name, arch=arch, weighting=weighting, dataset="scenes", tasks=[seg, DEPTH],
+                             params=int(1000 * params_ratio), params_ratio=params_ratio, final=final, best=final,
+                             best_epoch=epochs, epochs=epochs, wall_time=2.0 * epochs,
+                             config_hash=f"hash{seed}{arch[:3]}",
+                             versions={"python": "3.11", "torch": "2.x", "mtlkit": "0.1.0"},
+                             git_commit="0123456789abcdef", machine={"host": "test", "device": "cpu"})
+        (run / "results.json").write_text(json.dumps(results.to_dict()))
     return run
 
 

@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 
 from mtlkit.config import config_from_dict
+from mtlkit.data import sampling
 from mtlkit.data.npy import save_sample
 from mtlkit.errors import ConfigError
 from mtlkit.train import distributed as dist
@@ -113,12 +114,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------------- unit tests, one process
 
 
+def _world(monkeypatch, size: int, rank: int = 0) -> None:
+    """Pretend to be ``rank`` of ``size`` processes (sampling lives in mtlkit.data.sampling)."""
+    for module in (dist, sampling):
+        monkeypatch.setattr(module, "world_size", lambda: size)
+        monkeypatch.setattr(module, "rank", lambda: rank)
+
+
 def test_train_sampler_ranks_together_give_the_single_process_batches(monkeypatch) -> None:
     """For every epoch, the union of the ranks' step-i batches is the one-process step-i batch."""
     data = list(range(11))
     for epoch in (0, 3):
-        monkeypatch.setattr(dist, "world_size", lambda: 1)
-        monkeypatch.setattr(dist, "rank", lambda: 0)
+        _world(monkeypatch, 1)
         one, bs, drop = dist.train_sampler(data, 4, seed=5)
         one.set_epoch(epoch)
         order = list(one)
@@ -128,8 +135,7 @@ def test_train_sampler_ranks_together_give_the_single_process_batches(monkeypatc
         assert order == torch.randperm(11, generator=gen).tolist()  # = RandomSampler with that generator
         per_rank = []
         for r in range(2):
-            monkeypatch.setattr(dist, "world_size", lambda: 2)
-            monkeypatch.setattr(dist, "rank", lambda r=r: r)
+            _world(monkeypatch, 2, r)
             sampler, local, drop = dist.train_sampler(data, 4, seed=5)
             sampler.set_epoch(epoch)
             idx = list(sampler)
@@ -148,10 +154,9 @@ def test_eval_shard_reads_every_sample_once_without_padding() -> None:
 
 def test_epoch_batches_split_global_batches_for_training(monkeypatch) -> None:
     batches = {0: [[0, 1, 2, 3], [4, 5, 6], [7]], 1: [[8, 9], [10, 11, 12, 13]]}
-    monkeypatch.setattr(dist, "world_size", lambda: 2)
     got = {}
     for r in range(2):
-        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        _world(monkeypatch, 2, r)
         train_b = dist.EpochBatches(lambda e: batches[e], train=True)
         eval_b = dist.EpochBatches(lambda e: batches[e], train=False)
         got[r] = (list(train_b), list(eval_b))
@@ -177,7 +182,7 @@ def test_convert_keeps_parameters_and_state_dict_keys(monkeypatch) -> None:
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(4)))
     before = {k: v for k, v in net.state_dict().items()}
     params = list(net.parameters())
-    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    _world(monkeypatch, 2)
     conv = dist.convert_sync_batchnorm(net, torch.device("cpu"))
     assert isinstance(conv[1], dist.DistBatchNorm) and isinstance(conv[2][0], dist.DistBatchNorm)
     assert [id(p) for p in conv.parameters()] == [id(p) for p in params]

@@ -14,6 +14,7 @@ import yaml
 from scipy import stats
 
 from mtlkit.errors import ConfigError
+from mtlkit.records import EpochRecord, RunResults
 from mtlkit.report import ReportOptions, make_report
 from mtlkit.report.reference import available, load_reference, parse_reference
 from mtlkit.report.runs import collect
@@ -55,13 +56,13 @@ def fake_run(root: Path, name: str, arch: str, seed: int, values: dict[str, floa
               "weighting": {"name": "equal"}, "eval": {"protocol": protocol, "report_last": report_last,
                                                       "select_best": False}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "val": values}) + "\n"
+    (run / "metrics.jsonl").write_text("".join(json.dumps(EpochRecord(epoch=e, val=values).to_dict()) + "\n"
                                                for e in range(1, epochs + 1)))
-    results = {"name": name, "arch": arch, "weighting": "equal", "dataset": "nyuv2", "tasks": NYU_TASKS,
-               "params": 100, "params_ratio": 1.77, "final": values, "best": None, "best_epoch": None,
-               "best_note": "no best epoch: test", "eval": {"protocol": protocol, "batch_size": 2},
-               "epochs": epochs, "status": "finished"}
-    (run / "results.json").write_text(json.dumps(results))
+    results = RunResults(name=name, arch=arch, weighting="equal", dataset="nyuv2", tasks=NYU_TASKS, params=100,
+                         params_ratio=1.77, final=values, best=None, best_epoch=None, epochs=epochs,
+                         wall_time=1.0 * epochs, status="finished",
+                         extra={"best_note": "no best epoch: test", "eval": {"protocol": protocol, "batch_size": 2}})
+    (run / "results.json").write_text(json.dumps(results.to_dict()))
     return run
 
 

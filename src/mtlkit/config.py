@@ -68,6 +68,9 @@ class ModelConfig(_Strict):
 class WeightingConfig(_Strict):
     name: str = "equal"
     mode: Literal["parameters", "representation"] = "parameters"
+    grad_path: Literal["loop", "batched"] = Field(
+        "loop", description="how per-task gradients are computed: K backward passes or one vmapped pass "
+        "(same values up to float rounding; fixed so results never depend on timing)")
     options: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""Name -> class registries, so configs name architectures, weighting methods and datasets.
+"""Name -> class registries, so configs name architectures, weighting methods, datasets and task kinds.
 
 Adding one is one file that decorates its class with ``@REGISTRY.register("name")`` plus one
 import line in the package ``__init__`` that holds it.
@@ -55,6 +55,7 @@ class Registry(Generic[T]):
 ARCHITECTURES: Registry = Registry("architecture")
 WEIGHTINGS: Registry = Registry("weighting method")
 DATASETS: Registry = Registry("dataset")
+TASK_KINDS: Registry = Registry("task kind")
 
 _loaded = False
 
@@ -69,6 +70,7 @@ def _load_builtins() -> None:
 
     import mtlkit.data  # noqa: F401
     import mtlkit.models  # noqa: F401
+    import mtlkit.tasks  # noqa: F401
     import mtlkit.weighting  # noqa: F401
 
     if importlib.util.find_spec("mtlkit.decathlon") is not None:

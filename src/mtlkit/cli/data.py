@@ -78,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in range or -1, no NaN/inf, unit normals where valid). Prints a summary table and one "
         "line per problem naming the file; exits 1 when there is any problem.",
     )
-    c.add_argument("name", help="dataset name: nyuv2, cityscapes or scenes")
+    c.add_argument("name", help="dataset name: nyuv2, cityscapes, scenes or folder (your own, with tasks.yaml)")
     c.add_argument("root", help="dataset folder (holding train/ and val/)")
     c.add_argument(
         "--num-classes",

@@ -1,9 +1,9 @@
 """Datasets: the builder interface, the shared ``.npy`` layout loader and the registered datasets.
 
-Importing this package registers ``scenes``, ``nyuv2`` and ``cityscapes`` in ``DATASETS``.
+Importing this package registers ``scenes``, ``nyuv2``, ``cityscapes`` and ``folder`` in ``DATASETS``.
 """
 
-from mtlkit.data import cityscapes, nyuv2, scenes_dataset  # noqa: F401  (registration)
+from mtlkit.data import cityscapes, folder, nyuv2, scenes_dataset  # noqa: F401  (registration)
 from mtlkit.data.augment import DenseAugment
 from mtlkit.data.base import DatasetBuilder
 from mtlkit.data.npy import NpyBuilder, NpyDenseDataset

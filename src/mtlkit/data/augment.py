@@ -14,6 +14,9 @@ deliberate choices that keep every target exact:
 - **Horizontal flip** with probability ``flip_prob``: every map is mirrored and the normals' x
   component is negated (camera x points right).
 
+What a zoom or a flip does to a target is its task kind's to say (``TaskKind.resize``, ``zoom``,
+``flip`` in :mod:`mtlkit.tasks`); this module only draws the crop and the flip.
+
 Randomness comes only from the ``numpy.random.Generator`` passed in, so the dataset can derive it
 from ``(seed, epoch, index)`` and results do not depend on the number of loader workers.
 """
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
+from mtlkit.tasks import Task
 
 DEFAULT_SCALES = (1.0, 1.2, 1.5)
 
@@ -42,14 +46,15 @@ def _nearest_index(out_size: int, in_size: int, start: int) -> Tensor:
 class DenseAugment:
     """Random scale-crop + horizontal flip applied consistently to an image and its dense targets.
 
-    ``kinds`` maps each target key of the sample to its task kind ("segmentation", "depth",
-    "normal"); ``depth_is_inverse`` says the depth maps hold inverse depth (multiplied by the scale
-    instead of divided).
+    ``kinds`` maps each target key of the sample to its :class:`Task` (or a task kind's name, for
+    kinds whose augmentation needs no options); keys not in it are passed through unchanged.
+    ``depth_is_inverse`` turns on the ``inverse`` option of tasks whose kind has one (inverse depth
+    is multiplied by the scale instead of divided).
     """
 
     def __init__(
         self,
-        kinds: dict[str, str],
+        kinds: dict[str, str | Task],
         scales: Sequence[float] = DEFAULT_SCALES,
         flip: bool = True,
         flip_prob: float = 0.5,
@@ -60,7 +65,7 @@ class DenseAugment:
             raise ConfigError(f"dataset.options.scales: every scale must be >= 1.0 (got {list(scales)})")
         if not 0.0 <= flip_prob <= 1.0:
             raise ConfigError(f"dataset.options.flip_prob: must be in [0, 1] (got {flip_prob})")
-        self.kinds = dict(kinds)
+        self.targets = {key: _as_task(key, value, bool(depth_is_inverse)) for key, value in kinds.items()}
         self.scales = scales
         self.flip = bool(flip)
         self.flip_prob = float(flip_prob)
@@ -68,7 +73,7 @@ class DenseAugment:
 
     @classmethod
     def from_options(
-        cls, kinds: dict[str, str], options: dict[str, Any], depth_is_inverse: bool = False
+        cls, kinds: dict[str, str | Task], options: dict[str, Any], depth_is_inverse: bool = False
     ) -> DenseAugment:
         """Build from ``dataset.options`` (keys ``scales``, ``flip``, ``flip_prob``; others ignored)."""
         scales = options.get("scales", DEFAULT_SCALES)
@@ -114,27 +119,31 @@ class DenseAugment:
         for key, value in sample.items():
             if key == "image":
                 continue
-            kind = self.kinds.get(key)
-            if kind is None:
+            task = self.targets.get(key)
+            if task is None:
                 out[key] = value
                 continue
-            resized = value.index_select(-2, rows).index_select(-1, cols)
-            if kind == "depth":
-                resized = resized * scale if self.depth_is_inverse else resized / scale
-            out[key] = resized.contiguous()
+            out[key] = task.spec.zoom(task, task.spec.resize(task, value, rows, cols), scale)
         return out
 
     def _hflip(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Mirror left-right; the x component of normals changes sign (missing normals stay 0)."""
+        """Mirror left-right; each target as its kind says (normals negate x)."""
         out: dict[str, Tensor] = {}
         for key, value in sample.items():
-            kind = "image" if key == "image" else self.kinds.get(key)
-            if kind is None:
+            task = self.targets.get(key)
+            if key == "image":
+                out[key] = torch.flip(value, dims=[-1]).contiguous()
+            elif task is None:
                 out[key] = value
-                continue
-            flipped = torch.flip(value, dims=[-1])
-            if kind == "normal":
-                flipped = flipped.clone()
-                flipped[0] = torch.where(flipped[0] != 0, -flipped[0], flipped[0])
-            out[key] = flipped.contiguous()
+            else:
+                out[key] = task.spec.flip(task, value)
         return out
+
+
+def _as_task(key: str, value: str | Task, inverse: bool) -> Task:
+    """The task of a target key (a bare kind name becomes a task with that kind's defaults)."""
+    task = value if isinstance(value, Task) else Task(key, value, 1, {}, "")
+    task.spec  # noqa: B018  (an unknown kind is a ConfigError now, not at the first sample)
+    if inverse and "inverse" in task.spec.defaults:
+        task = task.with_options(inverse=True)
+    return task

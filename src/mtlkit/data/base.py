@@ -19,6 +19,9 @@ class DatasetBuilder:
 
     #: splits the dataset provides
     splits: tuple[str, ...] = ("train", "val")
+    #: how the dataset batches: None = the default shuffled batches of any samples; else a method
+    #: ``(dataset, batch_size, shuffle, seed, epoch) -> list of index batches`` (e.g. one domain per batch)
+    batch_sampler = None
 
     def __init__(self, cfg: DatasetConfig) -> None:
         self.cfg = cfg
@@ -43,3 +46,7 @@ class DatasetBuilder:
     def dataset(self, split: str, train: bool) -> Dataset:
         """The samples of ``split``; ``train`` turns augmentation on when the config asks for it."""
         raise NotImplementedError
+
+    def check_files(self, progress: bool = False):
+        """``mtlkit data check``'s report of every file, when the dataset checks itself (else None)."""
+        return None

@@ -136,6 +136,9 @@ def check_dataset(
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
     builder = DATASETS.get(name)(DatasetConfig(name=name, root=str(root), num_classes=num_classes))
+    own = builder.check_files(progress)
+    if own is not None:
+        return own
     if not isinstance(builder, NpyBuilder):
         raise ConfigError(f"dataset {name!r} is not stored in the .npy layout; nothing to check")
     root = Path(root).expanduser()

@@ -367,7 +367,7 @@ class NpyBuilder(DatasetBuilder):
         tasks = self.tasks()
         augment = None
         if train and self.cfg.augment:
-            kinds = {t.name: t.kind for t in tasks}
+            kinds = {t.name: t for t in tasks}
             augment = DenseAugment.from_options(kinds, self.cfg.options, self.depth_is_inverse)
         cap = self.cfg.n_train if split == "train" else self.cfg.n_val
         label_dir, label_map = self.label_source()

@@ -23,6 +23,11 @@ class MultiTaskModel(nn.Module):
 
     #: False when the architecture has no shared representation (single-task, cross-stitch).
     supports_representation: bool = True
+    #: what forward passes store under ``recording()``: "attention" (``attention/<task>/<block>``
+    #: masks, shown by reports) and/or "stitch" (``alpha/<point>``; :meth:`stitch_alphas`)
+    records: tuple[str, ...] = ()
+    #: registered architecture whose one-task network is the #P reference (None: no reference)
+    single_task_reference: str | None = None
 
     def __init__(self, tasks: list[Task]) -> None:
         super().__init__()
@@ -57,6 +62,19 @@ class MultiTaskModel(nn.Module):
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Called before each training epoch (0-based) of ``epochs``; models with a schedule (LTB) override it."""
+
+    @classmethod
+    def single_task_parameters(cls, tasks: list[Task], width: float, **options) -> float | None:
+        """A family's own #P reference (e.g. the decathlon's WRN); None: one ``single_task_reference`` network."""
+        return None
+
+    def capabilities(self) -> dict[str, object]:
+        """What reports may ask of this model (stored in results.json for unregistered models)."""
+        return {"records": list(self.records), "single_task_reference": self.single_task_reference}
+
+    def stitch_alphas(self) -> dict[str, Tensor]:
+        """Learned mixing weights per stitch point (models whose ``records`` include "stitch")."""
+        raise NotImplementedError(f"{type(self).__name__} has no stitch units")
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, Tensor]]:

@@ -32,7 +32,6 @@ SEGNET_DEPTHS = (2, 2, 3, 3, 3)
 NUM_LEVELS = len(SEGNET_CHANNELS)
 #: input height and width must be multiples of this (five 2x2 poolings)
 SIZE_DIVISOR = 2**NUM_LEVELS
-DENSE_KINDS = ("segmentation", "depth", "normal")
 
 
 def scale_channels(channels: Sequence[int], width: float) -> tuple[int, ...]:
@@ -53,7 +52,7 @@ def check_dense_tasks(tasks: Sequence[Task], arch: str) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"model.arch {arch!r}: task names must be unique (got {', '.join(names)})")
     for t in tasks:
-        if t.kind not in DENSE_KINDS:
+        if not t.dense:
             raise ConfigError(f"model.arch {arch!r} predicts dense maps; task {t.name!r} is {t.kind!r}")
         if "." in t.name or not t.name:
             raise ConfigError(f"model.arch {arch!r}: task name {t.name!r} must be non-empty without '.'")

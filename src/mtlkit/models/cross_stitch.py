@@ -97,6 +97,9 @@ class SharedStitchUnit(nn.Module):
 class CrossStitch(MultiTaskModel):
     """One SegNet per task, joined by cross-stitch units after every stage."""
 
+    records = ("stitch",)
+    single_task_reference = "single"
+
     supports_representation = False
 
     def __init__(

@@ -50,6 +50,8 @@ from mtlkit.tasks import Task
 class Dense(MultiTaskModel):
     """Shared SegNet + per-task SegNets fed the shared features at every stage."""
 
+    single_task_reference = "single"
+
     def __init__(self, tasks: list[Task], width: float = 1.0, *, in_channels: int = 3) -> None:
         super().__init__(tasks)
         check_dense_tasks(self.tasks, "dense")

@@ -59,6 +59,9 @@ from mtlkit.tasks import Task
 class MTAN(MultiTaskModel):
     """Shared SegNet + per-task attention at all five encoder and five decoder stages."""
 
+    records = ("attention",)
+    single_task_reference = "single"
+
     def __init__(self, tasks: list[Task], width: float = 1.0, *, in_channels: int = 3) -> None:
         super().__init__(tasks)
         check_dense_tasks(self.tasks, "mtan")

@@ -69,9 +69,9 @@ def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0,
     """The #P reference: mean size of one single-task network per task; None when undefined.
 
     SegNet-family architectures and those written over a backbone use one single-task network of
-    that backbone (SegNet by default); another family (e.g. the decathlon's Wide-ResNets) states
-    its own reference through a ``single_task_parameters`` classmethod, which gets the model
-    options (a variant with conv biases counts them in the reference too).
+    that backbone (declared: ``MultiTaskModel.single_task_reference``); another family (e.g. the
+    decathlon's Wide-ResNets) states its own reference through ``single_task_parameters``, which
+    gets the model options (a variant with conv biases counts them in the reference too).
     """
     if not tasks:
         return None
@@ -82,11 +82,13 @@ def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0,
     if arch not in ARCHITECTURES:
         return None
     cls = model_class(arch, backbone)
-    if hasattr(cls, "single_task_parameters"):
-        return cls.single_task_parameters(list(tasks), width, **options)
-    if arch not in PAPER_ARCHS and not issubclass(cls, BackboneModel):
+    own = cls.single_task_parameters(list(tasks), width, **options)
+    if own is not None:
+        return own
+    reference = cls.single_task_reference or ("single" if issubclass(cls, BackboneModel) else None)
+    if reference is None:
         return None
-    return count_model_parameters("single", tasks, width, backbone=backbone) / len(tasks)
+    return count_model_parameters(reference, tasks, width, backbone=backbone) / len(tasks)
 
 
 def _resolve_tasks(tasks_or_dataset: Sequence[Task] | str, num_classes: int | None) -> tuple[list[Task], str | None]:

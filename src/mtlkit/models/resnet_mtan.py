@@ -87,6 +87,8 @@ def wrn_parts(bb: WideResNet) -> tuple[list[nn.Module], list[tuple[int, int, int
 class MTANOverBackbone(BackboneModel):
     """Shared backbone + per-task attention on each of its stages, shared f blocks between them."""
 
+    records = ("attention",)
+
     arch_name = "mtan"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",

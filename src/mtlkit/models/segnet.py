@@ -31,6 +31,8 @@ class SegNet(MultiTaskModel):
     doubles every conv layer of every stage).
     """
 
+    single_task_reference = "single"
+
     arch_name = "segnet"
     base_channels: tuple[int, ...] = SEGNET_CHANNELS
     depth_factor = 1

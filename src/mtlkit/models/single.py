@@ -20,6 +20,8 @@ from mtlkit.tasks import Task
 class SingleTask(MultiTaskModel):
     """One full SegNet per task, nothing shared (the MTAN paper's Single-Task baseline)."""
 
+    single_task_reference = "single"
+
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, in_channels: int = 3) -> None:

@@ -21,6 +21,9 @@ from mtlkit.tasks import Task
 class STAN(MultiTaskModel):
     """One single-task MTAN per task, nothing shared (the MTAN paper's STAN baseline)."""
 
+    records = ("attention",)
+    single_task_reference = "single"
+
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, in_channels: int = 3) -> None:

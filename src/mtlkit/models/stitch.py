@@ -23,6 +23,8 @@ from mtlkit.tasks import Task
 class StagedCrossStitch(BackboneModel):
     """One backbone per task, joined by cross-stitch units after every stage."""
 
+    records = ("stitch",)
+
     arch_name = "cross_stitch"
     supports_representation = False
 

@@ -38,11 +38,6 @@ from mtlkit.report.provenance import fmt_duration, report_provenance, run_proven
 from mtlkit.report.runs import Collection, Run, collect
 from mtlkit.report.table import ResultsTable, Row, build_tables, tables_csv
 
-#: architectures whose models record attention masks (``attention/<task>/<block>``)
-ATTENTION_ARCHS = ("mtan", "stan")
-#: architectures whose models expose ``stitch_alphas()``
-STITCH_ARCHS = ("cross_stitch",)
-
 Loader = Callable[[Path], tuple]
 
 
@@ -294,7 +289,7 @@ class _Builder:
     def stitch_section(self, tables: list[ResultsTable]) -> Section:
         """Learned cross-stitch alphas per stitch point of a few cross-stitch runs."""
         sec = Section("Cross-stitch alphas")
-        picked = _pick(tables, STITCH_ARCHS, self.opts.stitch_runs, one_per_arch=False)
+        picked = _pick(tables, "stitch", self.opts.stitch_runs, one_per_arch=False)
         if not picked:
             sec.blocks.append(Paragraph("No cross-stitch run in this report."))
             return sec
@@ -320,7 +315,7 @@ class _Builder:
     def attention_section(self, tables: list[ResultsTable]) -> Section:
         """MTAN/STAN attention masks of a few validation images per task and block."""
         sec = Section("Attention masks")
-        picked = _pick(tables, ATTENTION_ARCHS, self.opts.attention_runs, one_per_arch=True)
+        picked = _pick(tables, "attention", self.opts.attention_runs, one_per_arch=True)
         if not picked:
             sec.blocks.append(Paragraph("No MTAN or STAN run in this report."))
             return sec
@@ -367,11 +362,9 @@ class _Builder:
                 prefix = f"attention/{task.name}/"
                 masks = [(k[len(prefix):], rec[k][b].float().mean(dim=0).cpu().numpy())
                          for k in rec if k.startswith(prefix)]
-                pred = task.postprocess(raw[task.name][b: b + 1].float())[0]
-                if task.kind in ("segmentation", "classification"):
-                    pred = pred.argmax(dim=0)
+                pred = task.spec.display(task, task.postprocess(raw[task.name][b: b + 1].float())[0])
                 target = sample.get(task.name)
-                rows.append({"task": task.name, "kind": task.kind, "channels": task.channels,
+                rows.append({"task": task,
                              "target": target.cpu().numpy() if target is not None else None,
                              "pred": pred.cpu().numpy(), "masks": masks})
             out.append((sample["image"].cpu().numpy(), rows))
@@ -433,12 +426,23 @@ def _seed_mean(runs: list[Run], split: str, key: str) -> list[tuple[int, float]]
             if all(math.isfinite(p[e]) for p in per_run)]
 
 
-def _pick(tables: list[ResultsTable], archs: tuple[str, ...], limit: int,
+def model_records(run: Run) -> list[str]:
+    """What the run's model records (``MultiTaskModel.records``): from results.json, else its registered class."""
+    from mtlkit.registry import ARCHITECTURES
+
+    caps = (run.results or {}).get("capabilities")
+    if isinstance(caps, dict):
+        return list(caps.get("records") or [])
+    return list(ARCHITECTURES.get(run.arch).records) if run.arch in ARCHITECTURES else []
+
+
+def _pick(tables: list[ResultsTable], records: str, limit: int,
           one_per_arch: bool) -> list[tuple[ResultsTable, Row, Run]]:
-    """Up to ``limit`` runs per table of the given architectures, equal weighting first, first seed."""
+    """Up to ``limit`` runs per table whose model records ``records``, equal weighting first, first seed."""
     out = []
     for t in tables:
-        rows = sorted((r for r in t.rows if r.arch in archs), key=lambda r: (r.weighting != "equal", r.label))
+        rows = sorted((r for r in t.rows if records in model_records(r.runs[0])),
+                      key=lambda r: (r.weighting != "equal", r.label))
         seen: set[str] = set()
         chosen = []
         for row in rows:

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -236,36 +235,6 @@ def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], p
     return _save(fig, path)
 
 
-def _label_cmap(n: int) -> ListedColormap:
-    import matplotlib
-
-    base = matplotlib.colormaps["tab20"] if n > 10 else matplotlib.colormaps["tab10"]
-    return ListedColormap([base(i % base.N) for i in range(max(n, 1))])
-
-
-def _show(ax, kind: str, array: np.ndarray | None, channels: int) -> None:
-    """Draw a target or prediction of a task kind: labels in colours, depth as a map, normals as RGB."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if array is None:
-        ax.set_axis_off()
-        return
-    if kind == "segmentation":
-        shown = np.ma.masked_less(array, 0)
-        ax.imshow(shown, cmap=_label_cmap(channels), vmin=-0.5, vmax=channels - 0.5, interpolation="nearest")
-        ax.set_facecolor("black")
-    elif kind == "depth":
-        d = np.asarray(array, dtype=float).squeeze()
-        ax.imshow(np.ma.masked_equal(d, 0.0), cmap="magma_r")
-        ax.set_facecolor("black")
-    elif kind == "normal":
-        n = np.asarray(array, dtype=float)
-        n = np.moveaxis(n, 0, -1) if n.shape[0] == 3 else n
-        ax.imshow(np.clip((n + 1) / 2, 0, 1))
-    else:
-        ax.text(0.5, 0.5, str(array), ha="center", va="center", transform=ax.transAxes)
-
-
 def display_image(image: np.ndarray) -> np.ndarray:
     """A (3, H, W) float image rescaled to [0, 1] for display (datasets may normalise differently)."""
     img = np.moveaxis(np.asarray(image, dtype=float), 0, -1)
@@ -276,7 +245,8 @@ def display_image(image: np.ndarray) -> np.ndarray:
 def plot_attention(image: np.ndarray, rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """One validation image: per task a row with image, ground truth, prediction and each block's mask.
 
-    ``rows``: dicts with ``task``, ``kind``, ``channels``, ``target``, ``pred`` (arrays) and ``masks``:
+    ``rows``: dicts with ``task`` (a :class:`~mtlkit.tasks.Task`, which draws its own target and
+    prediction), ``target``, ``pred`` (arrays) and ``masks``:
     [(block, (h, w) array = the attention mask averaged over channels)]. Each mask panel is stretched
     to its own range (printed above it), so the spatial selection shows even when masks are near 0.5.
     """
@@ -291,9 +261,10 @@ def plot_attention(image: np.ndarray, rows: list[dict[str, Any]], path: Path, ti
         axes[i][0].imshow(shown)
         axes[i][0].set_xticks([])
         axes[i][0].set_yticks([])
-        axes[i][0].set_ylabel(row["task"], fontsize=8)
-        _show(axes[i][1], row["kind"], row["target"], row["channels"])
-        _show(axes[i][2], row["kind"], row["pred"], row["channels"])
+        task = row["task"]
+        axes[i][0].set_ylabel(task.name, fontsize=8)
+        task.spec.draw(task, axes[i][1], row["target"])
+        task.spec.draw(task, axes[i][2], row["pred"])
         for j in range(nblocks):
             ax = axes[i][3 + j]
             ax.set_xticks([])

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from mtlkit.errors import ConfigError, warn
+from mtlkit.records import EpochRecord, RunResults
 
 #: paper order of the MTAN table's architectures (others follow alphabetically)
 ARCH_ORDER = ("single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan")
@@ -188,7 +189,18 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
         if not isinstance(results, dict):
             raise ConfigError(f"{res_path}: expected a JSON object (the trainer's results), got a "
                               f"{_json_kind(results)}")
-    return Run(path, config, read_jsonl(path / "metrics.jsonl"), results, sweep, record)
+    epochs = read_jsonl(path / "metrics.jsonl")
+    try:  # checked against the trainer's schema (mtlkit.records): a record missing a field names the file
+        for e in epochs:
+            EpochRecord.from_dict(e)
+    except TypeError as err:
+        raise ConfigError(f"{path / 'metrics.jsonl'}: not a metrics record ({err})") from None
+    if results is not None and results.get("status") == "finished":
+        try:
+            RunResults.from_dict(results)
+        except TypeError as err:
+            raise ConfigError(f"{res_path}: not a results record ({err})") from None
+    return Run(path, config, epochs, results, sweep, record)
 
 
 def _load_sweep_dir(path: Path, out: Collection) -> None:

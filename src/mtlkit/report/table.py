@@ -33,6 +33,7 @@ from mtlkit.metrics.protocols import describe
 from mtlkit.report.document import Cell, Table, slug
 from mtlkit.report.reference import Reference, ReferenceRow, load_reference
 from mtlkit.report.runs import SINGLE_TASK_ARCHS, Run, order_key
+from mtlkit.tasks import Task
 
 #: significance level of the Welch t-tests against the baseline row
 ALPHA = 0.05
@@ -49,11 +50,6 @@ ARCH_LABELS = {
     "dense": "Dense", "cross_stitch": "Cross-Stitch", "mtan": "MTAN",
 }
 WEIGHTING_LABELS = {"equal": "Equal", "uncertainty": "Uncert.", "dwa": "DWA"}
-METRIC_LABELS = {
-    "miou": "mIoU", "pix_acc": "Pix Acc", "abs_err": "Abs Err", "rel_err": "Rel Err", "mean": "Mean",
-    "median": "Median", "within_11.25": "11.25°", "within_22.5": "22.5°", "within_30": "30°",
-    "accuracy": "Acc",
-}
 TASK_LABELS = {"segmentation": "Segmentation", "depth": "Depth", "normal": "Surface Normal"}
 
 
@@ -65,12 +61,14 @@ class Column:
     task: str
     metric: str
     higher_is_better: bool
+    #: the metric's short name (its task kind's ``metric_labels``; the metric key when unset)
+    text: str = ""
 
     @property
     def label(self) -> str:
         """Header text: the metric's short name and its better direction."""
         arrow = "↑" if self.higher_is_better else "↓"
-        return f"{METRIC_LABELS.get(self.metric, self.metric)} {arrow}"
+        return f"{self.text or self.metric} {arrow}"
 
 
 @dataclass
@@ -208,8 +206,7 @@ class ResultsTable:
     @property
     def title(self) -> str:
         """Dataset and tasks (with classes) of the experiment."""
-        parts = [f"{t['name']} ({t['channels']} classes)" if t["kind"] in ("segmentation", "classification")
-                 else t["name"] for t in self.tasks]
+        parts = [Task.from_dict(t).table_label() for t in self.tasks]
         return f"{self.dataset}: " + ", ".join(parts)
 
     @property
@@ -442,7 +439,8 @@ def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline
     tables = []
     for (dataset, _), members in groups.items():
         tasks = members[0].tasks
-        columns = [Column(f"{t['name']}/{m}", t["name"], m, bool(h)) for t in tasks for m, h in t["metrics"].items()]
+        columns = [Column(f"{t['name']}/{m}", t["name"], m, bool(h), Task.from_dict(t).metric_label(m))
+                   for t in tasks for m, h in t["metrics"].items()]
         flat = [_flatten(r.config) for r in members]
         skip = set(IGNORED_KEYS) | {"model.arch", "weighting.name"}
         keys = sorted({k for f in flat for k in f} - skip)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from mtlkit.balance import Balancer
 from mtlkit.errors import ConfigError, TrainingError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
@@ -40,22 +41,15 @@ class StepRunner:
     grad_clip: float | None = None
     autocast_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+    grad_path: str = "loop"
     _names: list[str] = field(init=False)
+    _balancer: Balancer = field(init=False)
 
     def __post_init__(self) -> None:
         self._names = [t.name for t in self.tasks]
-        core = self.core
-        if self.weighting.needs_gradients and self.mode == "representation":
-            if not core.supports_representation:
-                raise ConfigError(
-                    f"weighting.mode=representation: architecture {type(core).__name__} has no shared "
-                    "representation; use weighting.mode=parameters"
-                )
-            if not self.weighting.supports_representation:
-                raise ConfigError(
-                    f"weighting.mode=representation is not supported by {type(self.weighting).__name__}; "
-                    "use weighting.mode=parameters"
-                )
+        self._balancer = Balancer(self.weighting)
+        self._balancer.strategy = self.grad_path
+        check_mode(self.core, self.weighting, self.mode)
 
     @property
     def core(self) -> MultiTaskModel:
@@ -123,56 +117,41 @@ class StepRunner:
             self.optimizer.step()
 
     def _gradient_step(self, x: Tensor, batch: dict[str, Tensor], present: list[str]) -> Tensor:
-        from mtlkit.weighting.gradients import per_task_gradients, write_gradients
-
+        """Per-task gradients aggregated by the method (:class:`mtlkit.balance.Balancer`, as users call it)."""
         core = self.core
-        world = dist.world_size()
-        # scaler.scale() (not get_scale()) so the scaler is initialised before unscale_ in _finish
-        scale = float(self.scaler.scale(torch.ones((), device=x.device))) if self.scaler is not None else 1.0
         with self._autocast(x.device):
             if self.mode == "representation":
-                reps = core.encode(x)
-                inputs = [r.detach().requires_grad_(True) for r in reps]
-                preds = core.decode(inputs)
+                features: list[Tensor] | None = core.encode(x)
+                preds = core.decode(features)
             else:
+                features = None
                 preds = self.plain(x)
-                inputs = [p for p in core.shared_parameters() if p.requires_grad]
-        # One loss tensor per task, not a stacked vector: each task's backward then runs only the part
-        # of the graph that task reaches, and the task-specific parameters get sum_k dL_k/dtheta in
-        # the same pass (no extra backward).
         per_task = [t.loss(preds[t.name], batch[t.name]) for t in self.tasks]
         losses = torch.stack([loss.detach() for loss in per_task])
         shared_losses = dist.all_reduce_mean(losses)
         _check_finite(shared_losses, self._names)
-        shared_ids = {id(p) for p in core.shared_parameters()}
+        shared = [p for p in core.shared_parameters() if p.requires_grad]
+        shared_ids = {id(p) for p in shared}
         own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
-        grads = per_task_gradients([loss * scale for loss in per_task], inputs, retain_graph=False,
-                                   accumulate=own) / scale
-        if own:
-            dist.average_grads(own)
-        if self.mode == "representation":
-            # d(mean over ranks of L_k) / d(rank r's representation) = grads_r / world: the
-            # global matrix is the ranks' blocks side by side (one column block per rank).
-            grads = dist.all_gather_cat(grads / world, dim=1)
-        else:
-            grads = dist.all_reduce_mean(grads)
-        update = self.weighting.aggregate(grads, shared_losses)
-        if scale != 1.0:  # gradients a method wrote into its own parameters are unscaled: match the rest
-            for p in self.weighting.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-        if self.mode == "representation":
-            local = update.view(world, -1)[dist.rank()] * world
-            chunks, offset = [], 0
-            for r in reps:
-                n = r.numel()
-                chunks.append(local[offset:offset + n].view_as(r).to(r.dtype) * scale)
-                offset += n
-            torch.autograd.backward(reps, grad_tensors=chunks)
-            dist.average_grads(p for p in core.shared_parameters() if p.requires_grad)
-        else:
-            write_gradients(inputs, update * scale)
+        self._balancer.backward(per_task, shared, features, task_params=own, scaler=self.scaler,
+                                shared_losses=shared_losses)
         return losses
+
+
+def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
+    """A ConfigError when ``weighting.mode=representation`` cannot run with this model or method."""
+    if not (weighting.needs_gradients and mode == "representation"):
+        return
+    if not model.supports_representation:
+        raise ConfigError(
+            f"weighting.mode=representation: architecture {type(model).__name__} has no shared "
+            "representation; use weighting.mode=parameters"
+        )
+    if not weighting.supports_representation:
+        raise ConfigError(
+            f"weighting.mode=representation is not supported by {type(weighting).__name__}; "
+            "use weighting.mode=parameters"
+        )
 
 
 def _check_finite(losses: Tensor, names: list[str]) -> None:

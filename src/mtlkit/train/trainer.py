@@ -1,31 +1,27 @@
-"""The training loop: builds everything from a Config, trains, evaluates, checkpoints, resumes.
+"""``mtlkit train``: builds a run's objects from a Config and hands them to the loop.
 
-It orchestrates only: models, weighting methods, datasets and metrics come from the registries
-and meet through their small interfaces (see docs/ARCHITECTURE.md).
+Models, weighting methods, datasets and metrics come from the registries and meet through their
+small interfaces (see docs/ARCHITECTURE.md); the loop itself (:mod:`mtlkit.train.loop`) is the one
+``mtlkit.fit`` runs too.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from mtlkit.config import Config, load_config
+from mtlkit.data import sampling
 from mtlkit.data.base import DatasetBuilder
 from mtlkit.errors import ConfigError, MtlkitError, TrainingError
-from mtlkit.metrics import delta_m
 from mtlkit.models import build_model
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import DATASETS, WEIGHTINGS
 from mtlkit.tasks import Task
-from mtlkit.trackers import Trackers, check_loggers, log_run_files, tracker_factories, tracking
+from mtlkit.trackers import Trackers, check_loggers, tracker_factories, tracking
 from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import (
     MODEL_KEYS,
@@ -34,20 +30,15 @@ from mtlkit.train.checkpoint import (
     load_model_weights,
     restore_training_state,
     resume_state,
-    save_checkpoint,
 )
-from mtlkit.train.evaluate import best_fields, evaluate, move_batch, protocol_args, protocol_record
-from mtlkit.train.guards import check_validation, preflight
-from mtlkit.train.rundir import (
-    failures_recorded,
-    open_run_dir,
-    provenance,
-    read_results,
-    write_history,
-    write_results,
-)
-from mtlkit.train.runtime import rng_state, seed_everything, select_device
-from mtlkit.train.step import StepRunner
+from mtlkit.train.evaluate import best_fields, protocol_args, protocol_record
+from mtlkit.train.guards import preflight
+from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TrackersLogger
+from mtlkit.train.loop import Loop, RunInfo, run
+from mtlkit.train.rundir import failures_recorded, open_run_dir, read_results
+from mtlkit.train.runtime import seed_everything, select_device
+from mtlkit.train.state import RunState
+from mtlkit.train.step import check_mode
 from mtlkit.weighting.auto_lambda import meta_split
 from mtlkit.weighting.base import Weighting
 
@@ -86,32 +77,14 @@ def build(cfg: Config, device: torch.device | None = None) -> Setup:
 
 
 def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoch: int = 0) -> DataLoader:
-    """A loader whose sample order depends only on (seed, epoch), not on the processes or workers.
-
-    Build it once and call ``dist.set_epoch(loader, epoch)`` before each epoch: the sampler and the
-    dataset's augmentation move to that epoch, so workers can persist across epochs (they do when
-    the dataset derives its randomness from the epoch, i.e. has ``set_epoch``). Training batches
-    are global (``train.batch_size`` split over the processes); evaluation batches are per process.
-    """
+    """The loader of a split for ``cfg`` (:func:`mtlkit.data.sampling.make_loader`; the builder may batch)."""
     bs = cfg.train.batch_size if train else (cfg.train.eval_batch_size or cfg.train.batch_size)
-    workers = cfg.train.num_workers
-    kwargs: dict[str, Any] = {
-        "num_workers": workers,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": workers > 0 and hasattr(dataset, "set_epoch"),
-    }
-    if hasattr(builder, "batch_sampler"):
+    batches = None
+    if builder.batch_sampler is not None:
         def batches(e: int) -> list[list[int]]:
             return builder.batch_sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=e)
 
-        loader = DataLoader(dataset, batch_sampler=dist.EpochBatches(batches, train), **kwargs)
-    elif train:
-        sampler, local_bs, drop_last = dist.train_sampler(dataset, bs, cfg.seed)
-        loader = DataLoader(dataset, batch_size=local_bs, sampler=sampler, drop_last=drop_last, **kwargs)
-    else:
-        loader = DataLoader(dataset, batch_size=bs, sampler=dist.eval_sampler(dataset), **kwargs)
-    dist.set_epoch(loader, epoch)
-    return loader
+    return sampling.make_loader(dataset, bs, train, cfg.seed, epoch, cfg.train.num_workers, batches)
 
 
 def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: Weighting) -> torch.optim.Optimizer:
@@ -135,22 +108,6 @@ def make_optimizer(cfg: Config, model: MultiTaskModel, weighting: Weighting) -> 
         except (RuntimeError, ValueError, TypeError):  # no fused kernel for these tensors / this torch
             return cls([dict(g) for g in groups], lr=o.lr, weight_decay=o.weight_decay)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-
-
-def _best_score(val: dict[str, float], reference: dict[str, float], tasks: list[Task]) -> float:
-    """delta_m of this epoch's validation metrics against the first epoch's (higher is better)."""
-    keys = [f"{t.name}/{m}" for t in tasks for m in t.metrics]
-    hib = {f"{t.name}/{m}": hi for t in tasks for m, hi in t.metrics.items()}
-    usable = [k for k in keys if k in val and k in reference and reference[k] != 0
-              and math.isfinite(val[k]) and math.isfinite(reference[k])]
-    if not usable:
-        return -math.inf
-    return delta_m({k: val[k] for k in usable}, {k: reference[k] for k in usable}, {k: hib[k] for k in usable})
-
-
-def _task_info(tasks: list[Task]) -> list[dict[str, Any]]:
-    return [{"name": t.name, "kind": t.kind, "channels": t.channels, "metrics": t.metrics,
-             "main_metric": t.main_metric} for t in tasks]
 
 
 def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float | None:
@@ -207,154 +164,71 @@ def _resolve_run(
 
 
 def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
+    """Build the run's objects from ``cfg``, check them, and hand them to the loop (:func:`mtlkit.train.loop.run`)."""
     main = dist.is_main()
     setup = build(cfg, dist.device_for(cfg.train.device))
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
     dist.check_weighting(weighting)
+    check_mode(setup.model, weighting, cfg.weighting.mode)
     model = dist.convert_sync_batchnorm(setup.model, device) if _sync_bn(cfg) else setup.model
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
         train_ds = setup.builder.dataset("train", train=True)
         val_ds = setup.builder.dataset("val", train=False)
-    train_ds, meta = meta_split(weighting, train_ds, cfg.seed, cfg.train.batch_size,
-                                hasattr(setup.builder, "batch_sampler"))  # bilevel methods only
+    train_ds, bilevel = meta_split(weighting, train_ds, cfg.seed, cfg.train.batch_size,
+                                   setup.builder.batch_sampler is not None)  # bilevel methods only
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma)
     from mtlkit.train.speed import speed_settings
 
     speed = speed_settings(cfg, device)
     scaler = torch.amp.GradScaler(device.type) if speed.autocast_dtype == torch.float16 else None
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best, reference, wall_before = 0, {"score": -math.inf, "epoch": 0, "val": {}}, None, 0.0
     meta = checkpoint_meta(cfg, tasks)
     # rank 0 reads the checkpoint and shares it: any world size resumes the same run
-    state = resume_state(run_path / "checkpoints" / "last.pt" if run_path is not None else None, meta)
-    if state is not None:
-        restore_training_state(run_path / "checkpoints" / "last.pt", state, model, weighting, optimizer, scheduler,
+    ckpt = resume_state(run_path / "checkpoints" / "last.pt" if run_path is not None else None, meta)
+    state = None
+    if ckpt is not None:
+        restore_training_state(run_path / "checkpoints" / "last.pt", ckpt, model, weighting, optimizer, scheduler,
                                scaler)
-        start_epoch, best, reference = state["epoch"], state["best"], state["reference"]
-        history, wall_before = state["history"], state["wall_time"]
-
-    if speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    # compile the model itself, DDP outside: gradient methods and evaluation call the compiled
-    # module directly (runner.plain), bypassing DDP's gradient hooks
-    compiled: nn.Module = torch.compile(model) if speed.compile else model
-    net = dist.wrap(compiled, device, partial_batches=hasattr(setup.builder, "batch_sampler"))
-    runner = StepRunner(net, weighting, tasks, optimizer, cfg.weighting.mode, cfg.train.grad_clip,
-                        speed.autocast_dtype, scaler)
-    loader = make_loader(setup.builder, train_ds, cfg, train=True, epoch=start_epoch)
-    val_loader = make_loader(setup.builder, val_ds, cfg, train=False)
+        state = RunState.from_checkpoint(ckpt)
+    loop = Loop(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
+                train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
+                val_loader=make_loader(setup.builder, val_ds, cfg, train=False), device=device,
+                epochs=cfg.train.epochs, scheduler=scheduler, mode=cfg.weighting.mode, grad_clip=cfg.train.grad_clip,
+                max_steps=cfg.train.max_steps_per_epoch, speed=speed, scaler=scaler, progress=cfg.train.progress,
+                partial_batches=setup.builder.batch_sampler is not None, grad_path=cfg.weighting.grad_path,
+                meta=meta, bilevel=bilevel, eval_args=protocol_args(cfg), select_best=cfg.eval.select_best,
+                results_extra=_results_extra(cfg, bilevel))
     preflight(model, tasks, {"train": train_ds, "val": val_ds}, device)
     run_path = dist.broadcast_object(open_run_dir(run_path, cfg) if main else None)
-    ckpt_path = run_path / "checkpoints" / "last.pt"
+    info = RunInfo(name=cfg.name, arch=cfg.model.arch, weighting=cfg.weighting.name, dataset=cfg.dataset.name,
+                   config_hash=cfg.hash(), params_ratio=params_ratio(cfg, tasks, model),
+                   capabilities=model.capabilities())
+    loggers: list[Logger] = []
     if main:
-        trackers.add(tracker_factories(cfg, run_path))
-        trackers.log_params(cfg.to_dict())
-    n_params = count_parameters(model)
-    ratio = params_ratio(cfg, tasks, model)
-    t0 = time.time() - wall_before
-    names = [t.name for t in tasks]
-    for epoch in range(start_epoch, cfg.train.epochs):
-        ep_start = time.time()
-        model.train()
-        dist.set_epoch(loader, epoch)
-        setup.model.set_epoch(epoch, cfg.train.epochs)
-        sums, counts = torch.zeros(len(tasks)), torch.zeros(len(tasks))
-        wsum, nsteps = torch.zeros(len(tasks)), 0
-        limit = cfg.train.max_steps_per_epoch
-        total = min(len(loader), limit) if limit else len(loader)
-        bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False,
-                   disable=not (cfg.train.progress and main), dynamic_ncols=True)
-        for step, batch in enumerate(bar):
-            if limit and step >= limit:
-                break
-            batch = move_batch(batch, device, speed.channels_last)
-            try:
-                if meta is not None:
-                    meta.step(runner.core, tasks, batch, optimizer.param_groups[0]["lr"])
-                losses = runner(batch).cpu()
-            except TrainingError as err:
-                bar.close()
-                kept = f"; last good checkpoint kept: {ckpt_path}" if ckpt_path.is_file() else ""
-                raise TrainingError(f"epoch {epoch + 1} step {step + 1}: {err}{kept}") from None
-            present = torch.tensor([n in batch for n in names], dtype=torch.float32)
-            sums += losses * present
-            counts += present
-            wsum += weighting.last_weights.detach().float().cpu()
-            nsteps += 1
-            bar.set_postfix({n: f"{float(s / max(c, 1)):.3f}" for n, s, c in zip(names, sums, counts)})
-        bar.close()
-        sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
-        mean_losses = sums / counts.clamp(min=1)
-        weighting.epoch_end(epoch, mean_losses.to(device))
-        scheduler.step()
-        dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
-        val = evaluate(runner.plain, tasks, val_loader, device,
-                       channels_last=speed.channels_last, autocast_dtype=speed.autocast_dtype,
-                       **protocol_args(cfg))
-        check_validation(val, epoch + 1, ckpt_path)
-        if reference is None:
-            reference = dict(val)
-        score = _best_score(val, reference, tasks)
-        record = {
-            "epoch": epoch + 1,
-            "time": time.time() - t0,
-            "epoch_time": time.time() - ep_start,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train": {f"loss/{n}": float(v) for n, v in zip(names, mean_losses)},
-            "val": val,
-            "weights": {n: float(w) for n, w in zip(names, wsum / max(nsteps, 1))},
-        }
-        history.append(record)
-        is_best = cfg.eval.select_best and (score > best["score"] or best["epoch"] == 0)
-        if is_best:
-            best = {"score": score, "epoch": epoch + 1, "val": val}
-        if main:
-            state = {
-                "model": model.state_dict(), "weighting": weighting.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_state(), "epoch": epoch + 1, "best": best, "reference": reference,
-                "history": history, "wall_time": time.time() - t0, "meta": meta,
-            }
-            save_checkpoint(ckpt_path, state)
-            if is_best:
-                best_state = {"model": state["model"], "epoch": epoch + 1, "meta": meta}
-                save_checkpoint(run_path / "checkpoints" / "best.pt", best_state)
-            write_history(run_path, history)
-            trackers.log_epoch(record)
-            if cfg.train.progress:
-                tqdm.write(_epoch_line(record, tasks))
-        dist.barrier()
-    if main:
-        results = {
-            "name": cfg.name, "arch": cfg.model.arch, "weighting": cfg.weighting.name,
-            "dataset": cfg.dataset.name, "tasks": _task_info(tasks), "params": n_params,
-            "params_ratio": ratio, "final": history[-1]["val"] if history else {},
-            **best_fields(cfg, best), "eval": protocol_record(cfg), "epochs": cfg.train.epochs,
-            "wall_time": time.time() - t0, "config_hash": cfg.hash(), **provenance(), "status": "finished",
-            **({"meta_split": meta.describe()} if meta is not None else {}),
-        }
-        write_results(run_path, results)
-        log_run_files(trackers, run_path)
-    return run_path
+        loggers.append(JsonlLogger(run_path, state.history if state is not None else []))
+        trackers.add(tracker_factories(cfg, run_path))  # tensorboard, mlflow, wandb: train.loggers
+        loggers.append(TrackersLogger(trackers, run_path))
+        if cfg.train.progress:
+            loggers.append(ConsoleLogger(tasks))
+        for lg in loggers:
+            lg.log_params(cfg.to_dict())
+    return run(loop, run_path, info, loggers, state)
+
+
+def _results_extra(cfg: Config, bilevel: object | None) -> dict[str, object]:
+    """results.json fields beyond the schema's: the evaluation protocol, why there is no best epoch, the meta split."""
+    extra: dict[str, object] = {"eval": protocol_record(cfg)}
+    if not cfg.eval.select_best:
+        extra["best_note"] = best_fields(cfg, {})["best_note"]
+    if bilevel is not None:
+        extra["meta_split"] = bilevel.describe()
+    return extra
 
 
 def _sync_bn(cfg: Config) -> bool:
     """Synchronised BatchNorm under DDP: ``train.sync_bn`` when the config has it, else on."""
     value = getattr(cfg.train, "sync_bn", None)
     return True if value is None else bool(value)
-
-
-def _epoch_line(record: dict[str, Any], tasks: list[Task]) -> str:
-    parts = [f"epoch {record['epoch']:>3}"]
-    for t in tasks:
-        key = f"{t.name}/{t.main_metric}"
-        if key in record["val"]:
-            loss = record["train"][f"loss/{t.name}"]
-            parts.append(f"{t.name} loss {loss:.3f} {t.main_metric} {record['val'][key]:.4g}")
-    return " | ".join(parts) + f" | {record['epoch_time']:.1f}s"
 
 
 def load_run(

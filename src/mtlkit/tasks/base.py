@@ -1,0 +1,294 @@
+"""A task and its kind: what a task predicts (:class:`Task`) and how a kind of task behaves (:class:`TaskKind`).
+
+A :class:`Task` is plain data (name, kind, channels, metrics, main metric, options): it goes into
+``results.json`` and back. Everything that differs between kinds of tasks lives in one
+registered :class:`TaskKind` subclass per file of this package: target checks, how a target is
+resized, zoomed and flipped by augmentation, the loss, the postprocess, the streaming meter and
+its metrics' better direction, how a target or prediction is drawn in report figures and the
+label of the task in report tables. ``Task`` forwards to its kind, so callers never switch on a
+kind string. Adding a kind is one file with a ``@TASK_KINDS.register("name")`` class plus one
+import line in ``mtlkit/tasks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mtlkit.errors import ConfigError
+from mtlkit.registry import TASK_KINDS
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction task.
+
+    name: key of the target in a sample and of the prediction in a model's output dict.
+    kind: a registered task kind (``TASK_KINDS``): selects loss, metrics, augmentation, drawing.
+    channels: output channels of the task's head (number of classes for segmentation).
+    metrics: metric name -> True when higher is better.
+    main_metric: the metric curves and the task-complexity plot show first.
+    options: kind options (e.g. ``ignore_index``, ``invalid_value``, ``class_names``, ``pos_weight``).
+    """
+
+    name: str
+    kind: str
+    channels: int
+    metrics: dict[str, bool] = field(hash=False)
+    main_metric: str
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def spec(self) -> TaskKind:
+        """The kind object that implements this task's behaviour."""
+        return kind_of(self.kind)
+
+    @property
+    def dense(self) -> bool:
+        """True for per-pixel tasks (a (C, H, W) head output), False for image-level ones."""
+        return self.spec.dense
+
+    def option(self, key: str) -> Any:
+        """The value of option ``key``: the task's own, else the kind's default."""
+        if key in self.options:
+            return self.options[key]
+        return self.spec.defaults[key]
+
+    def with_options(self, **options: Any) -> Task:
+        """A copy of the task with ``options`` added or replaced (checked by the kind)."""
+        merged = {**self.options, **options}
+        self.spec.check_options(self.name, merged, self.channels)
+        return replace(self, options=merged)
+
+    def loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The task's training loss (a scalar tensor) for a batch of raw head outputs."""
+        return self.spec.loss(self, pred, target)
+
+    def postprocess(self, pred: Tensor) -> Tensor:
+        """Map a head's raw output to the prediction the meter scores (e.g. normalised normals)."""
+        return self.spec.postprocess(self, pred)
+
+    def new_meter(self):
+        """A fresh streaming accumulator of this task's metrics over an evaluation set."""
+        return self.spec.new_meter(self)
+
+    def check_target(self, target: np.ndarray) -> str | None:
+        """A problem with one sample's target (dtype, shape, values), or None when it is valid."""
+        return self.spec.check_target(self, target)
+
+    def table_label(self) -> str:
+        """How report tables name the task (e.g. ``seg (13 classes)``)."""
+        return self.spec.table_label(self)
+
+    def metric_label(self, metric: str) -> str:
+        """A metric's short column header in report tables (e.g. ``mIoU``)."""
+        return self.spec.metric_labels.get(metric, metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The task as plain data (``results.json``); :meth:`from_dict` reads it back."""
+        out = {"name": self.name, "kind": self.kind, "channels": self.channels,
+               "metrics": dict(self.metrics), "main_metric": self.main_metric}
+        if self.options:
+            out["options"] = dict(self.options)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Task:
+        """A task from :meth:`to_dict`'s output (options default to none)."""
+        return cls(str(data["name"]), str(data["kind"]), int(data["channels"]),
+                   {str(k): bool(v) for k, v in dict(data["metrics"]).items()}, str(data["main_metric"]),
+                   dict(data.get("options") or {}))
+
+
+class TaskKind:
+    """What a kind of task does; one subclass per kind, registered in ``TASK_KINDS``.
+
+    Every method takes the :class:`Task` (for its channels and options). Dense kinds get defaults
+    for augmentation (nearest-neighbour resize of the last two dims, horizontal flip, no change
+    under zoom); the rest is the kind's to say.
+    """
+
+    #: registered name (set by the subclass)
+    name: ClassVar[str] = ""
+    #: per-pixel target and output (else one per image)
+    dense: ClassVar[bool] = True
+    #: metric -> higher is better, and the main metric
+    metrics: ClassVar[dict[str, bool]] = {}
+    main_metric: ClassVar[str] = ""
+    #: head channels when the kind fixes them (None: the task says, e.g. number of classes)
+    fixed_channels: ClassVar[int | None] = None
+    #: accepted options and their defaults
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: metric -> short column header in report tables
+    metric_labels: ClassVar[dict[str, str]] = {}
+
+    # ------------------------------------------------------------------ declaring a task
+
+    def make(self, name: str, channels: int | None = None, **options: Any) -> Task:
+        """A task of this kind with the kind's metrics; options are checked."""
+        if channels is None:
+            channels = self.fixed_channels
+        if channels is None:
+            raise ConfigError(f"task {name!r} of kind {self.name!r}: needs channels (e.g. the number of classes)")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+            raise ConfigError(f"task {name!r}: channels must be a positive integer (got {channels!r})")
+        if self.fixed_channels is not None and channels != self.fixed_channels:
+            raise ConfigError(f"task {name!r} of kind {self.name!r} has {self.fixed_channels} channel(s), "
+                              f"got {channels}")
+        self.check_options(name, options, channels)
+        return Task(name, self.name, channels, dict(self.metrics), self.main_metric, dict(options))
+
+    def check_options(self, name: str, options: Mapping[str, Any], channels: int) -> None:
+        """Raise a ConfigError naming an option this kind does not accept."""
+        unknown = [k for k in options if k not in self.defaults]
+        if unknown:
+            takes = ", ".join(self.defaults) or "no options"
+            raise ConfigError(f"task {name!r}: unknown option {unknown[0]!r} for kind {self.name!r} (it takes {takes})")
+
+    # ------------------------------------------------------------------ training and scoring
+
+    def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def postprocess(self, task: Task, pred: Tensor) -> Tensor:
+        """Raw head output -> what the meter scores (identity unless the kind says otherwise)."""
+        return pred
+
+    def new_meter(self, task: Task):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ data
+
+    def check_target(self, task: Task, target: np.ndarray) -> str | None:
+        """A problem with one sample's target as stored (before collation), or None."""
+        return None
+
+    def resize(self, task: Task, target: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        """Nearest-neighbour resampling of a dense target at source ``rows`` x ``cols`` (exact values kept)."""
+        if not self.dense:
+            return target
+        return target.index_select(-2, rows).index_select(-1, cols).contiguous()
+
+    def zoom(self, task: Task, target: Tensor, scale: float) -> Tensor:
+        """A target after zooming into the scene by ``scale`` (most targets do not change)."""
+        return target
+
+    def flip(self, task: Task, target: Tensor) -> Tensor:
+        """The target of the horizontally mirrored image."""
+        if not self.dense:
+            return target
+        return torch.flip(target, dims=[-1]).contiguous()
+
+    def from_file(self, task: Task, array: np.ndarray) -> Tensor:
+        """A target tensor from an array read from a file (``.png`` or ``.npy``), in the sample layout."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ reports
+
+    def display(self, task: Task, pred: Tensor) -> Tensor:
+        """One postprocessed prediction (no batch dim) as the array ``draw`` shows (e.g. argmax labels)."""
+        return pred
+
+    def draw(self, task: Task, ax, array: np.ndarray | None) -> None:
+        """Draw a target or displayed prediction on a matplotlib axes."""
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if array is None:
+            ax.set_axis_off()
+            return
+        self._draw(task, ax, np.asarray(array))
+
+    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+        ax.text(0.5, 0.5, str(array), ha="center", va="center", transform=ax.transAxes)
+
+    def table_label(self, task: Task) -> str:
+        """The task's name in report table titles."""
+        return task.name
+
+
+_INSTANCES: dict[str, TaskKind] = {}
+
+
+def kind_of(name: str) -> TaskKind:
+    """The (shared) kind object registered as ``name``; an unknown kind is a ConfigError."""
+    if name not in _INSTANCES:
+        _INSTANCES[name] = TASK_KINDS.get(name)()
+    return _INSTANCES[name]
+
+
+def make_task(kind: str, name: str, channels: int | None = None, **options: Any) -> Task:
+    """A task of the registered ``kind`` (its metrics and main metric), e.g. ``make_task("binary", "fg")``."""
+    return kind_of(kind).make(name, channels, **options)
+
+
+# ---------------------------------------------------------------------- helpers the kinds share
+
+
+def valid_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask``; zero (with a graph) when nothing is valid."""
+    n = mask.sum()
+    return (values * mask).sum() / n.clamp(min=1)
+
+
+def label_map(array: np.ndarray, task: Task, what: str, ignore: int, classes: int) -> str | None:
+    """A problem with an (H, W) integer label map: dtype, shape, values outside [0, classes) and ``ignore``."""
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        return f"{what} must be (H, W), got shape {tuple(array.shape)}"
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            return f"{what} holds NaN/inf"
+        if (array != np.round(array)).any():
+            return f"{what} holds non-integer values"
+    elif array.dtype.kind not in "iub":
+        return f"{what} has dtype {array.dtype}, expected integers"
+    values = array.astype(np.int64)
+    bad = (values != ignore) & ((values < 0) | (values >= classes))
+    if bad.any():
+        found = np.unique(values[bad])[:5].tolist()
+        return f"{what} holds label(s) {found} outside [0, {classes}) and not ignore_index={ignore}"
+    return None
+
+
+def labels_from_file(array: np.ndarray) -> Tensor:
+    """An (H, W) int64 label tensor from an (H, W) or (1, H, W) array (other shapes kept, for the check to name)."""
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
+
+
+def float_maps_from_file(array: np.ndarray, channels: int) -> Tensor:
+    """A (C, H, W) float32 tensor from an (H, W), (H, W, C) or (C, H, W) array."""
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[None]
+    elif a.ndim == 3 and a.shape[0] != channels and a.shape[-1] == channels:
+        a = np.moveaxis(a, -1, 0)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def stack_losses(tasks: list[Task], preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+    """The K task losses of one batch as a vector, in task order."""
+    return torch.stack([t.loss(preds[t.name], batch[t.name]) for t in tasks])
+
+
+def label_colormap(n: int):
+    """A qualitative matplotlib colormap of ``n`` colours (tab10, tab20 beyond ten classes)."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    base = matplotlib.colormaps["tab20"] if n > 10 else matplotlib.colormaps["tab10"]
+    return ListedColormap([base(i % base.N) for i in range(max(n, 1))])
+
+
+def draw_labels(ax, labels: np.ndarray, classes: int, ignore: int) -> None:
+    """Class ids in colours, ``ignore`` pixels black."""
+    shown = np.ma.masked_where(labels == ignore, labels)
+    ax.imshow(shown, cmap=label_colormap(classes), vmin=-0.5, vmax=classes - 0.5, interpolation="nearest")
+    ax.set_facecolor("black")

@@ -1,0 +1,70 @@
+"""Depth: one channel of metric depth, masked L1 loss, absolute and relative error.
+
+Target: float32 (1, H, W), 0 = missing. Zooming into the scene by ``s`` divides depth by ``s``;
+option ``inverse`` (inverse depth / disparity, as CityScapes ships it) multiplies instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from mtlkit.registry import TASK_KINDS
+from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, valid_mean
+
+DEPTH_METRICS = {"abs_err": False, "rel_err": False}
+
+
+def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """L1 over pixels with a depth (target != 0), as in MTAN."""
+    valid = (target != 0).to(pred.dtype)
+    return valid_mean((pred.float() - target).abs(), valid)
+
+
+@TASK_KINDS.register("depth")
+class Depth(TaskKind):
+    """Per-pixel depth regression (0 marks a pixel without depth)."""
+
+    name = "depth"
+    metrics = DEPTH_METRICS
+    main_metric = "abs_err"
+    metric_labels = {"abs_err": "Abs Err", "rel_err": "Rel Err"}
+    fixed_channels = 1
+    defaults = {"inverse": False}
+
+    def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
+        return depth_loss(pred, target)
+
+    def new_meter(self, task: Task):
+        from mtlkit.metrics import DepthMeter
+
+        return DepthMeter()
+
+    def check_target(self, task: Task, target: np.ndarray) -> str | None:
+        if target.ndim == 2:
+            target = target[None]
+        if target.ndim != 3 or target.shape[0] != 1:
+            return f"depth must be (1, H, W) or (H, W), got shape {tuple(target.shape)}"
+        if not np.isfinite(target).all():
+            return "depth holds NaN/inf"
+        if (target < 0).any():
+            return "depth holds negative values"
+        return None
+
+    def zoom(self, task: Task, target: Tensor, scale: float) -> Tensor:
+        return target * scale if task.option("inverse") else target / scale
+
+    def from_file(self, task: Task, array: np.ndarray) -> Tensor:
+        return float_maps_from_file(array, 1)
+
+    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+        d = np.asarray(array, dtype=float).squeeze()
+        ax.imshow(np.ma.masked_equal(d, 0.0), cmap="magma_r")
+        ax.set_facecolor("black")
+
+
+def depth_task(name: str = "depth", **options: Any) -> Task:
+    """A depth task (one channel)."""
+    return Depth().make(name, **options)

@@ -1,0 +1,106 @@
+"""Semantic segmentation: per-pixel classes, cross-entropy, mean IoU and pixel accuracy.
+
+Target: int64 (H, W) class ids, ``ignore_index`` (default -1) for unlabelled pixels. Options:
+``ignore_index``; ``class_names`` (one per class) adds each class's IoU (``iou_<name>``) to the
+logged metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtlkit.errors import ConfigError
+from mtlkit.registry import TASK_KINDS
+from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, valid_mean
+
+SEGMENTATION_METRICS = {"miou": True, "pix_acc": True}
+
+
+def segmentation_loss(pred: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
+    """Pixel-wise cross-entropy, ``ignore_index`` left out; 0 on an image with no labelled pixel."""
+    target = target.long()
+    valid = target != ignore_index
+    ce = F.cross_entropy(pred.float(), target.masked_fill(~valid, 0), reduction="none")
+    return valid_mean(ce, valid)
+
+
+class PerClassMeter:
+    """A segmentation meter that also reports each named class's IoU (``iou_<name>``)."""
+
+    def __init__(self, num_classes: int, ignore_index: int, class_names: list[str]) -> None:
+        from mtlkit.metrics import SegmentationMeter
+
+        self.inner = SegmentationMeter(num_classes, ignore_index)
+        self.class_names = list(class_names)
+
+    def update(self, pred, target) -> None:
+        self.inner.update(pred, target)
+
+    def all_reduce(self) -> None:
+        self.inner.all_reduce()
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+    def compute(self) -> dict[str, float]:
+        from mtlkit.metrics import per_class_iou
+
+        out = self.inner.compute()
+        for name, iou in zip(self.class_names, per_class_iou(self.inner.confusion_matrix)):
+            out[f"iou_{name}"] = float(iou)
+        return out
+
+
+@TASK_KINDS.register("segmentation")
+class Segmentation(TaskKind):
+    """Per-pixel classification into ``channels`` classes (MTAN's 13-class NYUv2 task)."""
+
+    name = "segmentation"
+    metrics = SEGMENTATION_METRICS
+    main_metric = "miou"
+    metric_labels = {"miou": "mIoU", "pix_acc": "Pix Acc"}
+    defaults = {"ignore_index": -1, "class_names": None}
+
+    def check_options(self, name: str, options: Mapping[str, Any], channels: int) -> None:
+        super().check_options(name, options, channels)
+        names = options.get("class_names")
+        if names is not None and (not isinstance(names, (list, tuple)) or len(names) != channels):
+            raise ConfigError(f"task {name!r}: class_names must be a list of {channels} names (got {names!r})")
+        if not isinstance(options.get("ignore_index", -1), int):
+            raise ConfigError(f"task {name!r}: ignore_index must be an integer")
+
+    def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
+        return segmentation_loss(pred, target, task.option("ignore_index"))
+
+    def new_meter(self, task: Task):
+        from mtlkit.metrics import SegmentationMeter
+
+        names = task.option("class_names")
+        if names:
+            return PerClassMeter(task.channels, task.option("ignore_index"), [str(n) for n in names])
+        return SegmentationMeter(task.channels, task.option("ignore_index"))
+
+    def check_target(self, task: Task, target: np.ndarray) -> str | None:
+        return label_map(target, task, "label map", task.option("ignore_index"), task.channels)
+
+    def from_file(self, task: Task, array: np.ndarray) -> Tensor:
+        return labels_from_file(array)
+
+    def display(self, task: Task, pred: Tensor) -> Tensor:
+        return pred.argmax(dim=0)
+
+    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+        draw_labels(ax, array, task.channels, task.option("ignore_index"))
+
+    def table_label(self, task: Task) -> str:
+        return f"{task.name} ({task.channels} classes)"
+
+
+def segmentation_task(num_classes: int, name: str = "segmentation", **options: Any) -> Task:
+    """A segmentation task of ``num_classes`` classes."""
+    return Segmentation().make(name, num_classes, **options)

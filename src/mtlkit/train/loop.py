@@ -1,0 +1,198 @@
+"""The training loop over objects: one epoch of steps, evaluation, run state, checkpoints, loggers.
+
+:func:`run` is what both entry points call: ``mtlkit train`` (:mod:`mtlkit.train.trainer` builds
+the objects from a config) and ``mtlkit.fit`` (:mod:`mtlkit.train.fit` takes them from the user).
+It resumes from ``<run>/checkpoints/last.pt`` when there is one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mtlkit.errors import TrainingError
+from mtlkit.metrics import delta_m
+from mtlkit.models.base import MultiTaskModel, count_parameters
+from mtlkit.records import EpochRecord, RunResults
+from mtlkit.tasks import Task
+from mtlkit.train import distributed as dist
+from mtlkit.train.checkpoint import save_checkpoint
+from mtlkit.train.evaluate import evaluate, move_batch
+from mtlkit.train.guards import check_validation
+from mtlkit.train.logging import Logger, Loggers
+from mtlkit.train.rundir import provenance, write_results
+from mtlkit.train.speed import Speed
+from mtlkit.train.state import RunState
+from mtlkit.train.step import StepRunner
+from mtlkit.weighting.base import Weighting
+
+
+@dataclass
+class RunInfo:
+    """What results.json says about a run besides its numbers."""
+
+    name: str = "run"
+    arch: str = "custom"
+    weighting: str = "equal"
+    dataset: str = "custom"
+    config_hash: str | None = None
+    params_ratio: float | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Loop:
+    """Everything one training run is made of (built by the trainer from a config, or by ``fit``)."""
+
+    model: MultiTaskModel
+    tasks: list[Task]
+    weighting: Weighting
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    val_loader: DataLoader
+    device: torch.device
+    epochs: int
+    scheduler: Any = None
+    mode: str = "parameters"
+    grad_clip: float | None = None
+    max_steps: int | None = None
+    speed: Speed = field(default_factory=lambda: Speed(None, False, False))
+    scaler: torch.amp.GradScaler | None = None
+    progress: bool = False
+    partial_batches: bool = False
+    grad_path: str = "loop"
+    #: what the checkpoints are for (``checkpoint_meta``), stored in each; None for ``fit`` runs
+    meta: dict[str, Any] | None = None
+    #: a bilevel method's meta step (Auto-Lambda's ``MetaSplit``), run before each training step; None: none
+    bilevel: Any = None
+    #: keyword arguments of :func:`mtlkit.train.evaluate.evaluate` (the evaluation protocol)
+    eval_args: dict[str, Any] = field(default_factory=dict)
+    #: pick a best epoch (and write best.pt); off when the only evaluated split is the reported one
+    select_best: bool = True
+    #: results.json fields beyond the schema's (protocol, meta split, ...)
+    results_extra: dict[str, Any] = field(default_factory=dict)
+
+
+def best_score(val: dict[str, float], reference: dict[str, float], tasks: list[Task]) -> float:
+    """delta_m of this epoch's validation metrics against the first epoch's (higher is better)."""
+    keys = [f"{t.name}/{m}" for t in tasks for m in t.metrics]
+    hib = {f"{t.name}/{m}": hi for t in tasks for m, hi in t.metrics.items()}
+    usable = [k for k in keys if k in val and k in reference and reference[k] != 0
+              and math.isfinite(val[k]) and math.isfinite(reference[k])]
+    if not usable:
+        return -math.inf
+    return delta_m({k: val[k] for k in usable}, {k: reference[k] for k in usable}, {k: hib[k] for k in usable})
+
+
+def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = None) -> tuple[Tensor, Tensor]:
+    """One epoch of steps: the K mean training losses (over all processes) and the K mean task weights."""
+    names = [t.name for t in loop.tasks]
+    loader = loop.train_loader
+    dist.set_epoch(loader, epoch)
+    loop.model.set_epoch(epoch, loop.epochs)
+    sums, counts = torch.zeros(len(names)), torch.zeros(len(names))
+    wsum, nsteps = torch.zeros(len(names)), 0
+    limit = loop.max_steps
+    total = min(len(loader), limit) if limit else len(loader)
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{loop.epochs}", leave=False,
+               disable=not (loop.progress and dist.is_main()), dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        if limit and step >= limit:
+            break
+        batch = move_batch(batch, loop.device, loop.speed.channels_last)
+        try:
+            if loop.bilevel is not None:
+                loop.bilevel.step(runner.core, loop.tasks, batch, loop.optimizer.param_groups[0]["lr"])
+            losses = runner(batch).cpu()
+        except TrainingError as err:
+            bar.close()
+            note = f"; last good checkpoint kept: {kept}" if kept is not None and kept.is_file() else ""
+            raise TrainingError(f"epoch {epoch + 1} step {step + 1}: {err}{note}") from None
+        present = torch.tensor([n in batch for n in names], dtype=torch.float32)
+        sums += losses * present
+        counts += present
+        wsum += loop.weighting.last_weights.detach().float().cpu()
+        nsteps += 1
+        bar.set_postfix({n: f"{float(s / max(c, 1)):.3f}" for n, s, c in zip(names, sums, counts)})
+    bar.close()
+    sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
+    return sums / counts.clamp(min=1), wsum / max(nsteps, 1)
+
+
+def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None = None,
+        state: RunState | None = None) -> Path:
+    """Train ``loop`` into the (existing) ``run_path`` from ``state`` (restored by the caller; None: a new run).
+
+    Writes ``checkpoints/{last,best}.pt`` every epoch, logs every epoch, and results.json at the end.
+    """
+    main = dist.is_main()
+    model, weighting, device, tasks = loop.model, loop.weighting, loop.device, loop.tasks
+    ckpt_path = run_path / "checkpoints" / "last.pt"
+    state = state if state is not None else RunState()
+    if loop.speed.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    # compile the model itself, DDP outside: gradient methods and evaluation call the compiled
+    # module directly (runner.plain), bypassing DDP's gradient hooks
+    compiled: nn.Module = torch.compile(model) if loop.speed.compile else model
+    net = dist.wrap(compiled, device, partial_batches=loop.partial_batches)
+    runner = StepRunner(net, weighting, tasks, loop.optimizer, loop.mode, loop.grad_clip,
+                        loop.speed.autocast_dtype, loop.scaler, loop.grad_path)
+    dist.set_epoch(loop.train_loader, state.epoch)
+    logs = Loggers(list(loggers or []) if main else [])
+    names = [t.name for t in tasks]
+    t0 = time.time() - state.wall_time
+    try:
+        for epoch in range(state.epoch, loop.epochs):
+            ep_start = time.time()
+            model.train()
+            mean_losses, mean_weights = train_epoch(loop, runner, epoch, ckpt_path)
+            weighting.epoch_end(epoch, mean_losses.to(device))
+            if loop.scheduler is not None:
+                loop.scheduler.step()
+            dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
+            val = evaluate(runner.plain, tasks, loop.val_loader, device, channels_last=loop.speed.channels_last,
+                           autocast_dtype=loop.speed.autocast_dtype, **loop.eval_args)
+            check_validation(val, epoch + 1, ckpt_path)
+            if state.reference is None:
+                state.reference = dict(val)
+            record = EpochRecord(
+                epoch=epoch + 1, time=time.time() - t0, epoch_time=time.time() - ep_start,
+                lr=loop.optimizer.param_groups[0]["lr"],
+                train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)}, val=val,
+                weights={n: float(w) for n, w in zip(names, mean_weights)})
+            is_best = state.record(record, best_score(val, state.reference, tasks)) and loop.select_best
+            if main:
+                state.wall_time = time.time() - t0
+                ckpt = state.checkpoint(model, weighting, loop.optimizer, loop.scheduler, loop.scaler)
+                best = {"model": ckpt["model"], "epoch": epoch + 1}
+                if loop.meta is not None:
+                    ckpt["meta"] = best["meta"] = loop.meta
+                save_checkpoint(ckpt_path, ckpt)
+                if is_best:
+                    save_checkpoint(run_path / "checkpoints" / "best.pt", best)
+                logs.log_epoch(record)
+            dist.barrier()
+    except BaseException:
+        logs.finish("failed")
+        raise
+    if main:
+        results = RunResults(
+            name=info.name, arch=info.arch, weighting=info.weighting, dataset=info.dataset,
+            tasks=[t.to_dict() for t in tasks], params=count_parameters(model), params_ratio=info.params_ratio,
+            final=state.history[-1].val if state.history else {},
+            best=state.best.val if loop.select_best else None,
+            best_epoch=state.best.epoch if loop.select_best else None, epochs=loop.epochs,
+            wall_time=time.time() - t0, config_hash=info.config_hash, **provenance(), status="finished",
+            extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **loop.results_extra})
+        write_results(run_path, results.to_dict())
+        logs.log_artifact(run_path / "results.json")
+        logs.finish("finished")
+    return run_path

@@ -1,0 +1,84 @@
+"""The run state that survives a restart: epoch, best epoch, delta_m reference, history, wall time.
+
+:class:`RunState` is what the loop updates each epoch; ``checkpoint(...)`` adds the objects' state
+dicts and the RNG state to make ``checkpoints/last.pt``, and ``restore(...)`` reads one back into
+the objects and returns the state (the checkpoint's keys are unchanged from earlier versions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtlkit.records import EpochRecord
+from mtlkit.train.runtime import rng_state, set_rng_state
+
+
+@dataclass
+class Best:
+    """The best epoch so far by delta_m against the first epoch (score -inf before any epoch)."""
+
+    score: float = -math.inf
+    epoch: int = 0
+    val: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "epoch": self.epoch, "val": dict(self.val)}
+
+
+@dataclass
+class RunState:
+    """Progress of a run between epochs (plain data: loads with ``weights_only=True``)."""
+
+    epoch: int = 0  # epochs finished
+    best: Best = field(default_factory=Best)
+    reference: dict[str, float] | None = None  # first epoch's validation metrics (delta_m baseline)
+    history: list[EpochRecord] = field(default_factory=list)
+    wall_time: float = 0.0
+
+    def record(self, rec: EpochRecord, score: float) -> bool:
+        """Add an epoch's record; returns True when it is the new best."""
+        self.history.append(rec)
+        self.epoch = rec.epoch
+        is_best = score > self.best.score or self.best.epoch == 0
+        if is_best:
+            self.best = Best(score, rec.epoch, dict(rec.val))
+        return is_best
+
+    def checkpoint(self, model: nn.Module, weighting: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                   scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+        """The checkpoint dict: objects' states, RNG state and this run state."""
+        return {
+            "model": model.state_dict(), "weighting": weighting.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": rng_state(), "epoch": self.epoch, "best": self.best.to_dict(), "reference": self.reference,
+            "history": [r.to_dict() for r in self.history], "wall_time": self.wall_time,
+        }
+
+    @classmethod
+    def restore(cls, ckpt: dict[str, Any], model: nn.Module, weighting: nn.Module,
+                optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None) -> RunState:
+        """Load a checkpoint into the objects (and the RNGs) and return its run state."""
+        model.load_state_dict(ckpt["model"])
+        weighting.load_state_dict(ckpt["weighting"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        return cls.from_checkpoint(ckpt)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> RunState:
+        """The run state part of a checkpoint dict."""
+        b = ckpt["best"]
+        return cls(int(ckpt["epoch"]), Best(float(b["score"]), int(b["epoch"]), dict(b["val"])),
+                   ckpt["reference"], [EpochRecord.from_dict(r) for r in ckpt["history"]],
+                   float(ckpt["wall_time"]))
+
