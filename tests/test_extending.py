@@ -101,6 +101,11 @@ def extension(tmp_path_factory: pytest.TempPathFactory):
         yield
     finally:
         sys.path.remove(str(root))
+        # leave the registries as the other tests expect them (only the built-ins)
+        for registry, name in ((TASK_KINDS, "smooth_l1"), (ARCHITECTURES, "tiny_hps"), (WEIGHTINGS, "fixed")):
+            registry._items.pop(name, None)
+        for name in ("my_mtl_ext.smooth_l1", "my_mtl_ext.tiny_hps", "my_mtl_ext.fixed", "my_mtl_ext"):
+            sys.modules.pop(name, None)
 
 
 @pytest.mark.slow
