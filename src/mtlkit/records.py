@@ -9,17 +9,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
+
+R = TypeVar("R", bound="Record")
 
 
-def _split(cls: type, data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    names = {f.name for f in fields(cls)} - {"extra"}
-    known = {k: v for k, v in data.items() if k in names}
-    return known, {k: v for k, v in data.items() if k not in names}
+class Record:
+    """JSON round-trip shared by the records: declared fields as keys, plus whatever ``extra`` holds."""
+
+    extra: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)  # type: ignore[call-overload]
+        extra = out.pop("extra")
+        return {**out, **extra}
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        names = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
 
 @dataclass
-class EpochRecord:
+class EpochRecord(Record):
     """One epoch: training loss means, validation losses and metrics, mean task weights."""
 
     epoch: int  # 1-based
@@ -31,19 +44,9 @@ class EpochRecord:
     weights: dict[str, float] = field(default_factory=dict)  # "<task>"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        extra = out.pop("extra")
-        return {**out, **extra}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EpochRecord:
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
-
 
 @dataclass
-class RunResults:
+class RunResults(Record):
     """A finished (or failed) run: what it was, how large, its final and best validation metrics."""
 
     name: str
@@ -54,8 +57,8 @@ class RunResults:
     params: int
     params_ratio: float | None
     final: dict[str, float]
-    best: dict[str, float]
-    best_epoch: int
+    best: dict[str, float] | None  # None without model selection (eval.select_best off)
+    best_epoch: int | None
     epochs: int
     wall_time: float
     config_hash: str | None = None
@@ -65,12 +68,3 @@ class RunResults:
     status: str = "finished"
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        extra = out.pop("extra")
-        return {**out, **extra}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunResults:
-        known, extra = _split(cls, data)
-        return cls(**known, extra=extra)
