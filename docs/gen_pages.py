@@ -48,6 +48,8 @@ NAV = [
         ("Paper grid on the scenes (30 epochs)", "results/scenes_paper_cpu_long/report.md"),
         ("Paper protocol, 3 seeds (tiny CPU size)", "results/scenes_paper_cpu_seeds/report.md"),
         ("Task complexity, 3 seeds (tiny CPU size)", "results/complexity_scenes_seeds/report.md"),
+        ("Every architecture on resnet18_dilated (CPU size)", "results/scenes_resnet18_cpu/report.md"),
+        ("Every weighting method with MTAN (CPU size)", "results/scenes_weighting_cpu/report.md"),
         ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
         ("NYUv2 normals from Kinect depth", "results/nyuv2_normals/README.md"),
     ]),
