@@ -37,9 +37,8 @@ def _nonblank(png: Path) -> float:
     return float(np.asarray(imread(png))[..., :3].std())
 
 
-@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                    reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
-def test_html_report_renders_in_chromium_via_selenium(report, tmp_path: Path) -> None:
+def _chrome():
+    """A headless Chromium driven by selenium (skips the test where selenium is missing)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
     from selenium.webdriver.chrome.service import Service
 
@@ -47,7 +46,13 @@ def test_html_report_renders_in_chromium_via_selenium(report, tmp_path: Path) ->
     options.binary_location = CHROMIUM
     for flag in FLAGS + ["--window-size=1400,1800"]:
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
+                    reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
+def test_html_report_renders_in_chromium_via_selenium(report, tmp_path: Path) -> None:
+    driver = _chrome()
     try:
         driver.get(report.html.resolve().as_uri())
         assert driver.title == "Browser test report"
@@ -88,14 +93,7 @@ def reference_report(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
                     reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
 def test_reference_rows_render_greyed_in_chromium(reference_report, tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in FLAGS + ["--window-size=1400,1800"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = _chrome()
     try:
         driver.get(reference_report.html.resolve().as_uri())
         assert driver.title == "Reference rows"
