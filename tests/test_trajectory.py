@@ -25,7 +25,7 @@ the first; the rest is margin. At step 4 the response stops being linear (2.2e3 
 delta = 1e-13, 1.4e6 * delta for 1e-10: a rounding-sized change decides a discrete event, such as
 which element of a pooling window is the largest), so steps from 4 on are not pinned: no
 tolerance derived from rounding holds there. The same chaos is why the demo's epoch-10 numbers
-differ between machines and thread counts (README, "What it reached").
+differ between machines and thread counts (the README's demo table).
 
 float32, what users run, is checked where a float32 bound means something: the first step's
 losses (one forward pass at the pinned data and initial weights) within ``8192 * 2**-24 = 4.9e-4``
@@ -38,7 +38,8 @@ can differ in the last bit between CPU instruction sets) is a perturbation of ~6
 the linear regime. :func:`test_tiny_demo_data_is_pinned` checks the data on their own, so a
 failure says which of the two changed: the data, or what training does with them.
 
-Every check runs with 1 and with 2 threads (set here, whatever ``OMP_NUM_THREADS`` says).
+The float64 and float32 checks run with 1 and with 2 threads (set here, whatever
+``OMP_NUM_THREADS`` says).
 """
 
 from __future__ import annotations
