@@ -49,9 +49,11 @@ class PLE(BackboneModel):
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", num_shared_experts: int = 1,
+                 in_channels: int = 3, pretrained: str = "none",
+                 align_corners: bool = False, num_shared_experts: int = 1,
                  num_task_experts: int = 1, gate_grid: int = 4) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         ns = positive_int(num_shared_experts, "num_shared_experts")
         nt = positive_int(num_task_experts, "num_task_experts")
         grid = positive_int(gate_grid, "gate_grid")

@@ -92,8 +92,9 @@ class MTANOverBackbone(BackboneModel):
     arch_name = "mtan"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",
-                 in_channels: int = 3, pretrained: str = "none") -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         self.backbone = self.new_backbone()
         bb = self.backbone
         if isinstance(bb, DilatedResNet):

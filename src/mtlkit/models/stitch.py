@@ -29,9 +29,10 @@ class StagedCrossStitch(BackboneModel):
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",
-                 in_channels: int = 3, pretrained: str = "none", alpha_s: float = 0.9,
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False, alpha_s: float = 0.9,
                  per_channel: bool = False, alpha_lr_mult: float = 100.0) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
             raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
         if not isinstance(per_channel, bool):
