@@ -66,6 +66,15 @@ class ModelConfig(_Strict):
                                 "(the MTAN authors' and LibMTL's setting); false = torchvision's")
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("options")
+    @classmethod
+    def _no_section_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """``model.options.align_corners`` (or pretrained, ...) would reach the model twice: name the right key."""
+        for key in value:
+            if key in cls.model_fields and key != "options":
+                raise ValueError(f"{key} is set as model.{key}, not under model.options")
+        return value
+
 
 #: keys added after run hashes were first published, with their default: a config leaves them out of
 #: its hash while at that default, so the runs and sweeps made before the key existed keep their hashes
