@@ -19,7 +19,6 @@ from mtlkit import sweep as sweeps
 from mtlkit.config import load_config
 from mtlkit.errors import ConfigError
 from mtlkit.models import build_model
-from mtlkit.models.backbones import build_backbone
 from mtlkit.models.heads import DeepLabHead
 from mtlkit.tasks import classification_task, depth_task, segmentation_task
 from mtlkit.train.trainer import build
