@@ -1,12 +1,20 @@
 """Cross-stitch networks (Misra et al., CVPR 2016) over any staged backbone.
 
-``cross_stitch`` on a non-SegNet backbone: one backbone per task; after every stage (for the
-dilated ResNets: after layer1..layer4, as LibMTL) a :class:`~mtlkit.models.cross_stitch.CrossStitchUnit`
-mixes the K tasks' feature maps, ``x~_i = sum_k alpha[i, k] x_k``, initialised and trained as in
-:mod:`mtlkit.models.cross_stitch` (``alpha_s`` on the diagonal, the alphas at ``lr *
-alpha_lr_mult``). ``cross_stitch`` on SegNet keeps the MTAN paper's class. No shared
-representation; ``shared_parameters()`` is everything but the heads. Alphas are recorded as
-``alpha/stage<i>``.
+``cross_stitch`` on a non-SegNet backbone: one backbone per task (each with its own stem); after
+every stage, the last included, a :class:`~mtlkit.models.cross_stitch.CrossStitchUnit` mixes the K
+tasks' feature maps, ``x~_i = sum_k alpha[i, k] x_k``. On the dilated ResNets that is after
+layer1, layer2, layer3 and layer4 (4 units; the heads read the stitched layer4 features), on
+``wrn28`` after the stem and stage1..stage3. The units are initialised and trained as in
+:mod:`mtlkit.models.cross_stitch` (``alpha_s`` on the diagonal, ``(1 - alpha_s) / (K - 1)`` off it;
+the alphas at ``lr * alpha_lr_mult``). ``cross_stitch`` on SegNet keeps the MTAN paper's class.
+
+Where LibMTL differs (``LibMTL/architecture/Cross_stitch.py``, ResNets only): it stitches after
+layer1..layer3 only (its fourth unit is allocated but never used, so the heads read unmixed
+layer4 features), starts every alpha at 1 (each column's input is the sum of all K columns) and
+trains them at the base learning rate. See ``docs/differences.md``.
+
+No shared representation; ``shared_parameters()`` is everything but the heads (as LibMTL's
+encoder). Alphas are recorded as ``alpha/stage<i>``.
 """
 
 from __future__ import annotations
