@@ -42,6 +42,7 @@ NAV = [
         ("Presets", "presets.md"),
         ("Command line", "cli.md"),
         ("How the pieces fit", "ARCHITECTURE.md"),
+        ("Differences from LibMTL and the authors' code", "differences.md"),
     ]),
     ("Results", [
         ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
