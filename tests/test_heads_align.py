@@ -125,6 +125,7 @@ def test_config_key_reaches_the_model() -> None:
     ("hps", "segnet", "the segnet backbone's heads do not upsample"),
     ("mtan", "wrn28", "the wrn28 backbone's heads do not upsample"),
     ("mtan", None, "on its own backbone has no upsampling head"),
+    ("stan", "segnet", "model.arch 'stan' on the segnet backbone has no upsampling head"),
 ])
 def test_refused_where_no_head_upsamples(arch: str, backbone: str | None, needle: str) -> None:
     tasks = [classification_task("a", 10), classification_task("b", 10)] if backbone == "wrn28" else TASKS

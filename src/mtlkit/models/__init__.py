@@ -93,7 +93,8 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
             options["align_corners"] = True
         return cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options)
     if align_corners:
-        raise ConfigError(f"model.align_corners: model.arch {arch!r} on its own backbone has no upsampling head "
+        on = f"the {backbone} backbone" if backbone else "its own backbone"
+        raise ConfigError(f"model.align_corners: model.arch {arch!r} on {on} has no upsampling head "
                           "(the option sets the ResNet backbones' DeepLabV3 heads)")
     if pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
