@@ -42,6 +42,7 @@ NAV = [
         ("Presets", "presets.md"),
         ("Command line", "cli.md"),
         ("How the pieces fit", "ARCHITECTURE.md"),
+        ("Differences from LibMTL and the authors' code", "differences.md"),
     ]),
     ("Results", [
         ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
@@ -55,8 +56,9 @@ NAV = [
     ]),
     ("Changelog", "changelog.md"),
 ]
-#: constructor arguments that are not user options
-_NOT_OPTIONS = {"self", "tasks", "task_names", "width", "cfg"}
+#: constructor arguments that are not user options (an architecture's backbone, pretrained and
+#: align_corners are the keys model.backbone, model.pretrained and model.align_corners)
+_NOT_OPTIONS = {"self", "tasks", "task_names", "width", "cfg", "backbone", "pretrained", "align_corners"}
 
 
 def first_line(obj: object) -> str:

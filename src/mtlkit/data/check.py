@@ -133,8 +133,6 @@ def check_dataset(
     name: str, root: str | Path, num_classes: int | None = None, progress: bool = False
 ) -> CheckReport:
     """Validate every file of dataset ``name`` stored at ``root``; problems are collected, not raised."""
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
     builder = DATASETS.get(name)(DatasetConfig(name=name, root=str(root), num_classes=num_classes))
     own = builder.check_files(progress)
     if own is not None:

@@ -13,9 +13,12 @@ reads the last ``â``. What the backbone sets:
 * Dilated ResNets (the authors' later ``model_resnet_mtan``): ``u_j`` is stage j without its last
   block, ``p_j`` its output; the gate's middle width is a quarter of ``p_j``'s channels ("a
   similar bottleneck design"); f_j (j < 3) is a Bottleneck ``c_j -> c_{j+1}`` (planes ``c_{j+1}/4``,
-  projected shortcut), the last stage has none; DeepLabV3 heads. The 1x1 convs before BatchNorm
-  have no bias (the official code has them; redundant under BN): ``c/4 + c`` fewer parameters per gate.
-  BasicBlock ResNets (18/34) use the same Bottleneck f blocks.
+  projected shortcut), the last stage has none; DeepLabV3 heads, whose final x8 upsampling is
+  ``model.align_corners`` (the authors' code upsamples with ``align_corners=True``; the default,
+  False, is torchvision's). The 1x1 convs before BatchNorm have no bias (the official code has
+  them; redundant under BN): ``c/4 + c`` fewer parameters per gate. BasicBlock ResNets (18/34),
+  which the authors did not write, use the same Bottleneck f blocks and ``c/4`` middle widths
+  (LibMTL's MTAN uses BasicBlock f blocks and middle width ``c`` on them).
 * ``wrn28`` (MTAN section 4.2, the authors' ``visual_decathlon/model_wrn_mtan.py``): ``u_j = p_j``
   is stage j's output (stem, stage1..3, the last after the final BN-ReLU); the gate's middle width
   is ``c_j``; f_j is a 3x3 conv-BN-ReLU ``c_j -> c_{min(j+1, 3)}``, applied at every level
@@ -92,8 +95,9 @@ class MTANOverBackbone(BackboneModel):
     arch_name = "mtan"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",
-                 in_channels: int = 3, pretrained: str = "none") -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         self.backbone = self.new_backbone()
         bb = self.backbone
         if isinstance(bb, DilatedResNet):

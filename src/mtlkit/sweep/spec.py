@@ -65,8 +65,8 @@ class SweepRun:
     config: Config
 
     def plan_hash(self) -> str:
-        """Hash of the run's config without :data:`HASH_IGNORED` keys: changes when the sweep changes the run."""
-        data = self.config.to_dict()
+        """Hash of the run's ``Config.hashed_dict()`` without :data:`HASH_IGNORED` keys: changes with the run."""
+        data = self.config.hashed_dict()
         for key in HASH_IGNORED:
             *parents, last = key.split(".")
             node = data

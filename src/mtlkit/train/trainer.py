@@ -70,7 +70,8 @@ def build(cfg: Config, device: torch.device | None = None) -> Setup:
     builder = DATASETS.get(cfg.dataset.name)(cfg.dataset)
     tasks = builder.tasks()
     model = build_model(cfg.model.arch, tasks, width=cfg.model.width, backbone=cfg.model.backbone,
-                        pretrained=cfg.model.pretrained, **cfg.model.options)
+                        pretrained=cfg.model.pretrained, align_corners=cfg.model.align_corners,
+                        **cfg.model.options)
     weighting = build_weighting(cfg, tasks)
     device = device or select_device(cfg.train.device)
     return Setup(cfg, builder, tasks, model.to(device), weighting.to(device), device)
