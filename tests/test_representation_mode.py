@@ -31,6 +31,8 @@ Gramian by at most its condition number: the tolerance is SUM_TOL x cond(G G^T),
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import Tensor
@@ -82,18 +84,20 @@ def _build(arch: str, backbone: str | None) -> tuple[MultiTaskModel, list[Task]]
     return None
 
 
-def _pairs() -> tuple[list[tuple[str, str | None]], list[tuple[str, str | None]]]:
-    """(pairs that support representation mode, pairs that refuse it), over every registered architecture."""
-    supported, refused = [], []
+def _models() -> dict[tuple[str, str | None], tuple[MultiTaskModel, list[Task]]]:
+    """Every (architecture, backbone) pair that builds, with its tiny model (steps at lr 0 leave it as is)."""
+    out = {}
     for arch in sorted(ARCHITECTURES.names()):
         for backbone in SIZES:
             built = _build(arch, backbone)
             if built is not None:
-                (supported if built[0].supports_representation else refused).append((arch, backbone))
-    return supported, refused
+                out[(arch, backbone)] = built
+    return out
 
 
-SUPPORTED, REFUSED = _pairs()
+MODELS = _models()
+SUPPORTED = [pair for pair, (model, _) in MODELS.items() if model.supports_representation]
+REFUSED = [pair for pair, (model, _) in MODELS.items() if not model.supports_representation]
 
 
 def _batch(tasks: list[Task], backbone: str | None) -> dict[str, Tensor]:
@@ -140,6 +144,13 @@ def _losses(model: MultiTaskModel, tasks: list[Task], batch: dict[str, Tensor], 
     return [t.loss(out[t.name], batch[t.name]) for t in tasks]
 
 
+@functools.cache
+def _plain(pair: tuple[str, str | None]) -> list[Tensor]:
+    """``_plain_grads`` of the pair's model on its batch (shared by the tests of one pair)."""
+    model, tasks = MODELS[pair]
+    return _plain_grads(model, tasks, _batch(tasks, pair[1]))
+
+
 def _plain_grads(model: MultiTaskModel, tasks: list[Task], batch: dict[str, Tensor]) -> list[Tensor]:
     """Every parameter's gradient of the summed losses, by plain autograd through the whole model."""
     model.zero_grad(set_to_none=True)
@@ -168,10 +179,9 @@ def _case_id(pair: tuple[str, str | None]) -> str:
 
 @pytest.mark.parametrize("pair", SUPPORTED, ids=_case_id)
 def test_summing_aggregator_gives_the_plain_gradient(pair):
-    arch, backbone = pair
-    model, tasks = _build(arch, backbone)
-    batch = _batch(tasks, backbone)
-    want = _plain_grads(model, tasks, batch)
+    model, tasks = MODELS[pair]
+    batch = _batch(tasks, pair[1])
+    want = _plain(pair)
     got = _step_grads(model, Sum([t.name for t in tasks]), tasks, batch)
     shared_got, own_got = _split(model, got)
     shared_want, own_want = _split(model, want)
@@ -179,8 +189,11 @@ def test_summing_aggregator_gives_the_plain_gradient(pair):
     assert _relative(own_got, own_want) < SUM_TOL
 
 
-def _slow_matrix(model: MultiTaskModel, tasks: list[Task], batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+@functools.cache
+def _one_by_one(pair: tuple[str, str | None]) -> tuple[Tensor, Tensor]:
     """(K x D matrix of partial derivatives, K losses), one task and one feature at a time."""
+    model, tasks = MODELS[pair]
+    batch = _batch(tasks, pair[1])
     rows, values = [], []
     for k in range(len(tasks)):
         torch.manual_seed(SEED)
@@ -209,12 +222,11 @@ def _through_encoder(model: MultiTaskModel, batch: dict[str, Tensor], update: Te
 
 @pytest.mark.parametrize("name", ["pcgrad", "mgda"])
 @pytest.mark.parametrize("pair", SUPPORTED, ids=_case_id)
-def test_pcgrad_and_mgda_equal_the_slow_reference(pair, name):
-    arch, backbone = pair
-    model, tasks = _build(arch, backbone)
-    batch = _batch(tasks, backbone)
+def test_pcgrad_and_mgda_equal_a_reference_built_one_by_one(pair, name):
+    model, tasks = MODELS[pair]
+    batch = _batch(tasks, pair[1])
     method = WEIGHTINGS.get(name)([t.name for t in tasks])
-    matrix, losses = _slow_matrix(model, tasks, batch)
+    matrix, losses = _one_by_one(pair)
     if name == "pcgrad":
         update, _ = pcgrad(matrix, new_generator(0))  # the method's default seed, before any draw
     else:
@@ -223,7 +235,7 @@ def test_pcgrad_and_mgda_equal_the_slow_reference(pair, name):
     eig = torch.linalg.eigvalsh(gram)
     tol = SUM_TOL * max(1.0, float(eig[-1] / eig[0]))
     want_shared = _through_encoder(model, batch, update)
-    _, want_own = _split(model, _plain_grads(model, tasks, batch))  # the others: their tasks' sum
+    _, want_own = _split(model, _plain(pair))  # the others: their tasks' sum
     got_shared, got_own = _split(model, _step_grads(model, method, tasks, batch))
     assert _relative(got_shared, want_shared) < tol
     assert _relative(got_own, want_own) < SUM_TOL
@@ -231,7 +243,7 @@ def test_pcgrad_and_mgda_equal_the_slow_reference(pair, name):
 
 @pytest.mark.parametrize("pair", REFUSED, ids=_case_id)
 def test_architectures_without_a_cut_refuse_representation_mode(pair):
-    model, tasks = _build(*pair)
+    model, tasks = MODELS[pair]
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     with pytest.raises(ConfigError, match="has no shared representation; use weighting.mode=parameters") as err:
         StepRunner(model, WEIGHTINGS.get("mgda")([t.name for t in tasks]), tasks, opt, "representation")

@@ -40,7 +40,7 @@ gradients over the processes itself, so every rank applies the same update. The 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -253,9 +253,12 @@ def _task_parameters(items: list[Tensor], shared: list[Tensor], features: list[T
     return [p for p in found if id(p) not in shared_ids and id(p) not in own_ids]
 
 
-def feature_edges(features: Sequence[Tensor]) -> set[tuple[int, int]]:
-    """The autograd edges ``(id(node), output number)`` that produce the non-leaf ``features``."""
-    return {(id(f.grad_fn), f.output_nr) for f in features if f.grad_fn is not None}
+def feature_edges(features: Sequence[Tensor]) -> dict[tuple[int, int], object]:
+    """The autograd edges ``(id(node), output number)`` that produce the non-leaf ``features``.
+
+    Each maps to its node: holding the node keeps its id from being reused while the edges are in use.
+    """
+    return {(id(f.grad_fn), f.output_nr): f.grad_fn for f in features if f.grad_fn is not None}
 
 
 def check_cut(features: Sequence[Tensor]) -> None:
@@ -266,16 +269,17 @@ def check_cut(features: Sequence[Tensor]) -> None:
     graph above the features once; :class:`FeatureCut` is the remedy.
     """
     where: dict[tuple[int, int] | int, int] = {}
-    for i, f in enumerate(features):
-        key = (id(f.grad_fn), f.output_nr) if f.grad_fn is not None else id(f)
+    nodes = [f.grad_fn for f in features]  # held, so their ids stay theirs during the walk
+    for i, (f, node) in enumerate(zip(features, nodes)):
+        key = (id(node), f.output_nr) if node is not None else id(f)
         if key in where:
             raise ValueError(f"features[{i}] is features[{where[key]}] again: each feature must be given once")
         where[key] = i
     hint = ("gradients w.r.t. both count the paths between them twice; pass mtlkit.FeatureCut(features) "
             "and compute the losses from its detached copies")
     seen: dict[int, object] = {}  # holds the nodes, so their ids stay theirs during the walk
-    for i, f in enumerate(features):
-        stack = [f.grad_fn] if f.grad_fn is not None else []
+    for i, start in enumerate(nodes):
+        stack = [start] if start is not None else []
         while stack:
             node = stack.pop()
             if id(node) in seen:
@@ -291,7 +295,7 @@ def check_cut(features: Sequence[Tensor]) -> None:
                 stack.append(fn)
 
 
-def graph_leaves(outputs: Sequence[Tensor], stop: set[tuple[int, int]] = frozenset()) -> list[Tensor]:
+def graph_leaves(outputs: Sequence[Tensor], stop: Collection[tuple[int, int]] = frozenset()) -> list[Tensor]:
     """Leaf tensors requiring grad that ``outputs`` depend on, not looking past the edges in ``stop``.
 
     An edge is ``(id(node), output number)``, as :func:`feature_edges` gives for the tensors a
