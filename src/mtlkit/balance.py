@@ -85,7 +85,7 @@ class Balancer:
 
         ``features``: tensors every task's loss is computed from (computed from the shared
         parameters); given, gradients are taken w.r.t. them and back-propagated once into the
-        shared parameters. ``shared_losses``: the losses the method sees (default: ``losses``,
+        shared parameters. They must cut the graph, or be a :class:`FeatureCut` (module docstring). ``shared_losses``: the losses the method sees (default: ``losses``,
         averaged over processes under torch.distributed).
         """
         from mtlkit.train import distributed as dist
