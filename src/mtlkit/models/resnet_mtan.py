@@ -28,7 +28,8 @@ reads the last ``â``. What the backbone sets:
 
 ``encode`` returns ``u_0, p_0, ..., u_3, p_3`` (ResNet) or the four levels (``wrn28``).
 ``shared_parameters()`` is the backbone, plus the f blocks on ``wrn28`` (as the decathlon's WRN-MTAN
-has always counted them). Masks are recorded as ``attention/<task>/<level>`` (``enc<j>`` on
+has always counted them; they run after ``encode``'s tensors, so ``wrn28`` refuses representation
+mode). Masks are recorded as ``attention/<task>/<level>`` (``enc<j>`` on
 ResNets; ``stem``, ``stage1``..``stage3`` on ``wrn28``).
 """
 
@@ -130,6 +131,13 @@ class MTANOverBackbone(BackboneModel):
             h = layer[-1](u)
             reps += [u, h]
         return reps
+
+    @property
+    def supports_representation(self) -> bool:
+        """False on ``wrn28``: its f blocks are shared parameters the attention path applies after
+        ``encode``'s tensors, so no set of those tensors cuts the graph (representation mode would
+        drop the blocks' gradient)."""
+        return not self.wrn
 
     def taps(self, reps: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """``(u_j, p_j)`` for each stage from ``encode``'s output."""
