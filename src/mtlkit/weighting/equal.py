@@ -1,6 +1,6 @@
 """Equal weighting: the plain sum of the task losses (every weight 1).
 
-The baseline of the MTAN paper, [End-to-End Multi-Task Learning with
+Paper: the baseline of the MTAN paper, [End-to-End Multi-Task Learning with
 Attention](https://arxiv.org/abs/1803.10704), CVPR 2019.
 """
 
