@@ -310,8 +310,10 @@ def test_site_content_fits_1400px_and_formulas_render(site: Path) -> None:
                  "--disable-background-networking", "--disable-component-update", "--window-size=1400,900"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    overflow = "return Array.from(document.querySelectorAll('.md-content table, .md-content pre > code, " \
-               ".md-content div.arithmatex')).filter(e => e.scrollWidth > e.clientWidth + 1)" \
+    # Material wraps each table in a scrolling div: the table may be wider than the page inside it
+    overflow = "return Array.from(document.querySelectorAll('.md-content .md-typeset__scrollwrap, " \
+               ".md-content table, .md-content pre > code, .md-content div.arithmatex'))" \
+               ".filter(e => e.scrollWidth > e.clientWidth + 1)" \
                ".map(e => e.tagName + ' ' + e.scrollWidth + '>' + e.clientWidth + ': ' + e.textContent.slice(0, 60));"
     try:
         wide = {}
