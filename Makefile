@@ -38,12 +38,14 @@ test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check src tests bench docs/gen_pages.py .ci/check_extras.py
+	$(BIN)/ruff check src tests bench docs/gen_pages.py docs/hooks.py .ci/check_extras.py
 
-# The documentation site into site/ (reference pages generated from the code by docs/gen_pages.py);
+# The documentation site into site/ (reference pages generated from the code by docs/gen_pages.py),
+# then the checks of the built site in tests/test_docs.py (no SUMMARY page, offline math, widths);
 # --strict: a broken link or reference fails the build.
-docs: $(VENV)/.docs-installed
+docs: $(VENV)/.docs-installed browser
 	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	$(BIN)/python -m pytest -q tests/test_docs.py -k site_
 
 # Build the sdist and the wheel, install the wheel in a fresh venv outside the checkout and use it
 # from an empty folder (CLI, one tiny training, a report, the public API, every extra's imports).
