@@ -71,3 +71,18 @@ def test_a_slurm_job_is_alive_while_squeue_lists_it(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     rec = _running(4242, host="gpu-node-3", executor="slurm", job_id="77")
     assert st.worker_alive(rec, tmp_path) == ("SLURM job 77" if alive else None)
+
+
+def test_dry_run_says_wait_for_a_run_whose_worker_is_alive(tmp_path: Path) -> None:
+    from mtlkit import sweep as sweeps
+
+    sw = sweeps.sweep_from_dict({"name": "w", "grid": {"seed": [0, 1]}, "run_name": "s{seed}"})
+    (tmp_path / "s0").mkdir()
+    holder = _sleeper("import fcntl, os; "
+                      f"fd = os.open({str(tmp_path / 's0' / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+                      "fcntl.flock(fd, fcntl.LOCK_EX)")
+    try:
+        assert [(r["name"], r["action"]) for r in sweeps.plan(sw, tmp_path)] == [("s0", "wait"), ("s1", "train")]
+    finally:
+        holder.kill()
+        holder.wait()

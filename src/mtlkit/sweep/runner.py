@@ -75,7 +75,7 @@ EXECUTOR_MODULES = {"local": "local", "slurm": "slurm", "ray": "ray"}
 
 
 def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
-    """For each run: its name, grid values and what a run of the sweep would do now (train/resume/skip)."""
+    """For each run: its name, grid values and what a run of the sweep would do now (train/resume/skip/wait)."""
     state = st.read_state(Path(sweep_dir))
     recorded = {r["name"]: r for r in state.get("runs", [])} if state else {}
     rows = []
@@ -86,6 +86,8 @@ def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
         made_by = rec.get("run_plan_hash")
         stale = status in ("finished", "resumable") and made_by not in (None, run.plan_hash())
         action = {"finished": "skip", "resumable": "resume"}.get(status, "train")
+        if status != "finished" and st.worker_alive(rec, run_dir) is not None:
+            action = "wait"  # its worker (left by a killed driver) still trains it
         rows.append({"name": run.name, "assignment": run.assignment, "action": "stale" if stale else action,
                      "run_dir": str(run_dir)})
     return rows
