@@ -7,6 +7,7 @@ issue 25's file modes (the atomic writer respects the umask as a plain ``open`` 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -158,8 +159,10 @@ def test_a_run_in_training_refuses_a_second_trainer(interrupted: Path, tmp_path:
     assert [r["epoch"] for r in epochs_of(run)] == [1, 2]
 
 
-def test_the_run_lock_is_released_when_the_trainer_dies(interrupted: Path, tmp_path: Path) -> None:
-    """A killed trainer leaves no lock behind (flock): the folder resumes at once."""
+def test_a_lock_held_on_another_host_refuses_and_its_holders_death_frees_it(interrupted: Path,
+                                                                           tmp_path: Path) -> None:
+    """The refusal names the holder the lock file names; once the holder is killed (kill -9) the
+    kernel has dropped the flock and the folder resumes at once, no stale lock to delete by hand."""
     run = _copy(interrupted, tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
                                f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
@@ -195,7 +198,7 @@ def test_resume_applies_more_epochs_and_records_the_change(interrupted: Path, tm
     run = _copy(interrupted, tmp_path)
     _edit(run, "train.epochs", 3)
     train(resume=run)
-    results = yaml.safe_load((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())
     assert results["status"] == "finished" and results["epochs"] == 3
     assert results["config_changes"] == [{"key": "train.epochs", "from": 2, "to": 3, "epoch": 2}]
     assert [r["epoch"] for r in epochs_of(run)] == [1, 2, 3]
@@ -217,7 +220,7 @@ def test_resume_takes_edits_that_cannot_change_results(interrupted: Path, tmp_pa
     run = _copy(interrupted, tmp_path)
     _edit(run, "train.device", "cpu")
     train(resume=run)
-    results = yaml.safe_load((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())
     assert results["status"] == "finished" and "config_changes" not in results
 
 
