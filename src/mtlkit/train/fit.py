@@ -1,7 +1,7 @@
 """``mtlkit.fit``: train objects you made (model, tasks, datasets, weighting) with mtlkit's loop.
 
 The same loop as ``mtlkit train`` (:func:`mtlkit.train.loop.run`): checkpoints every epoch (a
-second call with the same ``run_dir`` continues an interrupted run), ``metrics.jsonl``,
+second call with the same ``run_dir`` continues an interrupted run; one that finished is refused), ``metrics.jsonl``,
 ``results.json``, per-task metrics from each task's kind.
 """
 
@@ -18,11 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtlkit.data.sampling import make_loader
 from mtlkit.errors import ConfigError
+from mtlkit.io import output_error
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
 from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TensorBoardLogger
 from mtlkit.train.loop import Loop, RunInfo, run
+from mtlkit.train.rundir import clean_interrupted_writes, lock_run_dir, read_results_safely, run_locks
 from mtlkit.train.runtime import seed_everything, select_device
 from mtlkit.train.speed import Speed
 from mtlkit.train.state import RunState
@@ -113,25 +115,44 @@ def fit(
     train_loader = train_data if isinstance(train_data, DataLoader) else make_loader(train_data, batch_size, True, seed)
     val_loader = val_data if isinstance(val_data, DataLoader) else make_loader(val_data, batch_size, False, seed)
     run_path = Path(run_dir) if run_dir is not None else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
     loop = Loop(model=model, tasks=tasks, weighting=method, optimizer=optimizer, train_loader=train_loader,
                 val_loader=val_loader, device=dev, epochs=epochs, scheduler=scheduler, mode=mode,
                 grad_clip=grad_clip, max_steps=max_steps_per_epoch, speed=Speed(None, False, False),
                 progress=progress, grad_path=grad_path)
-    seed_everything(seed)
-    state = None
-    last = run_path / "checkpoints" / "last.pt"
-    if last.is_file():  # continue an interrupted fit in the same folder
-        state = RunState.restore(load_checkpoint(last), model, method, optimizer, scheduler, None)
-    logs: list[Logger] = [JsonlLogger(run_path, state.history if state is not None else [])]
-    if tensorboard:
-        logs.append(TensorBoardLogger(run_path))
-    if progress:
-        logs.append(ConsoleLogger(tasks))
-    logs += list(loggers)
-    info = RunInfo(name=name, arch=type(model.module).__name__ if isinstance(model, ModuleModel) else _arch(model),
-                   weighting=method_name, dataset=type(train_data).__name__, capabilities=model.capabilities())
-    return run(loop, run_path, info, logs, state)
+    with run_locks():
+        claim_fit_dir(run_path)
+        seed_everything(seed)
+        state = None
+        last = run_path / "checkpoints" / "last.pt"
+        if last.is_file():  # continue an interrupted fit in the same folder
+            state = RunState.restore(load_checkpoint(last), model, method, optimizer, scheduler, None)
+        logs: list[Logger] = [JsonlLogger(run_path, state.history if state is not None else [])]
+        if tensorboard:
+            logs.append(TensorBoardLogger(run_path))
+        if progress:
+            logs.append(ConsoleLogger(tasks))
+        logs += list(loggers)
+        info = RunInfo(name=name, arch=type(model.module).__name__ if isinstance(model, ModuleModel) else _arch(model),
+                       weighting=method_name, dataset=type(train_data).__name__, capabilities=model.capabilities())
+        return run(loop, run_path, info, logs, state)
+
+
+def claim_fit_dir(run_path: Path) -> None:
+    """Lock ``run_path`` for this fit and lay it out; one that holds a finished run is refused.
+
+    An unfinished run there (its ``checkpoints/last.pt``) is continued, as the docstring of
+    :func:`fit` promises; a finished one is never trained again or overwritten.
+    """
+    lock_run_dir(run_path)
+    done = read_results_safely(run_path)
+    if done is not None and done.get("status") == "finished":
+        raise ConfigError(f"{run_path}: holds a finished run (results.json); a finished run is never overwritten: "
+                          "give fit another run_dir")
+    clean_interrupted_writes(run_path)
+    try:
+        (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(run_path / "checkpoints", err) from None
 
 
 def _arch(model: MultiTaskModel) -> str:

@@ -39,6 +39,8 @@ class RunState:
     reference: dict[str, float] | None = None  # first epoch's validation metrics (delta_m baseline)
     history: list[EpochRecord] = field(default_factory=list)
     wall_time: float = 0.0
+    #: config edits a resume applied: ``{"key", "from", "to", "epoch"}`` (epoch: the first that ran with it)
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, rec: EpochRecord, score: float) -> bool:
         """Add an epoch's record; returns True when it is the new best."""
@@ -58,6 +60,7 @@ class RunState:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(), "epoch": self.epoch, "best": self.best.to_dict(), "reference": self.reference,
             "history": [r.to_dict() for r in self.history], "wall_time": self.wall_time,
+            "config_changes": [dict(c) for c in self.config_changes],
         }
 
     @classmethod
@@ -80,5 +83,5 @@ class RunState:
         b = ckpt["best"]
         return cls(int(ckpt["epoch"]), Best(float(b["score"]), int(b["epoch"]), dict(b["val"])),
                    ckpt["reference"], [EpochRecord.from_dict(r) for r in ckpt["history"]],
-                   float(ckpt["wall_time"]))
+                   float(ckpt["wall_time"]), [dict(c) for c in ckpt.get("config_changes") or []])
 
