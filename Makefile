@@ -1,6 +1,7 @@
 # mtlkit: `make demo` trains the default model on the built-in scenes; `make test` runs every test.
-# Both create .venv and install everything on first use, including the optional extras the tests use
-# (slurm: submitit, ray, trackers: mlflow-skinny + wandb; about 50 s and 530 MB more than .[dev]).
+# Both create .venv on first use. `make demo` installs mtlkit and its own dependencies only (torch and
+# the core list of pyproject.toml); `make test` adds the dev tools and every optional extra the tests
+# use (slurm: submitit, ray, trackers: mlflow-skinny + wandb), about 530 MB more.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,8 +14,14 @@ TORCH_SPEC ?= torch==2.13.0
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# What `make demo` needs: torch and mtlkit's core dependencies.
+$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# What `make test` needs on top: the dev tools and every optional extra.
+$(VENV)/.installed: pyproject.toml $(VENV)/.core-installed
 	$(BIN)/pip install -q -e ".[dev,slurm,ray,trackers]"
 	touch $@
 
@@ -25,7 +32,7 @@ $(VENV)/.docs-installed: pyproject.toml | $(VENV)/.installed
 	$(BIN)/pip install -q -e ".[dev,docs]"
 	touch $@
 
-demo: install
+demo: $(VENV)/.core-installed
 	$(BIN)/mtlkit train demo
 
 # Headless Chromium for the report's browser test (skipped with a reason where it cannot be installed).

@@ -246,6 +246,8 @@ def resize_sample(sample: dict[str, Tensor], tasks: Sequence[Task], size: tuple[
 class FolderBuilder(DatasetBuilder):
     """A user's folder of images and per-task targets described by its ``tasks.yaml``."""
 
+    dataset_class = FolderDataset
+
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
         for key in cfg.options:

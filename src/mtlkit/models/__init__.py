@@ -78,9 +78,14 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ConfigError(f"model.options.in_channels must be a positive integer (got {in_channels!r})")
     if issubclass(cls, BackboneModel):
-        backbone = backbone or cls.default_backbone
-        check_pretrained(backbone, pretrained)
-        return cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options)
-    if pretrained != "none":
+        check_pretrained(backbone or cls.default_backbone, pretrained)
+        model = cls(list(tasks), check_width(width), backbone=backbone or cls.default_backbone, pretrained=pretrained,
+                    **options)
+    elif pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
-    return cls(list(tasks), check_width(width), **options)
+    else:
+        model = cls(list(tasks), check_width(width), **options)
+    # what it was built from: mtlkit.fit writes it to config.yaml and computes #P from it
+    model.build_spec = {"arch": arch, "backbone": backbone, "pretrained": pretrained, "width": float(width),
+                        "options": dict(options)}
+    return model
