@@ -333,7 +333,7 @@ class FolderBuilder(DatasetBuilder):
                     except DataError as err:
                         report.problems.append(str(err))
                         continue
-                    _account(report.stats[split][t.name], target)
+                    _account(report.stats[split][t.name], target, int(t.spec.missing(t, target).sum()))
             if self.size() is None:
                 shapes = report.stats[split]["images"].shapes
                 if len(shapes) > 1:
@@ -342,7 +342,9 @@ class FolderBuilder(DatasetBuilder):
         return report
 
 
-def _account(stats, tensor: Tensor) -> None:
-    """Add one checked tensor to a folder's statistics."""
+def _account(stats, tensor: Tensor, missing: int = 0) -> None:
+    """Add one checked tensor to a folder's statistics, with its ``missing`` (ignored / no value) pixels."""
     values = tensor.numpy()
-    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), 0)
+    pixels = values.shape[-2] * values.shape[-1] if values.ndim >= 2 else 1
+    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), missing,
+              pixels)

@@ -60,6 +60,8 @@ class AlignedMTL(GramianWeighting):
     sigma_min(G)); with orthogonal task gradients the update is sigma_min sum_k g_k / ||g_k||.
     """
 
+    display_name = "Aligned-MTL"
+
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:

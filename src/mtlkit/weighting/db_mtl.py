@@ -59,6 +59,8 @@ class DBMTL(Weighting):
     dominates; the update is invariant to multiplying any task's loss by a constant.
     """
 
+    display_name = "DB-MTL"
+
     properties = frozenset({"permutation_equivariant", "loss_scale_invariant"})
 
     needs_gradients = True

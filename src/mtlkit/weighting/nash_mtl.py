@@ -89,6 +89,8 @@ class NashMTL(GramianWeighting):
     fairness amounts; then ||d|| <= max_norm.
     """
 
+    display_name = "Nash-MTL"
+
     properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant"})
 
     def __init__(self, task_names: list[str], normalize: bool = True, max_norm: float = 1.0) -> None:
