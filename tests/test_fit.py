@@ -111,3 +111,19 @@ def test_fit_names_registered_classes_by_their_registered_names(folder: Path, tm
     assert (results["arch"], results["weighting"], results["dataset"]) == ("hps", "dwa", "folder")
     cfg = load_config(run / "config.yaml")
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.weighting.name) == ("sgd", 0.01, 0.5, "dwa")
+
+
+def test_fit_config_names_what_the_schema_cannot_hold(folder: Path, tmp_path: Path) -> None:
+    """An optimizer and a scheduler the config schema has no name for: written as they are, not validated."""
+    data = FolderBuilder(DatasetConfig(name="folder", root=str(folder), height=32, width=32))
+    tasks = data.tasks()
+    model = build_model("hps", tasks, width=0.125)
+    optimizer = torch.optim.RMSprop(model.parameters(), lr=0.002)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
+    run = mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False),
+                     optimizer=optimizer, scheduler=scheduler, epochs=1, batch_size=2, run_dir=tmp_path / "fit",
+                     progress=False, tensorboard=False, max_steps_per_epoch=1)
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["optim"] == {"name": "rmsprop", "lr": 0.002, "weight_decay": 0, "momentum": 0,
+                                "scheduler": "CosineAnnealingLR"}
+    assert json.loads((run / "results.json").read_text())["config_hash"] is None
