@@ -68,7 +68,8 @@ def test_one_epoch_runs_are_a_table_not_plots_of_one_dot(tmp_path: Path) -> None
     assert not any(p.name.startswith("curves_") for p in files.figures)
     md = files.markdown.read_text()
     section = md[md.index("## Training curves"):md.index("## Task weights")]
-    assert "| Row | Epoch | segmentation: train loss | segmentation: val miou |" in section
+    assert "| Row | Epoch | segmentation: train loss | segmentation: val mIoU | depth: train loss | " \
+           "depth: val Abs Err |" in section
     # write_run's one epoch: train loss 2.0 / 0.8, val = final (f = 1)
     assert "| MTAN / Equal | 1 | 2.0000 | 0.4000 | 0.8000 | 0.5000 |" in section
     assert "| dense-s0 (interrupted, 1 epoch) | 1 | 2.0000 | 0.3000 | 0.8000 | 0.6000 |" in section

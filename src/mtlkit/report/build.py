@@ -37,6 +37,7 @@ from mtlkit.report.document import (
 from mtlkit.report.provenance import fmt_duration, report_provenance, run_provenance
 from mtlkit.report.runs import Collection, Run, collect
 from mtlkit.report.table import ResultsTable, Row, build_tables, decimals, fmt_value, tables_csv
+from mtlkit.tasks import Task
 
 Loader = Callable[[Path], tuple]
 
@@ -508,8 +509,10 @@ def _line(label: str, runs: list[Run], tasks: list[dict[str, Any]]) -> dict[str,
 def _one_epoch_table(group: _CurveGroup, lines: list[dict[str, Any]]) -> Table:
     """The values of the lines that logged one epoch (a curve of one point says nothing)."""
     keys = [k for x in group.tasks for k in (f"loss/{x['name']}", f"{x['name']}/{x['main_metric']}")]
-    headers = ["Row", "Epoch"] + [f"{k.removeprefix('loss/')}: train loss" if k.startswith("loss/")
-                                  else f"{k.replace('/', ': val ', 1)}" for k in keys]
+    headers = ["Row", "Epoch"]
+    for x in group.tasks:  # the metric's table label where the task's kind is known (results.json)
+        metric = Task.from_dict(x).metric_label(x["main_metric"]) if "kind" in x else x["main_metric"]
+        headers += [f"{x['name']}: train loss", f"{x['name']}: val {metric}"]
     places = {k: decimals([ln["series"][k][0][1] for ln in lines if ln["series"].get(k)]) for k in keys}
     rows = []
     for ln in lines:
