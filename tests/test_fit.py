@@ -127,3 +127,29 @@ def test_fit_config_names_what_the_schema_cannot_hold(folder: Path, tmp_path: Pa
     assert written["optim"] == {"name": "rmsprop", "lr": 0.002, "weight_decay": 0, "momentum": 0,
                                 "scheduler": "CosineAnnealingLR"}
     assert json.loads((run / "results.json").read_text())["config_hash"] is None
+
+
+class _TwoHeads(torch.nn.Module):
+    """Any module returning {task: output}: no build arguments to record."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.seg, self.fg = torch.nn.Conv2d(4, 3, 1), torch.nn.Conv2d(4, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = torch.relu(self.body(x))
+        return {"seg": self.seg(h), "fg": self.fg(h)}
+
+
+def test_fit_of_a_plain_module_claims_no_build_arguments(folder: Path, tmp_path: Path) -> None:
+    data = FolderBuilder(DatasetConfig(name="folder", root=str(folder), height=32, width=32))
+    run = mtlkit.fit(_TwoHeads(), data.tasks(), data.dataset("train", train=True), data.dataset("val", train=False),
+                     epochs=1, batch_size=2, run_dir=tmp_path / "fit", progress=False, tensorboard=False,
+                     max_steps_per_epoch=1)
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["model"] == {"arch": "_TwoHeads"}  # no width or backbone a default would make up
+    assert written["dataset"] == {"name": "folder", "tasks": ["seg", "fg"], "root": str(folder), "height": 32,
+                                  "width": 32, "n_train": 4, "n_val": 2}
+    results = json.loads((run / "results.json").read_text())
+    assert (results["arch"], results["params_ratio"], results["config_hash"]) == ("_TwoHeads", None, None)

@@ -154,7 +154,7 @@ class FolderDataset(Dataset):
                  fit: str = "resize", augment: DenseAugment | None = None, max_samples: int | None = None,
                  seed: int = 0) -> None:
         self.root, self.split, self.tasks = Path(root), split, list(tasks)
-        self.fit, self.augment, self.seed = fit, augment, int(seed)
+        self.size, self.fit, self.augment, self.seed = size, fit, augment, int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         split_dir = self.root / split
         if not (split_dir / "images").is_dir():

@@ -178,19 +178,20 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
     else:
         optim["scheduler"] = type(scheduler).__name__
     dataset: dict[str, Any] = {"name": dataset_name(train_loader.dataset), "tasks": [t.name for t in model.tasks]}
-    root = getattr(train_loader.dataset, "root", None)
+    root, size = getattr(train_loader.dataset, "root", None), getattr(train_loader.dataset, "size", None)
     if root is not None:
         dataset["root"] = str(root)
+    if isinstance(size, tuple) and len(size) == 2:
+        dataset["height"], dataset["width"] = int(size[0]), int(size[1])
     for key, loader in (("n_train", train_loader), ("n_val", val_loader)):
         try:
             dataset[key] = len(loader.dataset)
         except TypeError:
             pass
+    described = {"arch": spec["arch"], "backbone": spec["backbone"], "pretrained": spec["pretrained"],
+                 "width": spec["width"], "options": dict(spec["options"])} if spec else {"arch": arch}
     return {
-        "name": name, "out_dir": str(run_path.parent), "seed": seed, "dataset": dataset,
-        "model": {"arch": spec.get("arch", arch), "backbone": spec.get("backbone"),
-                  "pretrained": spec.get("pretrained", "none"), "width": spec.get("width", 1.0),
-                  "options": dict(spec.get("options") or {})},
+        "name": name, "out_dir": str(run_path.parent), "seed": seed, "dataset": dataset, "model": described,
         "weighting": {"name": weighting, "mode": mode, "grad_path": grad_path,
                       "options": dict(weighting_options or {})},
         "optim": optim,
@@ -203,10 +204,17 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
 
 
 def write_config(run_path: Path, config: dict[str, Any]) -> str | None:
-    """Write ``config.yaml``; validated and hashed as ``mtlkit train``'s when it is a valid config, else as is."""
-    try:
-        cfg = config_from_dict(config, "fit")
-    except ConfigError:  # an optimizer or scheduler the config schema has no name for
+    """Write ``config.yaml``: validated and hashed as ``mtlkit train``'s when it describes the whole run as a
+    config would, else as it is (no hash): a model not from ``build_model`` (its width, backbone and
+    options unknown, so no default may stand in for them), an optimizer or scheduler the schema has no
+    name for."""
+    cfg = None
+    if set(config["model"]) != {"arch"}:  # the model's build arguments are known
+        try:
+            cfg = config_from_dict(config, "fit")
+        except ConfigError:  # an optimizer or scheduler the schema has no name for
+            cfg = None
+    if cfg is None:
         atomic_write_text(run_path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         return None
     save_config(cfg, run_path / "config.yaml")
