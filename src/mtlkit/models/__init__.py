@@ -87,15 +87,21 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
     if issubclass(cls, BackboneModel):
         backbone = backbone or cls.default_backbone
         check_pretrained(backbone, pretrained)
+        head = {}
         if align_corners:  # passed only when set, so subclasses written without the argument still build
             if "align_corners" not in inspect.signature(cls.__init__).parameters:
                 raise ConfigError(f"model.align_corners: model.arch {arch!r} does not take it")
-            options["align_corners"] = True
-        return cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options)
-    if align_corners:
+            head["align_corners"] = True
+        model = cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options, **head)
+    elif align_corners:
         on = f"the {backbone} backbone" if backbone else "its own backbone"
         raise ConfigError(f"model.align_corners: model.arch {arch!r} on {on} has no upsampling head "
                           "(the option sets the ResNet backbones' DeepLabV3 heads)")
-    if pretrained != "none":
+    elif pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
-    return cls(list(tasks), check_width(width), **options)
+    else:
+        model = cls(list(tasks), check_width(width), **options)
+    # what it was built from: mtlkit.fit writes it to config.yaml and computes #P from it
+    model.build_spec = {"arch": arch, "backbone": backbone, "pretrained": pretrained, "width": float(width),
+                        "align_corners": align_corners, "options": dict(options)}
+    return model

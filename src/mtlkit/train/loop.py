@@ -27,7 +27,7 @@ from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.train.evaluate import evaluate, move_batch
 from mtlkit.train.guards import check_validation
-from mtlkit.train.logging import Logger, Loggers
+from mtlkit.train.logging import Logger, Loggers, run_header
 from mtlkit.train.rundir import provenance, write_history, write_results
 from mtlkit.train.speed import Speed
 from mtlkit.train.state import RunState
@@ -179,6 +179,9 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
     t0 = time.time() - state.wall_time
     if main and state.epoch > 0:
         restore_records(run_path, state, model, loop.meta, loop.select_best)
+    if main and loop.progress:
+        tqdm.write(run_header(run_path, info.arch, count_parameters(model), loop.train_loader, loop.val_loader,
+                              loop.max_steps))
     try:
         for epoch in range(state.epoch, loop.epochs):
             ep_start = time.time()

@@ -63,6 +63,8 @@ class AlignedMTL(GramianWeighting):
     $\sigma_{\min} \sum_k g_k / \lVert g_k \rVert$.
     """
 
+    display_name = "Aligned-MTL"
+
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:

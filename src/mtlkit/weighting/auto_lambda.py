@@ -78,6 +78,8 @@ class AutoLambda(Weighting):
     $\partial L_{\text{meta}} / \partial \lambda$, i.e. it grows for tasks whose gradient helps the meta loss.
     """
 
+    display_name = "Auto-Lambda"
+
     properties = frozenset({"permutation_equivariant"})
     supports_distributed = False
     distributed_note = "its meta step draws one meta batch per process, so the task weights would differ"

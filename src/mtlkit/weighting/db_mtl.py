@@ -63,6 +63,8 @@ class DBMTL(Weighting):
     gradient dominates; the update is invariant to multiplying any task's loss by a constant.
     """
 
+    display_name = "DB-MTL"
+
     properties = frozenset({"permutation_equivariant", "loss_scale_invariant"})
 
     needs_gradients = True

@@ -63,6 +63,8 @@ class IMTLG(GramianWeighting):
     $(b g_1 + a g_2) / (a + b)$.
     """
 
+    display_name = "IMTL-G"
+
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
@@ -80,6 +82,8 @@ class IMTLL(Weighting):
     Guarantees: for fixed $L_k$ the optimum is $s_k = -\log L_k$, so every scaled loss tends to 1;
     the weights $e^{s_k}$ are positive. A task whose loss is exactly 0 in a batch contributes nothing.
     """
+
+    display_name = "IMTL-L"
 
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant_at_equilibrium"})
 

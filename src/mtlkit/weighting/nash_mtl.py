@@ -96,6 +96,8 @@ class NashMTL(GramianWeighting):
     by the proportional-fairness amounts; then $\lVert d \rVert \le$ `max_norm`.
     """
 
+    display_name = "Nash-MTL"
+
     properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant"})
 
     def __init__(self, task_names: list[str], normalize: bool = True, max_norm: float = 1.0) -> None:

@@ -44,6 +44,8 @@ class Uncertainty(Weighting):
     from it) contributes nothing, its $s_k$ included.
     """
 
+    display_name = "Uncert."
+
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant_at_equilibrium"})
 
     def __init__(
