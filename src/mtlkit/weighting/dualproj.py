@@ -10,9 +10,8 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._common import GramianWeighting, combine_rows, exact_gramian
 from mtlkit.weighting._solvers import as_numpy, cone_projection_weights, to_tensor
-from mtlkit.weighting.gradients import gramian
 
 
 def dualproj_weights(gramian: Tensor) -> Tensor:
@@ -27,7 +26,7 @@ def dualproj_weights(gramian: Tensor) -> Tensor:
 
 def dualproj(grads: Tensor) -> tuple[Tensor, Tensor]:
     """(d, weights): the projection of the mean gradient onto the dual cone of the task gradients."""
-    w = dualproj_weights(gramian(grads))
+    w = dualproj_weights(exact_gramian(grads))
     return combine_rows(w, grads), w
 
 

@@ -10,9 +10,8 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._common import GramianWeighting, combine_rows, exact_gramian
 from mtlkit.weighting._solvers import as_numpy, min_norm_simplex, to_tensor
-from mtlkit.weighting.gradients import gramian
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -43,9 +42,9 @@ def gradient_normalizers(gramian: Tensor, losses: Tensor | None, normalization: 
     return torch.where(n > tiny, n, torch.ones_like(n)).double()
 
 
-def mgda_weights(gramian: Tensor, max_iter: int = 250, tol: float = 1e-5) -> Tensor:
-    """Weights w on the simplex minimising ||sum_k w_k g_k||: Frank-Wolfe on the Gramian (+ exact polish)."""
-    return to_tensor(min_norm_simplex(as_numpy(gramian), max_iter=max_iter, tol=tol))
+def mgda_weights(gramian: Tensor) -> Tensor:
+    """Weights w on the simplex minimising ||sum_k w_k g_k||: an exact active-set solve on the Gramian."""
+    return to_tensor(min_norm_simplex(as_numpy(gramian)))
 
 
 def mgda(grads: Tensor, normalization: str = "none", losses: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -53,7 +52,7 @@ def mgda(grads: Tensor, normalization: str = "none", losses: Tensor | None = Non
 
     ``weights`` are the coefficients on the raw rows (w_k / n_k).
     """
-    m = gramian(grads)
+    m = exact_gramian(grads)
     n = gradient_normalizers(m, losses, normalization)
     w = mgda_weights(m / torch.outer(n, n)) / n
     return combine_rows(w, grads), w
@@ -70,7 +69,13 @@ class MGDA(GramianWeighting):
     "none", "l2", "loss", "loss+"): rows are divided by n_k before the min-norm problem, and the
     update is the min-norm point of the normalised rows, sum_k w_k g_k / n_k (so the guarantee
     below holds for every normalisation; the authors' code instead reused w_k as loss scales on the
-    raw losses). max_iter (250) and tol (1e-5): the Frank-Wolfe budget of the paper's solver.
+    raw losses).
+    Solver: the K x K min-norm problem is solved exactly in float64 (Lawson-Hanson active set, see
+    ``_solvers.min_norm_simplex``) instead of the paper's Frank-Wolfe (250 iterations, stop at a
+    1e-5 step), which left the point off the optimum by more than 1e-6 relative in 10 % of random
+    cases. Optimality reached: KKT residual and duality gap w^T M w - min_k (M w)_k below 1e-14
+    x max_k |g_k|^2 over 300 random cases (K = 3..20, rank-deficient, strongly and weakly
+    stationary, near-duplicate rows; float32 and float64 inputs; tests/test_weighting_solvers.py).
     Guarantees: d has a non-negative inner product with every task gradient (d . g_k >= ||d||^2
     n_k >= 0), and d = 0 exactly when some convex combination of the (normalised) gradients
     vanishes (Pareto stationarity). Weights on normalised rows sum to 1.
@@ -78,16 +83,12 @@ class MGDA(GramianWeighting):
 
     properties = frozenset({"non_conflicting", "permutation_equivariant", "pareto_stationary"})
 
-    def __init__(
-        self, task_names: list[str], normalization: str = "loss+", max_iter: int = 250, tol: float = 1e-5
-    ) -> None:
+    def __init__(self, task_names: list[str], normalization: str = "loss+") -> None:
         super().__init__(task_names)
         check_normalization(normalization)
         self.normalization = normalization
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Min-norm weights of the normalised gradients, expressed on the raw rows."""
         n = gradient_normalizers(gramian, losses, self.normalization)
-        return mgda_weights(gramian / torch.outer(n, n), self.max_iter, self.tol) / n
+        return mgda_weights(gramian / torch.outer(n, n)) / n

@@ -9,9 +9,8 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._common import GramianWeighting, combine_rows, exact_gramian
 from mtlkit.weighting._solvers import as_numpy, cone_projection_weights, to_tensor
-from mtlkit.weighting.gradients import gramian
 
 
 def upgrad_weights(gramian: Tensor, preference: Tensor | None = None) -> Tensor:
@@ -36,7 +35,7 @@ def upgrad_weights(gramian: Tensor, preference: Tensor | None = None) -> Tensor:
 
 def upgrad(grads: Tensor, preference: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(d, weights): UPGrad's aggregation of the task-gradient rows."""
-    w = upgrad_weights(gramian(grads), preference)
+    w = upgrad_weights(exact_gramian(grads), preference)
     return combine_rows(w, grads), w
 
 
