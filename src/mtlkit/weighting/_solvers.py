@@ -75,9 +75,10 @@ def nonneg_qp(q: np.ndarray, c: np.ndarray, tol: float = 1e-13) -> np.ndarray:
             z[neg[ratios <= alpha]] = 0.0  # the blocking variable(s) leave, exactly at the boundary
             passive &= z > 0
             z[~passive] = 0.0
-        blocked[:] = False
-        if not passive[j]:
-            blocked[j] = True  # entered and left at once (rounding): not a descent direction here
+        if passive[j]:
+            blocked[:] = False
+        else:
+            blocked[j] = True  # entered and left at once (rounding): no descent along it from here
     return z
 
 
