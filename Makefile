@@ -1,6 +1,7 @@
 # mtlkit: `make demo` trains the default model on the built-in scenes; `make test` runs every test.
 # Both create .venv and install everything on first use, including the optional extras the tests use
-# (slurm: submitit, ray, trackers: mlflow-skinny + wandb; about 50 s and 530 MB more than .[dev]).
+# (slurm: submitit, ray, trackers: mlflow-skinny + wandb, peers: torchjd and its solvers for the
+# weighting comparisons; about 50 s and 530 MB more than .[dev]).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,slurm,ray,trackers]"
+	$(BIN)/pip install -q -e ".[dev,slurm,ray,trackers,peers]"
 	touch $@
 
 install: $(VENV)/.installed
