@@ -1,7 +1,8 @@
 # mtlkit: `make demo` trains the default model on the built-in scenes; `make test` runs every test.
 # Both create .venv on first use. `make demo` installs mtlkit and its own dependencies only (torch and
 # the core list of pyproject.toml); `make test` adds the dev tools and every optional extra the tests
-# use (slurm: submitit, ray, trackers: mlflow-skinny + wandb): a 1.3 GB venv for the demo (754 MB of
+# use (slurm: submitit, ray, trackers: mlflow-skinny + wandb, peers: torchjd and its solvers for the
+# weighting comparisons): a 1.3 GB venv for the demo (754 MB of
 # it torch; 2 min 21 s from fresh on a shared 2-core machine), about 0.6 GB more for the tests.
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +24,7 @@ $(VENV)/.core-installed: pyproject.toml | $(BIN)/python
 
 # What `make test` needs on top: the dev tools and every optional extra.
 $(VENV)/.installed: pyproject.toml $(VENV)/.core-installed
-	$(BIN)/pip install -q -e ".[dev,slurm,ray,trackers]"
+	$(BIN)/pip install -q -e ".[dev,slurm,ray,trackers,peers]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -51,9 +51,12 @@ def nash_mtl_weights(
 ) -> Tensor:
     """The Nash bargaining weights: alpha > 0 solving (G G^T) alpha = 1 / alpha elementwise.
 
-    ``normalize``: solve on G G^T / ||G G^T||_F as the authors' code does (weights multiplied by
-    sqrt(||G G^T||_F)). ``max_norm`` > 0: shrink the weights so ||sum_k alpha_k g_k|| <= max_norm
-    (the authors clip the shared gradient norm to 1).
+    ``normalize``: solve on G G^T / ||G G^T||_F (weights multiplied by sqrt(||G G^T||_F)). This is
+    *not* the authors' normalisation: their code divides the Gramian by ||G G^T||_F but multiplies
+    the constraint by the same factor, so it cancels and their update is this function's with
+    ``normalize=False`` (norm sqrt(K) before the clip, whatever the gradients' scale).
+    ``max_norm`` > 0: shrink the weights so ||sum_k alpha_k g_k|| <= max_norm (the authors clip
+    the shared gradient norm to 1).
     """
     m = as_numpy(gramian)
     s = float(np.linalg.norm(m)) if normalize else 1.0
@@ -87,9 +90,11 @@ class NashMTL(GramianWeighting):
     solved to machine precision by damped Newton on the $K \times K$ Gramian (no cvxpy). The weights are
     updated every step.
 
-    Options: `normalize` (True, as the authors' code: solve on $G G^\top / \lVert G G^\top \rVert_F$, which
-    scales $d$ with the gradients' magnitude), `max_norm` (1.0, the authors' clip of the shared update's
-    norm; 0 disables).
+    Options: `normalize` (False, the authors' update: in their code the division of $G G^\top$ by its
+    Frobenius norm cancels inside the constraint, so $\lVert d \rVert = \sqrt{K}$ before the clip at any
+    gradient scale; True solves on $G G^\top / \lVert G G^\top \rVert_F$, which multiplies $d$ by
+    $\sqrt{\lVert G G^\top \rVert_F}$, an mtlkit variant that scales the step with the gradients),
+    `max_norm` (1.0, the authors' clip of the shared update's norm; 0 disables).
 
     Guarantees: $\alpha_k > 0$ and $\alpha_k (G G^\top \alpha)_k = c$ for every $k$ ($c = 1$, or
     $\lVert G G^\top \rVert_F$ with `normalize`), i.e. $g_k^\top d = c / \alpha_k > 0$: every task improves,
@@ -100,7 +105,7 @@ class NashMTL(GramianWeighting):
 
     properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant"})
 
-    def __init__(self, task_names: list[str], normalize: bool = True, max_norm: float = 1.0) -> None:
+    def __init__(self, task_names: list[str], normalize: bool = False, max_norm: float = 1.0) -> None:
         super().__init__(task_names)
         self.normalize = bool(normalize)
         self.max_norm = positive_float("max_norm", max_norm, allow_zero=True)
