@@ -168,3 +168,27 @@ def test_fit_name_is_one_folder_name(tmp_path: Path, name: str, monkeypatch: pyt
     with pytest.raises(ConfigError, match=r"fit\(name=...\)"):
         _fit(tmp_path, name=name, run_dir=None)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------- the rest of mtlkit's public API
+
+
+def test_positional_mix_ups_elsewhere_in_the_api_are_errors() -> None:
+    from mtlkit.models import build_model
+    from mtlkit.tasks import classification_task
+
+    with pytest.raises(TypeError, match=r"tasks: expected a list of task names .* \(one task: tasks=\['seg'\]\)"):
+        mtlkit.Balancer("pcgrad", "seg")
+    with pytest.raises(TypeError):
+        mtlkit.Balancer("pcgrad", ["seg", "depth"], "representation")  # type: ignore[misc]  mode is keyword-only
+    with pytest.raises(ConfigError, match=r"model.width must be a positive number up to 16 \(got 'resnet18_dilated'\)"):
+        build_model("mtan", [segmentation_task(3)], "resnet18_dilated")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="build_model: tasks must be a list of Task objects"):
+        build_model("mtan", ["seg", "depth"])  # type: ignore[list-item]
+    with pytest.raises(ConfigError, match="task name must be a non-empty string"):
+        segmentation_task("seg", 13)  # type: ignore[arg-type]  (num_classes comes first)
+    with pytest.raises(ConfigError, match="task name must be a non-empty string"):
+        classification_task(10, "digits")  # type: ignore[arg-type]  (name comes first)
+    with pytest.raises(TypeError):
+        mtlkit.fit(_TwoHeads(), [segmentation_task(3, name="seg")], _Samples(("image", "seg")),
+                   _Samples(("image", "seg")), "pcgrad")  # type: ignore[misc]  everything after val_data: keywords

@@ -36,8 +36,13 @@ from mtlkit.weighting.base import Weighting
 class Balancer:
     """A weighting method (by name or instance) and its state across steps; ``backward`` per step."""
 
-    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None,
+    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None, *,
                  mode: str | None = None, **options) -> None:
+        if isinstance(tasks, (str, bytes)) or tasks is not None and not isinstance(tasks, (int, Sequence)):
+            raise TypeError(f"tasks: expected a list of task names or a number of tasks, got {type(tasks).__name__}"
+                            + (f" {tasks!r} (one task: tasks=[{tasks!r}])" if isinstance(tasks, str) else ""))
+        if not isinstance(method, (str, Weighting)):
+            raise TypeError(f"method: expected a method name or a Weighting, got {type(method).__name__}")
         if isinstance(method, Weighting):
             if options:
                 raise TypeError("options are for a method given by name")

@@ -67,6 +67,11 @@ def model_options(cls: type) -> dict[str, Any] | None:
 def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbone: str | None = None,
                 pretrained: str = "none", **options: Any) -> MultiTaskModel:
     """``arch`` on ``backbone`` (None: its own) for ``tasks``; unknown names/options are ConfigErrors."""
+    if not isinstance(arch, str):
+        raise ConfigError(f"build_model: arch must be an architecture name, got {type(arch).__name__}")
+    if isinstance(tasks, (str, bytes)) or not all(isinstance(t, Task) for t in tasks):
+        raise ConfigError("build_model: tasks must be a list of Task objects (mtlkit.tasks.segmentation_task, ...)")
+    check_width(width)
     cls = model_class(arch, backbone)
     accepted = model_options(cls)
     if accepted is not None:
