@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtlkit.config import folder_name_problem
 from mtlkit.data.sampling import make_loader
-from mtlkit.errors import ConfigError, TrainingError, shorten
+from mtlkit.errors import ConfigError, MtlkitError, TrainingError, shorten
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
 from mtlkit.train.checkpoint import load_checkpoint
@@ -134,6 +134,8 @@ def fit(
     if ckpt is not None:  # continue an interrupted fit in the same folder
         try:
             state = RunState.restore(ckpt, model, method, optimizer, scheduler, None)
+        except MtlkitError:
+            raise
         except Exception as err:  # noqa: BLE001 - load_state_dict raises RuntimeError/KeyError/ValueError/...
             raise TrainingError(f"{last}: does not fit this model, method and optimizer ({type(err).__name__}: "
                                 f"{shorten(str(err).strip().splitlines()[-1], 160)}); a run folder holds one run: "

@@ -189,7 +189,7 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
     if ckpt is not None:
         restore_training_state(run_path / "checkpoints" / "last.pt", ckpt, model, weighting, optimizer, scheduler,
                                scaler)
-        state = RunState.from_checkpoint(ckpt)
+        state = RunState.from_checkpoint(ckpt, run_path / "checkpoints" / "last.pt")
     loop = Loop(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
                 train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
                 val_loader=make_loader(setup.builder, val_ds, cfg, train=False), device=device,
