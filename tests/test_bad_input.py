@@ -11,7 +11,9 @@ together is in tests/test_rundir.py (it needs several processes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -449,8 +451,8 @@ def _alias_bomb(levels: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _folder_data(env: Env, tasks_yaml: str = "tasks:\n  - {name: seg, kind: segmentation, channels: 3}\n",
-                 seg: np.ndarray | None = None, image: Image.Image | None = None) -> Path:
+def _folder_data(env: Env, tasks_yaml: str | bytes = "tasks:\n  - {name: seg, kind: segmentation, channels: 3}\n",
+                 seg: np.ndarray | None = None) -> Path:
     """A folder dataset of 32x32 PNGs (2 train, 1 val) with one 3-class task 'seg' (``seg``: train/seg/0.npy)."""
     root = env.tmp / "folder"
     _write(root / "tasks.yaml", tasks_yaml)
@@ -465,9 +467,6 @@ def _folder_data(env: Env, tasks_yaml: str = "tasks:\n  - {name: seg, kind: segm
     if seg is not None:
         (root / "train" / "seg" / "0.png").unlink()
         np.save(root / "train" / "seg" / "0.npy", seg)
-    if image is not None:
-        image.save(root / "train" / "images" / "0.jpg")
-        (root / "train" / "images" / "0.png").unlink()
     return root
 
 
@@ -517,15 +516,14 @@ def _checkpoint_field(env: Env, key: str, value) -> list[str]:
 
 
 def _data_check_reports(fragment: str) -> Callable[[Env], None]:
-    """``mtlkit data check`` of the same folder reports the problem too (exit 1)."""
+    """``mtlkit data check`` of the same folder reports the problem too (exit 1, one line naming it)."""
     def check(env: Env) -> None:
-        code = main(["data", "check", "folder", str(env.tmp / "folder"), "--quiet"])
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["data", "check", "folder", str(env.tmp / "folder"), "--quiet"])
         assert code == 1
+        assert fragment in out.getvalue() + err.getvalue()
     return check
-
-
-def _cmyk_white(env: Env) -> Path:
-    return _folder_data(env, image=Image.new("CMYK", (32, 32), (0, 0, 0, 0)))
 
 
 CASES += [
@@ -573,6 +571,8 @@ CASES += [
     Case("resume-run-config-not-utf8", lambda e: _resume(_write(e.run(finished=False) / "config.yaml",
                                                                b"name: \xff\n").parent), 2,
          "config.yaml: line 1: not UTF-8 text (byte 0xff)"),
+    Case("resume-results-not-json", lambda e: _resume(_write(e.run(finished=False) / "results.json", "{").parent), 2,
+         "results.json: invalid JSON"),
     Case("resume-checkpoint-epoch-a-string", lambda e: _checkpoint_field(e, "epoch", "one"), 2,
          "last.pt: not a checkpoint mtlkit can resume (field 'epoch' is 'one', expected a count)"),
     Case("resume-checkpoint-best-a-list", lambda e: _checkpoint_field(e, "best", [1, 2]), 2,
