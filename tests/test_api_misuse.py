@@ -137,7 +137,7 @@ def _fit(tmp: Path, train_keys=("image", "seg", "depth"), model: nn.Module | Non
 
 
 def test_fit_refuses_a_task_no_batch_carries(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"the first batch has no the target of task\(s\) 'seg' "
+    with pytest.raises(ConfigError, match=r"the first batch has no target for task\(s\) 'seg' "
                                           r"\(its keys: \['depth', 'image', 'sgm'\]\)"):
         _fit(tmp_path, train_keys=("image", "sgm", "depth"))
     with pytest.raises(ConfigError, match="the first batch has no 'image'"):
@@ -192,3 +192,23 @@ def test_positional_mix_ups_elsewhere_in_the_api_are_errors() -> None:
     with pytest.raises(TypeError):
         mtlkit.fit(_TwoHeads(), [segmentation_task(3, name="seg")], _Samples(("image", "seg")),
                    _Samples(("image", "seg")), "pcgrad")  # type: ignore[misc]  everything after val_data: keywords
+
+
+def test_fit_trains_a_dataset_that_declares_partial_labels(tmp_path: Path) -> None:
+    """Batches of one task each are fine when the dataset says so (``partial_labels = True``)."""
+
+    class OneTaskPerBatch(_Samples):
+        partial_labels = True
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            sample = super().__getitem__(i)
+            return {k: v for k, v in sample.items() if k == "image" or k == ("seg" if i < 2 else "depth")}
+
+    tasks = [segmentation_task(3, name="seg"), depth_task("depth")]
+    loader = torch.utils.data.DataLoader(OneTaskPerBatch(("image", "seg", "depth")), batch_size=2)
+    run = mtlkit.fit(_TwoHeads(), tasks, loader, _Samples(("image", "seg", "depth")), batch_size=2,
+                     device="cpu", run_dir=tmp_path / "run")
+    assert (run / "results.json").is_file()
+    with pytest.raises(ConfigError, match=r"has no target for task\(s\) 'depth'"):  # undeclared: refused
+        mtlkit.fit(_TwoHeads(), tasks, torch.utils.data.DataLoader(_Samples(("image", "seg")), batch_size=2),
+                   _Samples(("image", "seg", "depth")), device="cpu", run_dir=tmp_path / "other")

@@ -119,7 +119,9 @@ def fit(
     if problem is not None:
         raise ConfigError(f"fit(name=...): {shorten(name)} {problem}")
     arch = type(model.module).__name__ if isinstance(model, ModuleModel) else _arch(model)
-    check_first_batch(model, tasks, train_loader, dev, partial=bool(getattr(train_data, "partial_labels", False)))
+    source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
+    partial = bool(getattr(source, "partial_labels", False))
+    check_first_batch(model, tasks, train_loader, dev, partial=partial)
     run_path = Path(run_dir) if run_dir is not None else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     meta = {"arch": arch, "weighting": method_name, "tasks": [t.name for t in tasks]}
     last = run_path / "checkpoints" / "last.pt"
@@ -128,7 +130,7 @@ def fit(
     loop = Loop(model=model, tasks=tasks, weighting=method, optimizer=optimizer, train_loader=train_loader,
                 val_loader=val_loader, device=dev, epochs=epochs, scheduler=scheduler, mode=mode,
                 grad_clip=grad_clip, max_steps=max_steps_per_epoch, speed=Speed(None, False, False),
-                progress=progress, grad_path=grad_path, meta=meta)
+                progress=progress, grad_path=grad_path, meta=meta, partial_batches=partial)
     seed_everything(seed)
     state = None
     if ckpt is not None:  # continue an interrupted fit in the same folder
@@ -174,7 +176,7 @@ def check_first_batch(model: MultiTaskModel, tasks: Sequence[Task], loader: Data
     names = [t.name for t in tasks]
     missing = [n for n in names if n not in batch]
     if "image" not in batch or (missing and not partial) or len(missing) == len(names):
-        what = "'image'" if "image" not in batch else f"the target of task(s) {', '.join(map(repr, missing))}"
+        what = "'image'" if "image" not in batch else f"target for task(s) {', '.join(map(repr, missing))}"
         raise ConfigError(f"fit(train_data=...): the first batch has no {what} (its keys: "
                           f"{shorten(sorted(map(str, batch)))}); a sample is {{'image': ..., <task name>: target}}"
                           + ("" if "image" not in batch else "; a dataset whose batches carry only some tasks "
