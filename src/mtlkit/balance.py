@@ -90,8 +90,8 @@ class Balancer:
 
         items = self._checked_losses(losses)
         values = torch.stack([loss.detach().reshape(()) for loss in items])
-        _check_finite(values, self.method.task_names)
         seen = dist.all_reduce_mean(values) if shared_losses is None else shared_losses
+        _check_finite(seen, self.method.task_names)  # the mean over processes: every rank stops together
         shared = _checked_params(shared_params, "shared_params")
         feats = None if features is None else _checked_tensors(features, "features")
         if task_params is not None:
@@ -201,8 +201,6 @@ def backward(
     Everything after ``shared_params`` is keyword-only (``method="pcgrad"``): a method name in a
     tensor's place would otherwise be taken for ``features``. Errors as :meth:`Balancer.backward`.
     """
-    if not isinstance(method, (str, Weighting)):
-        raise TypeError(f"method: expected a method name or a Weighting, got {type(method).__name__}")
     if isinstance(losses, Mapping):
         names: list[str] | int = [str(k) for k in losses]
     elif isinstance(losses, Tensor):
