@@ -22,6 +22,7 @@ from mtlkit.errors import ConfigError, MtlkitError, TrainingError, shorten
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
 from mtlkit.train.checkpoint import load_checkpoint
+from mtlkit.train.guards import check_forward
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TensorBoardLogger
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.runtime import rng_state, seed_everything, select_device, set_rng_state
@@ -161,8 +162,6 @@ def check_first_batch(model: MultiTaskModel, tasks: Sequence[Task], loader: Data
     may carry only some tasks), so only one task is required. Runs the model once in eval mode
     without gradients and restores every random state, so the run's numbers do not change.
     """
-    from mtlkit.train.guards import check_forward
-
     saved = rng_state()
     try:
         batch = next(iter(loader), None)
