@@ -153,6 +153,7 @@ def test_fit_refuses_a_model_without_a_task_output(tmp_path: Path) -> None:
 
 def test_fit_refuses_a_run_folder_of_another_fit(tmp_path: Path) -> None:
     run = _fit(tmp_path, max_steps_per_epoch=1)
+    (run / "results.json").unlink()  # as if interrupted: a fit of the same objects would continue it
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     with pytest.raises(TrainingError, match=r"holds a fit of another run \(weighting 'equal' \(now 'dwa'\)\)"):
         _fit(tmp_path, weighting="dwa", max_steps_per_epoch=1)

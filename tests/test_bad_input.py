@@ -571,8 +571,6 @@ CASES += [
     Case("resume-run-config-not-utf8", lambda e: _resume(_write(e.run(finished=False) / "config.yaml",
                                                                b"name: \xff\n").parent), 2,
          "config.yaml: line 1: not UTF-8 text (byte 0xff)"),
-    Case("resume-results-not-json", lambda e: _resume(_write(e.run(finished=False) / "results.json", "{").parent), 2,
-         "results.json: invalid JSON"),
     Case("resume-checkpoint-epoch-a-string", lambda e: _checkpoint_field(e, "epoch", "one"), 2,
          "last.pt: not a checkpoint mtlkit can resume (field 'epoch' is 'one', expected a count)"),
     Case("resume-checkpoint-best-a-list", lambda e: _checkpoint_field(e, "best", [1, 2]), 2,

@@ -98,7 +98,23 @@ class ModelConfig(_Strict):
     pretrained: str = Field("none", description="backbone weights: none | imagenet | path to a state dict")
     width: float = Field(1.0, gt=0, le=MAX_WIDTH, allow_inf_nan=False,
                          description="channel multiplier of every layer")
+    align_corners: bool = Field(False, description="ResNet DeepLabV3 heads upsample with align_corners=True "
+                                "(the MTAN authors' and LibMTL's setting); false = torchvision's")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _no_section_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """``model.options.align_corners`` (or pretrained, ...) would reach the model twice: name the right key."""
+        for key in value:
+            if key in cls.model_fields and key != "options":
+                raise ValueError(f"{key} is set as model.{key}, not under model.options")
+        return value
+
+
+#: keys added after run hashes were first published, with their default: a config leaves them out of
+#: its hash while at that default, so the runs and sweeps made before the key existed keep their hashes
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False}
 
 
 class WeightingConfig(_Strict):
@@ -180,9 +196,18 @@ class Config(_Strict):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def hashed_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :data:`HASH_NEUTRAL_DEFAULTS` keys that are at their default."""
+        data = self.to_dict()
+        for key, default in HASH_NEUTRAL_DEFAULTS.items():
+            section, name = key.split(".")
+            if data[section].get(name) == default:
+                del data[section][name]
+        return data
+
     def hash(self) -> str:
         """Short stable hash of the resolved config (provenance in results and reports)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        blob = json.dumps(self.hashed_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

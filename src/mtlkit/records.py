@@ -16,6 +16,12 @@ from mtlkit.errors import shorten
 
 R = TypeVar("R", bound="Record")
 
+#: config keys that do not change a run's results (where files go, hardware, display): a sweep's run
+#: with only these edited is not stale, and a resumed run may have them edited in its config.yaml
+HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
+                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last", "train.loggers",
+                "train.tracker_options")
+
 
 class Record:
     """JSON round-trip shared by the records: declared fields as keys, plus whatever ``extra`` holds."""

@@ -169,7 +169,7 @@ class FolderDataset(Dataset):
                  fit: str = "resize", augment: DenseAugment | None = None, max_samples: int | None = None,
                  seed: int = 0) -> None:
         self.root, self.split, self.tasks = Path(root), split, list(tasks)
-        self.fit, self.augment, self.seed = fit, augment, int(seed)
+        self.size, self.fit, self.augment, self.seed = size, fit, augment, int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         split_dir = self.root / split
         if not (split_dir / "images").is_dir():
@@ -261,6 +261,8 @@ def resize_sample(sample: dict[str, Tensor], tasks: Sequence[Task], size: tuple[
 class FolderBuilder(DatasetBuilder):
     """A user's folder of images and per-task targets described by its ``tasks.yaml``."""
 
+    dataset_class = FolderDataset
+
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
         for key in cfg.options:
@@ -346,7 +348,7 @@ class FolderBuilder(DatasetBuilder):
                     except DataError as err:
                         report.problems.append(str(err))
                         continue
-                    _account(report.stats[split][t.name], target)
+                    _account(report.stats[split][t.name], target, int(t.spec.missing(t, target).sum()))
             if self.size() is None:
                 shapes = report.stats[split]["images"].shapes
                 if len(shapes) > 1:
@@ -355,7 +357,9 @@ class FolderBuilder(DatasetBuilder):
         return report
 
 
-def _account(stats, tensor: Tensor) -> None:
-    """Add one checked tensor to a folder's statistics."""
+def _account(stats, tensor: Tensor, missing: int = 0) -> None:
+    """Add one checked tensor to a folder's statistics, with its ``missing`` (ignored / no value) pixels."""
     values = tensor.numpy()
-    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), 0)
+    pixels = values.shape[-2] * values.shape[-1] if values.ndim >= 2 else 1
+    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), missing,
+              pixels)

@@ -110,6 +110,33 @@ class Run:
         """Task declarations from results.json: name, kind, channels, metrics {m: higher}, main_metric."""
         return list((self.results or {}).get("tasks") or [])
 
+    @property
+    def wall_time(self) -> float | None:
+        """Seconds the run trained: results.json's wall time, else (unfinished) the last logged epoch's time
+        since the start (resumed parts included); None when neither was written."""
+        recorded = (self.results or {}).get("wall_time")
+        if recorded is not None:
+            return float(recorded)
+        logged = self.epochs[-1].get("time") if self.epochs else None
+        return float(logged) if logged is not None else None
+
+    @property
+    def logged_tasks(self) -> list[dict[str, Any]]:
+        """The task declarations of results.json, else (unfinished runs) the tasks metrics.jsonl logs:
+        ``name`` from the ``loss/<task>`` training keys, ``main_metric`` the first ``<task>/<metric>``
+        validation key, ``metrics`` empty (the better direction is not logged)."""
+        if self.tasks:
+            return self.tasks
+        if not self.epochs:
+            return []
+        first = self.epochs[0]
+        names = [k.removeprefix("loss/") for k in first.get("train") or {} if k.startswith("loss/")]
+        out = []
+        for name in names:
+            metric = next((k.split("/", 1)[1] for k in first.get("val") or {} if k.startswith(f"{name}/")), None)
+            out.append({"name": name, "main_metric": metric, "metrics": {}})
+        return out
+
     def values(self, source: str = "final", last: int = 1) -> dict[str, float]:
         """Validation metrics ``task/metric``: results' final/best, or the mean of the last ``last`` epochs."""
         if last > 1:

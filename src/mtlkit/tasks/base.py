@@ -179,6 +179,11 @@ class TaskKind:
         """A problem with one sample's target as stored (before collation), or None."""
         return None
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """Boolean mask of one sample's target pixels that carry no value (ignored labels, missing depth...):
+        what ``mtlkit data check`` reports as ignore/missing. Default: none ((H, W) for dense kinds, else a scalar)."""
+        return torch.zeros(target.shape[-2:] if self.dense else (), dtype=torch.bool)
+
     def resize(self, task: Task, target: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Nearest-neighbour resampling of a dense target at source ``rows`` x ``cols`` (exact values kept)."""
         if not self.dense:

@@ -41,6 +41,8 @@ class RunState:
     reference: dict[str, float] | None = None  # first epoch's validation metrics (delta_m baseline)
     history: list[EpochRecord] = field(default_factory=list)
     wall_time: float = 0.0
+    #: config edits a resume applied: ``{"key", "from", "to", "epoch"}`` (epoch: the first that ran with it)
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, rec: EpochRecord, score: float) -> bool:
         """Add an epoch's record; returns True when it is the new best."""
@@ -60,6 +62,7 @@ class RunState:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(), "epoch": self.epoch, "best": self.best.to_dict(), "reference": self.reference,
             "history": [r.to_dict() for r in self.history], "wall_time": self.wall_time,
+            "config_changes": [dict(c) for c in self.config_changes],
         }
 
     @classmethod
@@ -93,7 +96,7 @@ class RunState:
                        Best(_number(b["score"], "best.score"), _int(b["epoch"], "best.epoch"),
                             _metrics(b["val"], "best.val")),
                        reference, [EpochRecord.from_dict(r) for r in history],
-                       _number(ckpt["wall_time"], "wall_time"))
+                       _number(ckpt["wall_time"], "wall_time"), _changes(ckpt.get("config_changes")))
         except (TypeError, KeyError) as err:
             raise TrainingError(f"{path}: not a checkpoint mtlkit can resume ({err}); use the run's own "
                                 "checkpoints/last.pt") from None
@@ -115,4 +118,12 @@ def _metrics(value: Any, what: str) -> dict[str, float]:
     if not isinstance(value, dict):
         raise TypeError(f"field {what!r} is a {type(value).__name__}, expected a mapping of metrics")
     return dict(value)
+
+
+def _changes(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise TypeError("field 'config_changes' is not a list of changes")
+    return [dict(c) for c in value]
 

@@ -1,7 +1,8 @@
 """DualProj: GEM's dual-cone projection (Lopez-Paz & Ranzato, NeurIPS 2017) as a multi-task aggregator.
 
-Reference: "Gradient Episodic Memory for Continual Learning", NeurIPS 2017; as an aggregator in
-TorchJD (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024).
+Paper: [Gradient Episodic Memory for Continual Learning](https://arxiv.org/abs/1706.08840), NeurIPS 2017; as an
+aggregator in [TorchJD](https://github.com/TorchJD/torchjd) (Quinton & Rey, [Jacobian Descent for Multi-Objective
+Optimization](https://arxiv.org/abs/2406.16232), 2024).
 """
 
 from __future__ import annotations
@@ -33,12 +34,17 @@ def dualproj(grads: Tensor) -> tuple[Tensor, Tensor]:
 
 @WEIGHTINGS.register("dualproj")
 class DualProj(GramianWeighting):
-    """DualProj: the closest vector to the mean gradient that conflicts with no task gradient.
+    r"""DualProj: the closest vector to the mean gradient that conflicts with no task gradient.
 
-    d = argmin ||x - mean_k g_k|| subject to g_k . x >= 0 for all k (GEM's projection), found from
-    the K x K Gramian with an active-set NNLS (scipy). Options: none (TorchJD's mean preference).
-    Guarantees: g_k . d >= 0 for every k; non-conflicting gradients give the mean unchanged; the
-    weights are >= 1/K; opposite gradients give 0 (stationary at a Pareto-stationary point).
+    $$d = \arg\min_x \Big\lVert x - \frac{1}{K} \sum_k g_k \Big\rVert
+    \quad \text{subject to} \quad g_k^\top x \ge 0 \;\; \forall k$$
+
+    (GEM's projection), found from the $K \times K$ Gramian with an active-set NNLS (scipy).
+
+    Options: none (TorchJD's mean preference).
+
+    Guarantees: $g_k^\top d \ge 0$ for every $k$; non-conflicting gradients give the mean unchanged; the
+    weights are $\ge 1/K$; opposite gradients give 0 (stationary at a Pareto-stationary point).
     """
 
     properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal",

@@ -1,6 +1,6 @@
 """MGDA-UB (Sener & Koltun, NeurIPS 2018): the min-norm point of the convex hull of the gradients.
 
-Reference: "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018.
+Paper: [Multi-Task Learning as Multi-Objective Optimization](https://arxiv.org/abs/1810.04650), NeurIPS 2018.
 """
 
 from __future__ import annotations
@@ -61,19 +61,24 @@ def mgda(grads: Tensor, normalization: str = "none", losses: Tensor | None = Non
 
 @WEIGHTINGS.register("mgda")
 class MGDA(GramianWeighting):
-    """MGDA-UB: the shared update is the min-norm convex combination of the task gradients.
+    r"""MGDA-UB: the shared update is the min-norm convex combination of the task gradients.
 
-    In representation mode this is MGDA-UB proper (gradients w.r.t. the shared representation,
-    one backward through the encoder); in parameter mode it is exact MGDA.
+    $$d = \sum_k w_k \frac{g_k}{n_k}, \qquad
+    w = \arg\min_{w \in \Delta} \Big\lVert \sum_k w_k \frac{g_k}{n_k} \Big\rVert^2,$$
 
-    Options: normalization ("loss+", the setting of the authors' released configs; one of
-    "none", "l2", "loss", "loss+"): rows are divided by n_k before the min-norm problem, and the
-    update is the min-norm point of the normalised rows, sum_k w_k g_k / n_k (so the guarantee
-    below holds for every normalisation; the authors' code instead reused w_k as loss scales on the
-    raw losses). max_iter (250) and tol (1e-5): the Frank-Wolfe budget of the paper's solver.
-    Guarantees: d has a non-negative inner product with every task gradient (d . g_k >= ||d||^2
-    n_k >= 0), and d = 0 exactly when some convex combination of the (normalised) gradients
-    vanishes (Pareto stationarity). Weights on normalised rows sum to 1.
+    $\Delta$ the probability simplex, solved by Frank-Wolfe on the $K \times K$ Gramian. In representation
+    mode this is MGDA-UB proper (gradients w.r.t. the shared representation, one backward through the
+    encoder); in parameter mode it is exact MGDA.
+
+    Options: `normalization` (`"loss+"`, the setting of the authors' released configs; one of
+    `"none"`, `"l2"`, `"loss"`, `"loss+"`): the divisors $n_k$ are $1$, $\lVert g_k \rVert$, $L_k$ or
+    $L_k \lVert g_k \rVert$, and the update is the min-norm point of the normalised rows (so the guarantee
+    below holds for every normalisation; the authors' code instead reused $w_k$ as loss scales on the raw
+    losses). `max_iter` (250) and `tol` (1e-5): the Frank-Wolfe budget of the paper's solver.
+
+    Guarantees: $d$ has a non-negative inner product with every task gradient
+    ($d^\top g_k \ge \lVert d \rVert^2 n_k \ge 0$), and $d = 0$ exactly when some convex combination of the
+    (normalised) gradients vanishes (Pareto stationarity). The weights on normalised rows sum to 1.
     """
 
     properties = frozenset({"non_conflicting", "permutation_equivariant", "pareto_stationary"})

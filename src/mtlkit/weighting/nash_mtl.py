@@ -1,6 +1,6 @@
 """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, ICML 2022).
 
-Reference: "Multi-Task Learning as a Bargaining Game", ICML 2022.
+Paper: [Multi-Task Learning as a Bargaining Game](https://arxiv.org/abs/2202.01017), ICML 2022.
 """
 
 from __future__ import annotations
@@ -75,19 +75,28 @@ def nash_mtl(grads: Tensor, normalize: bool = False, max_norm: float = 0.0) -> t
 
 @WEIGHTINGS.register("nash_mtl")
 class NashMTL(GramianWeighting):
-    """Nash-MTL: the update d = G^T alpha with alpha_k (G G^T alpha)_k = 1, the Nash bargaining solution.
+    r"""Nash-MTL: the Nash bargaining solution among the tasks' improvements.
+
+    $$d = G^\top \alpha \quad \text{with} \quad \alpha_k \, (G G^\top \alpha)_k = 1 \;\; \forall k.$$
 
     The paper solves the fixed point by a sequence of convex programs (CCP with cvxpy, 20
     iterations). Here the same fixed point is the unique minimiser of the strictly convex
-    a^T G G^T a / 2 - sum_k log a_k, solved to machine precision by damped Newton on the K x K
-    Gramian (no cvxpy). Weights are updated every step.
-    Options: normalize (True, as the authors' code: solve on G G^T / ||G G^T||_F, which scales
-    d with the gradients' magnitude), max_norm (1.0, the authors' clip of the shared update's norm;
-    0 disables).
-    Guarantees: alpha_k > 0 and alpha_k (G G^T alpha)_k = c for every k (c = 1, or ||G G^T||_F
-    with normalize), i.e. d . g_k = c / alpha_k > 0: every task improves, by the proportional-
-    fairness amounts; then ||d|| <= max_norm.
+
+    $$\frac{1}{2} \alpha^\top G G^\top \alpha - \sum_k \log \alpha_k,$$
+
+    solved to machine precision by damped Newton on the $K \times K$ Gramian (no cvxpy). The weights are
+    updated every step.
+
+    Options: `normalize` (True, as the authors' code: solve on $G G^\top / \lVert G G^\top \rVert_F$, which
+    scales $d$ with the gradients' magnitude), `max_norm` (1.0, the authors' clip of the shared update's
+    norm; 0 disables).
+
+    Guarantees: $\alpha_k > 0$ and $\alpha_k (G G^\top \alpha)_k = c$ for every $k$ ($c = 1$, or
+    $\lVert G G^\top \rVert_F$ with `normalize`), i.e. $g_k^\top d = c / \alpha_k > 0$: every task improves,
+    by the proportional-fairness amounts; then $\lVert d \rVert \le$ `max_norm`.
     """
+
+    display_name = "Nash-MTL"
 
     properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant"})
 

@@ -1,7 +1,7 @@
 """SDMGrad (Xiao, Ban & Ji, NeurIPS 2023): stochastic direction-oriented multi-objective gradient.
 
-Reference: "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
-Algorithms", NeurIPS 2023.
+Paper: [Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
+Algorithms](https://arxiv.org/abs/2305.18409), NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -55,16 +55,20 @@ def sdmgrad(grads: Tensor, lam: float = 0.3, n_iter: int = 20) -> tuple[Tensor, 
 
 @WEIGHTINGS.register("sdmgrad")
 class SDMGrad(GramianWeighting):
-    """SDMGrad: MGDA's min-norm problem regularised towards the mean gradient, solved by projected SGD.
+    r"""SDMGrad: MGDA's min-norm problem regularised towards the mean gradient, solved by projected SGD.
 
-    w approximately minimises ||G^T w||^2 / 2 + lam <G^T w, g0> on the simplex (n_iter projected
-    momentum steps, warm-started from the previous step's w); the update is
-    d = (G^T w + lam g0) / (1 + lam). The paper draws three independent batches (one for G^T w, two
-    for an unbiased G G^T); here all three are the step's batch (the deterministic variant).
-    Options: lam (0.3, LibMTL's NYUv2 value), n_iter (20), lr (10, the authors' inner step size).
-    The weights w are a buffer (checkpointed).
-    Guarantees: w stays on the simplex; equal gradients give that gradient (the mean); lam -> inf
-    gives the mean gradient.
+    $$w \approx \arg\min_{w \in \Delta} \; \frac{1}{2} \lVert G^\top w \rVert^2 + \lambda \, (G^\top w)^\top g_0,
+    \qquad d = \frac{G^\top w + \lambda g_0}{1 + \lambda},$$
+
+    with $g_0$ the mean gradient, by `n_iter` projected momentum steps warm-started from the previous
+    step's $w$. The paper draws three independent batches (one for $G^\top w$, two for an unbiased
+    $G G^\top$); here all three are the step's batch (the deterministic variant).
+
+    Options: `lam` $\lambda$ (0.3, LibMTL's NYUv2 value), `n_iter` (20), `lr` (10, the authors' inner step
+    size). The weights $w$ are a buffer (checkpointed).
+
+    Guarantees: $w$ stays on the simplex; equal gradients give that gradient (the mean);
+    $\lambda \to \infty$ gives the mean gradient.
     """
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})

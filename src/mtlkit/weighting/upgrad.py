@@ -1,6 +1,6 @@
 """UPGrad (Quinton & Rey, 2024; TorchJD): unconflicting projection of gradients.
 
-Reference: "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232, 2024.
+Paper: [Jacobian Descent for Multi-Objective Optimization](https://arxiv.org/abs/2406.16232), arXiv 2024; code: [TorchJD](https://github.com/TorchJD/torchjd).
 """
 
 from __future__ import annotations
@@ -42,12 +42,16 @@ def upgrad(grads: Tensor, preference: Tensor | None = None) -> tuple[Tensor, Ten
 
 @WEIGHTINGS.register("upgrad")
 class UPGrad(GramianWeighting):
-    """UPGrad: project every task gradient onto the dual cone of all of them, then average.
+    r"""UPGrad: project every task gradient onto the dual cone of all of them, then average.
+
+    $$d = \frac{1}{K} \sum_k \pi(g_k), \qquad
+    \pi(g) = \arg\min_x \lVert x - g \rVert \;\; \text{subject to} \;\; g_j^\top x \ge 0 \;\; \forall j.$$
 
     Options: none (TorchJD's defaults: mean preference, exact QP; no regularisation needed since
     the NNLS solve handles singular Gramians).
-    Guarantees: d . g_k >= 0 for every k (each projection lies in the convex dual cone);
-    non-conflicting gradients are unchanged (d = mean of the g_k); the weights are >= 1/K each.
+
+    Guarantees: $g_k^\top d \ge 0$ for every $k$ (each projection lies in the convex dual cone);
+    non-conflicting gradients are unchanged ($d$ = the mean of the $g_k$); the weights are $\ge 1/K$ each.
     """
 
     properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal", "pareto_stationary",
