@@ -120,8 +120,9 @@ class Balancer:
         if feats is None and shared_params is None:
             raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
         shared = [p for p in shared if p.requires_grad]
-        _check_reach(items, feats if feats is not None else shared, self.method.task_names,
-                     "features" if feats is not None else "shared_params")
+        # with features, a loss that reaches the shared parameters only around them is _cut_inputs's to name
+        _check_reach(items, shared if feats is None else [*feats, *shared], self.method.task_names,
+                     "shared_params" if feats is None else "features or shared_params")
         self._gradient_backward(items, seen, shared, feats, task_params, scaler)
         return values
 
