@@ -40,7 +40,7 @@ gradients over the processes itself, so every rank applies the same update. The 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -51,8 +51,13 @@ from mtlkit.weighting.base import Weighting
 class Balancer:
     """A weighting method (by name or instance) and its state across steps; ``backward`` per step."""
 
-    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None,
+    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None, *,
                  mode: str | None = None, **options) -> None:
+        if isinstance(tasks, (str, bytes)) or tasks is not None and not isinstance(tasks, (int, Sequence)):
+            raise TypeError(f"tasks: expected a list of task names or a number of tasks, got {type(tasks).__name__}"
+                            + (f" {tasks!r} (one task: tasks=[{tasks!r}])" if isinstance(tasks, str) else ""))
+        if not isinstance(method, (str, Weighting)):
+            raise TypeError(f"method: expected a method name or a Weighting, got {type(method).__name__}")
         if isinstance(method, Weighting):
             if options:
                 raise TypeError("options are for a method given by name")
@@ -75,37 +80,81 @@ class Balancer:
         self,
         losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor,
         shared_params: Sequence[Tensor] | None = None,
-        features: Sequence[Tensor] | Tensor | None = None,
         *,
+        features: Sequence[Tensor] | Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
         scaler: torch.amp.GradScaler | None = None,
         shared_losses: Tensor | None = None,
     ) -> Tensor:
         """Fill ``.grad`` of the shared and task-specific parameters for ``losses``; returns the K losses.
 
-        ``features``: tensors every task's loss is computed from (computed from the shared
+        ``losses``: K scalar losses (a list, a K-vector, or ``{task: loss}`` keyed by the
+        Balancer's tasks). ``shared_params``: leaf tensors every task's loss depends on (what
+        gradient-level methods balance). ``features`` (keyword-only, as everything after
+        ``shared_params``): tensors every task's loss is computed from (computed from the shared
         parameters); given, gradients are taken w.r.t. them and back-propagated once into the
-        shared parameters. They must cut the graph, or be a :class:`FeatureCut` (module docstring). ``shared_losses``: the losses the method sees (default: ``losses``,
-        averaged over processes under torch.distributed).
+        shared parameters. They must cut the graph, or be a :class:`FeatureCut` (module docstring).
+        ``shared_losses``: the losses the method sees (default: ``losses``, averaged over processes
+        under torch.distributed).
+
+        Raises TypeError for an argument of the wrong type and ValueError, naming the task, for a
+        NaN/inf loss, a loss that does not require grad or does not reach ``shared_params``
+        (``features``), a non-leaf shared parameter, or mapping keys that are not the tasks;
+        nothing is back-propagated then.
         """
         from mtlkit.train import distributed as dist
 
-        items = _as_list(losses)
+        items = self._checked_losses(losses)
         values = torch.stack([loss.detach().reshape(()) for loss in items])
         seen = dist.all_reduce_mean(values) if shared_losses is None else shared_losses
+        _check_finite(seen, self.method.task_names)  # the mean over processes: every rank stops together
+        shared = _checked_params(shared_params, "shared_params")
+        feats = features if features is None or isinstance(features, FeatureCut) else _checked_tensors(
+            features, "features")
+        if task_params is not None:
+            _checked_params(task_params, "task_params")
         if not self.method.needs_gradients:
             total = self.method.combine(dist.globalize(torch.stack([loss.reshape(()) for loss in items])))
             (scaler.scale(total) if scaler is not None else total).backward()
             return values
-        shared = [p for p in (shared_params or []) if p.requires_grad]
-        if features is not None:
-            feats = features if isinstance(features, FeatureCut) else _as_features(features)
-            self._gradient_backward(items, seen, shared, feats, task_params, scaler)
-        else:
-            if shared_params is None:
-                raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
-            self._gradient_backward(items, seen, shared, None, task_params, scaler)
+        if feats is None and shared_params is None:
+            raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
+        shared = [p for p in shared if p.requires_grad]
+        # with features, a loss that reaches the shared parameters only around them is _cut_inputs's to name
+        _check_reach(items, shared if feats is None else [*feats, *shared], self.method.task_names,
+                     "shared_params" if feats is None else "features or shared_params")
+        self._gradient_backward(items, seen, shared, feats, task_params, scaler)
         return values
+
+    def _checked_losses(self, losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor) -> list[Tensor]:
+        """The K losses in task order; wrong types, counts or names are errors naming ``losses``."""
+        names = self.method.task_names
+        if isinstance(losses, Mapping):
+            unknown = [k for k in losses if k not in names]
+            missing = [n for n in names if n not in losses]
+            if unknown or missing:
+                raise ValueError(f"losses: keys {sorted(map(str, losses))} are not the Balancer's tasks {names}"
+                                 + (f" (unknown: {unknown})" if unknown else "")
+                                 + (f" (missing: {missing})" if missing else ""))
+            items = [losses[n] for n in names]
+        elif isinstance(losses, Tensor):
+            items = list(losses.reshape(-1).unbind(0))
+        elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+            items = list(losses)
+        else:
+            raise TypeError(f"losses: expected a list, a tensor or a mapping of task losses, got "
+                            f"{type(losses).__name__}")
+        for name, loss in zip(names, items):
+            if not isinstance(loss, Tensor):
+                raise TypeError(f"losses: the loss of task {name!r} is a {type(loss).__name__}, not a tensor")
+            if loss.numel() != 1:
+                raise ValueError(f"losses: the loss of task {name!r} has shape {tuple(loss.shape)}, expected a scalar")
+            if not loss.requires_grad:
+                raise ValueError(f"losses: the loss of task {name!r} does not require grad (computed under "
+                                 "torch.no_grad(), detached, or from no trainable parameter)")
+        if len(items) != len(names):
+            raise ValueError(f"losses: {len(items)} losses for the Balancer's {len(names)} tasks {names}")
+        return items
 
     def _gradient_backward(self, items: list[Tensor], seen: Tensor, shared: list[Tensor],
                            features: list[Tensor] | None, task_params: Sequence[Tensor] | None,
@@ -163,27 +212,91 @@ class Balancer:
 def backward(
     losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor,
     shared_params: Sequence[Tensor] | None = None,
-    features: Sequence[Tensor] | Tensor | None = None,
+    *,
     method: str | Weighting = "equal",
+    features: Sequence[Tensor] | Tensor | None = None,
     **kwargs,
 ) -> Tensor:
-    """One balanced backward pass with a fresh method (stateless methods; keep a :class:`Balancer` otherwise)."""
-    names = list(losses) if isinstance(losses, Mapping) else len(_as_list(losses))
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("task_params", "scaler", "shared_losses")}
-    return Balancer(method, names, **options).backward(losses, shared_params, features, **kwargs)
+    """One balanced backward pass with a fresh method (stateless methods; keep a :class:`Balancer` otherwise).
 
-
-def _as_list(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor) -> list[Tensor]:
+    Everything after ``shared_params`` is keyword-only (``method="pcgrad"``): a method name in a
+    tensor's place would otherwise be taken for ``features``. Errors as :meth:`Balancer.backward`.
+    """
     if isinstance(losses, Mapping):
-        return list(losses.values())
-    if isinstance(losses, Tensor):
-        return list(losses.reshape(-1).unbind(0))
-    return list(losses)
+        names: list[str] | int = [str(k) for k in losses]
+    elif isinstance(losses, Tensor):
+        names = losses.numel()
+    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+        names = len(losses)
+    else:
+        raise TypeError(f"losses: expected a list, a tensor or a mapping of task losses, got {type(losses).__name__}")
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("task_params", "scaler", "shared_losses")}
+    return Balancer(method, names, **options).backward(losses, shared_params, features=features, **kwargs)
 
 
-def _as_features(features: Sequence[Tensor] | Tensor) -> list[Tensor]:
-    """``features`` as a list of tensors (one tensor is a list of one)."""
-    return [features] if isinstance(features, Tensor) else list(features)
+def _checked_tensors(values: Sequence[Tensor] | Tensor, what: str) -> list[Tensor]:
+    """``values`` as a list of tensors; anything else (a method name, a module) is a TypeError naming ``what``."""
+    if isinstance(values, Tensor):
+        return [values]
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what}: expected tensors, got {type(values).__name__}"
+                        + (f" {values!r} (method names go in method=...)" if isinstance(values, str) else ""))
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{what}[{i}]: expected a tensor, got {type(v).__name__}")
+    return out
+
+
+def _checked_params(params: Sequence[Tensor] | None, what: str) -> list[Tensor]:
+    """Parameters as a list of leaf tensors (a generator such as ``model.parameters()`` is read once)."""
+    if params is None:
+        return []
+    if isinstance(params, torch.nn.Module):
+        raise TypeError(f"{what}: expected parameters, got the module {type(params).__name__} "
+                        "(pass module.parameters())")
+    out = _checked_tensors(params, what)
+    for i, p in enumerate(out):
+        if not p.is_leaf:
+            raise ValueError(f"{what}[{i}] is not a leaf tensor (it was computed from other tensors, so its "
+                             ".grad would not reach the parameters): pass the parameters themselves")
+    return out
+
+
+def _check_finite(values: Tensor, names: Sequence[str]) -> None:
+    """A NaN/inf loss is a ValueError naming its task (nothing is back-propagated)."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        which = [f"{n}={v:g}" for n, v, b in zip(names, values.tolist(), bad.tolist()) if b]
+        raise ValueError(f"losses: non-finite loss for task(s) {', '.join(which)}; nothing was back-propagated")
+
+
+def _check_reach(items: Sequence[Tensor], inputs: Sequence[Tensor], names: Sequence[str], what: str) -> None:
+    """Every loss depends on at least one of ``inputs`` (else the method would silently get a zero gradient)."""
+    if not inputs:
+        raise ValueError(f"{what}: empty (no tensor requiring grad), so the method has nothing to balance")
+    targets = {id(t) for t in inputs}
+    graph_targets = {id(t.grad_fn) for t in inputs if t.grad_fn is not None}
+    for name, loss in zip(names, items):
+        if not _reaches(loss, targets, graph_targets):
+            raise ValueError(f"losses: the loss of task {name!r} does not depend on {what}")
+
+
+def _reaches(output: Tensor, leaves: set[int], nodes: set[int]) -> bool:
+    """Whether ``output``'s autograd graph reaches a leaf whose id is in ``leaves`` or a node in ``nodes``."""
+    if id(output) in leaves:
+        return True
+    seen: set[int] = set()
+    stack = [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        if id(node) in nodes or id(getattr(node, "variable", None)) in leaves:
+            return True
+        seen.add(id(node))
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
 
 
 class FeatureCut(list):
@@ -208,7 +321,7 @@ class FeatureCut(list):
     """
 
     def __init__(self, features: Sequence[Tensor] | Tensor) -> None:
-        sources = _as_features(features)
+        sources = _checked_tensors(features, "FeatureCut(features)")
         super().__init__(f.detach().requires_grad_(f.requires_grad) for f in sources)
         self.sources = sources
 

@@ -72,6 +72,11 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
     ``align_corners=True`` (the MTAN authors', Auto-Lambda's and LibMTL's setting) instead of
     torchvision's False; an architecture without such heads refuses True.
     """
+    if not isinstance(arch, str):
+        raise ConfigError(f"build_model: arch must be an architecture name, got {type(arch).__name__}")
+    if isinstance(tasks, (str, bytes)) or not all(isinstance(t, Task) for t in tasks):
+        raise ConfigError("build_model: tasks must be a list of Task objects (mtlkit.tasks.segmentation_task, ...)")
+    check_width(width)
     cls = model_class(arch, backbone)
     accepted = model_options(cls)
     if accepted is not None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlkit.io import atomic_write_json, atomic_write_text
+from mtlkit.io import atomic_write_json, atomic_write_text, output_error
 from mtlkit.report import html as html_writer
 from mtlkit.report import markdown as md_writer
 from mtlkit.report import plots
@@ -82,8 +82,11 @@ def make_report(paths: list[Path], out: Path, options: ReportOptions | None = No
     """Read the runs under ``paths`` and write the report files into ``out``."""
     opts = options or ReportOptions()
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     col = collect([Path(p) for p in paths])
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(out / "figures", err) from None
     last = opts.last if opts.last is not None else _runs_report_last(col.runs, opts.source)
     tables = build_tables(col.runs, opts.source, last, opts.baseline, opts.references)
     builder = _Builder(out, opts, loader or default_loader)

@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from mtlkit.catalog import presets
-from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
-from mtlkit.errors import ConfigError
+from mtlkit.config import Config, apply_overrides, config_from_dict, folder_name_problem, read_yaml, set_dotted
+from mtlkit.errors import ConfigError, shorten
 from mtlkit.records import HASH_IGNORED
 from mtlkit.sweep.options import ExecutorOptions, executor_options
 
@@ -234,6 +234,9 @@ def sweep_from_dict(
         if key in grid:
             raise ConfigError(f"{where}: grid key {key!r} is set by the sweep itself")
     name = data.get("name") or (source.stem if source is not None else "sweep")
+    problem = folder_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"{where}: name {shorten(name)} {problem} (the sweep folder is <out_dir>/<name>)")
     fixed, listed = _overrides(data.get("overrides"), where)
     run_name = data.get("run_name")
     if run_name is not None and not isinstance(run_name, str):

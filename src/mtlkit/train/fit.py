@@ -4,14 +4,15 @@ The same loop as ``mtlkit train`` (:func:`mtlkit.train.loop.run`) into the same 
 ``config.yaml`` (what ran, as far as the objects say: registered names where the classes are
 registered), ``metrics.jsonl``, ``results.json`` (#P where the model came from ``build_model``),
 ``tb/`` (TensorBoard, on by default), checkpoints every epoch (a second call with the same
-``run_dir`` continues an interrupted run; one that finished is refused). Progress is shown by default where a terminal is attached.
+``run_dir`` continues an interrupted run; one that finished is refused). Progress is shown by
+default where a terminal is attached.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +21,20 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from mtlkit.config import config_from_dict, save_config
+from mtlkit.config import config_from_dict, folder_name_problem, save_config
 from mtlkit.data.sampling import make_loader
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, MtlkitError, TrainingError, shorten
 from mtlkit.io import atomic_write_text, output_error
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS, Registry
 from mtlkit.tasks import Task
 from mtlkit.trackers import factory, tracking
 from mtlkit.train.checkpoint import load_checkpoint
+from mtlkit.train.guards import check_forward
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TrackersLogger
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import clean_interrupted_writes, lock_run_dir, read_results_safely, run_locks
-from mtlkit.train.runtime import seed_everything, select_device
+from mtlkit.train.runtime import rng_state, seed_everything, select_device, set_rng_state
 from mtlkit.train.speed import Speed
 from mtlkit.train.state import RunState
 from mtlkit.weighting.base import Weighting
@@ -56,7 +58,9 @@ class ModuleModel(MultiTaskModel):
 
     def forward(self, x: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
         out = self.module(x)
-        return out if tasks is None else {k: out[k] for k in tasks}
+        if tasks is None or not isinstance(out, Mapping):
+            return out
+        return {k: v for k, v in out.items() if k in tasks}
 
     def shared_parameters(self) -> list[nn.Parameter]:
         if self._shared is None:
@@ -120,27 +124,36 @@ def fit(
             optimizer.add_param_group({"params": extra})
     train_loader = train_data if isinstance(train_data, DataLoader) else make_loader(train_data, batch_size, True, seed)
     val_loader = val_data if isinstance(val_data, DataLoader) else make_loader(val_data, batch_size, False, seed)
+    problem = folder_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"fit(name=...): {shorten(name)} {problem}")
+    arch = _registered_name(ARCHITECTURES, type(model.module) if isinstance(model, ModuleModel) else type(model))
+    source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
+    partial = bool(getattr(source, "partial_labels", False))
+    check_first_batch(model, tasks, train_loader, dev, partial=partial)
     run_path = Path(run_dir) if run_dir is not None else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    meta = {"arch": arch, "weighting": method_name, "tasks": [t.name for t in tasks]}
+    last = run_path / "checkpoints" / "last.pt"
+    ckpt = _previous_fit(last, meta) if last.is_file() else None
     progress = sys.stderr.isatty() if progress is None else progress
     loop = Loop(model=model, tasks=tasks, weighting=method, optimizer=optimizer, train_loader=train_loader,
                 val_loader=val_loader, device=dev, epochs=epochs, scheduler=scheduler, mode=mode,
                 grad_clip=grad_clip, max_steps=max_steps_per_epoch, speed=Speed(None, False, False),
-                progress=progress, grad_path=grad_path,
+                progress=progress, grad_path=grad_path, meta=meta, partial_batches=partial,
                 results_extra={"eval": {"protocol": "pooled", "batch_size": train_loader.batch_size,
                                         "select_best": True, "report_last": 1}})
-    arch = _registered_name(ARCHITECTURES, type(model.module) if isinstance(model, ModuleModel) else type(model))
     with run_locks():
         claim_fit_dir(run_path)
-        config = describe(name=name, run_path=run_path, seed=seed, arch=arch, model=model, data=(train_loader, val_loader),
+        config = describe(name=name, run_path=run_path, seed=seed, arch=arch, model=model,
+                          data=(train_loader, val_loader),
                           weighting=method_name, weighting_options=weighting_options, mode=mode, grad_path=grad_path,
                           optimizer=optimizer, scheduler=scheduler, epochs=epochs, device=dev, grad_clip=grad_clip,
                           max_steps=max_steps_per_epoch, progress=progress, tensorboard=tensorboard)
-        config_hash = write_config(run_path, config)
         seed_everything(seed)
         state = None
-        last = run_path / "checkpoints" / "last.pt"
-        if last.is_file():  # continue an interrupted fit in the same folder
-            state = RunState.restore(load_checkpoint(last), model, method, optimizer, scheduler, None)
+        if ckpt is not None:  # continue an interrupted fit in the same folder (before config.yaml is rewritten)
+            state = _restore(last, ckpt, model, method, optimizer, scheduler)
+        config_hash = write_config(run_path, config)
         info = RunInfo(name=name, arch=arch, weighting=method_name, dataset=config["dataset"]["name"],
                        config_hash=config_hash, params_ratio=_params_ratio(model), capabilities=model.capabilities())
         with tracking() as trackers:
@@ -154,6 +167,61 @@ def fit(
             for lg in logs:
                 lg.log_params(config)
             return run(loop, run_path, info, logs, state)
+
+
+def check_first_batch(model: MultiTaskModel, tasks: Sequence[Task], loader: DataLoader, device: torch.device,
+                      partial: bool = False) -> None:
+    """The first training batch holds ``image`` and every task's target, and the model predicts each task.
+
+    ``partial``: the dataset declares partial labels (``dataset.partial_labels = True``: a batch
+    may carry only some tasks), so only one task is required. Runs the model once in eval mode
+    without gradients and restores every random state, so the run's numbers do not change.
+    """
+    saved = rng_state()
+    try:
+        batch = next(iter(loader), None)
+    finally:
+        set_rng_state(saved)
+    if batch is None:
+        raise ConfigError("fit(train_data=...): no training batch (an empty dataset?)")
+    if not isinstance(batch, Mapping):
+        raise ConfigError(f"fit(train_data=...): a batch is a {type(batch).__name__}, expected a dict of "
+                          "'image' and one target per task (a dataset of sample dicts)")
+    names = [t.name for t in tasks]
+    missing = [n for n in names if n not in batch]
+    if "image" not in batch or (missing and not partial) or len(missing) == len(names):
+        what = "'image'" if "image" not in batch else f"target for task(s) {', '.join(map(repr, missing))}"
+        raise ConfigError(f"fit(train_data=...): the first batch has no {what} (its keys: "
+                          f"{shorten(sorted(map(str, batch)))}); a sample is {{'image': ..., <task name>: target}}"
+                          + ("" if "image" not in batch else "; a dataset whose batches carry only some tasks "
+                             "declares partial_labels = True"))
+    check_forward(model, tasks, batch, device)
+
+
+def _previous_fit(last: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of the fit that ``last`` continues; one made by another model or method is refused."""
+    ckpt = load_checkpoint(last)
+    before = ckpt.get("meta")
+    if isinstance(before, dict):
+        diffs = [f"{k} {shorten(before[k])} (now {shorten(meta[k])})"
+                 for k in meta if k in before and before[k] != meta[k]]
+        if diffs:
+            raise TrainingError(f"{last.parents[1]}: holds a fit of another run ({'; '.join(diffs)}); a run folder "
+                                "holds one run: pass fit(run_dir=...) a new folder")
+    return ckpt
+
+
+def _restore(last: Path, ckpt: dict[str, Any], model: MultiTaskModel, method: Weighting,
+             optimizer: torch.optim.Optimizer, scheduler: Any) -> RunState:
+    """The objects put back from ``last``; a state that does not fit them is one line, not a state-dict dump."""
+    try:
+        return RunState.restore(ckpt, model, method, optimizer, scheduler, None)
+    except MtlkitError:
+        raise
+    except Exception as err:  # noqa: BLE001 - load_state_dict raises RuntimeError/KeyError/ValueError/...
+        raise TrainingError(f"{last}: does not fit this model, method and optimizer ({type(err).__name__}: "
+                            f"{shorten(str(err).strip().splitlines()[-1], 160)}); a run folder holds one run: "
+                            "pass fit(run_dir=...) a new folder") from None
 
 
 def claim_fit_dir(run_path: Path) -> None:

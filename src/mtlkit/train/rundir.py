@@ -22,6 +22,7 @@ import mtlkit
 from mtlkit.config import Config, save_config
 from mtlkit.errors import ConfigError, MtlkitError, OutputError
 from mtlkit.io import atomic_write_json, atomic_write_text, json_safe, output_error, remove_stale_temp_files, to_json
+from mtlkit.readers import read_text
 from mtlkit.train import distributed as dist
 
 #: suffixes tried after ``<name>-<timestamp>`` before giving up (runs started in the same second)
@@ -213,10 +214,9 @@ def check_new_run_dir(run_dir: Path, cfg: Config) -> None:
 def read_results_safely(run_dir: Path) -> dict[str, Any] | None:
     """results.json as a dict, or None when it is absent or unreadable (not JSON, not an object)."""
     try:
-        data = read_results(run_dir)
-    except (OSError, ValueError):
+        return read_results(run_dir)
+    except (OSError, ConfigError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def clean_interrupted_writes(run_dir: Path) -> list[Path]:
@@ -303,10 +303,15 @@ def history_line(record: dict[str, Any]) -> str:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
+    """The epoch objects of ``path/metrics.jsonl`` (none without one); a bad line is a ConfigError naming it."""
     file = path / "metrics.jsonl"
     if not file.is_file():
         return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(read_text(file).splitlines()):
+        if line.strip():
+            out.append(_json_object(line, f"{file}: line {i + 1}"))
+    return out
 
 
 def git_commit() -> str | None:
@@ -335,5 +340,16 @@ def write_results(path: Path, results: dict[str, Any]) -> None:
 
 
 def read_results(path: Path) -> dict[str, Any] | None:
+    """``path/results.json`` (None without one); not JSON, or not an object, is a ConfigError naming the file."""
     file = path / "results.json"
-    return json.loads(file.read_text()) if file.is_file() else None
+    return _json_object(read_text(file), str(file)) if file.is_file() else None
+
+
+def _json_object(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where}: invalid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value

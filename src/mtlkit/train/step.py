@@ -137,14 +137,25 @@ class StepRunner:
         shared = [p for p in core.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in shared}
         own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
-        self._balancer.backward(per_task, shared, features, task_params=own, scaler=self.scaler,
+        self._balancer.backward(per_task, shared, features=features, task_params=own, scaler=self.scaler,
                                 shared_losses=shared_losses)
         return losses
 
 
 def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
-    """A ConfigError when ``weighting.mode=representation`` cannot run with this model or method."""
-    if not (weighting.needs_gradients and mode == "representation"):
+    """A ConfigError when a gradient-level method cannot run with this model in ``weighting.mode``.
+
+    ``parameters`` needs shared parameters (a single-task model has none: the method would balance
+    nothing), ``representation`` a shared representation and a method that supports it.
+    """
+    if not weighting.needs_gradients:
+        return
+    if mode == "parameters" and not any(p.requires_grad for p in model.shared_parameters()):
+        raise ConfigError(
+            f"weighting.name: {type(weighting).__name__} balances gradients of shared parameters, and "
+            f"architecture {type(model).__name__} has none; use a loss-level method such as equal"
+        )
+    if mode != "representation":
         return
     if not model.supports_representation:
         raise ConfigError(

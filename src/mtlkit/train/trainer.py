@@ -214,7 +214,7 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers, resuming: boo
     if ckpt is not None:
         last = run_path / "checkpoints" / "last.pt"
         restore_training_state(last, ckpt, model, weighting, optimizer, scheduler, scaler)
-        state = RunState.from_checkpoint(ckpt)
+        state = RunState.from_checkpoint(ckpt, last)
         state.config_changes += resume_changes(run_path, ckpt.get("meta"), cfg, state.epoch)
     loop = Loop(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
                 train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
