@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from mtlkit.balance import FeatureCut
 from mtlkit.errors import ConfigError
 from mtlkit.models import build_model
 from mtlkit.registry import WEIGHTINGS
@@ -119,10 +120,12 @@ class GramianOnlyStep:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
+        cut = None
         if self.mode == "representation":
-            reps = self.model.encode(batch["image"])
-            preds = self.model.decode(reps)
-            inputs = list(reps)
+            # decode reads detached copies: the Gramian is of partial derivatives (MTAN's tensors chain)
+            cut = FeatureCut(self.model.encode(batch["image"]))
+            preds = self.model.decode(cut)
+            inputs = list(cut)
         else:
             preds = self.model(batch["image"])
             inputs = [p for p in self.model.shared_parameters() if p.requires_grad]
@@ -131,6 +134,8 @@ class GramianOnlyStep:
         w = self.method.gramian_weights(g, torch.stack([x.detach() for x in losses]).double().cpu())
         self.method.last_weights = w.float()
         weighted_backward(losses, w)
+        if cut is not None:  # the copies now hold sum_k w_k dL_k/dcopy: one backward through the encoder
+            torch.autograd.backward(cut.sources, [c.grad for c in cut])
         self.optimizer.step()
         return torch.stack([x.detach() for x in losses])
 

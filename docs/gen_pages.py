@@ -32,16 +32,25 @@ NAV = [
     ("Guides", [
         ("Train on your own data", "own-data.md"),
         ("Use it in your own training loop", "training-loop.md"),
+        ("Runs, presets and trackers", "usage.md"),
+        ("Reproducing the paper", "reproducing.md"),
         ("Running a grid on a cluster", "cluster.md"),
         ("Scaling to GPUs", "scaling.md"),
+        ("Visual Decathlon", "decathlon.md"),
     ]),
     ("Reference", [
+        ("Python API", "api.md"),
         ("Architectures", "@architectures"),
+        ("Architectures, backbones and #P", "models.md"),
         ("Weighting methods", "@weighting"),
+        ("Weighting methods compared", "methods.md"),
         ("Datasets", "datasets.md"),
+        ("Built-in datasets in detail", "data.md"),
         ("Presets", "presets.md"),
         ("Command line", "cli.md"),
         ("How the pieces fit", "ARCHITECTURE.md"),
+        ("Differences from LibMTL and the authors' code", "differences.md"),
+        ("Development and dependencies", "development.md"),
     ]),
     ("Results", [
         ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
@@ -55,8 +64,9 @@ NAV = [
     ]),
     ("Changelog", "changelog.md"),
 ]
-#: constructor arguments that are not user options
-_NOT_OPTIONS = {"self", "tasks", "task_names", "width", "cfg"}
+#: constructor arguments that are not user options (an architecture's backbone, pretrained and
+#: align_corners are the keys model.backbone, model.pretrained and model.align_corners)
+_NOT_OPTIONS = {"self", "tasks", "task_names", "width", "cfg", "backbone", "pretrained", "align_corners"}
 
 
 def first_line(obj: object) -> str:
@@ -87,10 +97,13 @@ def path_of(cls: type) -> str:
 
 
 def member_page(kind: str, name: str, cls: type, key: str, extra: list[str]) -> str:
-    """A page for one registered class: summary, how to select it, options, then its docstrings."""
-    lines = [f"# `{name}`", "", first_line(cls), "", f"Select it with `{key}={name}`.", ""]
+    """A page for one registered class: how to select it, its docstring (summary once), options, paper."""
+    lines = [f"# `{name}`", "", f"Select it with `{key}={name}`.", ""]
     lines += extra
+    # the class docstring starts with the summary line the index shows: rendered once, here
+    lines += [f"::: {path_of(cls)}", "    options:", "      show_root_heading: false", "      members: false", ""]
     opts = options(cls)
+    lines += ["## Options", ""]
     if opts:
         prefix = "model.options" if kind == "architecture" else "weighting.options"
         lines += ["| option | default |", "|---|---|"]
@@ -99,11 +112,11 @@ def member_page(kind: str, name: str, cls: type, key: str, extra: list[str]) -> 
     else:
         lines += ["It takes no options.", ""]
     module = sys.modules[cls.__module__]
-    lines += [f"## The class `{path_of(cls)}`", "", f"::: {path_of(cls)}", "    options:",
-              "      show_root_heading: false", "      members: false", ""]
     if inspect.getdoc(module):
-        lines += [f"## The module `{cls.__module__}`", "", f"::: {cls.__module__}", "    options:",
-                  "      show_root_heading: false", "      members: false", ""]
+        title = "Paper and module" if kind == "weighting method" else "Module"
+        lines += [f"## {title}", "", f"`{cls.__module__}`, class `{cls.__qualname__}`.", "",
+                  f"::: {cls.__module__}", "    options:", "      show_root_heading: false",
+                  "      show_root_toc_entry: false", "      members: false", ""]
     return "\n".join(lines)
 
 

@@ -11,7 +11,9 @@ together is in tests/test_rundir.py (it needs several processes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import tiny_config
 from mtlkit import io as mtlkit_io
@@ -434,6 +437,182 @@ CASES = [
          "mtlkit: warning: " ),
     Case("report-shows-why-a-run-failed", lambda e: _report(e, _failed_run(e)), 0, "report:",
          check=_report_shows_failure),
+]
+
+
+# --------------------------------------------------------------------------- files that must not take the
+# machine, paths that leave out_dir, silent wrong input, reports as inputs
+
+
+def _alias_bomb(levels: int = 10) -> str:
+    """A ~1 KB YAML whose anchors expand to 9**levels strings ("billion laughs")."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def _folder_data(env: Env, tasks_yaml: str | bytes = "tasks:\n  - {name: seg, kind: segmentation, channels: 3}\n",
+                 seg: np.ndarray | None = None) -> Path:
+    """A folder dataset of 32x32 PNGs (2 train, 1 val) with one 3-class task 'seg' (``seg``: train/seg/0.npy)."""
+    root = env.tmp / "folder"
+    _write(root / "tasks.yaml", tasks_yaml)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2), ("val", 1)):
+        for i in range(n):
+            (root / split / "images").mkdir(parents=True, exist_ok=True)
+            (root / split / "seg").mkdir(parents=True, exist_ok=True)
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / split / "images" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 3, (32, 32), dtype=np.uint8)).save(root / split / "seg" / f"{i}.png")
+    if seg is not None:
+        (root / "train" / "seg" / "0.png").unlink()
+        np.save(root / "train" / "seg" / "0.npy", seg)
+    return root
+
+
+def _folder_config(env: Env, root: Path) -> str:
+    return env.config(dataset={"name": "folder", "root": str(root), "num_classes": None, "height": None,
+                               "width": None, "n_train": None, "n_val": None, "options": {}})
+
+
+def _nothing_outside(env: Env) -> None:
+    """Nothing was made where the names would land: next to or above the scratch folder, or nested."""
+    for where, pattern in ((env.tmp.parent, "escape*"), (env.tmp.parent, "abs*"), (env.tmp.parent.parent, "x")):
+        assert not list(where.glob(pattern))
+    assert not env.out.exists()
+
+
+def _sweep_file(env: Env, name: str) -> list[str]:
+    base = env.config()
+    path = _write(env.tmp / "sweep.yaml", f"name: {json.dumps(name)}\nbase: {base}\nout_dir: {env.out}\n"
+                                          "grid: {seed: [0, 1]}\n")
+    return ["sweep", str(path), "--dry-run"]
+
+
+def _report_edited(env: Env, file: str, edit: Callable[[dict], None]) -> list[str]:
+    run = env.run()
+    path = run / file
+    if file == "metrics.jsonl":
+        record = json.loads(path.read_text().splitlines()[0])
+        edit(record)
+        path.write_text(json.dumps(record) + "\n")
+    elif file == "config.yaml":
+        data = yaml.safe_load(path.read_text())
+        edit(data)
+        path.write_text(yaml.safe_dump(data))
+    else:
+        data = json.loads(path.read_text())
+        edit(data)
+        path.write_text(json.dumps(data))
+    return _report(env, run)
+
+
+def _checkpoint_field(env: Env, key: str, value) -> list[str]:
+    run = env.run(finished=False)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    state[key] = value
+    torch.save(state, run / "checkpoints" / "last.pt")
+    return _resume(run)
+
+
+def _data_check_reports(fragment: str) -> Callable[[Env], None]:
+    """``mtlkit data check`` of the same folder reports the problem too (exit 1, one line naming it)."""
+    def check(env: Env) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(["data", "check", "folder", str(env.tmp / "folder"), "--quiet"])
+        assert code == 1
+        assert fragment in out.getvalue() + err.getvalue()
+    return check
+
+
+CASES += [
+    # ---- a file must not take the machine
+    Case("config-alias-bomb", lambda e: ["train", str(_write(e.tmp / "bomb.yaml", _alias_bomb()))], 2,
+         "bomb.yaml: YAML expands to more than 100,000 values"),
+    Case("tasks-yaml-alias-bomb", lambda e: ["train", _folder_config(e, _folder_data(
+        e, "tasks:\n  - {name: seg, kind: segmentation, channels: 3}\n" + _alias_bomb()))], 2,
+         "tasks.yaml: YAML expands to more than 100,000 values"),
+    Case("sweep-alias-bomb", lambda e: ["sweep", str(_write(e.tmp / "sweep.yaml", _alias_bomb())), "--dry-run"], 2,
+         "sweep.yaml: YAML expands to more than 100,000 values"),
+    Case("override-long-value-shortened", lambda e: ["train", e.config(), "train.epochs=" + "many" * 5000], 2,
+         "train.epochs: Input should be a valid integer, unable to parse string as an integer (got 'manymany"),
+    Case("tasks-yaml-huge-channels", lambda e: ["train", _folder_config(e, _folder_data(
+        e, "tasks:\n  - {name: seg, kind: segmentation, channels: 1099511627776}\n"))], 2,
+         "task 'seg': channels 1099511627776 is more than 100,000"),
+    Case("huge-num-classes", lambda e: ["train", e.config(), "dataset.num_classes=1e9"], 2,
+         "dataset.num_classes: Input should be less than or equal to 100000"),
+    Case("infinite-width", lambda e: ["train", e.config(), "model.width=1e309"], 2,
+         "model.width: Input should be a finite number (got inf)"),
+    Case("huge-width", lambda e: ["train", e.config(), "model.width=1000"], 2,
+         "model.width: Input should be less than or equal to 16"),
+    # ---- one-line errors for values that can be checked before training
+    Case("lr-infinite", lambda e: ["train", e.config(), "optim.lr=.inf"], 2, "optim.lr: Input should be a finite"),
+    Case("momentum-nan", lambda e: ["train", e.config(), "optim.momentum=nan"], 2,
+         "optim.momentum: Input should be a finite"),
+    Case("weight-decay-infinite", lambda e: ["train", e.config(), "optim.weight_decay=1e999"], 2,
+         "optim.weight_decay: Input should be a finite"),
+    Case("no-tasks", lambda e: ["train", e.config(), "dataset.tasks=[]"], 2,
+         "dataset.tasks: List should have at least 1 item"),
+    Case("config-duplicate-key", lambda e: ["train", str(_write(e.tmp / "dup.yaml", "train:\n  epochs: 1\n"
+                                                                "  epochs: 300\n"))], 2,
+         "dup.yaml: line 3 invalid YAML (duplicate key 'epochs'"),
+    Case("config-not-utf8", lambda e: ["train", str(_write(e.tmp / "latin1.yaml", "name: caf\xe9\n".encode("latin-1")
+                                                           ))], 2, "latin1.yaml: line 1: not UTF-8 text (byte 0xe9)"),
+    Case("tasks-yaml-not-utf8", lambda e: ["train", _folder_config(e, _folder_data(
+        e, "tasks:\n  - {name: caf\xe9, kind: segmentation, channels: 3}\n".encode("latin-1")))], 2,
+         "tasks.yaml: line 2: not UTF-8 text"),
+    Case("tasks-yaml-name-null", lambda e: ["train", _folder_config(e, _folder_data(
+        e, "tasks:\n  - {name: null, kind: segmentation, channels: 3}\n"))], 2,
+         "tasks[0]: name and kind must be strings (got name None"),
+    Case("tasks-yaml-duplicate-key", lambda e: ["train", _folder_config(e, _folder_data(
+        e, "tasks:\n  - {name: seg, kind: segmentation, channels: 3, channels: 4}\n"))], 2,
+         "tasks.yaml: line 2 invalid YAML (duplicate key 'channels'"),
+    Case("resume-run-config-not-utf8", lambda e: _resume(_write(e.run(finished=False) / "config.yaml",
+                                                               b"name: \xff\n").parent), 2,
+         "config.yaml: line 1: not UTF-8 text (byte 0xff)"),
+    Case("resume-checkpoint-epoch-a-string", lambda e: _checkpoint_field(e, "epoch", "one"), 2,
+         "last.pt: not a checkpoint mtlkit can resume (field 'epoch' is 'one', expected a count)"),
+    Case("resume-checkpoint-best-a-list", lambda e: _checkpoint_field(e, "best", [1, 2]), 2,
+         "field 'best' is a list, expected a mapping"),
+    Case("resume-checkpoint-history-a-number", lambda e: _checkpoint_field(e, "history", 5), 2,
+         "field 'history' is not a list of epoch records"),
+    # ---- paths: a run name is one folder name inside out_dir
+    Case("name-climbs-out", lambda e: ["train", e.config(), "name=../../escape"], 2,
+         "name: run name must be one plain folder name", check=_nothing_outside),
+    Case("name-absolute", lambda e: ["train", e.config(), f"name={e.tmp.parent}/abs"], 2,
+         "name: run name must be one plain folder name", check=_nothing_outside),
+    Case("name-nested", lambda e: ["train", e.config(), "name=a/b"], 2, "name: run name must be one plain folder",
+         check=_nothing_outside),
+    Case("name-dot", lambda e: ["train", e.config(), "name=."], 2, "name: run name must not start with '.'"),
+    Case("sweep-name-climbs-out", lambda e: _sweep_file(e, "../../../x"), 2,
+         "sweep.yaml: name '../../../x' must be one plain folder name", check=_nothing_outside),
+    # ---- silent wrong input
+    Case("float-class-id", lambda e: ["train", _folder_config(e, _folder_data(e, seg=np.full((32, 32), 1.5,
+                                                                                             np.float32)))], 2,
+         "0.npy: cannot be read as a segmentation target (class ids must be integers, got float32 value(s) such "
+         "as 1.5", check=_data_check_reports("class ids must be integers")),
+    Case("task-named-image", lambda e: ["train", _folder_config(e, _folder_data(
+        e, "tasks:\n  - {name: image, kind: segmentation, channels: 3}\n"))], 2,
+         "task name 'image' must be a plain folder name other than 'images' and 'image'"),
+    # ---- reports are inputs too
+    Case("report-results-wrong-type", lambda e: _report_edited(e, "results.json",
+                                                               lambda d: d.update(final="high")), 2,
+         "results.json: not a results record (field 'final': expected dict[str, float], got 'high')"),
+    Case("report-task-channels-wrong-type", lambda e: _report_edited(
+        e, "results.json", lambda d: d["tasks"][0].update(channels="many")), 2, "results.json: not a results record"),
+    Case("report-metrics-wrong-type", lambda e: _report_edited(e, "metrics.jsonl", lambda d: d.update(epoch="1")),
+         2, "metrics.jsonl: epoch record 1 is not a metrics record (field 'epoch': expected int, got '1')"),
+    Case("report-metrics-value-wrong-type", lambda e: _report_edited(
+        e, "metrics.jsonl", lambda d: d["val"].update({"depth/abs_err": "low"})), 2,
+         "field 'val': expected dict[str, float]"),
+    Case("report-config-wrong-type", lambda e: _report_edited(e, "config.yaml", lambda d: d.update(seed="abc")),
+         2, "config.yaml: seed: Input should be a valid integer"),
+    Case("report-metrics-not-utf8", lambda e: _report(e, _write(e.run() / "metrics.jsonl",
+                                                                b'{"epoch": 1, "x": "\xff"}\n').parent), 2,
+         "metrics.jsonl: line 1: not UTF-8"),
+    Case("report-out-is-a-file", lambda e: ["report", str(e.run()), "--out", str(_write(e.tmp / "afile", "x")),
+                                            "--no-models"], 2, "afile: is a file, not a folder"),
 ]
 
 

@@ -37,6 +37,49 @@ def test_list_json(capsys: pytest.CaptureFixture) -> None:
     assert {"scenes", "nyuv2", "cityscapes"} <= set(table["datasets"])
 
 
+def test_list_shows_task_kinds_and_backbones(capsys: pytest.CaptureFixture) -> None:
+    """What an own-data user needs: every registered task kind and backbone, in JSON and as text."""
+    from mtlkit.models.backbones import BACKBONES, head_kind
+    from mtlkit.registry import TASK_KINDS
+
+    assert main(["list", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert list(table["task kinds"]) == TASK_KINDS.names() and TASK_KINDS.names()
+    assert list(table["backbones"]) == BACKBONES.names() and BACKBONES.names()
+    for name in BACKBONES.names():
+        assert table["backbones"][name].endswith(f"[heads: {head_kind(name)}]")
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for section, names in (("task kinds", TASK_KINDS.names()), ("backbones", BACKBONES.names())):
+        block = text.split(f"\n{section}:\n", 1)[1].splitlines()[:len(names)]
+        assert [line.split()[0] for line in block] == names
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "demo", "model.arch=mtna"], "unknown architecture 'mtna'; did you mean 'mtan'?"),
+        (["train", "demo", "weighting.name=nash_mt"], "unknown weighting method 'nash_mt'; did you mean 'nash_mtl'?"),
+        (["train", "demo", "dataset.name=NYU"], "unknown dataset 'NYU'; did you mean 'nyuv2'?"),
+        (["train", "demo", "model.arch=hps", "model.backbone=resnet50"],
+         "unknown backbone 'resnet50'; did you mean 'resnet50_dilated'?"),
+        (["data", "check", "folder", "d"],
+         "d/tasks.yaml: unknown task kind 'segmentaton'; did you mean 'segmentation'?"),
+        (["params", "--dataset", "nyuv2", "--arch", "zzzz"], "unknown architecture 'zzzz' (choose one of: cgc, "),
+    ],
+)
+def test_misspelled_names_suggest_the_nearest(args: list[str], needle: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Every registry lookup (architecture, method, dataset, backbone, task kind) names the closest entry."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "tasks.yaml").write_text("tasks:\n  - {name: seg, kind: segmentaton, channels: 3}\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mtlkit: error: {needle}") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()
+
+
 def test_params_json(capsys: pytest.CaptureFixture) -> None:
     assert main(["params", "--dataset", "nyuv2", "--arch", "mtan", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

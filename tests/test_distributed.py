@@ -8,9 +8,11 @@ ranks' mean losses is the global mean loss.
 Float rounding itself is amplified by training: two single-process runs of this tiny network that
 differ only in the number of CPU threads agree to ~1e-7 after one step, ~1e-6 after two and only
 ~1e-4 after three (plain SGD, lr 2e-3; ReLU/max-pool kinks and BatchNorm over a 4-sample batch
-make the dynamics chaotic). So the runs are short (one step per epoch) and values are compared
-at 1e-4 relative: a real discrepancy (unsynchronised BatchNorm, another data order, gradients
-summed instead of averaged) moves the losses by 1e-3 to 1e-2 from the first step on. Metrics that
+make the dynamics chaotic). So the runs are short (one step per epoch) and the record after e
+steps is compared at 10 x that drift (``DRIFT``: 1e-6, 1e-5, 1e-3 relative after 1, 2, 3 steps):
+a real discrepancy (unsynchronised BatchNorm, another data order, gradients summed instead of
+averaged) moves the losses by 1e-3 to 1e-2 from the first step on, so the first two epochs catch
+it with a margin of 100 or more. Metrics that
 count pixels (accuracy, mIoU, angle thresholds, the median) of an untrained network flip on
 near-ties, so they get an absolute tolerance of a few pixels.
 """
@@ -96,8 +98,14 @@ COUNT_TOLERANCE = {"miou": 5e-3, "pix_acc": 5e-3, "median": 0.5, "within_11.25":
                    "within_30": 0.5}
 
 
-def assert_same_records(a: dict, b: dict, rtol: float = 1e-4) -> None:
-    """Same epoch record (train losses, validation losses and metrics, weights) within float rounding."""
+#: relative drift between two runs that differ only in float rounding, after 1, 2, 3 SGD steps (above)
+DRIFT = {1: 1e-7, 2: 1e-6, 3: 1e-4}
+
+
+def assert_same_records(a: dict, b: dict, drift: float | None = None) -> None:
+    """Same epoch record (train losses, validation losses and metrics, weights) within float rounding:
+    10 x the stated drift after the record's number of steps (one per epoch), or after ``drift``."""
+    rtol = 10 * (DRIFT[a["epoch"]] if drift is None else drift)
     for section in ("train", "val", "weights"):
         assert set(a[section]) == set(b[section]), section
         for key, value in a[section].items():
@@ -286,6 +294,9 @@ def test_gradient_method_under_two_processes_matches_one(data: Path, tmp_path: P
     torchrun(cfg, tmp_path / "two")
     ref, got = history(one), history(tmp_path / "two")
     assert len(got) == 1
-    assert_same_records(ref[0], got[0])
+    # a gradient method's weights are a non-smooth function of the gradients (PCGrad's sign tests,
+    # MGDA's active set), so one step already amplifies rounding as much as three plain steps do
+    # (1.5e-6 measured for MGDA): compared at the three-step drift
+    assert_same_records(ref[0], got[0], drift=DRIFT[3])
     assert not all(v == 1.0 for v in ref[0]["weights"].values())  # the method really reweighted
 

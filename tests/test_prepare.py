@@ -23,7 +23,6 @@ from mtlkit.data.prepare_nyuv2 import (
 )
 from mtlkit.errors import ConfigError, DataError
 
-REAL_META = Path("/work/shared/data/nyuv2-meta")
 IN_H, IN_W = 24, 32  # the tiny "release" (full 640x480 view at 1/20)
 OUT_H, OUT_W = 12, 16
 
@@ -36,16 +35,26 @@ def plane_depth(h: int, w: int, normal: np.ndarray, offset: float) -> np.ndarray
     return offset / (ray @ normal)
 
 
+def _names(n: int, stem: str) -> np.ndarray:
+    """A MATLAB cell row of ``n`` strings as scipy reads it: a (1, n) object array of 1-element string arrays."""
+    names = np.empty((1, n), dtype=object)
+    for i in range(n):
+        names[0, i] = np.array([f"{stem}{i}"])
+    return names
+
+
 def write_meta(folder: Path) -> Path:
-    """Mapping files in the structure of the public ones: raw id r -> 40-class ((r-1) % 40)+1 -> 13."""
+    """Mapping files in the structure of the public ones (every variable they hold, with their dtypes and
+    shapes; the loader reads mapClass and classMapping13): raw id r -> 40-class ((r-1) % 40)+1 -> 13."""
     folder.mkdir(parents=True, exist_ok=True)
     map_class = ((np.arange(894) % 40) + 1).astype(np.uint8)[None]
-    scipy.io.savemat(folder / "classMapping40.mat", {"mapClass": map_class})
+    scipy.io.savemat(folder / "classMapping40.mat", {
+        "className": _names(40, "class40_"), "mapClass": map_class, "allClassName": _names(894, "raw"),
+        "mapToNYUSuperClass": ((np.arange(40) % 4) + 1).astype(np.uint8)[None],
+        "mapToNYUSuperClassMat": (np.arange(160).reshape(4, 40) % 4 == 0).astype(np.uint8)})
     labels13 = ((np.arange(40) % 13) + 1).astype(np.uint8)[None]
-    names = np.empty((1, 13), dtype=object)
-    for i in range(13):
-        names[0, i] = np.array([f"class{i}"])
-    scipy.io.savemat(folder / "class13Mapping.mat", {"classMapping13": {"labels13": labels13, "classNames": names}})
+    scipy.io.savemat(folder / "class13Mapping.mat",
+                     {"classMapping13": {"labels13": labels13, "classNames": _names(13, "class")}})
     return folder
 
 
@@ -204,15 +213,20 @@ def test_meta_from_public_structure(tmp_path: Path) -> None:
     assert meta.class_names[4] == "class4"
 
 
-@pytest.mark.skipif(not REAL_META.is_dir(), reason="public NYUv2 mapping files not present")
-def test_meta_from_real_public_files() -> None:
-    meta = load_meta([REAL_META])
+def test_meta_folder_with_the_public_split_sizes(tmp_path: Path) -> None:
+    """A folder holding all three files, as the public release ships them: 1449 images split 795 / 654
+    (1-based, shuffled), read by passing the folder alone."""
+    order = np.random.default_rng(0).permutation(np.arange(1, 1450))
+    folder = write_meta(tmp_path / "meta")
+    write_splits(folder / "splits.mat", order[:795].tolist(), order[795:].tolist())
+    meta = load_meta([folder])
     assert len(meta.splits["train"]) == 795 and len(meta.splits["val"]) == 654
-    names = meta.class_names
-    assert len(names) == 13
-    assert names[meta.map894[3]] == "furniture"  # raw 3 is "cabinet"
-    assert names[meta.map894[11]] == "floor"  # raw 11 is "floor" in the 40-class scheme
-    assert set(np.unique(meta.map894[1:])) == set(range(13))
+    assert meta.splits["train"].tolist() == (order[:795] - 1).tolist()
+    assert sorted(meta.splits["train"].tolist() + meta.splits["val"].tolist()) == list(range(1449))
+    assert meta.class_names == [f"class{i}" for i in range(13)]
+    assert set(np.unique(meta.map894[1:])) == set(range(13))  # every raw class lands in one of the 13
+    for raw in (1, 40, 41, 894):  # raw -> ((raw - 1) % 40) + 1 -> ((c - 1) % 13) + 1, stored 0-based
+        assert meta.map894[raw] == ((raw - 1) % 40) % 13
 
 
 def test_prepare_converts_release(tmp_path: Path) -> None:

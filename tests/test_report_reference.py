@@ -194,14 +194,8 @@ LIBMTL_R50_OOM = {f"{a}/GradDrop" for a in ("Cross-stitch", "MMoE", "MTAN", "CGC
 NYU_COLUMNS = [f"{t['name']}/{m}" for t in NYU_TASKS for m in t["metrics"]]
 
 
-def _published_text() -> str | None:
-    """The PDF text in ``shared/data/reference-results`` beside the checkout (or above it), if there is one."""
-    repo = Path(__file__).resolve().parents[1]
-    for folder in (repo, *repo.parents):
-        path = folder / "shared" / "data" / "reference-results" / "libmtl_nyuv2_resnet50.txt"
-        if path.is_file():
-            return path.read_text(encoding="utf-8")
-    return None
+#: the text of LibMTL's examples/nyu/results/resnet_results.pdf (MIT licence), shipped with the tests
+PUBLISHED_TEXT = Path(__file__).resolve().parent / "data" / "libmtl_nyuv2_resnet50.txt"
 
 
 def test_libmtl_resnet50_rows_as_published() -> None:
@@ -222,9 +216,7 @@ def test_libmtl_resnet50_rows_as_published() -> None:
 
 def test_libmtl_resnet50_matches_the_pdf_text() -> None:
     """Every row of Tables 2-9 of the PDF text (read here) is shipped with the same nine numbers; OOM ones not."""
-    text = _published_text()
-    if text is None:
-        pytest.skip("shared/data/reference-results/libmtl_nyuv2_resnet50.txt not found beside the checkout")
+    text = PUBLISHED_TEXT.read_text(encoding="utf-8")
     published, oom, arch = {}, set(), None
     for line in text.split("\n"):
         title = re.search(r"Table \d+: Performance on .* on (.+) \[\d+\] architecture", line)

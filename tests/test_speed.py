@@ -115,8 +115,23 @@ def test_channels_last_matches_contiguous() -> None:
     assert (flat_got - flat_ref).norm() <= 1e-6 * flat_ref.norm()
 
 
+def _bf16_loss_rtol(model: nn.Module) -> float:
+    """How far a bf16-autocast loss may be from float32: 3 u sqrt(L), u = 2^-8 bf16's unit roundoff.
+
+    Each of the L convolutions a task's output passes (the shared trunk's plus that task's share of
+    the rest: attention gates, head) rounds its output to bf16, a relative error of at most u, and
+    independent roundings add like a random walk: a relative error ~u sqrt(L) (1 sigma), bounded
+    here at 3 sigma. BatchNorm and the losses run in float32 and add nothing at this order.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    trunk = sum(isinstance(m, nn.Conv2d) for m in model.trunk.modules())
+    path = trunk + (len(convs) - trunk) / len(TASKS)
+    return 3 * 2.0 ** -8 * path ** 0.5
+
+
 def test_bf16_autocast_is_close_to_float32() -> None:
-    """bf16 (8-bit mantissa) losses within 2%; gradients in float32 and pointing the same way.
+    """bf16 (8-bit mantissa) losses within 3 u sqrt(L) (``_bf16_loss_rtol``: 8 % for this model);
+    gradients in float32 and pointing the same way.
 
     The gradients are compared with BatchNorm on its running statistics: with batch statistics,
     the gradient of every conv feeding a BatchNorm is the small difference of large per-channel
@@ -129,7 +144,7 @@ def test_bf16_autocast_is_close_to_float32() -> None:
     ref = _step(plain, batch)
     got = _step(amp, batch, torch.bfloat16)
     assert got.dtype == torch.float32  # losses are computed in float32 from bf16 activations
-    torch.testing.assert_close(got, ref, rtol=2e-2, atol=1e-3)
+    torch.testing.assert_close(got, ref, rtol=_bf16_loss_rtol(plain), atol=1e-3)
     plain, amp = _model().eval(), _model().eval()
     _step(plain, batch)
     _step(amp, batch, torch.bfloat16)

@@ -236,3 +236,77 @@ def test_wandb_offline_writes_its_run_files(tiny_cfg, tmp_path: Path, monkeypatc
     saved = {f.path for r in records if r.HasField("files") for f in r.files.files}
     assert {"results.json", "config.yaml", "metrics.jsonl"} <= saved
     assert kinds.count("exit") == 1 and next(r for r in records if r.HasField("exit")).exit.exit_code == 0
+
+
+def test_a_hung_tracker_costs_the_close_timeout_once_and_warns_once() -> None:
+    """Two trackers stuck in their first call: the end of the run waits close_timeout in all, not per tracker,
+    and a tracker that fails after being left behind does not warn a second time."""
+    import threading
+
+    from mtlkit.trackers.base import CLOSE_TIMEOUT
+
+    release = threading.Event()
+
+    class Stuck(Recorder):
+        def log_epoch(self, record):
+            release.wait()
+            raise ConnectionError("gave up")
+
+    trackers = Trackers({"a": Stuck, "b": Stuck}, close_timeout=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trackers.log_epoch(RECORD)
+        start = time.perf_counter()
+        trackers.finish("finished")
+        waited = time.perf_counter() - start
+        release.set()
+        for w in trackers.workers:
+            w.thread.join(5)
+    assert 0.5 <= waited < 0.5 + 0.4  # one shared deadline (two trackers: not 2 x 0.5 s)
+    messages = sorted(str(w.message) for w in caught if "mtlkit: tracker" in str(w.message))
+    assert len(messages) == 2 and all("still sending after 0.5 s" in m for m in messages)
+    assert CLOSE_TIMEOUT <= 5.0  # "a few seconds" at most at the end of a run
+
+
+def test_mlflow_on_a_closed_port_with_default_retries_costs_seconds(tmp_path: Path) -> None:
+    """127.0.0.1:1 refuses connections; with MLflow's retries as mtlkit sets them the run's end is bounded."""
+    pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
+    from mtlkit.trackers import factory
+    from mtlkit.trackers.base import CLOSE_TIMEOUT
+
+    (tmp_path / "run").mkdir()
+    trackers = Trackers({"mlflow": factory("mlflow", tmp_path / "run", {"tracking_uri": "http://127.0.0.1:1"})})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trackers.log_params({"model": {"arch": "mtan"}})
+        trackers.log_epoch(RECORD)
+        start = time.perf_counter()
+        trackers.finish("finished")
+        assert time.perf_counter() - start < CLOSE_TIMEOUT + 0.5
+    assert len([w for w in caught if "mtlkit: tracker mlflow" in str(w.message)]) == 1
+
+
+@pytest.mark.slow
+def test_wandb_with_a_key_and_no_server_costs_seconds_and_warns_once(tmp_path: Path) -> None:
+    """A W&B key and a server that refuses connections: the whole process (start, run end, exit) is bounded,
+    with one warning (W&B's own init timeout is 90 s; mtlkit sets 10)."""
+    pytest.importorskip("wandb", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import time\nfrom pathlib import Path\nfrom mtlkit.trackers import Trackers, factory\n"
+        f"run = Path({str(tmp_path / 'run')!r}); run.mkdir()\n"
+        "t = Trackers({'wandb': factory('wandb', run, {})})\n"
+        "t.log_params({'a': 1}); t.log_epoch({'epoch': 1, 'train': {'loss/x': 1.0}})\n"
+        "t.finish('finished')\n"
+    )
+    env = {**os.environ, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:1", "WANDB_MODE": "online",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    took = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("mtlkit: tracker wandb") == 1, proc.stderr
+    assert took < 30  # before: over 90 s (W&B's init timeout), two warnings

@@ -23,7 +23,6 @@ from mtlkit.weighting import (
     gramian,
     imtl_g,
     mgda,
-    mgda_weights,
     nash_mtl,
     nash_mtl_weights,
     pcgrad,
@@ -96,16 +95,6 @@ def test_mgda_is_min_norm_point_and_nonconflicting(k, seed):
     assert value <= res.fun + 1e-9 and value >= res.fun - 1e-7
     dots = g @ d
     assert torch.all(dots >= value - 1e-9)  # KKT: g_k . d >= ||d||^2 >= 0
-
-
-def test_mgda_frank_wolfe_without_polish_is_close():
-    from mtlkit.weighting._solvers import as_numpy, min_norm_simplex
-
-    g = random_grads(7, k=4, d=5)
-    m = as_numpy(gramian(g))
-    w = mgda_weights(gramian(g)).numpy()
-    w_fw = min_norm_simplex(m, max_iter=250, tol=1e-5)
-    assert abs(w @ m @ w - w_fw @ m @ w_fw) < 1e-9
 
 
 # ---------------------------------------------------------------- PCGrad

@@ -201,8 +201,9 @@ def test_sdmgrad_inner_loop_reaches_the_regularised_min_norm_point(seed):
     res = minimize(objective, np.full(3, 1 / 3), method="SLSQP", bounds=[(0, 1)] * 3,
                    constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-15})
     assert objective(w) <= objective(res.x) + 1e-7
-    one = sdmgrad_inner(m, np.full(3, 1 / 3), lam=0.3, n_iter=1, lr=0.05)  # first step by hand: w - 2 lr (M w + lam t)
-    by_hand = project_simplex(np.full(3, 1 / 3) - 0.1 * (mn @ np.full(3, 1 / 3) + 0.3 * target))
+    # the authors' first step: w - lr (M w + lam t)
+    one = sdmgrad_inner(m, np.full(3, 1 / 3), lam=0.3, n_iter=1, lr=0.05)
+    by_hand = project_simplex(np.full(3, 1 / 3) - 0.05 * (mn @ np.full(3, 1 / 3) + 0.3 * target))
     assert one.tolist() == pytest.approx(by_hand.tolist())
     torch.testing.assert_close(sdmgrad_weights(w, 0.3), torch.from_numpy((w + 0.1) / 1.3))
 

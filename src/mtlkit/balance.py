@@ -15,7 +15,22 @@ Gradient-level methods (pcgrad, mgda, cagrad, ...) take the K per-task gradients
 ``shared_params`` (or w.r.t. ``features``, the shared representation, when given: the MGDA-UB
 trick), aggregate them into one update written to the shared parameters' ``.grad``, and give
 every other parameter the losses reach (found from the autograd graph, or ``task_params``) the
-sum of its tasks' gradients. With a GradScaler pass ``scaler=`` and call ``scaler.step`` /
+sum of its tasks' gradients.
+
+``features`` must cut the graph: the losses may depend on the shared parameters only through them,
+and no feature may be computed from another (or the gradients w.r.t. both overlap and the update
+counts the paths between them twice). Both are checked (a ValueError names the feature). When an
+encoder's tensors are computed from each other (MTAN's stages, Dense's pooled maps), pass
+``features=FeatureCut(encoded)`` and compute the losses from the cut's detached copies::
+
+    cut = mtlkit.FeatureCut(model.encode(x))
+    out = model.decode(cut)
+    losses = [task.loss(out[task.name], batch[task.name]) for task in tasks]
+    balancer.backward(losses, shared_params=model.shared_parameters(), features=cut)
+
+The per-task gradients are then partial derivatives w.r.t. the copies, and the aggregate is
+back-propagated once from the encoder's tensors: with a method that sums the task gradients, the
+update is exactly the gradient of the summed losses. With a GradScaler pass ``scaler=`` and call ``scaler.step`` /
 ``scaler.update`` as usual: per-task gradients are unscaled before the method sees them. Under
 DistributedDataParallel run the forward on the wrapped module's ``.module`` (gradient methods
 bypass DDP's hooks): ``backward`` averages the per-task gradients and the task-specific
@@ -25,7 +40,7 @@ gradients over the processes itself, so every rank applies the same update. The 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -36,8 +51,13 @@ from mtlkit.weighting.base import Weighting
 class Balancer:
     """A weighting method (by name or instance) and its state across steps; ``backward`` per step."""
 
-    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None,
+    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None, *,
                  mode: str | None = None, **options) -> None:
+        if isinstance(tasks, (str, bytes)) or tasks is not None and not isinstance(tasks, (int, Sequence)):
+            raise TypeError(f"tasks: expected a list of task names or a number of tasks, got {type(tasks).__name__}"
+                            + (f" {tasks!r} (one task: tasks=[{tasks!r}])" if isinstance(tasks, str) else ""))
+        if not isinstance(method, (str, Weighting)):
+            raise TypeError(f"method: expected a method name or a Weighting, got {type(method).__name__}")
         if isinstance(method, Weighting):
             if options:
                 raise TypeError("options are for a method given by name")
@@ -60,37 +80,81 @@ class Balancer:
         self,
         losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor,
         shared_params: Sequence[Tensor] | None = None,
-        features: Sequence[Tensor] | Tensor | None = None,
         *,
+        features: Sequence[Tensor] | Tensor | None = None,
         task_params: Sequence[Tensor] | None = None,
         scaler: torch.amp.GradScaler | None = None,
         shared_losses: Tensor | None = None,
     ) -> Tensor:
         """Fill ``.grad`` of the shared and task-specific parameters for ``losses``; returns the K losses.
 
-        ``features``: tensors every task's loss is computed from (computed from the shared
+        ``losses``: K scalar losses (a list, a K-vector, or ``{task: loss}`` keyed by the
+        Balancer's tasks). ``shared_params``: leaf tensors every task's loss depends on (what
+        gradient-level methods balance). ``features`` (keyword-only, as everything after
+        ``shared_params``): tensors every task's loss is computed from (computed from the shared
         parameters); given, gradients are taken w.r.t. them and back-propagated once into the
-        shared parameters. ``shared_losses``: the losses the method sees (default: ``losses``,
-        averaged over processes under torch.distributed).
+        shared parameters. They must cut the graph, or be a :class:`FeatureCut` (module docstring).
+        ``shared_losses``: the losses the method sees (default: ``losses``, averaged over processes
+        under torch.distributed).
+
+        Raises TypeError for an argument of the wrong type and ValueError, naming the task, for a
+        NaN/inf loss, a loss that does not require grad or does not reach ``shared_params``
+        (``features``), a non-leaf shared parameter, or mapping keys that are not the tasks;
+        nothing is back-propagated then.
         """
         from mtlkit.train import distributed as dist
 
-        items = _as_list(losses)
+        items = self._checked_losses(losses)
         values = torch.stack([loss.detach().reshape(()) for loss in items])
         seen = dist.all_reduce_mean(values) if shared_losses is None else shared_losses
+        _check_finite(seen, self.method.task_names)  # the mean over processes: every rank stops together
+        shared = _checked_params(shared_params, "shared_params")
+        feats = features if features is None or isinstance(features, FeatureCut) else _checked_tensors(
+            features, "features")
+        if task_params is not None:
+            _checked_params(task_params, "task_params")
         if not self.method.needs_gradients:
             total = self.method.combine(dist.globalize(torch.stack([loss.reshape(()) for loss in items])))
             (scaler.scale(total) if scaler is not None else total).backward()
             return values
-        shared = [p for p in (shared_params or []) if p.requires_grad]
-        if features is not None:
-            feats = [features] if isinstance(features, Tensor) else list(features)
-            self._gradient_backward(items, seen, shared, feats, task_params, scaler)
-        else:
-            if shared_params is None:
-                raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
-            self._gradient_backward(items, seen, shared, None, task_params, scaler)
+        if feats is None and shared_params is None:
+            raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
+        shared = [p for p in shared if p.requires_grad]
+        # with features, a loss that reaches the shared parameters only around them is _cut_inputs's to name
+        _check_reach(items, shared if feats is None else [*feats, *shared], self.method.task_names,
+                     "shared_params" if feats is None else "features or shared_params")
+        self._gradient_backward(items, seen, shared, feats, task_params, scaler)
         return values
+
+    def _checked_losses(self, losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor) -> list[Tensor]:
+        """The K losses in task order; wrong types, counts or names are errors naming ``losses``."""
+        names = self.method.task_names
+        if isinstance(losses, Mapping):
+            unknown = [k for k in losses if k not in names]
+            missing = [n for n in names if n not in losses]
+            if unknown or missing:
+                raise ValueError(f"losses: keys {sorted(map(str, losses))} are not the Balancer's tasks {names}"
+                                 + (f" (unknown: {unknown})" if unknown else "")
+                                 + (f" (missing: {missing})" if missing else ""))
+            items = [losses[n] for n in names]
+        elif isinstance(losses, Tensor):
+            items = list(losses.reshape(-1).unbind(0))
+        elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+            items = list(losses)
+        else:
+            raise TypeError(f"losses: expected a list, a tensor or a mapping of task losses, got "
+                            f"{type(losses).__name__}")
+        for name, loss in zip(names, items):
+            if not isinstance(loss, Tensor):
+                raise TypeError(f"losses: the loss of task {name!r} is a {type(loss).__name__}, not a tensor")
+            if loss.numel() != 1:
+                raise ValueError(f"losses: the loss of task {name!r} has shape {tuple(loss.shape)}, expected a scalar")
+            if not loss.requires_grad:
+                raise ValueError(f"losses: the loss of task {name!r} does not require grad (computed under "
+                                 "torch.no_grad(), detached, or from no trainable parameter)")
+        if len(items) != len(names):
+            raise ValueError(f"losses: {len(items)} losses for the Balancer's {len(names)} tasks {names}")
+        return items
 
     def _gradient_backward(self, items: list[Tensor], seen: Tensor, shared: list[Tensor],
                            features: list[Tensor] | None, task_params: Sequence[Tensor] | None,
@@ -100,18 +164,18 @@ class Balancer:
 
         # scaler.scale() (not get_scale()) initialises the scaler before the caller's unscale_
         scale = float(scaler.scale(torch.ones((), device=items[0].device))) if scaler is not None else 1.0
-        inputs = features if features is not None else shared
-        if task_params is None:
-            stop = {id(f.grad_fn) for f in features or [] if f.grad_fn is not None}
-            found = graph_leaves(items, stop)
-            skip = {id(t) for t in (*shared, *(features or []))}
-            own = [p for p in found if id(p) not in skip]
+        if features is not None:
+            # the cut's leaves (or the user's features, once checked to be a cut) that carry gradient
+            inputs, sources = _cut_inputs(features)
         else:
-            own = [p for p in task_params if p.requires_grad]
+            inputs, sources = shared, []
+        own = _task_parameters(items, shared, features, task_params)
         world = dist.world_size()
         # one loss tensor per task: each backward runs only the part of the graph its task reaches,
-        # and the task-specific parameters get sum_k dL_k/dtheta in the same pass
-        grads = per_task_gradients([loss * scale for loss in items], inputs, retain_graph=features is not None,
+        # and the task-specific parameters get sum_k dL_k/dtheta in the same pass. With a FeatureCut
+        # that part is the decoder alone (the shared graph hangs off the sources), so it need not be kept.
+        keep = features is not None and not isinstance(features, FeatureCut)
+        grads = per_task_gradients([loss * scale for loss in items], inputs, retain_graph=keep,
                                    accumulate=own, strategy=self.strategy) / scale
         if own:
             dist.average_grads(own)
@@ -129,11 +193,14 @@ class Balancer:
         if features is not None:
             local = update.view(world, -1)[dist.rank()] * world
             chunks, offset = [], 0
-            for f in features:
+            for f in sources:
                 n = f.numel()
                 chunks.append(local[offset:offset + n].view_as(f).to(f.dtype) * scale)
                 offset += n
-            torch.autograd.backward(features, grad_tensors=chunks)
+            # one backward through the shared part: sum_i J_i^T chunk_i, each path from the shared
+            # parameters to a loss crossing exactly one feature (the cut), so counted once
+            if sources:
+                torch.autograd.backward(sources, grad_tensors=chunks)
             dist.average_grads(shared)
         else:
             write_gradients(shared, update * scale)
@@ -145,38 +212,220 @@ class Balancer:
 def backward(
     losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor,
     shared_params: Sequence[Tensor] | None = None,
-    features: Sequence[Tensor] | Tensor | None = None,
+    *,
     method: str | Weighting = "equal",
+    features: Sequence[Tensor] | Tensor | None = None,
     **kwargs,
 ) -> Tensor:
-    """One balanced backward pass with a fresh method (stateless methods; keep a :class:`Balancer` otherwise)."""
-    names = list(losses) if isinstance(losses, Mapping) else len(_as_list(losses))
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("task_params", "scaler", "shared_losses")}
-    return Balancer(method, names, **options).backward(losses, shared_params, features, **kwargs)
+    """One balanced backward pass with a fresh method (stateless methods; keep a :class:`Balancer` otherwise).
 
-
-def _as_list(losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor) -> list[Tensor]:
+    Everything after ``shared_params`` is keyword-only (``method="pcgrad"``): a method name in a
+    tensor's place would otherwise be taken for ``features``. Errors as :meth:`Balancer.backward`.
+    """
     if isinstance(losses, Mapping):
-        return list(losses.values())
-    if isinstance(losses, Tensor):
-        return list(losses.reshape(-1).unbind(0))
-    return list(losses)
+        names: list[str] | int = [str(k) for k in losses]
+    elif isinstance(losses, Tensor):
+        names = losses.numel()
+    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+        names = len(losses)
+    else:
+        raise TypeError(f"losses: expected a list, a tensor or a mapping of task losses, got {type(losses).__name__}")
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("task_params", "scaler", "shared_losses")}
+    return Balancer(method, names, **options).backward(losses, shared_params, features=features, **kwargs)
 
 
-def graph_leaves(outputs: Sequence[Tensor], stop: set[int] = frozenset()) -> list[Tensor]:
-    """Leaf tensors requiring grad that ``outputs`` depend on, not looking past nodes whose id is in ``stop``."""
+def _checked_tensors(values: Sequence[Tensor] | Tensor, what: str) -> list[Tensor]:
+    """``values`` as a list of tensors; anything else (a method name, a module) is a TypeError naming ``what``."""
+    if isinstance(values, Tensor):
+        return [values]
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what}: expected tensors, got {type(values).__name__}"
+                        + (f" {values!r} (method names go in method=...)" if isinstance(values, str) else ""))
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{what}[{i}]: expected a tensor, got {type(v).__name__}")
+    return out
+
+
+def _checked_params(params: Sequence[Tensor] | None, what: str) -> list[Tensor]:
+    """Parameters as a list of leaf tensors (a generator such as ``model.parameters()`` is read once)."""
+    if params is None:
+        return []
+    if isinstance(params, torch.nn.Module):
+        raise TypeError(f"{what}: expected parameters, got the module {type(params).__name__} "
+                        "(pass module.parameters())")
+    out = _checked_tensors(params, what)
+    for i, p in enumerate(out):
+        if not p.is_leaf:
+            raise ValueError(f"{what}[{i}] is not a leaf tensor (it was computed from other tensors, so its "
+                             ".grad would not reach the parameters): pass the parameters themselves")
+    return out
+
+
+def _check_finite(values: Tensor, names: Sequence[str]) -> None:
+    """A NaN/inf loss is a ValueError naming its task (nothing is back-propagated)."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        which = [f"{n}={v:g}" for n, v, b in zip(names, values.tolist(), bad.tolist()) if b]
+        raise ValueError(f"losses: non-finite loss for task(s) {', '.join(which)}; nothing was back-propagated")
+
+
+def _check_reach(items: Sequence[Tensor], inputs: Sequence[Tensor], names: Sequence[str], what: str) -> None:
+    """Every loss depends on at least one of ``inputs`` (else the method would silently get a zero gradient)."""
+    if not inputs:
+        raise ValueError(f"{what}: empty (no tensor requiring grad), so the method has nothing to balance")
+    targets = {id(t) for t in inputs}
+    graph_targets = {id(t.grad_fn) for t in inputs if t.grad_fn is not None}
+    for name, loss in zip(names, items):
+        if not _reaches(loss, targets, graph_targets):
+            raise ValueError(f"losses: the loss of task {name!r} does not depend on {what}")
+
+
+def _reaches(output: Tensor, leaves: set[int], nodes: set[int]) -> bool:
+    """Whether ``output``'s autograd graph reaches a leaf whose id is in ``leaves`` or a node in ``nodes``."""
+    if id(output) in leaves:
+        return True
     seen: set[int] = set()
-    leaves: list[Tensor] = []
-    ids: set[int] = set()
-    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    stack = [output.grad_fn]
     while stack:
         node = stack.pop()
-        if node is None or id(node) in seen or id(node) in stop:
+        if node is None or id(node) in seen:
             continue
+        if id(node) in nodes or id(getattr(node, "variable", None)) in leaves:
+            return True
         seen.add(id(node))
-        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+class FeatureCut(list):
+    """Detached leaf copies of shared features (the list itself) and the features they copy (``sources``).
+
+    Representation mode needs per-task gradients w.r.t. a set of tensors that cuts the graph: every
+    path from the shared parameters to a loss crosses exactly one of them. The tensors a network's
+    encoder returns often do not: MTAN's stages are computed from each other, so the gradient of a
+    loss w.r.t. stage j would include the paths through stages j+1.., and back-propagating every
+    stage's gradient would count those paths again. Copies are independent inputs, so whatever the
+    sources' relations, the gradients w.r.t. the copies are partial derivatives and
+    ``sum_i J_i^T dL/dcopy_i = dL/dtheta`` (``J_i`` the Jacobian of source i w.r.t. the shared
+    parameters), provided the task-specific part reads the copies only::
+
+        cut = mtlkit.FeatureCut(model.encode(x))
+        out = model.decode(cut)                   # task-specific part, from the copies
+        balancer.backward(losses, shared_params=model.shared_parameters(), features=cut)
+
+    ``backward`` differentiates each task's loss w.r.t. the copies (through the task-specific part
+    only), aggregates, and back-propagates the update once from ``sources`` into the shared part.
+    A copy is a view of its source's data: an in-place change of a copy is an autograd error.
+    """
+
+    def __init__(self, features: Sequence[Tensor] | Tensor) -> None:
+        sources = _checked_tensors(features, "FeatureCut(features)")
+        super().__init__(f.detach().requires_grad_(f.requires_grad) for f in sources)
+        self.sources = sources
+
+
+def _cut_inputs(features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """(tensors the per-task gradients are taken w.r.t., tensors the update is back-propagated from).
+
+    A :class:`FeatureCut` gives its copies and their sources; other features must be a cut
+    themselves (:func:`check_cut`) and serve as both. Tensors without gradient are left out.
+    """
+    if isinstance(features, FeatureCut):
+        pairs = [(copy, src) for copy, src in zip(features, features.sources) if copy.requires_grad]
+        return [c for c, _ in pairs], [s for _, s in pairs]
+    check_cut(features)
+    live = [f for f in features if f.requires_grad]
+    return live, live
+
+
+def _task_parameters(items: list[Tensor], shared: list[Tensor], features: list[Tensor] | None,
+                     task_params: Sequence[Tensor] | None) -> list[Tensor]:
+    """The non-shared parameters the losses reach (``task_params`` when given), found from the graph.
+
+    With ``features``, also a ValueError when a loss reaches a shared parameter other than through
+    them: that parameter's gradient would be lost, and the features would not cut the graph.
+    """
+    feats = list(features or [])
+    if task_params is not None and features is None:
+        return [p for p in task_params if p.requires_grad]
+    found = graph_leaves(items, feature_edges(feats))
+    own_ids = {id(f) for f in feats}
+    shared_ids = {id(p) for p in shared}
+    bypass = [p for p in found if id(p) in shared_ids and id(p) not in own_ids]
+    if features is not None and bypass:
+        shapes = ", ".join(str(tuple(p.shape)) for p in bypass[:3])
+        raise ValueError(
+            f"features: the losses reach {len(bypass)} shared parameter(s) (shapes {shapes}"
+            f"{', ...' if len(bypass) > 3 else ''}) other than through the features; features must cut "
+            "the graph (the losses may depend on the shared parameters only through them)"
+        )
+    if task_params is not None:
+        return [p for p in task_params if p.requires_grad]
+    return [p for p in found if id(p) not in shared_ids and id(p) not in own_ids]
+
+
+def feature_edges(features: Sequence[Tensor]) -> dict[tuple[int, int], object]:
+    """The autograd edges ``(id(node), output number)`` that produce the non-leaf ``features``.
+
+    Each maps to its node: holding the node keeps its id from being reused while the edges are in use.
+    """
+    return {(id(f.grad_fn), f.output_nr): f.grad_fn for f in features if f.grad_fn is not None}
+
+
+def check_cut(features: Sequence[Tensor]) -> None:
+    """A ValueError when a feature is computed from another one (or given twice).
+
+    Gradients w.r.t. both would then be total derivatives that overlap (the one upstream includes
+    the paths through the other), and back-propagating both counts those paths twice. Walks the
+    graph above the features once; :class:`FeatureCut` is the remedy.
+    """
+    where: dict[tuple[int, int] | int, int] = {}
+    nodes = [f.grad_fn for f in features]  # held, so their ids stay theirs during the walk
+    for i, (f, node) in enumerate(zip(features, nodes)):
+        key = (id(node), f.output_nr) if node is not None else id(f)
+        if key in where:
+            raise ValueError(f"features[{i}] is features[{where[key]}] again: each feature must be given once")
+        where[key] = i
+    hint = ("gradients w.r.t. both count the paths between them twice; pass mtlkit.FeatureCut(features) "
+            "and compute the losses from its detached copies")
+    seen: dict[int, object] = {}  # holds the nodes, so their ids stay theirs during the walk
+    for i, start in enumerate(nodes):
+        stack = [start] if start is not None else []
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen[id(node)] = node
+            for fn, nr in node.next_functions:
+                if fn is None:
+                    continue
+                variable = getattr(fn, "variable", None)  # AccumulateGrad nodes hold their leaf
+                j = where.get(id(variable)) if variable is not None else where.get((id(fn), nr))
+                if j is not None:
+                    raise ValueError(f"features[{i}] is computed from features[{j}]: {hint}")
+                stack.append(fn)
+
+
+def graph_leaves(outputs: Sequence[Tensor], stop: Collection[tuple[int, int]] = frozenset()) -> list[Tensor]:
+    """Leaf tensors requiring grad that ``outputs`` depend on, not looking past the edges in ``stop``.
+
+    An edge is ``(id(node), output number)``, as :func:`feature_edges` gives for the tensors a
+    node produced (a node with several outputs is passed only through the outputs not in ``stop``).
+    """
+    seen: dict[int, object] = {}  # holds the nodes, so their ids stay theirs during the walk
+    leaves: list[Tensor] = []
+    ids: set[int] = set()
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None and (id(o.grad_fn), o.output_nr) not in stop]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen[id(node)] = node
+        variable = getattr(node, "variable", None)
         if variable is not None and id(variable) not in ids:
             ids.add(id(variable))
             leaves.append(variable)
-        stack.extend(fn for fn, _ in node.next_functions)
+        stack.extend(fn for fn, nr in node.next_functions if fn is not None and (id(fn), nr) not in stop)
     return leaves

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from mtlkit.errors import ConfigError
+from mtlkit.readers import read_yaml_file
 
 #: the folder that holds the presets (inside the installed package)
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -42,7 +41,7 @@ def leading_comment(path: Path) -> list[str]:
 def description(path: Path, kind: str = "config") -> str:
     """The one-line description of a preset file ('' when it has none)."""
     if kind == "sweep":
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml_file(path) or {}
         text = data.get("description") if isinstance(data, dict) else None
         return " ".join(str(text).split()) if text else ""
     lines = leading_comment(path)

@@ -16,7 +16,8 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from mtlkit.errors import ConfigError
+from mtlkit.errors import ConfigError, shorten
+from mtlkit.readers import load_yaml, read_yaml_file
 
 
 class _Strict(BaseModel):
@@ -33,6 +34,38 @@ class _Strict(BaseModel):
         return value
 
 
+#: most segmentation classes / head channels of a task (``tasks.base.MAX_CHANNELS``): larger heads do
+#: not fit in memory (ImageNet-21k has 21,841 classes); refused before any model is built
+MAX_CLASSES = 100_000
+#: largest input side in pixels
+MAX_SIDE = 16_384
+#: largest channel multiplier (x16 of SegNet is 256 x its 25M parameters)
+MAX_WIDTH = 16.0
+#: longest run or sweep name: a folder name (255 bytes on most file systems) less the run's
+#: ``-YYYYmmdd-HHMMSS-N`` suffix
+MAX_NAME_LENGTH = 200
+
+
+def folder_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a run's or sweep's folder name inside its ``out_dir``, or None.
+
+    One plain folder name: a non-empty string without ``/``, ``\\``, control characters or a
+    leading ``.`` (no ``..``, no absolute path, no nesting, no hidden folder), so every file a
+    run writes stays inside ``out_dir``.
+    """
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long, at most {MAX_NAME_LENGTH}"
+    if "/" in name or "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "must be one plain folder name (no '/', '\\' or control characters)"
+    if name.startswith("."):
+        return "must not start with '.' (no '.', '..' or hidden folders)"
+    return None
+
+
 def _types(annotation: Any) -> set[Any]:
     """The plain types an annotation admits (``int | None`` -> {int, NoneType})."""
     args = get_args(annotation)
@@ -46,12 +79,14 @@ class DatasetConfig(_Strict):
 
     name: str = "scenes"
     root: str | None = None
-    num_classes: int | None = Field(None, ge=2, description="segmentation classes; None = dataset default")
-    height: int | None = Field(None, ge=8, description="input height; None = dataset default")
-    width: int | None = Field(None, ge=8, description="input width; None = dataset default")
+    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES,
+                                    description="segmentation classes; None = dataset default")
+    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="input height; None = dataset default")
+    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="input width; None = dataset default")
     n_train: int | None = Field(None, ge=1, description="training samples (scenes: generated; else a cap)")
     n_val: int | None = Field(None, ge=1, description="validation samples (scenes: generated; else a cap)")
-    tasks: list[str] | None = Field(None, description="subset of the dataset's tasks to train; None = all")
+    tasks: list[str] | None = Field(None, min_length=1,
+                                    description="subset of the dataset's tasks to train; None = all")
     augment: bool = False
     seed: int = Field(0, description="seed of the scene generator")
     options: dict[str, Any] = Field(default_factory=dict)
@@ -61,8 +96,25 @@ class ModelConfig(_Strict):
     arch: str = "mtan"
     backbone: str | None = Field(None, description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own")
     pretrained: str = Field("none", description="backbone weights: none | imagenet | path to a state dict")
-    width: float = Field(1.0, gt=0, description="channel multiplier of every layer")
+    width: float = Field(1.0, gt=0, le=MAX_WIDTH, allow_inf_nan=False,
+                         description="channel multiplier of every layer")
+    align_corners: bool = Field(False, description="ResNet DeepLabV3 heads upsample with align_corners=True "
+                                "(the MTAN authors' and LibMTL's setting); false = torchvision's")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("options")
+    @classmethod
+    def _no_section_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """``model.options.align_corners`` (or pretrained, ...) would reach the model twice: name the right key."""
+        for key in value:
+            if key in cls.model_fields and key != "options":
+                raise ValueError(f"{key} is set as model.{key}, not under model.options")
+        return value
+
+
+#: keys added after run hashes were first published, with their default: a config leaves them out of
+#: its hash while at that default, so the runs and sweeps made before the key existed keep their hashes
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False}
 
 
 class WeightingConfig(_Strict):
@@ -76,11 +128,11 @@ class WeightingConfig(_Strict):
 
 class OptimConfig(_Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)
+    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, allow_inf_nan=False)
     step_size: int = Field(100, ge=1, description="epochs between learning-rate decays")
-    gamma: float = Field(0.5, gt=0, le=1, description="learning-rate decay factor")
+    gamma: float = Field(0.5, gt=0, le=1, allow_inf_nan=False, description="learning-rate decay factor")
 
 
 class TrainConfig(_Strict):
@@ -93,7 +145,7 @@ class TrainConfig(_Strict):
     compile: bool | None = None
     channels_last: bool | None = None
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
     progress: bool = True
     tensorboard: bool = True
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
@@ -122,7 +174,7 @@ class EvalConfig(_Strict):
 class Config(_Strict):
     """A whole run: data, model, weighting, optimiser, training loop."""
 
-    name: str = "run"
+    name: str = Field("run", description="the run folder's name: <out_dir>/<name>-<YYYYmmdd-HHMMSS>")
     out_dir: str = "runs"
     seed: int = 0
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -132,20 +184,38 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        """A run name is one folder name inside ``out_dir`` (``../x``, ``/abs``, ``a/b``, ``.`` are refused)."""
+        problem = folder_name_problem(value)
+        if problem is not None:
+            raise ValueError(f"run name {problem}")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def hashed_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :data:`HASH_NEUTRAL_DEFAULTS` keys that are at their default."""
+        data = self.to_dict()
+        for key, default in HASH_NEUTRAL_DEFAULTS.items():
+            section, name = key.split(".")
+            if data[section].get(name) == default:
+                del data[section][name]
+        return data
+
     def hash(self) -> str:
         """Short stable hash of the resolved config (provenance in results and reports)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        blob = json.dumps(self.hashed_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
 def _parse_value(text: str) -> Any:
     """A CLI override value, read as YAML so ``5``, ``1e-3``, ``true``, ``[a, b]`` and ``null`` work."""
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, "override")
+    except ConfigError:
         return text
     if isinstance(value, str) and _looks_numeric(value):
         return float(value)
@@ -195,7 +265,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     else:
         msg = first["msg"].removeprefix("Value error, ")
         if "input" in first and not isinstance(first["input"], dict):
-            msg += f" (got {first['input']!r})"
+            msg += f" (got {shorten(first['input'])})"
     more = len(err.errors()) - 1
     tail = f" (+{more} more)" if more else ""
     return f"{source}: {loc}: {msg}{tail}"
@@ -210,18 +280,13 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``; missing file or bad YAML is a ConfigError naming the file."""
+    """A YAML mapping from ``path``; missing file, bad YAML or bytes that are not UTF-8: a ConfigError naming it."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    data = read_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

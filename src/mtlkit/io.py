@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +52,43 @@ def output_error(path: str | Path, err: BaseException) -> OutputError:
     return OutputError(f"{path}: cannot write ({reason})")
 
 
+#: how the temp files of :func:`_atomic` are named: ``.<target name>.<random>.tmp`` next to the target
+TMP_PREFIX, TMP_SUFFIX = ".", ".tmp"
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, racing other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_open_mode(path: Path) -> int:
+    """The permission bits a plain ``open(path, "w")`` would leave: the file's own when it exists,
+    else ``0o666`` less the umask (``mkstemp`` makes every temp file 0600, whatever the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def _atomic(path: str | Path, write) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise output_error(path.parent, err) from None
+    try:
+        os.fchmod(fd, _plain_open_mode(path))
+    except OSError:  # a file system without permission bits: keep mkstemp's
+        pass
     sink = None
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -115,6 +147,38 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through a temp file and rename, so a kill never leaves a broken checkpoint."""
     _atomic(path, lambda fh: torch.save(obj, fh))
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files interrupted atomic writes left in ``folder`` (not below); the removed paths.
+
+    Call it only where no other process writes (a run folder under its run lock): a temp file of a
+    write in progress looks the same as one a killed process left.
+    """
+    removed = []
+    for tmp in Path(folder).glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def damaged_zip_member(path: str | Path) -> str | None:
+    """The first member of the zip archive ``path`` whose CRC-32 does not match (None: all intact).
+
+    ``torch.load`` does not check the CRCs ``torch.save`` writes, so a checkpoint with a block of
+    bytes overwritten inside a tensor would load as different weights; this reads every member once.
+    A damaged archive directory counts as damaged too (``"(archive directory)"``).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError):
+        return "(archive directory)"
+    except OSError as err:
+        if err.errno is None:  # zlib/zipfile reporting corrupt data
+            return "(archive directory)"
+        raise
 
 
 def pid_alive(pid: int) -> bool:

@@ -7,11 +7,20 @@ docs/ARCHITECTURE.md); ``from_dict`` reads one back, keeping keys it does not kn
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from mtlkit.errors import shorten
 
 R = TypeVar("R", bound="Record")
+
+#: config keys that do not change a run's results (where files go, hardware, display): a sweep's run
+#: with only these edited is not stale, and a resumed run may have them edited in its config.yaml
+HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
+                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last", "train.loggers",
+                "train.tracker_options")
 
 
 class Record:
@@ -26,9 +35,53 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+        """The record in ``data``; a declared field of the wrong JSON type is a TypeError naming it."""
+        cls.check_types(data)
         names = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
         known = {k: v for k, v in data.items() if k in names}
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def check_types(cls, data: Mapping[str, Any]) -> None:
+        """Raise a TypeError naming the first declared field in ``data`` whose value has the wrong type.
+
+        Fields that are absent are not checked (a failed run's results hold only some); numbers
+        inside ``dict[str, float]`` fields may be null (JSON's stand-in for NaN/inf).
+        """
+        hints = get_type_hints(cls)
+        for key, value in data.items():
+            if key != "extra" and key in hints and not _matches(value, hints[key]):
+                raise TypeError(f"field {key!r}: expected {_describe(hints[key])}, got {shorten(value, 80)}")
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a JSON value fits a field annotation (str, int, float, dict/list of them, X | None, Any)."""
+    origin = get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is dict:
+        key_type, value_type = get_args(annotation)
+        return isinstance(value, dict) and all(_matches(k, key_type) and _matches(v, value_type)
+                                               for k, v in value.items())
+    if origin is list:
+        (item_type,) = get_args(annotation)
+        return isinstance(value, list) and all(_matches(v, item_type) for v in value)
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    """An annotation as a reader of the JSON file would say it."""
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 @dataclass

@@ -1,11 +1,15 @@
 """Name -> class registries, so configs name architectures, weighting methods, datasets and task kinds.
 
 Adding one is one file that decorates its class with ``@REGISTRY.register("name")`` plus one
-import line in the package ``__init__`` that holds it.
+import line in the package ``__init__`` that holds it. Every lookup by name goes through
+:meth:`Registry.get`, so an unknown name anywhere (architecture, weighting method, dataset, task
+kind, backbone) is the same one-line ConfigError, naming the nearest registered name when one is
+close ("did you mean 'nash_mtl'?") and listing the choices.
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -33,11 +37,19 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        """The entry called ``name``; an unknown name is a ConfigError listing the choices."""
+        """The entry called ``name``; an unknown name is a ConfigError naming the nearest and the choices."""
         _load_builtins()
         if name not in self._items:
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}")
+            hint = self.suggest(name)
+            did = f"; did you mean {hint!r}?" if hint is not None else ""
+            raise ConfigError(f"unknown {self.kind} {name!r}{did} (choose one of: {', '.join(self.names())})")
         return self._items[name]
+
+    def suggest(self, name: object) -> str | None:
+        """The registered name closest to ``name`` (case-insensitive, ``difflib`` ratio >= 0.6), or None."""
+        by_lower = {n.lower(): n for n in self.names()}
+        close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1, cutoff=0.6)
+        return by_lower[close[0]] if close else None
 
     def names(self) -> list[str]:
         _load_builtins()

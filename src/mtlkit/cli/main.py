@@ -84,7 +84,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from mtlkit.catalog import description, presets
-    from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS
+    from mtlkit.models.backbones import BACKBONES, head_kind
+    from mtlkit.registry import ARCHITECTURES, DATASETS, TASK_KINDS, WEIGHTINGS
 
     def doc(obj) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
@@ -93,6 +94,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         "architectures": {n: doc(c) for n, c in ARCHITECTURES.items()},
         "weightings": {n: doc(c) for n, c in WEIGHTINGS.items()},
         "datasets": {n: doc(c) for n, c in DATASETS.items()},
+        "task kinds": {n: doc(c) for n, c in TASK_KINDS.items()},
+        "backbones": {n: f"{doc(c)} [heads: {head_kind(n)}]" for n, c in BACKBONES.items()},
         "presets": {n: description(p) for n, p in presets("config").items()},
         "sweep presets": {n: description(p, "sweep") for n, p in presets("sweep").items()},
     }
@@ -153,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "eval-<split>-<checkpoint>-<protocol>.json")
     e.set_defaults(func=_cmd_evaluate)
 
-    ls = sub.add_parser("list", help="list architectures, weighting methods, datasets and presets")
+    ls = sub.add_parser("list", help="list architectures, weighting methods, datasets, task kinds, backbones and "
+                        "presets")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=_cmd_list)
 

@@ -22,6 +22,9 @@ class DatasetBuilder:
     #: how the dataset batches: None = the default shuffled batches of any samples; else a method
     #: ``(dataset, batch_size, shuffle, seed, epoch) -> list of index batches`` (e.g. one domain per batch)
     batch_sampler = None
+    #: the Dataset class :meth:`dataset` returns, when no other builder returns it: ``mtlkit.fit``
+    #: records a dataset of this class under the builder's registered name (None: not declared)
+    dataset_class: type | None = None
 
     def __init__(self, cfg: DatasetConfig) -> None:
         self.cfg = cfg

@@ -29,18 +29,19 @@ class FolderStats:
     dtypes: set[str] = field(default_factory=set)
     vmin: float = float("inf")
     vmax: float = float("-inf")
-    special: int = 0  # ignore (-1) labels or missing (0) depth/normal pixels
+    special: int = 0  # pixels that carry no value: ignore labels, missing depth/normals (the task kind says)
     pixels: int = 0
 
-    def add(self, raw: np.ndarray, values: np.ndarray, special: int) -> None:
-        """Account one file: its stored shape/dtype, checked values and special (ignore/missing) pixels."""
+    def add(self, raw: np.ndarray, values: np.ndarray, special: int, pixels: int | None = None) -> None:
+        """Account one file: its stored shape/dtype, checked values and special (ignore/missing) pixels, out
+        of ``pixels`` (None: ``values``' first two dimensions, an (H, W, ...) array)."""
         self.files += 1
         self.shapes.add(tuple(raw.shape))
         self.dtypes.add(str(raw.dtype))
         self.vmin = min(self.vmin, float(values.min()))
         self.vmax = max(self.vmax, float(values.max()))
         self.special += int(special)
-        self.pixels += int(values.shape[0] * values.shape[1])
+        self.pixels += int(values.shape[0] * values.shape[1]) if pixels is None else int(pixels)
 
 
 @dataclass
@@ -133,8 +134,6 @@ def check_dataset(
     name: str, root: str | Path, num_classes: int | None = None, progress: bool = False
 ) -> CheckReport:
     """Validate every file of dataset ``name`` stored at ``root``; problems are collected, not raised."""
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
     builder = DATASETS.get(name)(DatasetConfig(name=name, root=str(root), num_classes=num_classes))
     own = builder.check_files(progress)
     if own is not None:

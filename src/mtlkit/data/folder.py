@@ -32,16 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from mtlkit.config import DatasetConfig
 from mtlkit.data.augment import DenseAugment, _nearest_index
 from mtlkit.data.base import DatasetBuilder
-from mtlkit.errors import ConfigError, DataError, MtlkitError
+from mtlkit.errors import ConfigError, DataError, MtlkitError, shorten
+from mtlkit.readers import read_yaml_file
 from mtlkit.registry import DATASETS
 from mtlkit.tasks import Task, make_task
+from mtlkit.tasks.base import RESERVED_NAMES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 TARGET_SUFFIXES = (".png", ".npy")
@@ -54,10 +55,7 @@ def read_tasks(root: Path) -> list[Task]:
     path = root / "tasks.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: not found (the folder dataset declares its tasks there)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml_file(path)
     entries = data.get("tasks") if isinstance(data, dict) else None
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{path}: expected a non-empty list under 'tasks'")
@@ -69,14 +67,18 @@ def read_tasks(root: Path) -> list[Task]:
         if extra:
             raise ConfigError(f"{path}: tasks[{i}] has unknown key {sorted(extra)[0]!r} "
                               "(keys: name, kind, channels, options)")
-        name = str(entry["name"])
-        if not name or "/" in name or "." in name or name == "images":
-            raise ConfigError(f"{path}: task name {name!r} must be a plain folder name other than 'images'")
+        name, kind = entry["name"], entry["kind"]
+        if not isinstance(name, str) or not isinstance(kind, str):
+            raise ConfigError(f"{path}: tasks[{i}]: name and kind must be strings (got name {shorten(name)}, "
+                              f"kind {shorten(kind)})")
+        if not name or "/" in name or "\\" in name or "." in name or name in ("images", *RESERVED_NAMES):
+            raise ConfigError(f"{path}: task name {shorten(name)} must be a plain folder name other than "
+                              f"'images' and {', '.join(repr(n) for n in RESERVED_NAMES)}")
         options = entry.get("options") or {}
-        if not isinstance(options, dict):
-            raise ConfigError(f"{path}: tasks[{i}].options must be a mapping")
+        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+            raise ConfigError(f"{path}: tasks[{i}].options must be a mapping of option names")
         try:
-            tasks.append(make_task(str(entry["kind"]), name, entry.get("channels"), **options))
+            tasks.append(make_task(kind, name, entry.get("channels"), **options))
         except ConfigError as err:
             raise ConfigError(f"{path}: {err}") from None
     names = [t.name for t in tasks]
@@ -85,15 +87,28 @@ def read_tasks(root: Path) -> list[Task]:
     return tasks
 
 
-def read_array(path: Path) -> np.ndarray:
-    """A file's array: ``.npy`` as stored, images via Pillow (uint8/uint16 arrays); DataError if unreadable."""
+#: Pillow modes an input image is read in as stored (grey, RGB, RGBA, 16-bit grey); any other
+#: (palette, CMYK, YCbCr, grey + alpha, 1-bit, 32-bit) is converted to RGB as a viewer shows it
+_IMAGE_MODES = ("L", "RGB", "RGBA", "I;16", "I;16B", "I;16L")
+
+
+def read_array(path: Path, image: bool = False) -> np.ndarray:
+    """A file's array: ``.npy`` as stored, image files via Pillow; DataError if unreadable.
+
+    Image files are turned by their EXIF orientation, as viewers and annotation tools show them.
+    ``image``: the file is an input image, so palette, CMYK and other colour modes become RGB
+    (a target keeps its stored values: a palette PNG's indices are its class ids).
+    """
     try:
         if path.suffix == ".npy":
             return np.load(path, allow_pickle=False)
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         with Image.open(path) as img:
-            return np.asarray(img)
+            shown = ImageOps.exif_transpose(img)
+            if image and shown.mode not in _IMAGE_MODES:
+                shown = shown.convert("RGB")
+            return np.asarray(shown)
     except Exception as err:  # noqa: BLE001  (any reader failure is a bad file)
         raise DataError(f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
                         ) from None
@@ -154,7 +169,7 @@ class FolderDataset(Dataset):
                  fit: str = "resize", augment: DenseAugment | None = None, max_samples: int | None = None,
                  seed: int = 0) -> None:
         self.root, self.split, self.tasks = Path(root), split, list(tasks)
-        self.fit, self.augment, self.seed = fit, augment, int(seed)
+        self.size, self.fit, self.augment, self.seed = size, fit, augment, int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         split_dir = self.root / split
         if not (split_dir / "images").is_dir():
@@ -189,7 +204,7 @@ class FolderDataset(Dataset):
         """Sample ``index`` as stored (checked, not resized)."""
         stem = self.stems[index]
         path = self.images[stem]
-        sample = {"image": image_tensor(read_array(path), path)}
+        sample = {"image": image_tensor(read_array(path, image=True), path)}
         hw = tuple(sample["image"].shape[-2:])
         for task in self.tasks:
             tpath = self.targets[task.name][stem]
@@ -245,6 +260,8 @@ def resize_sample(sample: dict[str, Tensor], tasks: Sequence[Task], size: tuple[
 @DATASETS.register("folder")
 class FolderBuilder(DatasetBuilder):
     """A user's folder of images and per-task targets described by its ``tasks.yaml``."""
+
+    dataset_class = FolderDataset
 
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
@@ -315,7 +332,7 @@ class FolderBuilder(DatasetBuilder):
                     report.problems.append(f"{files[t.name][stem]}: no image with this name in {split_dir / 'images'}")
             for stem, path in images.items():
                 try:
-                    image = image_tensor(read_array(path), path)
+                    image = image_tensor(read_array(path, image=True), path)
                 except DataError as err:
                     report.problems.append(str(err))
                     continue
@@ -331,7 +348,7 @@ class FolderBuilder(DatasetBuilder):
                     except DataError as err:
                         report.problems.append(str(err))
                         continue
-                    _account(report.stats[split][t.name], target)
+                    _account(report.stats[split][t.name], target, int(t.spec.missing(t, target).sum()))
             if self.size() is None:
                 shapes = report.stats[split]["images"].shapes
                 if len(shapes) > 1:
@@ -340,7 +357,9 @@ class FolderBuilder(DatasetBuilder):
         return report
 
 
-def _account(stats, tensor: Tensor) -> None:
-    """Add one checked tensor to a folder's statistics."""
+def _account(stats, tensor: Tensor, missing: int = 0) -> None:
+    """Add one checked tensor to a folder's statistics, with its ``missing`` (ignored / no value) pixels."""
     values = tensor.numpy()
-    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), 0)
+    pixels = values.shape[-2] * values.shape[-1] if values.ndim >= 2 else 1
+    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), missing,
+              pixels)

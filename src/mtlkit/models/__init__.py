@@ -27,8 +27,8 @@ from mtlkit.tasks import Task
 
 __all__ = ["OVER_BACKBONE", "MultiTaskModel", "build_model", "count_parameters", "model_class", "model_options"]
 
-#: constructor arguments that are not ``model.options``
-_FIXED = ("self", "tasks", "width", "backbone", "pretrained")
+#: constructor arguments that are not ``model.options`` (they have their own ``model.*`` keys)
+_FIXED = ("self", "tasks", "width", "backbone", "pretrained", "align_corners")
 #: the paper's SegNet architectures that other backbones get through a backbone-generic class
 OVER_BACKBONE: dict[str, type[BackboneModel]] = {
     "single": SingleOverBackbone, "mtan": MTANOverBackbone, "cross_stitch": StagedCrossStitch,
@@ -65,8 +65,18 @@ def model_options(cls: type) -> dict[str, Any] | None:
 
 
 def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbone: str | None = None,
-                pretrained: str = "none", **options: Any) -> MultiTaskModel:
-    """``arch`` on ``backbone`` (None: its own) for ``tasks``; unknown names/options are ConfigErrors."""
+                pretrained: str = "none", align_corners: bool = False, **options: Any) -> MultiTaskModel:
+    """``arch`` on ``backbone`` (None: its own) for ``tasks``; unknown names/options are ConfigErrors.
+
+    ``align_corners`` (``model.align_corners``): the ResNet backbones' DeepLabV3 heads upsample with
+    ``align_corners=True`` (the MTAN authors', Auto-Lambda's and LibMTL's setting) instead of
+    torchvision's False; an architecture without such heads refuses True.
+    """
+    if not isinstance(arch, str):
+        raise ConfigError(f"build_model: arch must be an architecture name, got {type(arch).__name__}")
+    if isinstance(tasks, (str, bytes)) or not all(isinstance(t, Task) for t in tasks):
+        raise ConfigError("build_model: tasks must be a list of Task objects (mtlkit.tasks.segmentation_task, ...)")
+    check_width(width)
     cls = model_class(arch, backbone)
     accepted = model_options(cls)
     if accepted is not None:
@@ -77,10 +87,26 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
     in_channels = options.get("in_channels", 3)
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ConfigError(f"model.options.in_channels must be a positive integer (got {in_channels!r})")
+    if not isinstance(align_corners, bool):
+        raise ConfigError(f"model.align_corners must be true or false (got {align_corners!r})")
     if issubclass(cls, BackboneModel):
         backbone = backbone or cls.default_backbone
         check_pretrained(backbone, pretrained)
-        return cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options)
-    if pretrained != "none":
+        head = {}
+        if align_corners:  # passed only when set, so subclasses written without the argument still build
+            if "align_corners" not in inspect.signature(cls.__init__).parameters:
+                raise ConfigError(f"model.align_corners: model.arch {arch!r} does not take it")
+            head["align_corners"] = True
+        model = cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options, **head)
+    elif align_corners:
+        on = f"the {backbone} backbone" if backbone else "its own backbone"
+        raise ConfigError(f"model.align_corners: model.arch {arch!r} on {on} has no upsampling head "
+                          "(the option sets the ResNet backbones' DeepLabV3 heads)")
+    elif pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
-    return cls(list(tasks), check_width(width), **options)
+    else:
+        model = cls(list(tasks), check_width(width), **options)
+    # what it was built from: mtlkit.fit writes it to config.yaml and computes #P from it
+    model.build_spec = {"arch": arch, "backbone": backbone, "pretrained": pretrained, "width": float(width),
+                        "align_corners": align_corners, "options": dict(options)}
+    return model

@@ -28,6 +28,8 @@ class MultiTaskModel(nn.Module):
     records: tuple[str, ...] = ()
     #: registered architecture whose one-task network is the #P reference (None: no reference)
     single_task_reference: str | None = None
+    #: ``build_model``'s arguments (arch, backbone, pretrained, width, options); None for a model built otherwise
+    build_spec: dict[str, object] | None = None
 
     def __init__(self, tasks: list[Task]) -> None:
         super().__init__()

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtlkit.errors import ConfigError
+from mtlkit.config import MAX_WIDTH
+from mtlkit.errors import ConfigError, shorten
 from mtlkit.tasks import Task
 
 #: SegNet / VGG-16 channels and conv layers per stage (level 0 to 4)
@@ -40,9 +41,9 @@ def scale_channels(channels: Sequence[int], width: float) -> tuple[int, ...]:
 
 
 def check_width(width: float) -> float:
-    """``width`` as a float, or a ConfigError when it is not a positive number."""
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-        raise ConfigError(f"model.width must be a positive number (got {width!r})")
+    """``width`` as a float, or a ConfigError when it is not a number in (0, ``MAX_WIDTH``] (inf, NaN, 1e309...)."""
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= MAX_WIDTH:
+        raise ConfigError(f"model.width must be a positive number up to {MAX_WIDTH:g} (got {shorten(width)})")
     return float(width)
 
 

@@ -6,6 +6,18 @@ conv-BN-ReLU, then dropout 0.5), a 3x3 conv-BN-ReLU and a 1x1 conv to the task's
 Chen et al., *Rethinking Atrous Convolution* (2017) and torchvision. Its state-dict keys equal
 torchvision's, so a head trained there loads here. The output is upsampled (bilinear) by the
 backbone's output stride back to the input resolution. ``width`` scales the 256 channels.
+
+``align_corners`` (``model.align_corners``) chooses how that last upsampling interpolates:
+
+* ``False`` (the default): torchvision's DeepLabV3 convention (pixel centres aligned, as
+  ``F.interpolate(..., align_corners=False)``).
+* ``True``: the MTAN authors' MTAN-DeepLabv3, Auto-Lambda and LibMTL (their NYUv2 / CityScapes
+  examples upsample the heads' logits to the image size with ``align_corners=True`` and compute
+  the losses on the result). The two agree up to the upsampling and differ after it (the sampling
+  grids are offset by up to half a feature-map pixel), so a run compared with theirs needs theirs.
+
+Only this final upsampling depends on the option; the image-level ASPP branch broadcasts a 1x1
+map, where both conventions give the same values.
 """
 
 from __future__ import annotations
@@ -52,16 +64,22 @@ class ASPP(nn.Module):
 
 
 class DeepLabHead(nn.Sequential):
-    """ASPP, 3x3 conv-BN-ReLU, 1x1 conv to ``out_channels``; upsampled by ``upsample`` (raw output)."""
+    """ASPP, 3x3 conv-BN-ReLU, 1x1 conv to ``out_channels``; upsampled by ``upsample`` (raw output).
 
-    def __init__(self, in_channels: int, out_channels: int, width: float = 1.0, upsample: int = 1) -> None:
+    ``align_corners`` is the bilinear upsampling's convention: False as torchvision, True as the
+    MTAN authors and LibMTL (see the module docstring).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: float = 1.0, upsample: int = 1,
+                 align_corners: bool = False) -> None:
         (c,) = scale_channels((256,), width)
         super().__init__(ASPP(in_channels, ASPP_RATES, c), *_conv_bn_relu(c, c, 3), nn.Conv2d(c, out_channels, 1))
         self.upsample = upsample
+        self.align_corners = bool(align_corners)
 
     def forward(self, x: Tensor) -> Tensor:
         out = super().forward(x)
         if self.upsample == 1:
             return out
         size = (x.shape[-2] * self.upsample, x.shape[-1] * self.upsample)
-        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=self.align_corners)

@@ -25,8 +25,9 @@ class HPS(BackboneModel):
     arch_name = "hps"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none") -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         self.backbone = self.new_backbone()
         self.heads = self.make_heads(self.backbone)
 
@@ -49,10 +50,11 @@ class SingleOverBackbone(BackboneModel):
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none") -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         self.nets = nn.ModuleDict({t.name: self.new_backbone() for t in self.tasks})
-        self.heads = nn.ModuleDict({t.name: self.nets[t.name].make_head(t.channels) for t in self.tasks})
+        self.heads = nn.ModuleDict({t.name: self.make_head(self.nets[t.name], t.channels) for t in self.tasks})
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """The image itself: every task's network starts from it."""

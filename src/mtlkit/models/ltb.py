@@ -8,17 +8,24 @@ during training each column draws one parent per step; in evaluation it takes th
 parent, so the network is the tree the logits encode. Branch logits start equal (every tree
 equally likely).
 
+Branch points: one before each stage but the first, ``num_stages - 1`` in all. Stage 0 includes
+what ``begin`` does, so on the dilated ResNets (stages layer1..layer4, the stem inside layer1's
+stage) the columns branch before layer2, layer3 and layer4 (3 points; each column's stem and
+layer1 read only the image and its own column). LibMTL (``LibMTL/architecture/LTB.py``) counts
+the stem as its own level and also branches between the stem and layer1 (4 points).
+
 Schedule (LibMTL's; the paper gives none for this setting). During the first ``warmup`` fraction
 of the epochs every column reads the ``softmax(alpha)``-weighted mean of all parents (uniform at
 the start; LibMTL sums them with fixed weights: the mean keeps the activations' scale, and the
 soft weights let the branch logits learn from the first step). Afterwards the temperature is
 ``tau = tau_scale * epochs / sqrt(epoch + 1)`` (LibMTL: ``epochs / 20 / sqrt(epoch + 1)``, 10 down
 to 0.7 over 200 epochs). The trainer tells the model the epoch through ``set_epoch(epoch,
-epochs)``; before that (``epochs`` unknown) there is no warm-up and ``tau = 1``.
+epochs)``; before that (``epochs`` unknown) there is no warm-up and ``tau = 1``. LibMTL also
+samples (and, in its warm-up, sums) at evaluation; here evaluation takes the argmax tree.
 
 Every task's loss can reach every column, so there is no shared representation;
-``shared_parameters()`` is all but the heads and each column's last stage. The branch
-probabilities ``softmax(alpha)`` are recorded as ``branch/stage<i>``.
+``shared_parameters()`` is all but the heads and each column's last stage (LibMTL: the whole
+encoder). The branch probabilities ``softmax(alpha)`` are recorded as ``branch/stage<i>``.
 """
 
 from __future__ import annotations
@@ -44,9 +51,10 @@ class LTB(BackboneModel):
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", warmup: float = 0.01,
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False, warmup: float = 0.01,
                  tau_scale: float = 0.05) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         for key, value in (("warmup", warmup), ("tau_scale", tau_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"model.options.{key} must be a non-negative number (got {value!r})")

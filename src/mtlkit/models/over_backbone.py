@@ -1,9 +1,10 @@
 """What every architecture written over a backbone shares: backbone copies, heads, input checks.
 
-``BackboneModel(tasks, width, backbone=..., in_channels=..., pretrained=...)`` checks the tasks suit
-the backbone's heads (dense maps; classification on ``wrn28``), remembers how to build the
-backbone (:func:`~mtlkit.models.backbones.build_backbone`), and gives one head per task from the
-backbone's ``make_head``. Subclasses say how copies connect.
+``BackboneModel(tasks, width, backbone=..., in_channels=..., pretrained=..., align_corners=...)``
+checks the tasks suit the backbone's heads (dense maps; classification on ``wrn28``), remembers how
+to build the backbone (:func:`~mtlkit.models.backbones.build_backbone`), and gives one head per
+task from the backbone's ``make_head`` (``align_corners``: the upsampling convention of the ResNet
+backbones' DeepLabV3 heads, ``model.align_corners``). Subclasses say how copies connect.
 """
 
 from __future__ import annotations
@@ -42,14 +43,17 @@ class BackboneModel(MultiTaskModel):
     default_backbone = "segnet"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none") -> None:
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
         super().__init__(tasks)
+        if not isinstance(align_corners, bool):
+            raise ConfigError(f"model.align_corners must be true or false (got {align_corners!r})")
         if head_kind(backbone) == "dense":
             check_dense_tasks(self.tasks, self.arch_name)
         else:
             check_classification_tasks(self.tasks, self.arch_name, backbone)
         self.backbone_name = backbone
         self._spec = (check_width(width), in_channels, pretrained)
+        self.align_corners = align_corners
 
     def new_backbone(self) -> Backbone:
         """A fresh copy of the configured backbone (pretrained weights loaded into each copy)."""
@@ -58,7 +62,11 @@ class BackboneModel(MultiTaskModel):
 
     def make_heads(self, backbone: Backbone) -> nn.ModuleDict:
         """One ``backbone.make_head`` per task, keyed by task name."""
-        return nn.ModuleDict({t.name: backbone.make_head(t.channels) for t in self.tasks})
+        return nn.ModuleDict({t.name: self.make_head(backbone, t.channels) for t in self.tasks})
+
+    def make_head(self, backbone: Backbone, out_channels: int) -> nn.Module:
+        """``backbone``'s head for ``out_channels`` outputs, upsampling with the model's ``align_corners``."""
+        return backbone.make_head(out_channels, align_corners=self.align_corners)
 
     def check_input(self, x: Tensor, backbone: Backbone) -> None:
         backbone.check_input(x)

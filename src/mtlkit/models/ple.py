@@ -10,14 +10,20 @@ task's current features ``h_t``, the shared experts on the shared features ``h_s
 
 and task t's head reads the last ``h_t``. Level 0 reads the image everywhere.
 
+Levels: one per backbone stage, and stage 0 includes what ``begin`` does, so the dilated ResNets
+have 4 levels (the stem, conv1-bn1-relu-maxpool, inside level 0 with layer1, then layer2, layer3,
+layer4), SegNet 10 and ``wrn28`` 4. LibMTL (``LibMTL/architecture/PLE.py``, ResNets only) makes
+the stem a level of its own, with its own experts' mix and gates: 5 levels.
+
 Choices where the paper is loose: experts are stages of backbone copies (LibMTL's choice), each
 copy keeping its own pass context (SegNet: its own pooling indices); the shared path and shared
 gate follow the paper (LibMTL instead runs the shared experts on each task's features and has no
-shared gate); gates read their level's input pooled to a ``gate_grid`` grid. Every task's loss
+shared gate); gates read their level's input pooled to a ``gate_grid`` grid (LibMTL: a linear
+layer over the whole flattened level input, which fixes the input size). Every task's loss
 reaches the shared path, so there is no single shared representation: ``shared_parameters()`` is
 every parameter some other task's loss also reaches (all but each task's last two gates, its
-last-level experts and its head). Gate weights are recorded as ``gate/<task>/level<i>`` and
-``gate/shared/level<i>``.
+last-level experts and its head; LibMTL: the shared experts only). Gate weights are recorded as
+``gate/<task>/level<i>`` and ``gate/shared/level<i>``. See ``docs/differences.md``.
 """
 
 from __future__ import annotations
@@ -49,9 +55,11 @@ class PLE(BackboneModel):
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", num_shared_experts: int = 1,
+                 in_channels: int = 3, pretrained: str = "none",
+                 align_corners: bool = False, num_shared_experts: int = 1,
                  num_task_experts: int = 1, gate_grid: int = 4) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         ns = positive_int(num_shared_experts, "num_shared_experts")
         nt = positive_int(num_task_experts, "num_task_experts")
         grid = positive_int(gate_grid, "gate_grid")

@@ -13,9 +13,12 @@ reads the last ``â``. What the backbone sets:
 * Dilated ResNets (the authors' later ``model_resnet_mtan``): ``u_j`` is stage j without its last
   block, ``p_j`` its output; the gate's middle width is a quarter of ``p_j``'s channels ("a
   similar bottleneck design"); f_j (j < 3) is a Bottleneck ``c_j -> c_{j+1}`` (planes ``c_{j+1}/4``,
-  projected shortcut), the last stage has none; DeepLabV3 heads. The 1x1 convs before BatchNorm
-  have no bias (the official code has them; redundant under BN): ``c/4 + c`` fewer parameters per gate.
-  BasicBlock ResNets (18/34) use the same Bottleneck f blocks.
+  projected shortcut), the last stage has none; DeepLabV3 heads, whose final x8 upsampling is
+  ``model.align_corners`` (the authors' code upsamples with ``align_corners=True``; the default,
+  False, is torchvision's). The 1x1 convs before BatchNorm have no bias (the official code has
+  them; redundant under BN): ``c/4 + c`` fewer parameters per gate. BasicBlock ResNets (18/34),
+  which the authors did not write, use the same Bottleneck f blocks and ``c/4`` middle widths
+  (LibMTL's MTAN uses BasicBlock f blocks and middle width ``c`` on them).
 * ``wrn28`` (MTAN section 4.2, the authors' ``visual_decathlon/model_wrn_mtan.py``): ``u_j = p_j``
   is stage j's output (stem, stage1..3, the last after the final BN-ReLU); the gate's middle width
   is ``c_j``; f_j is a 3x3 conv-BN-ReLU ``c_j -> c_{min(j+1, 3)}``, applied at every level
@@ -25,7 +28,8 @@ reads the last ``â``. What the backbone sets:
 
 ``encode`` returns ``u_0, p_0, ..., u_3, p_3`` (ResNet) or the four levels (``wrn28``).
 ``shared_parameters()`` is the backbone, plus the f blocks on ``wrn28`` (as the decathlon's WRN-MTAN
-has always counted them). Masks are recorded as ``attention/<task>/<level>`` (``enc<j>`` on
+has always counted them; they run after ``encode``'s tensors, so ``wrn28`` refuses representation
+mode). Masks are recorded as ``attention/<task>/<level>`` (``enc<j>`` on
 ResNets; ``stem``, ``stage1``..``stage3`` on ``wrn28``).
 """
 
@@ -92,8 +96,9 @@ class MTANOverBackbone(BackboneModel):
     arch_name = "mtan"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",
-                 in_channels: int = 3, pretrained: str = "none") -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         self.backbone = self.new_backbone()
         bb = self.backbone
         if isinstance(bb, DilatedResNet):
@@ -126,6 +131,13 @@ class MTANOverBackbone(BackboneModel):
             h = layer[-1](u)
             reps += [u, h]
         return reps
+
+    @property
+    def supports_representation(self) -> bool:
+        """False on ``wrn28``: its f blocks are shared parameters the attention path applies after
+        ``encode``'s tensors, so no set of those tensors cuts the graph (representation mode would
+        drop the blocks' gradient)."""
+        return not self.wrn
 
     def taps(self, reps: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
         """``(u_j, p_j)`` for each stage from ``encode``'s output."""

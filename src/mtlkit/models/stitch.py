@@ -1,12 +1,20 @@
 """Cross-stitch networks (Misra et al., CVPR 2016) over any staged backbone.
 
-``cross_stitch`` on a non-SegNet backbone: one backbone per task; after every stage (for the
-dilated ResNets: after layer1..layer4, as LibMTL) a :class:`~mtlkit.models.cross_stitch.CrossStitchUnit`
-mixes the K tasks' feature maps, ``x~_i = sum_k alpha[i, k] x_k``, initialised and trained as in
-:mod:`mtlkit.models.cross_stitch` (``alpha_s`` on the diagonal, the alphas at ``lr *
-alpha_lr_mult``). ``cross_stitch`` on SegNet keeps the MTAN paper's class. No shared
-representation; ``shared_parameters()`` is everything but the heads. Alphas are recorded as
-``alpha/stage<i>``.
+``cross_stitch`` on a non-SegNet backbone: one backbone per task (each with its own stem); after
+every stage, the last included, a :class:`~mtlkit.models.cross_stitch.CrossStitchUnit` mixes the K
+tasks' feature maps, ``x~_i = sum_k alpha[i, k] x_k``. On the dilated ResNets that is after
+layer1, layer2, layer3 and layer4 (4 units; the heads read the stitched layer4 features), on
+``wrn28`` after the stem and stage1..stage3. The units are initialised and trained as in
+:mod:`mtlkit.models.cross_stitch` (``alpha_s`` on the diagonal, ``(1 - alpha_s) / (K - 1)`` off it;
+the alphas at ``lr * alpha_lr_mult``). ``cross_stitch`` on SegNet keeps the MTAN paper's class.
+
+Where LibMTL differs (``LibMTL/architecture/Cross_stitch.py``, ResNets only): it stitches after
+layer1..layer3 only (its fourth unit is allocated but never used, so the heads read unmixed
+layer4 features), starts every alpha at 1 (each column's input is the sum of all K columns) and
+trains them at the base learning rate. See ``docs/differences.md``.
+
+No shared representation; ``shared_parameters()`` is everything but the heads (as LibMTL's
+encoder). Alphas are recorded as ``alpha/stage<i>``.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ class StagedCrossStitch(BackboneModel):
     supports_representation = False
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "resnet50_dilated",
-                 in_channels: int = 3, pretrained: str = "none", alpha_s: float = 0.9,
+                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False, alpha_s: float = 0.9,
                  per_channel: bool = False, alpha_lr_mult: float = 100.0) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
         if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
             raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
         if not isinstance(per_channel, bool):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mtlkit.io import atomic_write_json, atomic_write_text
+from mtlkit.io import atomic_write_json, atomic_write_text, output_error
 from mtlkit.report import html as html_writer
 from mtlkit.report import markdown as md_writer
 from mtlkit.report import plots
@@ -36,7 +36,8 @@ from mtlkit.report.document import (
 )
 from mtlkit.report.provenance import fmt_duration, report_provenance, run_provenance
 from mtlkit.report.runs import Collection, Run, collect
-from mtlkit.report.table import ResultsTable, Row, build_tables, tables_csv
+from mtlkit.report.table import ResultsTable, Row, build_tables, decimals, fmt_value, tables_csv
+from mtlkit.tasks import Task
 
 Loader = Callable[[Path], tuple]
 
@@ -81,8 +82,11 @@ def make_report(paths: list[Path], out: Path, options: ReportOptions | None = No
     """Read the runs under ``paths`` and write the report files into ``out``."""
     opts = options or ReportOptions()
     out = Path(out)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
     col = collect([Path(p) for p in paths])
+    try:
+        (out / "figures").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(out / "figures", err) from None
     last = opts.last if opts.last is not None else _runs_report_last(col.runs, opts.source)
     tables = build_tables(col.runs, opts.source, last, opts.baseline, opts.references)
     builder = _Builder(out, opts, loader or default_loader)
@@ -120,10 +124,12 @@ class _Builder:
         """The whole report document for the collected runs and their tables."""
         doc = Document(self.opts.title)
         finished = [r for r in col.runs if r.finished]
-        total = sum((r.results or {}).get("wall_time") or 0.0 for r in finished)
+        total = sum(r.wall_time or 0.0 for r in col.runs)
+        unfinished_time = sum(r.wall_time or 0.0 for r in col.runs if not r.finished)
+        of_which = f" ({fmt_duration(unfinished_time)} of it in unfinished runs)" if unfinished_time else ""
         intro = (f"{len(col.runs)} run folders ({len(finished)} finished), "
                  f"{len(tables)} experiment table{'s' if len(tables) != 1 else ''}; "
-                 f"total training time {fmt_duration(total)}. Generated {self.provenance['generated']}.")
+                 f"total training time {fmt_duration(total)}{of_which}. Generated {self.provenance['generated']}.")
         if col.sweeps:
             intro += " Sweeps: " + ", ".join(f"`{s['name']}` ({s['runs']} runs)" for s in col.sweeps) + "."
         doc.intro.append(Paragraph(intro))
@@ -140,7 +146,7 @@ class _Builder:
         complexity = self.complexity_section(tables)
         if complexity is not None:
             doc.sections.append(complexity)
-        doc.sections.append(self.curves_section(tables))
+        doc.sections.append(self.curves_section(tables, problems))
         doc.sections.append(self.weights_section(tables))
         doc.sections.append(self.stitch_section(tables))
         doc.sections.append(self.attention_section(tables))
@@ -228,22 +234,38 @@ class _Builder:
 
     # ------------------------------------------------------------------ curves and weights
 
-    def curves_section(self, tables: list[ResultsTable]) -> Section:
-        """Per experiment: training loss and validation main metric per epoch, one line per row."""
+    def curves_section(self, tables: list[ResultsTable], unfinished: list[Run]) -> Section:
+        """Per experiment: training loss and validation main metric per epoch, one line per row.
+
+        Unfinished runs with logged epochs join the table of their dataset and tasks (else a group of
+        their own). Lines of one logged epoch have no curve: their values go in a table instead.
+        """
         sec = Section("Training curves")
-        for t in tables:
-            lines = []
-            for row in t.rows:
-                keys = [("train", f"loss/{x['name']}") for x in t.tasks]
-                keys += [("val", f"{x['name']}/{x['main_metric']}") for x in t.tasks]
-                lines.append({"label": row.label, "arch": row.arch, "weighting": row.weighting,
-                              "series": {k: _seed_mean(row.runs, split, k) for split, k in keys}})
-            path = self.out / "figures" / f"curves_{t.key}.png"
-            plots.plot_curves(lines, t.tasks, path, title=t.title)
-            sec.blocks.append(self.figure(path, f"{t.title}: training loss (left) and validation main "
-                                                "metric (right) per epoch, mean over seeds."))
-        if not tables:
-            sec.blocks.append(Note("No finished run to plot."))
+        groups = [_CurveGroup(t.title, t.key, t.dataset, t.tasks,
+                              [_line(row.label, row.runs, t.tasks) for row in t.rows]) for t in tables]
+        for run in (r for r in unfinished if r.epochs):
+            tasks = run.logged_tasks
+            names = [x["name"] for x in tasks]
+            group = next((g for g in groups if g.dataset == run.dataset and g.names == names), None)
+            if group is None:
+                title = f"{run.dataset}: " + ", ".join(names) + " (unfinished runs)"
+                group = _CurveGroup(title, slug(title), run.dataset, tasks, [])
+                groups.append(group)
+            n = len(run.epochs)
+            group.lines.append(_line(f"{run.name} ({run.status}, {n} epoch{'s' if n != 1 else ''})", [run],
+                                     group.tasks))
+        for g in groups:
+            curves = [ln for ln in g.lines if max(map(len, ln["series"].values()), default=0) > 1]
+            single = [ln for ln in g.lines if max(map(len, ln["series"].values()), default=0) == 1]
+            if curves:
+                path = self.out / "figures" / f"curves_{g.key}.png"
+                plots.plot_curves(curves, g.tasks, path, title=g.title)
+                sec.blocks.append(self.figure(path, f"{g.title}: training loss (left) and validation main "
+                                                    "metric (right) per epoch, mean over seeds."))
+            if single:
+                sec.blocks.append(_one_epoch_table(g, single))
+        if not sec.blocks:
+            sec.blocks.append(Note("No run logged an epoch."))
         return sec
 
     def weights_section(self, tables: list[ResultsTable]) -> Section:
@@ -462,3 +484,43 @@ def _summary(t: ResultsTable) -> str:
     best = max(rated, key=lambda r: r.delta)
     ratio = f", {best.params_ratio:.2f}x parameters" if best.params_ratio is not None else ""
     return f"Best Δm: **{best.label}** ({best.delta:+.2f} %{ratio})."
+
+
+@dataclass
+class _CurveGroup:
+    """The lines of one training-curves figure: a results table's rows and the unfinished runs like them."""
+
+    title: str
+    key: str
+    dataset: str
+    tasks: list[dict[str, Any]]
+    lines: list[dict[str, Any]]
+
+    @property
+    def names(self) -> list[str]:
+        """The group's task names, in order."""
+        return [x["name"] for x in self.tasks]
+
+
+def _line(label: str, runs: list[Run], tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One curve's data: per task, the seed-mean training loss and validation main metric per epoch."""
+    keys = [("train", f"loss/{x['name']}") for x in tasks] + [("val", f"{x['name']}/{x['main_metric']}")
+                                                              for x in tasks]
+    return {"label": label, "series": {k: _seed_mean(runs, split, k) for split, k in keys}}
+
+
+def _one_epoch_table(group: _CurveGroup, lines: list[dict[str, Any]]) -> Table:
+    """The values of the lines that logged one epoch (a curve of one point says nothing)."""
+    keys = [k for x in group.tasks for k in (f"loss/{x['name']}", f"{x['name']}/{x['main_metric']}")]
+    headers = ["Row", "Epoch"]
+    for x in group.tasks:  # the metric's table label where the task's kind is known (results.json)
+        metric = Task.from_dict(x).metric_label(x["main_metric"]) if "kind" in x else x["main_metric"]
+        headers += [f"{x['name']}: train loss", f"{x['name']}: val {metric}"]
+    places = {k: decimals([ln["series"][k][0][1] for ln in lines if ln["series"].get(k)]) for k in keys}
+    rows = []
+    for ln in lines:
+        epoch = next(pts[0][0] for pts in ln["series"].values() if pts)
+        rows.append([Cell(ln["label"]), Cell(str(epoch))] + [
+            Cell(fmt_value(ln["series"][k][0][1], places[k]) if ln["series"].get(k) else "–") for k in keys])
+    return Table(headers, rows, f"{group.title}: one logged epoch, so no curve; its training loss and "
+                                f"validation main metric (mean over seeds).", align=["l", "r"] + ["r"] * len(keys))

@@ -18,8 +18,10 @@ from matplotlib.ticker import MaxNLocator
 from mtlkit.report.runs import ARCH_ORDER
 
 DPI = 110
-LINESTYLES = {"equal": "-", "uncertainty": "--", "dwa": ":"}
-EXTRA_STYLES = ["-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))]
+#: line styles a figure cycles through, one per ten lines (tab10 gives the ten colours)
+LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
+#: markers added after every colour x line style pair is used (more than 40 lines)
+MARKERS = ("o", "s", "^", "D", "v", "x")
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -44,37 +46,56 @@ def arch_color(arch: str) -> tuple:
     return cmap(7 + sum(map(ord, arch)) % 3)
 
 
-def weighting_style(weighting: str) -> Any:
-    """A fixed line style per weighting method."""
-    if weighting in LINESTYLES:
-        return LINESTYLES[weighting]
-    return EXTRA_STYLES[sum(map(ord, weighting)) % len(EXTRA_STYLES)]
+def line_styles(n: int) -> list[tuple[tuple, Any, str | None]]:
+    """``n`` distinct ``(colour, line style, marker)`` for the lines of one figure, in line order.
+
+    Colours cycle through tab10, the line style changes every ten lines and a marker every 40, so
+    no two lines of a figure look the same (17 curves: 10 solid + 7 dashed, each its own colour).
+    """
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    per_marker = 10 * len(LINESTYLES)
+    out = []
+    for i in range(n):
+        marker = None if i < per_marker else MARKERS[(i // per_marker - 1) % len(MARKERS)]
+        out.append((cmap(i % 10), LINESTYLES[(i // 10) % len(LINESTYLES)], marker))
+    return out
 
 
 def plot_curves(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """:func:`curves_figure` written to ``path``."""
+    return _save(curves_figure(lines, tasks, title), path)
+
+
+def curves_figure(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], title: str = "") -> Figure:
     """Per task: training loss and validation main metric per epoch, one line per table row.
 
-    ``lines``: dicts with ``label``, ``arch``, ``weighting`` and ``series``: {"loss/<task>": [(epoch,
-    value)], "<task>/<main metric>": [(epoch, value)]} (seed means).
+    ``lines``: dicts with ``label`` and ``series``: {"loss/<task>": [(epoch, value)], "<task>/<main
+    metric>": [(epoch, value)]} (seed means). ``tasks``: dicts with ``name``, ``main_metric`` and
+    ``metrics`` ({metric: higher is better}; the direction arrow is left out where unknown). Each
+    line has its own colour and line style (:func:`line_styles`); x ticks are whole epochs.
     """
     k = len(tasks)
     fig = _figure(10.5, 2.5 * k + 0.6)
     axes = fig.subplots(k, 2, squeeze=False)
+    styles = line_styles(len(lines))
     for i, task in enumerate(tasks):
         name, main = task["name"], task["main_metric"]
-        higher = task["metrics"].get(main, True)
+        higher = (task.get("metrics") or {}).get(main)
+        arrow = "" if higher is None else " ↑" if higher else " ↓"
         for j, (key, ylabel) in enumerate([(f"loss/{name}", f"{name}: train loss"),
-                                           (f"{name}/{main}", f"{name}: val {main} {'↑' if higher else '↓'}")]):
+                                           (f"{name}/{main}", f"{name}: val {main}{arrow}")]):
             ax = axes[i][j]
             positive = True
-            for line in lines:
+            for line, (color, style, marker) in zip(lines, styles):
                 pts = line["series"].get(key) or []
                 if not pts:
                     continue
                 x, y = zip(*pts)
                 positive &= min(y) > 0
-                ax.plot(x, y, color=arch_color(line["arch"]), linestyle=weighting_style(line["weighting"]),
-                        linewidth=1.4, label=line["label"], marker="o" if len(x) < 3 else None, markersize=3)
+                ax.plot(x, y, color=color, linestyle=style, linewidth=1.4, label=line["label"],
+                        marker=marker or ("o" if len(x) < 3 else None), markersize=3)
             if j == 0 and positive and _spans_decade(ax):
                 ax.set_yscale("log")
             ax.set_ylabel(ylabel, fontsize=8)
@@ -90,7 +111,7 @@ def plot_curves(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], path: 
         fig.legend(handles, labels, loc="outside right center", fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return fig
 
 
 def _spans_decade(ax) -> bool:
@@ -214,12 +235,12 @@ def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], p
         for row, field, ylabel in [(0, "points", f"{task['name']} {task['main_metric']} {'↑' if higher else '↓'}"),
                                    (1, "relative", f"{task['name']}: % vs single-task ↑")][: 2 if has_rel else 1]:
             ax = axes[row][j]
-            for s in series:
+            for s, (color, style, _) in zip(series, line_styles(len(series))):
                 data = s.get(field) or {}
                 xs = [c for c in classes if c in data and key in data[c]]
                 if xs:
-                    ax.plot(xs, [data[c][key] for c in xs], marker="o", color=arch_color(s["arch"]),
-                            linestyle=weighting_style(s["weighting"]), label=s["label"])
+                    ax.plot(xs, [data[c][key] for c in xs], marker="o", color=color, linestyle=style,
+                            label=s["label"])
             if row == 1:
                 ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_xticks(classes)
@@ -285,8 +306,8 @@ def plot_attention(image: np.ndarray, rows: list[dict[str, Any]], path: Path, ti
 
 
 __all__ = [
-    "plot_curves", "plot_weights", "plot_stitch_alphas", "alpha_matrices", "plot_complexity",
-    "plot_attention", "display_image", "arch_color", "weighting_style",
+    "plot_curves", "curves_figure", "plot_weights", "plot_stitch_alphas", "alpha_matrices", "plot_complexity",
+    "plot_attention", "display_image", "arch_color", "line_styles",
 ]
 
 

@@ -32,13 +32,8 @@ def run_provenance(run: Run) -> dict[str, Any]:
         "versions": versions,
         "git_commit": res.get("git_commit"),
         "machine": machine,
-        "wall_time": res.get("wall_time") if res.get("wall_time") is not None else _logged_time(run),
+        "wall_time": run.wall_time,
     }
-
-
-def _logged_time(run: Run) -> float | None:
-    """Seconds logged by the last epoch of an unfinished run."""
-    return float(run.epochs[-1]["time"]) if run.epochs and "time" in run.epochs[-1] else None
 
 
 def report_provenance(argv: list[str] | None = None) -> dict[str, Any]:

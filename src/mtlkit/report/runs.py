@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mtlkit.errors import ConfigError, warn
+from mtlkit.readers import read_text, read_yaml_file
 from mtlkit.records import EpochRecord, RunResults
+from mtlkit.tasks import Task
 
 #: paper order of the MTAN table's architectures (others follow alphabetically)
 ARCH_ORDER = ("single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan")
@@ -110,6 +110,33 @@ class Run:
         """Task declarations from results.json: name, kind, channels, metrics {m: higher}, main_metric."""
         return list((self.results or {}).get("tasks") or [])
 
+    @property
+    def wall_time(self) -> float | None:
+        """Seconds the run trained: results.json's wall time, else (unfinished) the last logged epoch's time
+        since the start (resumed parts included); None when neither was written."""
+        recorded = (self.results or {}).get("wall_time")
+        if recorded is not None:
+            return float(recorded)
+        logged = self.epochs[-1].get("time") if self.epochs else None
+        return float(logged) if logged is not None else None
+
+    @property
+    def logged_tasks(self) -> list[dict[str, Any]]:
+        """The task declarations of results.json, else (unfinished runs) the tasks metrics.jsonl logs:
+        ``name`` from the ``loss/<task>`` training keys, ``main_metric`` the first ``<task>/<metric>``
+        validation key, ``metrics`` empty (the better direction is not logged)."""
+        if self.tasks:
+            return self.tasks
+        if not self.epochs:
+            return []
+        first = self.epochs[0]
+        names = [k.removeprefix("loss/") for k in first.get("train") or {} if k.startswith("loss/")]
+        out = []
+        for name in names:
+            metric = next((k.split("/", 1)[1] for k in first.get("val") or {} if k.startswith(f"{name}/")), None)
+            out.append({"name": name, "main_metric": metric, "metrics": {}})
+        return out
+
     def values(self, source: str = "final", last: int = 1) -> dict[str, float]:
         """Validation metrics ``task/metric``: results' final/best, or the mean of the last ``last`` epochs."""
         if last > 1:
@@ -151,7 +178,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file; a truncated last line (a killed writer) is skipped with a warning."""
     if not path.is_file():
         return []
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
     out = []
     for i, line in enumerate(lines):
         try:
@@ -173,40 +200,74 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
     config: dict[str, Any] = {}
     cfg_path = path / "config.yaml"
     if cfg_path.is_file():
-        try:
-            config = yaml.safe_load(cfg_path.read_text()) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{cfg_path}: invalid YAML") from None
+        config = read_yaml_file(cfg_path) or {}
         if not isinstance(config, dict):
             raise ConfigError(f"{cfg_path}: expected a mapping of config sections, got a {type(config).__name__}")
+        _check_config(config, cfg_path)
     results = None
     res_path = path / "results.json"
     if res_path.is_file():
         try:
-            results = json.loads(res_path.read_text())
+            results = json.loads(read_text(res_path))
         except json.JSONDecodeError as err:
             raise ConfigError(f"{res_path}: invalid JSON ({err.msg})") from None
         if not isinstance(results, dict):
             raise ConfigError(f"{res_path}: expected a JSON object (the trainer's results), got a "
                               f"{_json_kind(results)}")
     epochs = read_jsonl(path / "metrics.jsonl")
-    try:  # checked against the trainer's schema (mtlkit.records): a record missing a field names the file
-        for e in epochs:
-            EpochRecord.from_dict(e)
-    except TypeError as err:
-        raise ConfigError(f"{path / 'metrics.jsonl'}: not a metrics record ({err})") from None
-    if results is not None and results.get("status") == "finished":
+    for i, e in enumerate(epochs):  # checked against the trainer's schema (mtlkit.records)
         try:
-            RunResults.from_dict(results)
+            EpochRecord.from_dict(e)
         except TypeError as err:
-            raise ConfigError(f"{res_path}: not a results record ({err})") from None
+            raise ConfigError(f"{path / 'metrics.jsonl'}: epoch record {i + 1} is not a metrics record ({err})"
+                              ) from None
+    if results is not None:
+        _check_results(results, res_path)
     return Run(path, config, epochs, results, sweep, record)
+
+
+def _check_results(results: dict[str, Any], path: Path) -> None:
+    """results.json against :class:`RunResults` (all of it when finished, the fields present otherwise)."""
+    try:
+        if results.get("status") == "finished":
+            RunResults.from_dict(results)
+        else:
+            RunResults.check_types(results)
+        for i, task in enumerate(results.get("tasks") or []):
+            if not isinstance(task, dict):
+                raise TypeError(f"tasks[{i}] is not an object")
+            Task.from_dict(task)
+        if not isinstance(results.get("error", ""), str):
+            raise TypeError("field 'error' is not a string")
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"{path}: not a results record ({err})") from None
+
+
+def _check_config(config: dict[str, Any], path: Path) -> None:
+    """The keys of a run's config.yaml that mtlkit knows have their types (others, e.g. from a newer mtlkit, pass)."""
+    from pydantic import BaseModel
+
+    from mtlkit.config import Config, config_from_dict
+
+    def known(data: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+        out = {}
+        for key, value in data.items():
+            info = model.model_fields.get(key)
+            if info is None:
+                continue
+            sub = info.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, dict):
+                value = known(value, sub)
+            out[key] = value
+        return out
+
+    config_from_dict(known(config, Config), source=str(path))
 
 
 def _load_sweep_dir(path: Path, out: Collection) -> None:
     """Add the runs sweep.json lists (and those without a folder to ``missing``)."""
     try:
-        state = json.loads((path / "sweep.json").read_text())
+        state = json.loads(read_text(path / "sweep.json"))
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path / 'sweep.json'}: invalid JSON ({err.msg})") from None
     if not isinstance(state, dict) or not isinstance(state.get("runs", []), list):

@@ -49,7 +49,6 @@ ARCH_LABELS = {
     "single": "Single-Task", "stan": "STAN", "split_wide": "Split, Wide", "split_deep": "Split, Deep",
     "dense": "Dense", "cross_stitch": "Cross-Stitch", "mtan": "MTAN",
 }
-WEIGHTING_LABELS = {"equal": "Equal", "uncertainty": "Uncert.", "dwa": "DWA"}
 TASK_LABELS = {"segmentation": "Segmentation", "depth": "Depth", "normal": "Surface Normal"}
 
 
@@ -139,7 +138,7 @@ class Row:
         """The weighting as the paper names it; "n.a." for single-task networks with equal weights."""
         if self.arch in SINGLE_TASK_ARCHS and self.weighting == "equal":
             return "n.a."
-        return WEIGHTING_LABELS.get(self.weighting, self.weighting)
+        return method_label(self.weighting)
 
     @property
     def setting_text(self) -> str:
@@ -298,6 +297,9 @@ class ResultsTable:
         if self.has_delta:
             groups.append(("", 1))
             headers.append("Δm % ↑")
+        places = {c.key: decimals([r.mean.get(c.key) for r in self.rows] + [ref.values.get(c.key)
+                                                                              for ref in self.references])
+                  for c in self.columns}
         rows = []
         for i, row in enumerate(self.rows):
             cells = [
@@ -311,11 +313,12 @@ class ResultsTable:
                 cells.append(Cell(str(row.n), title="seeds " + ", ".join(str(s) for s in row.seeds)))
             for col in self.columns:
                 v = row.mean.get(col.key)
-                extra = f"± {fmt_value(row.std[col.key])}" if col.key in row.std else ""
+                extra = f"± {fmt_value(row.std[col.key], places[col.key])}" if col.key in row.std else ""
                 extra += NOT_SIGNIFICANT if row.not_significant(col.key) else ""
                 p = row.pvalues.get(col.key)
                 tip = f"Welch p = {p:.3g} vs the baseline row" if p is not None else None
-                cells.append(Cell(fmt_value(v), bold=i in best[col.key], title=tip, extra=extra or None))
+                cells.append(Cell(fmt_value(v, places[col.key]), bold=i in best[col.key], title=tip,
+                                  extra=extra or None))
             if self.has_delta:
                 mark = NOT_SIGNIFICANT if row.not_significant("delta_m") else None
                 cells.append(Cell(fmt_delta(row.delta, row.delta_std), bold=i in best["delta_m"], extra=mark))
@@ -325,7 +328,7 @@ class ResultsTable:
                      Cell(ref.row.arch, muted=True, title=ref.reference.source),
                      Cell(f"{ref.row.weighting} [{ref.reference.name}]", muted=True)]
             cells += [Cell("–", muted=True) for _ in range(lead - 3)]
-            cells += [Cell(fmt_value(ref.values.get(c.key)), muted=True) for c in self.columns]
+            cells += [Cell(fmt_value(ref.values.get(c.key), places[c.key]), muted=True) for c in self.columns]
             if self.has_delta:
                 cells.append(Cell(fmt_delta(ref.delta, None), muted=True))
             rows.append(cells)
@@ -376,12 +379,33 @@ def sample_std(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
-def fmt_value(v: float | None) -> str:
-    """A metric for the table: 4 decimals below 10, 2 below 100, 1 above; '–' when missing."""
+def method_label(name: str) -> str:
+    """How reports name a weighting method: its class's ``display_name``, else its class name
+    (``pcgrad`` -> PCGrad, ``nash_mtl`` -> Nash-MTL); a name no registered class has, as it is."""
+    from mtlkit.registry import WEIGHTINGS
+
+    if name not in WEIGHTINGS:
+        return name
+    cls = WEIGHTINGS.get(name)
+    return cls.display_name or cls.__name__
+
+
+def decimals(values: list[float | None]) -> int:
+    """The decimals of a table column: 4 when its largest magnitude is below 10, 2 below 100, else 1.
+
+    One count for the whole column, so its numbers line up (12.40 above 4.34, not 4.3444).
+    """
+    finite = [abs(v) for v in values if v is not None and math.isfinite(v)]
+    top = max(finite, default=0.0)
+    return 4 if top < 10 else 2 if top < 100 else 1
+
+
+def fmt_value(v: float | None, places: int | None = None) -> str:
+    """A metric for the table with ``places`` decimals (None: :func:`decimals` of the value alone); '–' when
+    missing."""
     if v is None or not math.isfinite(v):
         return "–"
-    a = abs(v)
-    return f"{v:.4f}" if a < 10 else f"{v:.2f}" if a < 100 else f"{v:.1f}"
+    return f"{v:.{decimals([v]) if places is None else places}f}"
 
 
 def fmt_delta(mean: float | None, std: float | None) -> str:

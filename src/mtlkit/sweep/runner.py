@@ -10,6 +10,7 @@ executor runs :func:`mtlkit.sweep.worker.execute` for each run, which records th
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +75,7 @@ EXECUTOR_MODULES = {"local": "local", "slurm": "slurm", "ray": "ray"}
 
 
 def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
-    """For each run: its name, grid values and what a run of the sweep would do now (train/resume/skip)."""
+    """For each run: its name, grid values and what a run of the sweep would do now (train/resume/skip/wait)."""
     state = st.read_state(Path(sweep_dir))
     recorded = {r["name"]: r for r in state.get("runs", [])} if state else {}
     rows = []
@@ -85,13 +86,19 @@ def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
         made_by = rec.get("run_plan_hash")
         stale = status in ("finished", "resumable") and made_by not in (None, run.plan_hash())
         action = {"finished": "skip", "resumable": "resume"}.get(status, "train")
+        if status != "finished" and st.worker_alive(rec, run_dir) is not None:
+            action = "wait"  # its worker (left by a killed driver) still trains it
         rows.append({"name": run.name, "assignment": run.assignment, "action": "stale" if stale else action,
                      "run_dir": str(run_dir)})
     return rows
 
 
-def _initial_state(sweep: Sweep, runs: list, old: dict[str, Any]) -> dict[str, Any]:
-    """The sweep.json of this invocation: every run's record, keeping what earlier invocations learned."""
+def _initial_state(sweep: Sweep, runs: list, old: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
+    """The sweep.json of this invocation: every run's record, keeping what earlier invocations learned.
+
+    A run recorded ``running`` stays so (with where it runs) while its worker is alive
+    (:func:`mtlkit.sweep.state.worker_alive`); else its worker died with the last driver: ``interrupted``.
+    """
     previous = {r["name"]: r for r in old.get("runs", [])}
     state: dict[str, Any] = {
         "name": sweep.name,
@@ -109,12 +116,13 @@ def _initial_state(sweep: Sweep, runs: list, old: dict[str, Any]) -> dict[str, A
     for run in runs:
         rec = previous.get(run.name, {})
         status = rec.get("status", "pending")
+        alive = status == "running" and st.worker_alive(rec, sweep_dir / run.name) is not None
         state["runs"].append({
             "name": run.name,
             "assignment": run.assignment,
             "plan_hash": run.plan_hash(),
             "config_hash": run.config.hash(),
-            "status": "interrupted" if status == "running" else status,
+            "status": "interrupted" if status == "running" and not alive else status,
             "run_dir": run.name,
             "error": rec.get("error"),
             "traceback": rec.get("traceback"),
@@ -122,6 +130,7 @@ def _initial_state(sweep: Sweep, runs: list, old: dict[str, Any]) -> dict[str, A
             "wall_time": rec.get("wall_time", 0.0),
             "run_plan_hash": rec.get("run_plan_hash"),
             "last_action": None,
+            **({"where": rec.get("where"), "started": rec.get("started")} if alive else {}),
         })
     return state
 
@@ -131,6 +140,35 @@ def _needs_training(job: RunJob) -> bool:
     status = st.run_status(job.run_dir)
     stale = status in ("finished", "resumable") and job.made_by is not None and job.made_by != job.plan_hash
     return status != "finished" and not stale
+
+
+#: seconds between looks at the run locks of workers an earlier driver left running
+WAIT_POLL = 1.0
+
+
+def _wait_for_workers(busy: list[RunJob], records: dict[str, dict[str, Any]], ctx: Context) -> list[RunJob]:
+    """Wait until the workers still training ``busy`` runs (left by a killed driver) end; the jobs, to settle.
+
+    A second worker is never started on a run whose worker is alive: two processes would write one
+    run's checkpoints. Once a worker ended, the job goes the usual way (finished: skipped; killed:
+    resumed from its checkpoint).
+    """
+    waiting = list(busy)
+    for job in waiting:
+        ctx.say(f"[{job.name}] still trained by {st.worker_alive(records[job.name], job.run_dir)} (started by an "
+                "earlier sweep driver): waiting for it instead of starting a second worker")
+    while waiting:
+        waiting = [job for job in waiting if st.worker_alive(_current(ctx.sweep_dir, job.name), job.run_dir)]
+        if waiting:
+            ctx.progress.refresh()
+            time.sleep(WAIT_POLL)
+    return busy
+
+
+def _current(sweep_dir: Path, name: str) -> dict[str, Any]:
+    """Run ``name``'s record in sweep.json as it is now (workers update it)."""
+    state = st.read_state(sweep_dir) or {}
+    return next((r for r in state.get("runs", []) if r["name"] == name), {})
 
 
 def run_sweep(
@@ -152,7 +190,7 @@ def run_sweep(
     runs = sweep.runs()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with st.driver_lock(sweep_dir):
-        state = _initial_state(sweep, runs, st.read_state(sweep_dir) or {})
+        state = _initial_state(sweep, runs, st.read_state(sweep_dir) or {}, sweep_dir)
         st.write_state(sweep_dir, state)
         jobs = [RunJob(sweep_dir=str(sweep_dir), name=run.name, config=run.config.to_dict(), plan_hash=rec["plan_hash"],
                        made_by=rec["run_plan_hash"], executor=executor, cwd=str(Path.cwd()))
@@ -162,6 +200,9 @@ def run_sweep(
         bar = SweepProgress(sweep.name, len(jobs), concurrency, enabled=progress)
         ctx = Context(sweep_dir, options, train_fn, bar, say)
         try:
+            records = {r["name"]: r for r in state["runs"]}
+            busy = [job for job in jobs if st.worker_alive(records[job.name], job.run_dir) is not None]
+            jobs = _wait_for_workers(busy, records, ctx) + [job for job in jobs if job not in busy]
             todo = []
             for job in jobs:
                 if _needs_training(job):

@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from mtlkit.catalog import presets
-from mtlkit.config import Config, apply_overrides, config_from_dict, read_yaml, set_dotted
-from mtlkit.errors import ConfigError
+from mtlkit.config import Config, apply_overrides, config_from_dict, folder_name_problem, read_yaml, set_dotted
+from mtlkit.errors import ConfigError, shorten
+from mtlkit.records import HASH_IGNORED
 from mtlkit.sweep.options import ExecutorOptions, executor_options
 
 #: keys a sweep file may have
@@ -51,10 +52,6 @@ SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "in
               "executors")
 #: prefixes of the default run-name parts for well-known keys ("" = the value alone)
 NAME_PREFIXES = {"model.arch": "", "weighting.name": "", "seed": "s", "dataset.num_classes": "c"}
-#: config keys that do not change a run's results: editing them does not make finished runs stale
-HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
-                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last", "train.loggers",
-                "train.tracker_options")
 
 @dataclass
 class SweepRun:
@@ -65,8 +62,8 @@ class SweepRun:
     config: Config
 
     def plan_hash(self) -> str:
-        """Hash of the run's config without :data:`HASH_IGNORED` keys: changes when the sweep changes the run."""
-        data = self.config.to_dict()
+        """Hash of the run's ``Config.hashed_dict()`` without :data:`HASH_IGNORED` keys: changes with the run."""
+        data = self.config.hashed_dict()
         for key in HASH_IGNORED:
             *parents, last = key.split(".")
             node = data
@@ -237,6 +234,9 @@ def sweep_from_dict(
         if key in grid:
             raise ConfigError(f"{where}: grid key {key!r} is set by the sweep itself")
     name = data.get("name") or (source.stem if source is not None else "sweep")
+    problem = folder_name_problem(name)
+    if problem is not None:
+        raise ConfigError(f"{where}: name {shorten(name)} {problem} (the sweep folder is <out_dir>/<name>)")
     fixed, listed = _overrides(data.get("overrides"), where)
     run_name = data.get("run_name")
     if run_name is not None and not isinstance(run_name, str):

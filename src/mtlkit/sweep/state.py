@@ -151,6 +151,45 @@ def driver_alive(sweep_dir: Path) -> bool:
     return bool(pid) and (host != socket.gethostname() or pid_alive(pid))
 
 
+def worker_alive(rec: dict[str, Any], run_dir: Path) -> str | None:
+    """Who still trains a run an earlier driver started (``"process 12 on host"``, ``"SLURM job 7"``), or None.
+
+    A worker holds its run folder's run lock (``.lock``, an ``flock`` the kernel drops when the
+    worker dies) while it trains; before it takes it (still importing), its ``running`` record's
+    pid on this host, or its SLURM job while ``squeue`` lists it, shows it is alive. An orphaned
+    worker of a killed driver goes on; the next driver waits for it instead of starting a second.
+    """
+    from mtlkit.train.rundir import lock_owner
+
+    owner = lock_owner(run_dir)
+    if owner is not None:
+        return owner
+    if rec.get("status") != "running":
+        return None
+    where = rec.get("where") or {}
+    pid, host = where.get("pid"), where.get("host")
+    if pid and host == socket.gethostname() and pid != os.getpid() and pid_alive(int(pid)):
+        return f"process {pid} on {host}"
+    job_id = where.get("job_id")
+    if job_id and where.get("executor") == "slurm" and _slurm_job_listed(str(job_id)):
+        return f"SLURM job {job_id}"
+    return None
+
+
+def _slurm_job_listed(job_id: str) -> bool:
+    """Whether ``squeue`` lists the job (pending or running); False where there is no ``squeue``."""
+    import shutil
+    import subprocess
+
+    if shutil.which("squeue") is None:
+        return False
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
 def record_is_stale(rec: dict[str, Any]) -> bool:
     """A ``running`` record whose process is known to be gone (same host, dead pid)."""
     where = rec.get("where") or {}

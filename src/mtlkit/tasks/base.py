@@ -20,8 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtlkit.errors import ConfigError
+from mtlkit.config import MAX_CLASSES as MAX_CHANNELS
+from mtlkit.errors import ConfigError, shorten
 from mtlkit.registry import TASK_KINDS
+
+#: names a task cannot take: sample keys that are not targets
+RESERVED_NAMES = ("image",)
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,17 @@ class TaskKind:
         """A task of this kind with the kind's metrics; options are checked."""
         if channels is None:
             channels = self.fixed_channels
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"task name must be a non-empty string (got {shorten(name)})")
+        if name in RESERVED_NAMES:
+            raise ConfigError(f"task name {name!r} is reserved: a sample's {name!r} is the input image")
         if channels is None:
             raise ConfigError(f"task {name!r} of kind {self.name!r}: needs channels (e.g. the number of classes)")
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ConfigError(f"task {name!r}: channels must be a positive integer (got {channels!r})")
+            raise ConfigError(f"task {name!r}: channels must be a positive integer (got {shorten(channels)})")
+        if channels > MAX_CHANNELS:
+            raise ConfigError(f"task {name!r}: channels {channels} is more than {MAX_CHANNELS:,} "
+                              "(a head that size does not fit in memory)")
         if self.fixed_channels is not None and channels != self.fixed_channels:
             raise ConfigError(f"task {name!r} of kind {self.name!r} has {self.fixed_channels} channel(s), "
                               f"got {channels}")
@@ -167,6 +178,11 @@ class TaskKind:
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         """A problem with one sample's target as stored (before collation), or None."""
         return None
+
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """Boolean mask of one sample's target pixels that carry no value (ignored labels, missing depth...):
+        what ``mtlkit data check`` reports as ignore/missing. Default: none ((H, W) for dense kinds, else a scalar)."""
+        return torch.zeros(target.shape[-2:] if self.dense else (), dtype=torch.bool)
 
     def resize(self, task: Task, target: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Nearest-neighbour resampling of a dense target at source ``rows`` x ``cols`` (exact values kept)."""
@@ -266,9 +282,20 @@ def label_map(array: np.ndarray, task: Task, what: str, ignore: int, classes: in
 
 
 def labels_from_file(array: np.ndarray) -> Tensor:
-    """An (H, W) int64 label tensor from an (H, W) or (1, H, W) array (other shapes kept, for the check to name)."""
+    """An (H, W) int64 label tensor from an (H, W) or (1, H, W) array (other shapes kept, for the check to name).
+
+    Class ids are integers: a float file with a value such as 1.5 or NaN is refused (a cast would
+    silently make it class 1), one of whole numbers (1.0) is read as those classes.
+    """
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            raise ValueError(f"class ids must be integers, got {array.dtype} value(s) such as "
+                             f"{float(array[bad].flat[0])!r} ({int(bad.sum())} pixel(s))")
+    elif array.dtype.kind not in "iub":
+        raise ValueError(f"class ids must be integers, got dtype {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))
 
 

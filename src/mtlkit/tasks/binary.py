@@ -76,6 +76,10 @@ class Binary(TaskKind):
 
         return BinaryMeter(task.option("ignore_index"))
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """The ``ignore_index`` pixels."""
+        return target == task.option("ignore_index")
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         return label_map(target, task, "mask", task.option("ignore_index"), 2)
 

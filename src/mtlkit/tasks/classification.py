@@ -6,12 +6,11 @@ Target: an int64 class id per image; the head outputs (N, C) logits.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, loss_precision
+from mtlkit.tasks.base import Task, TaskKind, labels_from_file, loss_precision
 
 CLASSIFICATION_METRICS = {"accuracy": True}
 
@@ -48,7 +47,7 @@ class Classification(TaskKind):
         return None
 
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
-        return torch.tensor(int(np.asarray(array).reshape(())), dtype=torch.int64)
+        return labels_from_file(np.asarray(array).reshape(())).reshape(())
 
     def display(self, task: Task, pred: Tensor) -> Tensor:
         return pred.argmax(dim=0)

@@ -42,6 +42,10 @@ class Depth(TaskKind):
 
         return DepthMeter()
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """The pixels of depth 0 (no measurement)."""
+        return (target == 0).all(dim=0)
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         if target.ndim == 2:
             target = target[None]

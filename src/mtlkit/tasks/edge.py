@@ -71,6 +71,10 @@ class Edge(TaskKind):
 
         return EdgeMeter(task.option("ignore_index"), float(task.option("tolerance")))
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """The ``ignore_index`` pixels."""
+        return target == task.option("ignore_index")
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         return label_map(target, task, "edge map", task.option("ignore_index"), 2)
 

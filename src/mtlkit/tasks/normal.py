@@ -48,6 +48,10 @@ class Normal(TaskKind):
 
         return NormalMeter()
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """The pixels whose normal is the zero vector (no measurement)."""
+        return (target == 0).all(dim=0)
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         if target.ndim != 3 or target.shape[0] != 3:
             return f"normals must be (3, H, W), got shape {tuple(target.shape)}"

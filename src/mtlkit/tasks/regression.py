@@ -61,6 +61,12 @@ class Regression(TaskKind):
 
         return RegressionMeter(_invalid(task))
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """The pixels every channel of which holds the task's ``invalid_value`` (or NaN/inf without one)."""
+        from mtlkit.metrics.regression import valid_elements
+
+        return ~valid_elements(target, _invalid(task)).any(dim=0)
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         a = target[None] if target.ndim == 2 else target
         if a.ndim != 3 or a.shape[0] != task.channels:

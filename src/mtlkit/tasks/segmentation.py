@@ -85,6 +85,10 @@ class Segmentation(TaskKind):
             return PerClassMeter(task.channels, task.option("ignore_index"), [str(n) for n in names])
         return SegmentationMeter(task.channels, task.option("ignore_index"))
 
+    def missing(self, task: Task, target: Tensor) -> Tensor:
+        """The ``ignore_index`` pixels."""
+        return target == task.option("ignore_index")
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         return label_map(target, task, "label map", task.option("ignore_index"), task.channels)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from typing import Any
 
 #: final statuses a run reports to its trackers
 FINAL_STATUSES = ("finished", "failed", "killed")
+#: seconds the end of a run waits, for all trackers together, for their last calls (an unreachable
+#: server costs at most this much, and one warning)
+CLOSE_TIMEOUT = 5.0
 
 
 class Tracker(ABC):
@@ -73,6 +77,8 @@ class _Worker:
         self.factory = factory
         self.tracker: Tracker | None = None
         self.error: str | None = None
+        #: set when the run ended without waiting for this tracker: it warns no more
+        self.abandoned = False
         self.queue: queue.Queue = queue.Queue()
         self.thread = threading.Thread(target=self._loop, name=f"mtlkit-tracker-{name}", daemon=True)
         self.thread.start()
@@ -94,6 +100,8 @@ class _Worker:
         try:
             fn(*args)
         except Exception as err:  # noqa: BLE001 - a tracker never stops training
+            if self.error is not None or self.abandoned:  # already reported: one warning per tracker
+                return
             self.error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             warnings.warn(f"mtlkit: tracker {self.name} failed ({self.error}); training goes on without it",
                           RuntimeWarning, stacklevel=1)
@@ -102,19 +110,23 @@ class _Worker:
         if self.error is None:
             self.queue.put((method, args))
 
-    def close(self, timeout: float) -> None:
+    def close(self, deadline: float, waited: float) -> None:
+        """Wait for the queue to drain until ``deadline`` (``time.monotonic()``); then leave the thread behind."""
         self.queue.put(None)
-        self.thread.join(timeout)
-        if self.thread.is_alive() and self.error is None:
-            self.error = f"still sending after {timeout:g} s at the end of the run"
-            warnings.warn(f"mtlkit: tracker {self.name} {self.error}; left behind", RuntimeWarning, stacklevel=1)
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            self.abandoned = True
+            if self.error is None:
+                self.error = f"still sending after {waited:g} s at the end of the run"
+                warnings.warn(f"mtlkit: tracker {self.name} {self.error} (server unreachable?); left behind",
+                              RuntimeWarning, stacklevel=1)
 
 
 class Trackers:
     """The trackers of one run: each opened and called on its own thread; every call returns at once."""
 
     def __init__(self, factories: dict[str, Callable[[], Tracker]] | None = None,
-                 close_timeout: float = 60.0) -> None:
+                 close_timeout: float = CLOSE_TIMEOUT) -> None:
         self.workers: list[_Worker] = []
         self.close_timeout = close_timeout
         self.closed = False
@@ -151,11 +163,12 @@ class Trackers:
                 w.call("log_artifact", Path(path))
 
     def finish(self, status: str) -> None:
-        """Queue the final status, then wait (at most ``close_timeout`` s per tracker) for the queues to drain."""
+        """Queue the final status, then wait at most ``close_timeout`` s in all for the queues to drain."""
         if self.closed:
             return
         self.closed = True
         for w in self.workers:
             w.call("finish", status)
+        deadline = time.monotonic() + self.close_timeout
         for w in self.workers:
-            w.close(self.close_timeout)
+            w.close(deadline, self.close_timeout)

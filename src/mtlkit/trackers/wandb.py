@@ -2,8 +2,9 @@
 
 Options (``train.tracker_options.wandb``): ``project`` (default ``mtlkit``), ``entity``, ``group``,
 ``tags``, ``mode`` (``online``, ``offline``: sync later with ``wandb sync <run>/wandb/offline-run-*``;
-default ``$WANDB_MODE``, else online). A resumed run continues the same W&B run (its id is kept in
-``<run>/trackers.json``).
+default ``$WANDB_MODE``, else online), ``init_timeout`` (seconds W&B may take to start the run,
+default 10: an unreachable server fails then, with one warning, instead of W&B's 90 s). A resumed
+run continues the same W&B run (its id is kept in ``<run>/trackers.json``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 from mtlkit.trackers.base import Tracker, epoch_scalars
 from mtlkit.trackers.ids import read_id, write_id
 
-OPTIONS = ("project", "entity", "group", "tags", "mode")
+OPTIONS = ("project", "entity", "group", "tags", "mode", "init_timeout")
+#: default of the ``init_timeout`` option (seconds)
+INIT_TIMEOUT = 10.0
 
 
 class WandbTracker(Tracker):
@@ -37,7 +40,8 @@ class WandbTracker(Tracker):
             project=options.get("project", "mtlkit"), entity=options.get("entity"), group=options.get("group"),
             tags=options.get("tags"), name=self.run_path.name, id=run_id, resume="allow",
             dir=str(self.run_path), mode=options.get("mode") or os.environ.get("WANDB_MODE") or "online",
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
+                                    init_timeout=float(options.get("init_timeout", INIT_TIMEOUT))),
         )
 
     def log_params(self, params: dict[str, Any]) -> None:

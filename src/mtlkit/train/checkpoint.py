@@ -17,8 +17,9 @@ import torch
 
 import mtlkit
 from mtlkit.config import Config
-from mtlkit.errors import MtlkitError, TrainingError
-from mtlkit.io import atomic_torch_save
+from mtlkit.errors import ConfigError, MtlkitError, TrainingError
+from mtlkit.io import atomic_torch_save, damaged_zip_member
+from mtlkit.records import HASH_IGNORED
 from mtlkit.tasks import Task
 from mtlkit.train import distributed as dist
 from mtlkit.train.runtime import set_rng_state
@@ -40,7 +41,64 @@ def checkpoint_meta(cfg: Config, tasks: list[Task]) -> dict[str, Any]:
         "dataset": cfg.dataset.name,
         "config_hash": cfg.hash(),
         "mtlkit": mtlkit.__version__,
+        "config": cfg.to_dict(),
     }
+
+
+#: the config keys a resume may change: the run then trains to the new epoch count (recorded)
+RESUME_MAY_CHANGE = ("train.epochs",)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested config dict (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``)."""
+    if not isinstance(data, dict) or not data and prefix:
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _neutral(key: str) -> bool:
+    """Whether a config key cannot change a run's results (:data:`mtlkit.records.HASH_IGNORED`)."""
+    return any(key == k or key.startswith(k + ".") for k in HASH_IGNORED)
+
+
+def resume_changes(run_dir: Path, meta: Any, cfg: Config, epochs_done: int) -> list[dict[str, Any]]:
+    """The config changes a resume applies (``[{"key", "from", "to", "epoch"}]``); others are refused.
+
+    ``meta["config"]`` is the config the checkpoint's epochs ran under. Keys that cannot change
+    results (devices, logging, paths) may differ; ``train.epochs`` may change (not below the
+    epochs done), taking effect at the next epoch; any other difference (``optim.lr``, ``seed``,
+    ``dataset.n_train``...) would make the run folder describe something that did not run, so it
+    is a one-line ConfigError naming the keys. Checkpoints without a stored config (before mtlkit
+    stored it, ``fit`` runs) are not compared.
+    """
+    old = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(old, dict):
+        return []
+    before, after = _flatten(old), _flatten(cfg.to_dict())
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k) and not _neutral(k))
+    refused = [k for k in keys if k not in RESUME_MAY_CHANGE]
+    if refused:
+        shown = "; ".join(f"{k} {_short(before.get(k))} -> {_short(after.get(k))}" for k in refused[:5])
+        more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+        raise ConfigError(f"{run_dir / 'config.yaml'}: changed since the run trained ({shown}{more}); a resumed run "
+                          "keeps the settings it ran with: put the value(s) back to resume, or start a new run "
+                          f"with them (mtlkit train {run_dir / 'config.yaml'} KEY=VALUE --run-dir NEW)")
+    changes = []
+    for key in keys:
+        if key == "train.epochs" and int(after[key]) < epochs_done:
+            raise ConfigError(f"{run_dir / 'config.yaml'}: train.epochs {after[key]} is fewer than the {epochs_done} "
+                              f"epochs the run has done; put it back to {before[key]} or more")
+        changes.append({"key": key, "from": before.get(key), "to": after.get(key), "epoch": epochs_done + 1})
+    return changes
+
+
+def _short(value: Any) -> str:
+    """A config value as an error message quotes it (at most 60 characters)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resume_state(path: Path | None, expect: dict[str, Any]) -> dict[str, Any] | None:
@@ -80,6 +138,11 @@ def load_checkpoint(
     if not zipfile.is_zipfile(path):
         raise TrainingError(f"{path}: not a PyTorch checkpoint (no torch.save archive: truncated, corrupt or "
                             "another format); use the run's own checkpoints/last.pt or best.pt")
+    damaged = damaged_zip_member(path)
+    if damaged is not None:
+        raise TrainingError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged}: the file changed after "
+                            "it was written); it is not loaded. Use another checkpoint of the run (best.pt / "
+                            "last.pt) or a backup, or train the run again")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling/IO failure is reported the same way

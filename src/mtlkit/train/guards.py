@@ -9,13 +9,15 @@ training loss: the run stops, naming the task, before that epoch's checkpoint is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from mtlkit.errors import DataError, TrainingError
+from mtlkit.errors import ConfigError, DataError, TrainingError, shorten
 from mtlkit.tasks import Task
 from mtlkit.train.runtime import rng_state, set_rng_state
 
@@ -35,14 +37,31 @@ def preflight(model: nn.Module, tasks: list[Task], datasets: dict[str, Dataset],
             sample = ds[0]
         if sample is None:
             return
-        batch = default_collate([sample])
-        present = [t.name for t in tasks if t.name in batch]
-        model.eval()
+        check_forward(model, tasks, default_collate([sample]), device)
+    finally:
+        set_rng_state(saved)
+
+
+def check_forward(model: nn.Module, tasks: list[Task], batch: dict[str, Any], device: torch.device) -> None:
+    """Run ``model`` once on ``batch`` (eval mode, no grad): it must predict every task the batch carries.
+
+    A batch without ``image`` or an output without a task is a ConfigError naming what is missing.
+    """
+    if "image" not in batch:
+        raise ConfigError(f"a batch has no 'image' (its keys: {shorten(sorted(map(str, batch)))})")
+    present = [t.name for t in tasks if t.name in batch]
+    model.eval()
+    try:
         with torch.no_grad():
-            model(batch["image"].to(device), present)
+            out = model(batch["image"].to(device), present)
     finally:
         model.train()
-        set_rng_state(saved)
+    if not isinstance(out, Mapping):
+        raise ConfigError(f"the model returned a {type(out).__name__}, expected a dict {{task name: output}}")
+    missing = [n for n in present if n not in out]
+    if missing:
+        raise ConfigError(f"the model's output has no {', '.join(map(repr, missing))} (it returned "
+                          f"{shorten(sorted(map(str, out)))}); it must return {{task name: output}} for every task")
 
 
 def check_validation(val: dict[str, float], epoch: int, checkpoint: Path | None) -> None:

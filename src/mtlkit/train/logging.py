@@ -56,6 +56,27 @@ class ConsoleLogger(BaseLogger):
         tqdm.write(epoch_line(record, self.tasks))
 
 
+def run_header(run_path: Path, arch: str, parameters: int, train_loader: Any, val_loader: Any,
+               max_steps: int | None = None) -> str:
+    """What a run is about to do, printed before its first progress bar (both ``mtlkit train`` and ``fit``).
+
+    ``run folder: runs/x | model: mtan, 1.23 M parameters | data: 240 train / 60 val samples, 60 steps per epoch``
+    """
+    def length(obj: Any) -> int | None:
+        try:
+            return len(obj)
+        except TypeError:  # an iterable without a length
+            return None
+
+    steps = length(train_loader)
+    if max_steps is not None:
+        steps = max_steps if steps is None else min(steps, max_steps)
+    n_train, n_val = length(getattr(train_loader, "dataset", ())), length(getattr(val_loader, "dataset", ()))
+    return (f"run folder: {run_path} | model: {arch}, {parameters / 1e6:.2f} M parameters | "
+            f"data: {n_train if n_train is not None else '?'} train / {n_val if n_val is not None else '?'} val "
+            f"samples, {steps if steps is not None else '?'} steps per epoch")
+
+
 def epoch_line(record: EpochRecord, tasks: list[Task]) -> str:
     """``epoch   3 | seg loss 1.234 miou 0.3 | ... | 4.2s``."""
     parts = [f"epoch {record.epoch:>3}"]
@@ -78,26 +99,6 @@ class JsonlLogger(BaseLogger):
     def log_epoch(self, record: EpochRecord) -> None:
         self.history.append(record)
         write_history(self.path.parent, [r.to_dict() for r in self.history])
-
-
-class TensorBoardLogger(BaseLogger):
-    """Scalars under ``train/``, ``val/``, ``weights/`` and ``lr`` in ``<run>/tb``."""
-
-    def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tb"))
-
-    def log_epoch(self, record: EpochRecord) -> None:
-        step = record.epoch
-        for section, values in (("train", record.train), ("val", record.val), ("weights", record.weights)):
-            for k, v in values.items():
-                self.writer.add_scalar(f"{section}/{k}", v, step)
-        self.writer.add_scalar("lr", record.lr, step)
-        self.writer.flush()
-
-    def finish(self, status: str) -> None:
-        self.writer.close()
 
 
 class TrackersLogger(BaseLogger):

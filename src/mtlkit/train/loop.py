@@ -24,11 +24,11 @@ from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.records import EpochRecord, RunResults
 from mtlkit.tasks import Task
 from mtlkit.train import distributed as dist
-from mtlkit.train.checkpoint import save_checkpoint
+from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.train.evaluate import evaluate, move_batch
 from mtlkit.train.guards import check_validation
-from mtlkit.train.logging import Logger, Loggers
-from mtlkit.train.rundir import provenance, write_results
+from mtlkit.train.logging import Logger, Loggers, run_header
+from mtlkit.train.rundir import provenance, write_history, write_results
 from mtlkit.train.speed import Speed
 from mtlkit.train.state import RunState
 from mtlkit.train.step import StepRunner
@@ -127,11 +127,39 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
     return sums / counts.clamp(min=1), wsum / max(nsteps, 1)
 
 
+def restore_records(run_path: Path, state: RunState, model: nn.Module, meta: dict[str, Any] | None,
+                    select_best: bool) -> None:
+    """Make ``metrics.jsonl`` and ``best.pt`` what the committed ``last.pt`` (``state``, ``model``) says.
+
+    A run killed after an epoch's ``last.pt`` but before its ``best.pt`` or ``metrics.jsonl``
+    has both one epoch behind; both are derived records, rewritten here before training goes on.
+    ``best.pt`` can lag only when the last committed epoch is the best one, whose weights are
+    the restored model's.
+    """
+    write_history(run_path, [r.to_dict() for r in state.history])
+    if not select_best or state.best.epoch != state.epoch:
+        return
+    best_path = run_path / "checkpoints" / "best.pt"
+    try:
+        if best_path.is_file() and load_checkpoint(best_path).get("epoch") == state.epoch:
+            return
+    except TrainingError:  # a damaged best.pt of the last epoch: its weights are the restored model's
+        pass
+    best: dict[str, Any] = {"model": model.state_dict(), "epoch": state.epoch}
+    if meta is not None:
+        best["meta"] = meta
+    save_checkpoint(best_path, best)
+
+
 def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None = None,
         state: RunState | None = None) -> Path:
     """Train ``loop`` into the (existing) ``run_path`` from ``state`` (restored by the caller; None: a new run).
 
-    Writes ``checkpoints/{last,best}.pt`` every epoch, logs every epoch, and results.json at the end.
+    Every epoch commits with one atomic write, ``checkpoints/last.pt``, which holds everything the
+    epoch's other records are made from (the history, the best epoch); ``best.pt`` and
+    ``metrics.jsonl`` follow it, and a resume rewrites them from it (:func:`restore_records`), so
+    a kill between any two writes leaves a folder that resumes to the same records. results.json
+    comes last, once.
     """
     main = dist.is_main()
     model, weighting, device, tasks = loop.model, loop.weighting, loop.device, loop.tasks
@@ -149,6 +177,11 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
     logs = Loggers(list(loggers or []) if main else [])
     names = [t.name for t in tasks]
     t0 = time.time() - state.wall_time
+    if main and state.epoch > 0:
+        restore_records(run_path, state, model, loop.meta, loop.select_best)
+    if main and loop.progress:
+        tqdm.write(run_header(run_path, info.arch, count_parameters(model), loop.train_loader, loop.val_loader,
+                              loop.max_steps))
     try:
         for epoch in range(state.epoch, loop.epochs):
             ep_start = time.time()
@@ -191,7 +224,8 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
             best=state.best.val if loop.select_best else None,
             best_epoch=state.best.epoch if loop.select_best else None, epochs=loop.epochs,
             wall_time=time.time() - t0, config_hash=info.config_hash, **provenance(), status="finished",
-            extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **loop.results_extra})
+            extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **loop.results_extra,
+                   **({"config_changes": state.config_changes} if state.config_changes else {})})
         write_results(run_path, results.to_dict())
         logs.log_artifact(run_path / "results.json")
         logs.finish("finished")

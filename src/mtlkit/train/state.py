@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from mtlkit.errors import TrainingError, shorten
 from mtlkit.records import EpochRecord
 from mtlkit.train.runtime import rng_state, set_rng_state
 
@@ -39,6 +41,8 @@ class RunState:
     reference: dict[str, float] | None = None  # first epoch's validation metrics (delta_m baseline)
     history: list[EpochRecord] = field(default_factory=list)
     wall_time: float = 0.0
+    #: config edits a resume applied: ``{"key", "from", "to", "epoch"}`` (epoch: the first that ran with it)
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, rec: EpochRecord, score: float) -> bool:
         """Add an epoch's record; returns True when it is the new best."""
@@ -58,6 +62,7 @@ class RunState:
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(), "epoch": self.epoch, "best": self.best.to_dict(), "reference": self.reference,
             "history": [r.to_dict() for r in self.history], "wall_time": self.wall_time,
+            "config_changes": [dict(c) for c in self.config_changes],
         }
 
     @classmethod
@@ -75,10 +80,50 @@ class RunState:
         return cls.from_checkpoint(ckpt)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any]) -> RunState:
-        """The run state part of a checkpoint dict."""
-        b = ckpt["best"]
-        return cls(int(ckpt["epoch"]), Best(float(b["score"]), int(b["epoch"]), dict(b["val"])),
-                   ckpt["reference"], [EpochRecord.from_dict(r) for r in ckpt["history"]],
-                   float(ckpt["wall_time"]))
+    def from_checkpoint(cls, ckpt: dict[str, Any], path: Path | str = "checkpoint") -> RunState:
+        """The run state part of a checkpoint dict; a field of the wrong type is a TrainingError naming ``path``."""
+        try:
+            b = ckpt["best"]
+            if not isinstance(b, dict):
+                raise TypeError(f"field 'best' is a {type(b).__name__}, expected a mapping")
+            history = ckpt["history"]
+            if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+                raise TypeError("field 'history' is not a list of epoch records")
+            reference = ckpt["reference"]
+            if reference is not None and not isinstance(reference, dict):
+                raise TypeError(f"field 'reference' is a {type(reference).__name__}, expected a mapping")
+            return cls(_int(ckpt["epoch"], "epoch"),
+                       Best(_number(b["score"], "best.score"), _int(b["epoch"], "best.epoch"),
+                            _metrics(b["val"], "best.val")),
+                       reference, [EpochRecord.from_dict(r) for r in history],
+                       _number(ckpt["wall_time"], "wall_time"), _changes(ckpt.get("config_changes")))
+        except (TypeError, KeyError) as err:
+            raise TrainingError(f"{path}: not a checkpoint mtlkit can resume ({err}); use the run's own "
+                                "checkpoints/last.pt") from None
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"field {what!r} is {shorten(value, 60)}, expected a count")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"field {what!r} is {shorten(value, 60)}, expected a number")
+    return float(value)
+
+
+def _metrics(value: Any, what: str) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise TypeError(f"field {what!r} is a {type(value).__name__}, expected a mapping of metrics")
+    return dict(value)
+
+
+def _changes(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise TypeError("field 'config_changes' is not a list of changes")
+    return [dict(c) for c in value]
 

@@ -3,7 +3,10 @@
 Loss-level methods: back-propagate ``weighting.combine(losses)``. Gradient-level methods: the K x D
 matrix of per-task gradients (w.r.t. the shared parameters, or the shared representation returned
 by ``model.encode``) goes to ``weighting.aggregate``; its D-vector becomes the shared update, and
-task-specific parameters get the gradient of their own task's loss.
+task-specific parameters get the gradient of their own task's loss. In representation mode
+``decode`` reads a :class:`~mtlkit.balance.FeatureCut` of ``encode``'s tensors (detached copies), so
+the per-task gradients are partial derivatives even where those tensors are computed from each
+other (MTAN), and the update is back-propagated once through the shared part.
 
 Under DistributedDataParallel (see :mod:`mtlkit.train.distributed`): loss-level methods combine
 the global mean losses (each rank's own gradient, averaged by DDP); gradient-level methods bypass
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mtlkit.balance import Balancer
+from mtlkit.balance import Balancer, FeatureCut
 from mtlkit.errors import ConfigError, TrainingError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
@@ -121,7 +124,8 @@ class StepRunner:
         core = self.core
         with self._autocast(x.device):
             if self.mode == "representation":
-                features: list[Tensor] | None = core.encode(x)
+                # the decoders read detached copies, so per-task gradients are partial derivatives
+                features: FeatureCut | None = FeatureCut(core.encode(x))
                 preds = core.decode(features)
             else:
                 features = None
@@ -133,14 +137,25 @@ class StepRunner:
         shared = [p for p in core.shared_parameters() if p.requires_grad]
         shared_ids = {id(p) for p in shared}
         own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
-        self._balancer.backward(per_task, shared, features, task_params=own, scaler=self.scaler,
+        self._balancer.backward(per_task, shared, features=features, task_params=own, scaler=self.scaler,
                                 shared_losses=shared_losses)
         return losses
 
 
 def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
-    """A ConfigError when ``weighting.mode=representation`` cannot run with this model or method."""
-    if not (weighting.needs_gradients and mode == "representation"):
+    """A ConfigError when a gradient-level method cannot run with this model in ``weighting.mode``.
+
+    ``parameters`` needs shared parameters (a single-task model has none: the method would balance
+    nothing), ``representation`` a shared representation and a method that supports it.
+    """
+    if not weighting.needs_gradients:
+        return
+    if mode == "parameters" and not any(p.requires_grad for p in model.shared_parameters()):
+        raise ConfigError(
+            f"weighting.name: {type(weighting).__name__} balances gradients of shared parameters, and "
+            f"architecture {type(model).__name__} has none; use a loss-level method such as equal"
+        )
+    if mode != "representation":
         return
     if not model.supports_representation:
         raise ConfigError(

@@ -29,13 +29,21 @@ from mtlkit.train.checkpoint import (
     load_checkpoint,
     load_model_weights,
     restore_training_state,
+    resume_changes,
     resume_state,
 )
 from mtlkit.train.evaluate import best_fields, protocol_args, protocol_record
 from mtlkit.train.guards import preflight
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TrackersLogger
 from mtlkit.train.loop import Loop, RunInfo, run
-from mtlkit.train.rundir import failures_recorded, open_run_dir, read_results
+from mtlkit.train.rundir import (
+    check_new_run_dir,
+    failures_recorded,
+    lock_run_dir,
+    open_run_dir,
+    read_results_safely,
+    run_locks,
+)
 from mtlkit.train.runtime import seed_everything, select_device
 from mtlkit.train.state import RunState
 from mtlkit.train.step import check_mode
@@ -70,7 +78,8 @@ def build(cfg: Config, device: torch.device | None = None) -> Setup:
     builder = DATASETS.get(cfg.dataset.name)(cfg.dataset)
     tasks = builder.tasks()
     model = build_model(cfg.model.arch, tasks, width=cfg.model.width, backbone=cfg.model.backbone,
-                        pretrained=cfg.model.pretrained, **cfg.model.options)
+                        pretrained=cfg.model.pretrained, align_corners=cfg.model.align_corners,
+                        **cfg.model.options)
     weighting = build_weighting(cfg, tasks)
     device = device or select_device(cfg.train.device)
     return Setup(cfg, builder, tasks, model.to(device), weighting.to(device), device)
@@ -129,21 +138,21 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
         raise ValueError("train() needs a config or a run folder to resume")
     dist.init()
     try:
-        plan: tuple[Config, Path, bool] | MtlkitError | None = None
-        if dist.is_main():
-            try:
-                plan = _resolve_run(cfg, resume, run_dir)
-            except MtlkitError as err:
-                plan = err
-        plan = dist.broadcast_object(plan)
-        if isinstance(plan, MtlkitError):
-            raise plan
-        cfg, run_path, finished = plan
-        with failures_recorded():
+        with run_locks():
+            plan: tuple[Config, Path | None, bool] | MtlkitError | None = None
+            if dist.is_main():
+                try:
+                    plan = _resolve_run(cfg, resume, run_dir)
+                except MtlkitError as err:
+                    plan = err
+            plan = dist.broadcast_object(plan)
+            if isinstance(plan, MtlkitError):
+                raise plan
+            cfg, run_path, finished = plan
             if finished:
                 return run_path
-            with tracking() as trackers:
-                return _train(cfg, run_path, trackers)
+            with failures_recorded(), tracking() as trackers:
+                return _train(cfg, run_path, trackers, resuming=resume is not None)
     finally:
         dist.cleanup()
 
@@ -151,19 +160,35 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
 def _resolve_run(
     cfg: Config | None, resume: str | Path | None, run_dir: str | Path | None
 ) -> tuple[Config, Path | None, bool]:
-    """``(config, run folder, already finished)`` of the run to resume or to start (None: claim a new folder)."""
+    """``(config, run folder, already finished)`` of the run to resume or to start (None: claim a new folder).
+
+    A folder that exists is locked here (a second trainer of it is refused before anything is
+    built) and checked: ``--run-dir`` must not hold a run, ``--resume`` must hold one.
+    """
     if resume is not None:
         run_path = Path(resume)
         if not (run_path / "config.yaml").is_file():
             raise ConfigError(f"{run_path}: not a run folder (no config.yaml)")
-        done = read_results(run_path)
-        return load_config(run_path / "config.yaml"), run_path, bool(done and done.get("status") == "finished")
+        lock_run_dir(run_path)
+        done = read_results_safely(run_path)
+        saved = load_config(run_path / "config.yaml")
+        finished = bool(done and done.get("status") == "finished")
+        if finished and done.get("config_hash") not in (None, saved.hash()):
+            raise ConfigError(f"{run_path}: the run finished, and its config.yaml was edited since (config hash "
+                              f"{saved.hash()}, results.json says {done.get('config_hash')}); a finished run is "
+                              "never trained again: start a new run with the edited config (--run-dir NEW)")
+        return saved, run_path, finished
     assert cfg is not None
     check_loggers(cfg.train.loggers, cfg.train.tracker_options)
-    return cfg, Path(run_dir) if run_dir is not None else None, False
+    if run_dir is None:
+        return cfg, None, False
+    if Path(run_dir).is_dir():
+        lock_run_dir(Path(run_dir))
+    check_new_run_dir(Path(run_dir), cfg)
+    return cfg, Path(run_dir), False
 
 
-def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
+def _train(cfg: Config, run_path: Path | None, trackers: Trackers, resuming: bool = False) -> Path:
     """Build the run's objects from ``cfg``, check them, and hand them to the loop (:func:`mtlkit.train.loop.run`)."""
     main = dist.is_main()
     setup = build(cfg, dist.device_for(cfg.train.device))
@@ -187,9 +212,10 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
     ckpt = resume_state(run_path / "checkpoints" / "last.pt" if run_path is not None else None, meta)
     state = None
     if ckpt is not None:
-        restore_training_state(run_path / "checkpoints" / "last.pt", ckpt, model, weighting, optimizer, scheduler,
-                               scaler)
-        state = RunState.from_checkpoint(ckpt)
+        last = run_path / "checkpoints" / "last.pt"
+        restore_training_state(last, ckpt, model, weighting, optimizer, scheduler, scaler)
+        state = RunState.from_checkpoint(ckpt, last)
+        state.config_changes += resume_changes(run_path, ckpt.get("meta"), cfg, state.epoch)
     loop = Loop(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
                 train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
                 val_loader=make_loader(setup.builder, val_ds, cfg, train=False), device=device,
@@ -199,7 +225,7 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers) -> Path:
                 meta=meta, bilevel=bilevel, eval_args=protocol_args(cfg), select_best=cfg.eval.select_best,
                 results_extra=_results_extra(cfg, bilevel))
     preflight(model, tasks, {"train": train_ds, "val": val_ds}, device)
-    run_path = dist.broadcast_object(open_run_dir(run_path, cfg) if main else None)
+    run_path = dist.broadcast_object(open_run_dir(run_path, cfg, resume=resuming) if main else None)
     info = RunInfo(name=cfg.name, arch=cfg.model.arch, weighting=cfg.weighting.name, dataset=cfg.dataset.name,
                    config_hash=cfg.hash(), params_ratio=params_ratio(cfg, tasks, model),
                    capabilities=model.capabilities())

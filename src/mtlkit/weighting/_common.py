@@ -9,14 +9,37 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.weighting.base import Weighting
-from mtlkit.weighting.gradients import gramian
+
+#: columns per float64 block of :func:`exact_gramian` and :func:`combine_rows` (8 MiB per task)
+GRAMIAN_BLOCK = 1 << 20
 
 
 def combine_rows(weights: Tensor, grads: Tensor) -> Tensor:
-    """sum_k weights[k] grads[k] as a float32 (or float64) D-vector on the gradients' device."""
+    """sum_k weights[k] grads[k] as a float32 (or float64) D-vector on the gradients' device.
+
+    Accumulated in float64 a block of columns at a time, then rounded once: the solvers may return
+    large weights on rows that nearly cancel (a near-singular G), and a float32 sum would add an
+    error of eps32 sum_k |w_k| |g_k| to a result much smaller than that.
+    """
     dtype = torch.float64 if grads.dtype == torch.float64 else torch.float32
-    g = grads if grads.dtype == dtype else grads.to(dtype)
-    return weights.to(device=grads.device, dtype=dtype) @ g
+    w = weights.to(device=grads.device, dtype=torch.float64)
+    parts = [w @ block.double() for block in grads.split(GRAMIAN_BLOCK, dim=1)]
+    return torch.cat(parts).to(dtype) if parts else grads.new_zeros(grads.shape[1], dtype=dtype)
+
+
+def exact_gramian(grads: Tensor) -> Tensor:
+    """G G^T accumulated in float64 (K x K, CPU), a block of columns at a time.
+
+    A float32 product g_i . g_j carries a rounding of ~sqrt(D) 6e-8 |g_i| |g_j|, enough to move the
+    min-norm and dual-cone solutions by 1e-6 |g|^2 and to hide a singular Gramian behind eigenvalues
+    of 1e-8 (both signs); in float64 the rounding is 1e-16 and a rank-deficient G shows as such.
+    """
+    k = grads.shape[0]
+    out = torch.zeros(k, k, dtype=torch.float64, device=grads.device)
+    for block in grads.split(GRAMIAN_BLOCK, dim=1):
+        b = block.double()
+        out += b @ b.T
+    return out.cpu()
 
 
 class GramianWeighting(Weighting):
@@ -33,9 +56,9 @@ class GramianWeighting(Weighting):
         raise NotImplementedError
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
-        """sum_k w_k g_k with w from the Gramian of ``grads``."""
+        """sum_k w_k g_k with w from the (float64-accumulated) Gramian of ``grads``."""
         check_grads(grads, self.num_tasks, type(self).__name__)
-        w = self.gramian_weights(gramian(grads), losses.detach().double().cpu())
+        w = self.gramian_weights(exact_gramian(grads), losses.detach().double().cpu())
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
         return combine_rows(w, grads)
 

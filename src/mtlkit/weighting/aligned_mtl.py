@@ -1,6 +1,6 @@
 """Aligned-MTL (Senushkin, Patakin, Kuznetsov & Konushin, CVPR 2023).
 
-Reference: "Independent Component Alignment for Multi-Task Learning", CVPR 2023.
+Paper: [Independent Component Alignment for Multi-Task Learning](https://arxiv.org/abs/2305.19000), CVPR 2023.
 """
 
 from __future__ import annotations
@@ -50,15 +50,20 @@ def aligned_mtl(grads: Tensor, preference: Tensor | None = None) -> tuple[Tensor
 
 @WEIGHTINGS.register("aligned_mtl")
 class AlignedMTL(GramianWeighting):
-    """Aligned-MTL: make the gradient matrix's condition number 1, then sum its rows.
+    r"""Aligned-MTL: make the gradient matrix's condition number 1, then sum its rows.
 
-    The rows of G are replaced by those of B G, whose singular values all equal G's smallest one
-    (eigen-decomposition of the K x K Gramian); the update is their sum (task preferences 1, the
-    same scale convention as ``equal``).
+    The rows of $G$ are replaced by those of $B G$, whose singular values all equal $G$'s smallest
+    one, $\sigma_{\min}(G)$ (from the eigen-decomposition of the $K \times K$ Gramian $G G^\top$);
+    the update is their sum (task preferences 1, the same scale convention as `equal`).
+
     Options: none.
+
     Guarantees: the aligned matrix has condition number 1 (all non-zero singular values equal
-    sigma_min(G)); with orthogonal task gradients the update is sigma_min sum_k g_k / ||g_k||.
+    $\sigma_{\min}(G)$); with orthogonal task gradients the update is
+    $\sigma_{\min} \sum_k g_k / \lVert g_k \rVert$.
     """
+
+    display_name = "Aligned-MTL"
 
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 

@@ -1,6 +1,6 @@
 """Auto-Lambda (Liu, Johns & Davison, TMLR 2022): task weights learned by a one-step look-ahead.
 
-Reference: "Auto-Lambda: Disentangling Dynamic Task Relationships", TMLR 2022.
+Paper: [Auto-Lambda: Disentangling Dynamic Task Relationships](https://arxiv.org/abs/2202.03091), TMLR 2022.
 
 The weights lambda scale the task losses of any other method (``base``, default ``equal``); before
 each training step, :class:`MetaSplit` moves lambda along the meta-gradient of the loss on a held-out
@@ -59,18 +59,26 @@ def meta_gradient(
 
 @WEIGHTINGS.register("auto_lambda")
 class AutoLambda(Weighting):
-    """Auto-Lambda: L = base(lambda_k L_k), lambda updated by Adam on the one-step look-ahead meta loss.
+    r"""Auto-Lambda: L = base(lambda_k L_k), lambda moved by Adam on the one-step look-ahead meta loss.
 
-    Options: autol_init (0.1, the paper's dense-prediction value), autol_lr (1e-4, its NYUv2 value),
-    meta_fraction (0.1: the share of the training set held out for meta batches), base (``equal``:
-    the method that combines the lambda-weighted losses or gradients; ``cagrad`` gives the paper's
-    best NYUv2 row), base_options ({}). Every task is a primary task (the paper's "all" setting).
-    lambda and its Adam moments are buffers, the meta step count is extra state (checkpointed: meta
+    The method `base` combines the $\lambda$-weighted losses $\lambda_k L_k$ (or their gradients).
+
+    Before each step $\lambda$ moves along $-\mathrm{lr}\, g_k(\text{train}) \cdot \nabla L_{\text{meta}}(\theta')$,
+    the exact meta-gradient after one virtual SGD step $\theta' = \theta - \mathrm{lr} \sum_k \lambda_k g_k$.
+
+    Options: `autol_init` (0.1, the paper's dense-prediction value), `autol_lr` (1e-4, its NYUv2 value),
+    `meta_fraction` (0.1: the share of the training set held out for meta batches), `base` (`equal`:
+    the method that combines the lambda-weighted losses or gradients; `cagrad` gives the paper's
+    best NYUv2 row), `base_options` ({}). Every task is a primary task (the paper's "all" setting).
+    $\lambda$ and its Adam moments are buffers, the meta step count is extra state (checkpointed: meta
     batches are drawn from it, so a resumed run draws the same ones). Not under several processes
     (each would draw its own meta batch and the weights would differ).
-    Guarantees: with autol_lr -> 0 it is ``base`` on autol_init-scaled losses; lambda moves against
-    d L_meta / d lambda, i.e. it grows for tasks whose gradient helps the meta loss.
+
+    Guarantees: with `autol_lr` $\to 0$ it is `base` on `autol_init`-scaled losses; $\lambda$ moves against
+    $\partial L_{\text{meta}} / \partial \lambda$, i.e. it grows for tasks whose gradient helps the meta loss.
     """
+
+    display_name = "Auto-Lambda"
 
     properties = frozenset({"permutation_equivariant"})
     supports_distributed = False

@@ -42,6 +42,9 @@ class Weighting(nn.Module):
     """Base class of every weighting method (an nn.Module so learned weights are parameters)."""
 
     needs_gradients: bool = False
+    #: The method's name in reports and figure legends (its paper's spelling); empty: the class name
+    #: (``mtlkit.report.table.method_label`` reads it, the one place a method name is displayed).
+    display_name: str = ""
     #: The guarantees the method declares, checked by the property harness
     #: (tests/test_weighting_properties.py); names in ``PROPERTIES``. Every method must declare some.
     properties: frozenset[str] = frozenset()

@@ -1,6 +1,6 @@
 """CAGrad (Liu, Liu, Jin, Stone & Liu, NeurIPS 2021): conflict-averse gradient descent.
 
-Reference: "Conflict-Averse Gradient Descent for Multi-task Learning", NeurIPS 2021.
+Paper: [Conflict-Averse Gradient Descent for Multi-task Learning](https://arxiv.org/abs/2110.14048), NeurIPS 2021.
 """
 
 from __future__ import annotations
@@ -69,15 +69,20 @@ def cagrad(grads: Tensor, c: float = 0.4, rescale: int = 1) -> tuple[Tensor, Ten
 
 @WEIGHTINGS.register("cagrad")
 class CAGrad(GramianWeighting):
-    """CAGrad: maximise the worst task's improvement within a ball of radius c ||g0|| around g0.
+    r"""CAGrad: maximise the worst task's improvement within a ball of radius c ||g0|| around g0.
 
-    d* = argmax_{||d - g0|| <= c ||g0||} min_k g_k . d, with g0 = (1/K) sum_k g_k, found through
-    the dual min_{w in simplex} g_w . g0 + c ||g0|| ||g_w|| (K variables, on the Gramian) and
-    d* = g0 + c ||g0|| g_w / ||g_w||.
-    Options: c (0.4, the paper's NYUv2/Cityscapes value), rescale (1: divide by 1 + c^2, as the
-    authors' code does; 0: none; 2: divide by 1 + c).
-    Guarantees (rescale 0): ||d - g0|| <= c ||g0||, and min_k g_k . d is the largest possible in
-    that ball; c = 0 gives the mean gradient.
+    $$d^* = \arg\max_{\lVert d - g_0 \rVert \le c \lVert g_0 \rVert} \; \min_k \; g_k^\top d,
+    \qquad g_0 = \frac{1}{K} \sum_k g_k,$$
+
+    found through the dual $\min_{w \in \Delta} \; g_w^\top g_0 + c \lVert g_0 \rVert \lVert g_w \rVert$
+    ($K$ variables, on the Gramian; $g_w = \sum_k w_k g_k$) and
+    $d^* = g_0 + c \lVert g_0 \rVert \, g_w / \lVert g_w \rVert$.
+
+    Options: `c` (0.4, the paper's NYUv2/Cityscapes value), `rescale` (1: divide by $1 + c^2$, as the
+    authors' code does; 0: none; 2: divide by $1 + c$).
+
+    Guarantees (`rescale` 0): $\lVert d - g_0 \rVert \le c \lVert g_0 \rVert$, and $\min_k g_k^\top d$ is the
+    largest possible in that ball; $c = 0$ gives the mean gradient.
     """
 
     properties = frozenset({"permutation_equivariant"})

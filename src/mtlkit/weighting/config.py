@@ -1,6 +1,7 @@
 """ConFIG (Liu, Chen & Thuerey, ICLR 2025): conflict-free inverse gradients.
 
-Reference: "ConFIG: Towards Conflict-free Training of Physics Informed Neural Networks", ICLR 2025.
+Paper: [ConFIG: Towards Conflict-free Training of Physics Informed Neural
+Networks](https://arxiv.org/abs/2408.11104), ICLR 2025.
 """
 
 from __future__ import annotations
@@ -49,15 +50,19 @@ def config(grads: Tensor) -> tuple[Tensor, Tensor]:
 
 @WEIGHTINGS.register("config")
 class ConFIG(GramianWeighting):
-    """ConFIG: move along the direction equally inclined to every unit task gradient.
+    r"""ConFIG: move along the direction equally inclined to every unit task gradient.
 
-    g_u solves u_i . g_u = const for all i (the pseudo-inverse of the unit-gradient matrix applied
-    to the ones vector, then normalised); its length is the sum of the projections of the task
-    gradients onto it. Computed on the K x K Gramian (no solver: a K x K pseudo-inverse).
+    With $u_k = g_k / \lVert g_k \rVert$, the direction $g_u$ solves $u_k^\top g_u = \text{const}$ for all $k$
+    (the pseudo-inverse of the unit-gradient matrix $U$ applied to the ones vector, then normalised):
+    $g_u = U^{+} \mathbf{1} / \lVert U^{+} \mathbf{1} \rVert$; the update is
+    $d = \left(\sum_k g_k^\top g_u\right) g_u$. Computed on the $K \times K$ Gramian (no solver: a
+    $K \times K$ pseudo-inverse).
+
     Options: none (the paper's method without its momentum variant).
+
     Guarantees: when the unit gradients are linearly independent, every task gets the same cosine
     with the update, which is positive (non-conflicting); the direction does not change when a task's
-    gradient is rescaled; equal gradients give their sum (K g).
+    gradient is rescaled; equal gradients give their sum ($K g$).
     """
 
     properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant", "sum_when_equal",

@@ -1,6 +1,6 @@
 """DB-MTL (Lin, Ye, Zhang & Kwok, 2023): dual balancing of loss scales and gradient magnitudes.
 
-Reference: "Dual-Balancing for Multi-Task Learning", arXiv 2308.12029, 2023.
+Paper: [Dual-Balancing for Multi-Task Learning](https://arxiv.org/abs/2308.12029), arXiv 2023.
 """
 
 from __future__ import annotations
@@ -49,15 +49,21 @@ def db_mtl(
 
 @WEIGHTINGS.register("db_mtl")
 class DBMTL(Weighting):
-    """DB-MTL: log-transformed losses, EMA of their gradients, each rescaled to the largest norm.
+    r"""DB-MTL: log-transformed losses, EMA of their gradients, each rescaled to the largest norm.
 
-    Options: beta (0.9) and sigma (0.5): EMA rate beta_t = beta / t^sigma (the authors' code).
-    The K x D EMA buffer and the step count are checkpointed (extra state). Parameter mode only:
+    $h_k$ is an exponential moving average of $\nabla \log L_k$; the update is
+    $d = \sum_k \alpha_k h_k$ with $\alpha_k = \max_j \lVert h_j \rVert / \lVert h_k \rVert$.
+
+    Options: `beta` (0.9) and `sigma` (0.5): EMA rate $\beta_t = \beta / t^{\sigma}$ (the authors' code).
+    The $K \times D$ EMA buffer and the step count are checkpointed (extra state). Parameter mode only:
     an EMA of representation gradients across batches would mix different samples.
     Task-specific parameters get their raw loss gradient (the step's contract), not the log one.
-    Guarantees: all K terms alpha_k h_k have the same norm (max_j ||h_j||), so no task's gradient
-    dominates; the update is invariant to multiplying any task's loss by a constant.
+
+    Guarantees: all $K$ terms $\alpha_k h_k$ have the same norm ($\max_j \lVert h_j \rVert$), so no task's
+    gradient dominates; the update is invariant to multiplying any task's loss by a constant.
     """
+
+    display_name = "DB-MTL"
 
     properties = frozenset({"permutation_equivariant", "loss_scale_invariant"})
 

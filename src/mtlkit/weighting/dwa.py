@@ -1,6 +1,6 @@
 """Dynamic Weight Average (Liu, Johns & Davison, CVPR 2019, the MTAN paper, eq. 7).
 
-Reference: "End-to-End Multi-Task Learning with Attention", CVPR 2019.
+Paper: [End-to-End Multi-Task Learning with Attention](https://arxiv.org/abs/1803.10704), CVPR 2019.
 """
 
 from __future__ import annotations
@@ -39,10 +39,16 @@ def dwa_weights(history: list[list[float]], temperature: float = 2.0) -> list[fl
 
 @WEIGHTINGS.register("dwa")
 class DWA(Weighting):
-    """L = sum_k lambda_k(t) L_k with the DWA weights of epoch t (1 for the first two epochs).
+    r"""L = sum_k lambda_k(t) L_k with the DWA weights of epoch t (1 for the first two epochs).
 
-    Options: temperature T (2.0, the paper's value).
-    Guarantees: weights are positive and sum to K; a task whose loss fell more slowly over the
+    $$\lambda_k(t) = \frac{K \exp(r_k(t-1) / T)}{\sum_i \exp(r_i(t-1) / T)}, \qquad
+    r_k(t-1) = \frac{L_k(t-1)}{L_k(t-2)},$$
+
+    with $L_k(t)$ task $k$'s mean training loss over epoch $t$.
+
+    Options: `temperature` $T$ (2.0, the paper's value).
+
+    Guarantees: weights are positive and sum to $K$; a task whose loss fell more slowly over the
     last epoch gets more weight; the loss history is in the state dict (extra state), so a resumed
     run uses the same weights.
     """

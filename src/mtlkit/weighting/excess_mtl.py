@@ -1,6 +1,6 @@
-"""ExcessMTL (He, Zhou, Zhao & Zhang, ICML 2024): robust multi-task learning by excess risks.
+"""ExcessMTL (He, Zhou, Zhang, Yun, Xu, Zeng, Chilimbi & Zhao, ICML 2024): robust multi-task learning by excess risks.
 
-Reference: "Robust Multi-Task Learning with Excess Risks", ICML 2024.
+Paper: [Robust Multi-Task Learning with Excess Risks](https://arxiv.org/abs/2402.02009), ICML 2024.
 """
 
 from __future__ import annotations
@@ -34,18 +34,21 @@ def excess_mtl_update(weights: Tensor, risks: Tensor, initial: Tensor, step_size
 
 @WEIGHTINGS.register("excess_mtl")
 class ExcessMTL(Weighting):
-    """ExcessMTL: up-weight the tasks farthest from their own optimum, not those with the largest loss.
+    r"""ExcessMTL: up-weight the tasks farthest from their own optimum, not those with the largest loss.
 
-    Each step estimates task k's excess risk r_k = g_k^T diag(sqrt(sum_t g^2))^{-1} g_k (AdaGrad-style
-    curvature from the accumulated squared gradients), divides it by its first-step value r_k(0)
-    (scale-free), and updates the loss weights by exponentiated gradient:
-    w_k <- w_k exp(eta r_k / r_k(0)), normalised to sum to K. The update is sum_k w_k g_k.
-    The issue lists it as loss level, but its weights need each task's gradient, so it is a gradient
-    method here. Options: step_size eta (1e-2, the authors' ``robust_step_size``). Parameter mode
-    only (the accumulated squared gradients are per parameter). State (accumulator, r(0), weights)
-    is checkpointed.
-    Guarantees: weights are positive and sum to K; the first step is the equal update; the weights
-    do not change when one task's loss is multiplied by a constant (r_k / r_k(0) is scale-free, up to
+    Each step estimates task $k$'s excess risk
+    $r_k = g_k^\top \operatorname{diag}\big(\sqrt{\textstyle\sum_t g_t^2}\big)^{-1} g_k$ (AdaGrad-style
+    curvature from the accumulated squared gradients), divides it by its first-step value $r_k(0)$
+    (scale-free), and updates the loss weights by exponentiated gradient,
+    $w_k \leftarrow w_k \exp(\eta \, r_k / r_k(0))$, normalised to sum to $K$. The update is
+    $d = \sum_k w_k g_k$. Its weights need each task's gradient, so it is a gradient-level method here.
+
+    Options: `step_size` $\eta$ (1e-2, the authors' `robust_step_size`). Parameter mode only (the
+    accumulated squared gradients are per parameter). State (accumulator, $r(0)$, weights) is
+    checkpointed.
+
+    Guarantees: weights are positive and sum to $K$; the first step is the equal update; the weights
+    do not change when one task's loss is multiplied by a constant ($r_k / r_k(0)$ is scale-free, up to
     the 1e-7 inside the square root).
     """
 

@@ -1,6 +1,6 @@
 """FairGrad (Ban & Ji, ICML 2024): alpha-fair resource allocation among task gradients.
 
-Reference: "Fair Resource Allocation in Multi-Task Learning", ICML 2024.
+Paper: [Fair Resource Allocation in Multi-Task Learning](https://arxiv.org/abs/2402.15638), ICML 2024.
 """
 
 from __future__ import annotations
@@ -53,12 +53,16 @@ def fairgrad(grads: Tensor, alpha: float = 1.0) -> tuple[Tensor, Tensor]:
 
 @WEIGHTINGS.register("fairgrad")
 class FairGrad(GramianWeighting):
-    """FairGrad: the update whose per-task improvements g_k . d form the alpha-fair allocation.
+    r"""FairGrad: the update whose per-task improvements g_k . d form the alpha-fair allocation.
 
-    d = G^T w with (G G^T w)_k = w_k^(-1/alpha); solved on the K x K Gramian with scipy's
-    ``least_squares`` (the authors' solver). Options: alpha (1.0, LibMTL's default; the paper
-    sweeps 0.5 to 10 and alpha = 1 recovers the Nash-MTL condition without its normalisation).
-    Guarantees: w_k > 0 and g_k . d = w_k^(-1/alpha) > 0 for every task when G has full row rank
+    $$d = G^\top w \quad \text{with} \quad (G G^\top w)_k = w_k^{-1/\alpha} \;\; \forall k,$$
+
+    solved on the $K \times K$ Gramian with scipy's `least_squares` (the authors' solver).
+
+    Options: `alpha` (1.0, LibMTL's default; the paper sweeps 0.5 to 10, and $\alpha = 1$ recovers the
+    Nash-MTL condition without its normalisation).
+
+    Guarantees: $w_k > 0$ and $g_k^\top d = w_k^{-1/\alpha} > 0$ for every task when $G$ has full row rank
     (non-conflicting); the weights permute with the tasks.
     """
 

@@ -1,6 +1,6 @@
 """FAMO: Fast Adaptive Multitask Optimization (Liu, Liu, Stone & Liu, NeurIPS 2023).
 
-Reference: "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023.
+Paper: [FAMO: Fast Adaptive Multitask Optimization](https://arxiv.org/abs/2306.03792), NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -46,19 +46,23 @@ def famo_logit_gradient(
 
 @WEIGHTINGS.register("famo")
 class FAMO(Weighting):
-    """L = sum_k z_k log(L_k - m_k) / c with z = softmax(xi): balanced loss decrease at O(1) cost.
+    r"""L = sum_k z_k log(L_k - m_k) / c with z = softmax(xi): balanced loss decrease at O(1) cost.
 
-    The logits xi are updated by FAMO's own Adam (lr 0.025, weight decay gamma) along
-    J_softmax^T delta, delta_k the drop of task k's log-loss over one step. The paper measures that
-    drop on the same batch after the update (one extra forward); here the loss interface sees only
-    ``combine(losses)``, so each call first updates xi from the previous call's losses to this
+    $$L = \frac{1}{c} \sum_k z_k \log(L_k - m_k), \qquad z = \operatorname{softmax}(\xi).$$
+
+
+    The logits $\xi$ are updated by FAMO's own Adam (lr 0.025, weight decay $\gamma$) along
+    $J_{\text{softmax}}^\top \delta$, $\delta_k$ the drop of task $k$'s log-loss over one step. The paper
+    measures that drop on the same batch after the update (one extra forward); here the loss interface
+    sees only `combine(losses)`, so each call first updates $\xi$ from the previous call's losses to this
     call's (the drop over the previous step, measured on the next batch), then weighs this batch.
     The logits and their Adam moments are buffers (state dict), not optimiser parameters.
 
-    Options: lr (0.025, the paper's w_lr), gamma (0.01, weight decay on xi; official code default),
-    min_losses (0.0, the known lower bounds m_k).
+    Options: `lr` (0.025, the paper's `w_lr`), `gamma` (0.01, weight decay on $\xi$; the official code's
+    default), `min_losses` (0.0, the known lower bounds $m_k$).
+
     Guarantees: effective weights are positive and sum to 1 (present tasks); with all logits equal
-    they are inversely proportional to L_k - m_k, so every log-loss gets the same gradient weight.
+    they are inversely proportional to $L_k - m_k$, so every log-loss gets the same gradient weight.
     """
 
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant"})

@@ -1,7 +1,7 @@
 """Geometric Loss Strategy (Chennupati, Sistu, Yogamani & Rawashdeh, CVPR Workshops 2019).
 
-Reference: "MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for
-Multi-Task Learning", CVPR-W 2019.
+Paper: [MultiNet++: Multi-Stream Feature Aggregation and Geometric Loss Strategy for Multi-Task
+Learning](https://arxiv.org/abs/1904.08492), CVPR-W 2019.
 """
 
 from __future__ import annotations
@@ -35,14 +35,19 @@ def gls_weights(losses: Tensor) -> Tensor:
 
 @WEIGHTINGS.register("gls")
 class GLS(Weighting):
-    """L = (prod_k L_k)^(1/K): the geometric mean of the task losses (no hyper-parameters).
+    r"""L = (prod_k L_k)^(1/K): the geometric mean of the task losses (no hyper-parameters).
 
-    Its gradient is sum_k GLS / (K L_k) grad L_k, i.e. the gradient of (GLS / K) sum_k log L_k:
+    $$L = \Big(\prod_k L_k\Big)^{1/K}$$
+
+
+    Its gradient is $\sum_k \frac{L}{K L_k} \nabla L_k$, i.e. the gradient of $\frac{L}{K} \sum_k \log L_k$:
     every task's log-loss counts equally, whatever the loss's scale. A task whose loss is exactly 0
     in a batch (absent from it) is left out of the product.
+
     Options: none.
-    Guarantees: weights GLS / (K L_k) are positive; multiplying one task's loss by c > 0 multiplies
-    the whole update by c^(1/K) without changing its direction.
+
+    Guarantees: weights $L / (K L_k)$ are positive; multiplying one task's loss by $c > 0$ multiplies
+    the whole update by $c^{1/K}$ without changing its direction.
     """
 
     properties = frozenset({"positive_weights", "loss_scale_invariant", "permutation_equivariant"})

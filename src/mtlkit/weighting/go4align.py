@@ -1,6 +1,6 @@
-"""GO4Align (Shen, Wang, Zhen, Snoek & Spinu, NeurIPS 2024): group optimization for multi-task alignment.
+"""GO4Align (Shen, Wang, Xiao, Van Noord & Worring, NeurIPS 2024): group optimization for multi-task alignment.
 
-Reference: "GO4Align: Group Optimization for Multi-Task Alignment", NeurIPS 2024.
+Paper: [GO4Align: Group Optimization for Multi-Task Alignment](https://arxiv.org/abs/2404.06486), NeurIPS 2024.
 """
 
 from __future__ import annotations
@@ -77,14 +77,16 @@ def go4align_weights(losses: Tensor, probs: Tensor, groups: int = 2, step_size: 
 
 @WEIGHTINGS.register("go4align")
 class GO4Align(Weighting):
-    """GO4Align: tasks with similar risk indicators are grouped and share one loss weight.
+    r"""GO4Align: tasks with similar risk indicators are grouped and share one loss weight.
 
-    Indicator of task k: (sum_j L_j / L_k) p_k, the inverse relative loss times a probability p_k
-    updated by p <- p exp(-eta L) (the authors' code); the K indicators are clustered into
-    ``groups`` groups (exact 1-D k-means here; the authors use k-means) and each task is weighted
-    by its group's mean indicator: L = sum_k w_k L_k with the w_k detached.
-    Options: groups (2; the authors' script default is 1, which reduces to a scalar times
-    ``equal``), step_size eta (1e-4, the authors' ``robust_step_size``). p is a buffer (checkpointed).
+    The indicator of task $k$ is $\left(\sum_j L_j / L_k\right) p_k$, the inverse relative loss times a
+    probability $p_k$ updated by $p \leftarrow p \odot \exp(-\eta L)$ (the authors' code); the $K$
+    indicators are clustered into `groups` groups (exact 1-D k-means here; the authors use k-means)
+    and each task is weighted by its group's mean indicator: $L = \sum_k w_k L_k$ with the $w_k$ detached.
+
+    Options: `groups` (2; the authors' script default is 1, which reduces to a scalar times `equal`),
+    `step_size` $\eta$ (1e-4, the authors' `robust_step_size`). $p$ is a buffer (checkpointed).
+
     Guarantees: weights are positive; tasks in one group share a weight; a task with a relatively
     larger loss gets a smaller indicator (before grouping); the task order does not matter.
     """

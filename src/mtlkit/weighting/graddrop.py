@@ -1,6 +1,6 @@
 """GradDrop (Chen, Ngiam, Huang, Luong, Kretzschmar, Chai & Anguelov, NeurIPS 2020).
 
-Reference: "Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout",
+Paper: [Just Pick a Sign: Optimizing Deep Multitask Models with Gradient Sign Dropout](https://arxiv.org/abs/2010.06808),
 NeurIPS 2020.
 """
 
@@ -44,14 +44,18 @@ def graddrop(
 
 @WEIGHTINGS.register("graddrop")
 class GradDrop(Weighting):
-    """GradDrop: per coordinate, drop all task gradients of the sign that loses a purity-biased coin flip.
+    r"""GradDrop: per coordinate, drop all task gradients of the sign that loses a purity-biased coin flip.
 
+    With the sign purity $P_i = \frac{1}{2}\left(1 + \frac{\sum_k g_{ki}}{\sum_k |g_{ki}|}\right)$ of
+    coordinate $i$, the positive values are kept with probability $P_i$ and the negative ones otherwise.
     The paper applies it to activation gradients (sign purity over the batch after multiplying by
     the sign of the input activations); here it acts on the rows the step provides (parameter or
     representation gradients, every coordinate its own coin), without the activation-sign factor.
-    Options: leak (0.0, the paper's default: no leak), seed (0) of the coin flips (checkpointed).
+
+    Options: `leak` (0.0, the paper's default: no leak), `seed` (0) of the coin flips (checkpointed).
+
     Guarantees: a coordinate where all task gradients share a sign is kept unchanged (their sum);
-    where signs conflict the result has the sign of the kept side (or is 0); |d_i| <= sum_k |g_ki|.
+    where signs conflict the result has the sign of the kept side (or is 0); $|d_i| \le \sum_k |g_{ki}|$.
     """
 
     properties = frozenset({"sum_when_equal"})

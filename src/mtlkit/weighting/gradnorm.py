@@ -1,7 +1,7 @@
 """GradNorm (Chen, Badrinarayanan, Lee & Rabinovich, ICML 2018).
 
-Reference: "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask
-Networks", ICML 2018.
+Paper: [GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep Multitask
+Networks](https://arxiv.org/abs/1711.02257), ICML 2018.
 """
 
 from __future__ import annotations
@@ -32,17 +32,23 @@ def gradnorm_weight_gradient(
 
 @WEIGHTINGS.register("gradnorm")
 class GradNorm(GramianWeighting):
-    """GradNorm: learned task weights w_k, trained so each weighted gradient norm tracks its target.
+    r"""GradNorm: learned task weights w_k, trained so each weighted gradient norm tracks its target.
 
-    The shared update is sum_k w_k g_k. The weights are parameters; ``aggregate`` writes the
-    gradient of the GradNorm loss sum_k |w_k ||g_k|| - mean(w ||g||) r_k^alpha| into ``w.grad``
-    (the step zeroes gradients before and runs the optimiser after), and at the next call the
-    weights are renormalised to sum to K (clamped at 1e-4 first, so they stay positive). The paper
-    measures ||g_k|| at the last shared layer; here at the rows the step gives (all shared
-    parameters, or the shared representation). L_k(0) are the losses of the first step (a buffer).
-    Options: alpha (1.5, the paper's NYUv2 value).
-    Guarantees: weights are positive and sum to K; the weight gradient pushes w_k up exactly when
-    task k's weighted gradient norm is below its target.
+    The shared update is $d = \sum_k w_k g_k$. The weights are parameters; `aggregate` writes the
+    gradient of the GradNorm loss
+
+    $$\sum_k \Big| \, w_k \lVert g_k \rVert - \overline{w \lVert g \rVert} \; r_k^{\alpha} \Big|,
+    \qquad r_k = \frac{L_k / L_k(0)}{\frac{1}{K} \sum_j L_j / L_j(0)},$$
+
+    into `w.grad` (the step zeroes gradients before and runs the optimiser after), and at the next call
+    the weights are renormalised to sum to $K$ (clamped at 1e-4 first, so they stay positive). The paper
+    measures $\lVert g_k \rVert$ at the last shared layer; here at the rows the step gives (all shared
+    parameters, or the shared representation). $L_k(0)$ are the losses of the first step (a buffer).
+
+    Options: `alpha` (1.5, the paper's NYUv2 value).
+
+    Guarantees: weights are positive and sum to $K$; the weight gradient pushes $w_k$ up exactly when
+    task $k$'s weighted gradient norm is below its target.
     """
 
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})

@@ -1,7 +1,7 @@
 """Gradient Vaccine (Wang, Tsvetkov, Firat & Cao, ICLR 2021).
 
-Reference: "Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively
-Multilingual Models", ICLR 2021.
+Paper: [Gradient Vaccine: Investigating and Improving Multi-task Optimization in Massively
+Multilingual Models](https://arxiv.org/abs/2010.05874), ICLR 2021.
 """
 
 from __future__ import annotations
@@ -69,12 +69,17 @@ def gradvac(
 
 @WEIGHTINGS.register("gradvac")
 class GradVac(GramianWeighting):
-    """GradVac: raise each pair's gradient cosine to an EMA target instead of only removing conflicts.
+    r"""GradVac: raise each pair's gradient cosine to an EMA target instead of only removing conflicts.
 
+    For a pair $(i, j)$ whose cosine $\phi_{ij}$ is below its target $\hat\phi_{ij}$, $g_i$ gets a multiple of
+    $g_j$ added so that the cosine becomes $\hat\phi_{ij}$; the targets follow
+    $\hat\phi_{ij} \leftarrow (1 - \beta) \hat\phi_{ij} + \beta \phi_{ij}$.
     The paper can vaccinate per layer; this works on the whole shared gradient (one group).
-    Options: beta (1e-2, the paper's EMA rate of the cosine targets, which start at 0), seed (0)
+
+    Options: `beta` (1e-2, the paper's EMA rate of the cosine targets, which start at 0), `seed` (0)
     of the random task order (checkpointed with the targets).
-    Guarantees: after processing pair (i, j), cos(g_i', g_j) >= phi_hat_ij (equality when it was
+
+    Guarantees: after processing pair $(i, j)$, $\cos(g_i', g_j) \ge \hat\phi_{ij}$ (equality when it was
     raised); with all targets at 0 it reduces to PCGrad's projection for conflicting pairs;
     non-conflicting pairs above target are left unchanged.
     """

@@ -1,7 +1,8 @@
 """IMTL (Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, ICLR 2021): impartial multi-task learning.
 
-Reference: "Towards Impartial Multi-task Learning", ICLR 2021. IMTL-G balances gradients
-(closed form), IMTL-L balances loss scales (learned); the paper's full method is both.
+Paper: [Towards Impartial Multi-task Learning](https://openreview.net/forum?id=IMPnRXEWpvr), ICLR 2021.
+IMTL-G balances gradients (closed form), IMTL-L balances loss scales (learned); the paper's full
+method is both.
 """
 
 from __future__ import annotations
@@ -49,12 +50,20 @@ def imtl_l_loss(losses: Tensor, scales: Tensor) -> Tensor:
 
 @WEIGHTINGS.register("imtl_g")
 class IMTLG(GramianWeighting):
-    """IMTL-G: the update whose projections onto every task's unit gradient are equal.
+    r"""IMTL-G: the update whose projections onto every task's unit gradient are equal.
+
+    $d = \sum_k \alpha_k g_k$ with $\sum_k \alpha_k = 1$ and $d^\top u_k$ the same for every $k$,
+    $u_k = g_k / \lVert g_k \rVert$ (closed form: with $D$ the differences $g_1 - g_k$ and $U$ those of
+    $u_1 - u_k$, $\alpha_{2:K} = g_1^\top U^\top (D U^\top)^{-1}$).
 
     Options: none.
-    Guarantees: d . g_k / ||g_k|| is the same for every k (when D U^T is invertible), and the
-    weights sum to 1; for two orthogonal gradients of norms a, b the update is (b g_1 + a g_2)/(a + b).
+
+    Guarantees: $d^\top g_k / \lVert g_k \rVert$ is the same for every $k$ (when $D U^\top$ is invertible),
+    and the weights sum to 1; for two orthogonal gradients of norms $a, b$ the update is
+    $(b g_1 + a g_2) / (a + b)$.
     """
+
+    display_name = "IMTL-G"
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
@@ -65,11 +74,16 @@ class IMTLG(GramianWeighting):
 
 @WEIGHTINGS.register("imtl_l")
 class IMTLL(Weighting):
-    """IMTL-L alone (loss level): L = sum_k exp(s_k) L_k - s_k with learned s_k (init 0).
+    r"""IMTL-L alone (loss level): L = sum_k exp(s_k) L_k - s_k with learned s_k (init 0).
 
-    Guarantees: for fixed L_k the optimum is s_k = -log L_k, so every scaled loss tends to 1;
-    weights exp(s_k) are positive. A task whose loss is exactly 0 in a batch contributes nothing.
+    $$L = \sum_k \left(e^{s_k} L_k - s_k\right)$$
+
+
+    Guarantees: for fixed $L_k$ the optimum is $s_k = -\log L_k$, so every scaled loss tends to 1;
+    the weights $e^{s_k}$ are positive. A task whose loss is exactly 0 in a batch contributes nothing.
     """
+
+    display_name = "IMTL-L"
 
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant_at_equilibrium"})
 
@@ -87,14 +101,15 @@ class IMTLL(Weighting):
 
 @WEIGHTINGS.register("imtl")
 class IMTL(Weighting):
-    """Full IMTL (the paper's hybrid): IMTL-G on the gradients of the IMTL-L scaled losses.
+    r"""Full IMTL (the paper's hybrid): IMTL-G on the gradients of the IMTL-L scaled losses.
 
-    The scaled losses exp(s_k) L_k - s_k have shared gradients exp(s_k) g_k; IMTL-G combines those.
-    The scales are parameters of this module: ``aggregate`` writes their gradient exp(s_k) L_k - 1
-    into ``scales.grad`` (the step zeroes gradients before and runs the optimiser after).
+    The scaled losses $e^{s_k} L_k - s_k$ have shared gradients $e^{s_k} g_k$; IMTL-G combines those.
+    The scales are parameters of this module: `aggregate` writes their gradient $e^{s_k} L_k - 1$
+    into `scales.grad` (the step zeroes gradients before and runs the optimiser after).
     Task-specific parameters get their unscaled loss gradient (the step's contract).
-    Guarantees: equal projections of d onto every unit task gradient (IMTL-G's, unchanged by the
-    positive scales); weights alpha_k exp(s_k) on the raw rows are reported.
+
+    Guarantees: equal projections of $d$ onto every unit task gradient (IMTL-G's, unchanged by the
+    positive scales); the weights $\alpha_k e^{s_k}$ on the raw rows are reported.
     """
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})

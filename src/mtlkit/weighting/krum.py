@@ -1,7 +1,7 @@
 """Krum and Multi-Krum (Blanchard, El Mhamdi, Guerraoui & Stainer, NeurIPS 2017) over task gradients.
 
-Reference: "Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent", NeurIPS 2017;
-as a multi-task aggregator in TorchJD.
+Paper: [Machine Learning with Adversaries: Byzantine Tolerant Gradient Descent](https://arxiv.org/abs/1703.02757),
+NeurIPS 2017; as a multi-task aggregator in [TorchJD](https://github.com/TorchJD/torchjd).
 """
 
 from __future__ import annotations
@@ -54,12 +54,16 @@ def krum(grads: Tensor, n_byzantine: int = 0, n_selected: int = 1) -> tuple[Tens
 
 @WEIGHTINGS.register("krum")
 class Krum(GramianWeighting):
-    """Krum: keep the task gradient(s) closest to their K - f - 2 nearest neighbours, average them.
+    r"""Krum: keep the task gradient(s) closest to their K - f - 2 nearest neighbours, average them.
 
-    A robust aggregator: up to f outlying rows cannot pull the update. Options: n_byzantine f (0;
-    the paper's f is the number of adversarial workers, needs K >= 2 f + 3), n_selected m (1:
-    Krum; m > 1 is Multi-Krum). Runs on the K x K Gramian.
-    Guarantees: the update is the mean of m of the task gradients; equal gradients give that
+    Each row gets the score $s_k = \sum_{j \in N_k} \lVert g_k - g_j \rVert^2$ over its $K - f - 2$ nearest
+    rows $N_k$; the update is the mean of the $m$ rows of lowest score. A robust aggregator: up to $f$
+    outlying rows cannot pull the update. Runs on the $K \times K$ Gramian.
+
+    Options: `n_byzantine` $f$ (0; the paper's $f$ is the number of adversarial workers, needs
+    $K \ge 2 f + 3$), `n_selected` $m$ (1: Krum; $m > 1$ is Multi-Krum).
+
+    Guarantees: the update is the mean of $m$ of the task gradients; equal gradients give that
     gradient; the selection does not depend on the task order (up to exact ties).
     """
 

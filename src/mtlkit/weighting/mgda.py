@@ -1,6 +1,6 @@
 """MGDA-UB (Sener & Koltun, NeurIPS 2018): the min-norm point of the convex hull of the gradients.
 
-Reference: "Multi-Task Learning as Multi-Objective Optimization", NeurIPS 2018.
+Paper: [Multi-Task Learning as Multi-Objective Optimization](https://arxiv.org/abs/1810.04650), NeurIPS 2018.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._common import GramianWeighting, combine_rows, exact_gramian
 from mtlkit.weighting._solvers import as_numpy, min_norm_simplex, to_tensor
-from mtlkit.weighting.gradients import gramian
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
@@ -43,9 +42,9 @@ def gradient_normalizers(gramian: Tensor, losses: Tensor | None, normalization: 
     return torch.where(n > tiny, n, torch.ones_like(n)).double()
 
 
-def mgda_weights(gramian: Tensor, max_iter: int = 250, tol: float = 1e-5) -> Tensor:
-    """Weights w on the simplex minimising ||sum_k w_k g_k||: Frank-Wolfe on the Gramian (+ exact polish)."""
-    return to_tensor(min_norm_simplex(as_numpy(gramian), max_iter=max_iter, tol=tol))
+def mgda_weights(gramian: Tensor) -> Tensor:
+    """Weights w on the simplex minimising ||sum_k w_k g_k||: an exact active-set solve on the Gramian."""
+    return to_tensor(min_norm_simplex(as_numpy(gramian)))
 
 
 def mgda(grads: Tensor, normalization: str = "none", losses: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -53,7 +52,7 @@ def mgda(grads: Tensor, normalization: str = "none", losses: Tensor | None = Non
 
     ``weights`` are the coefficients on the raw rows (w_k / n_k).
     """
-    m = gramian(grads)
+    m = exact_gramian(grads)
     n = gradient_normalizers(m, losses, normalization)
     w = mgda_weights(m / torch.outer(n, n)) / n
     return combine_rows(w, grads), w
@@ -61,33 +60,41 @@ def mgda(grads: Tensor, normalization: str = "none", losses: Tensor | None = Non
 
 @WEIGHTINGS.register("mgda")
 class MGDA(GramianWeighting):
-    """MGDA-UB: the shared update is the min-norm convex combination of the task gradients.
+    r"""MGDA-UB: the shared update is the min-norm convex combination of the task gradients.
 
-    In representation mode this is MGDA-UB proper (gradients w.r.t. the shared representation,
-    one backward through the encoder); in parameter mode it is exact MGDA.
+    $$d = \sum_k w_k \frac{g_k}{n_k}, \qquad
+    w = \arg\min_{w \in \Delta} \Big\lVert \sum_k w_k \frac{g_k}{n_k} \Big\rVert^2,$$
 
-    Options: normalization ("loss+", the setting of the authors' released configs; one of
-    "none", "l2", "loss", "loss+"): rows are divided by n_k before the min-norm problem, and the
-    update is the min-norm point of the normalised rows, sum_k w_k g_k / n_k (so the guarantee
-    below holds for every normalisation; the authors' code instead reused w_k as loss scales on the
-    raw losses). max_iter (250) and tol (1e-5): the Frank-Wolfe budget of the paper's solver.
-    Guarantees: d has a non-negative inner product with every task gradient (d . g_k >= ||d||^2
-    n_k >= 0), and d = 0 exactly when some convex combination of the (normalised) gradients
-    vanishes (Pareto stationarity). Weights on normalised rows sum to 1.
+    $\Delta$ the probability simplex, solved exactly on the $K \times K$ Gramian. In representation
+    mode this is MGDA-UB proper (gradients w.r.t. the shared representation, one backward through the
+    encoder); in parameter mode it is exact MGDA.
+
+    Options: `normalization` (`"loss+"`, the setting of the authors' released configs; one of
+    `"none"`, `"l2"`, `"loss"`, `"loss+"`): the divisors $n_k$ are $1$, $\lVert g_k \rVert$, $L_k$ or
+    $L_k \lVert g_k \rVert$, and the update is the min-norm point of the normalised rows,
+    $\sum_k w_k g_k / n_k$ (so the guarantee below holds for every normalisation; the authors' code
+    instead reused $w_k$ as loss scales on the raw losses).
+
+    Solver: the min-norm problem is solved exactly in float64 (Lawson-Hanson active set,
+    `_solvers.min_norm_simplex`) instead of the paper's Frank-Wolfe (250 iterations, stop at a $10^{-5}$
+    step), which left the point off the optimum by more than $10^{-6}$ relative in 10 % of random cases.
+    Optimality reached: KKT residual and duality gap $w^\top M w - \min_k (M w)_k$ below
+    $3 \cdot 10^{-15} \max_k \lVert g_k \rVert^2$ over 300 random cases ($K = 3..20$, rank-deficient, strongly
+    and weakly stationary, near-duplicate rows; float32 and float64 inputs; `tests/test_weighting_solvers.py`).
+
+    Guarantees: $d$ has a non-negative inner product with every task gradient
+    ($d^\top g_k \ge \lVert d \rVert^2 n_k \ge 0$), and $d = 0$ exactly when some convex combination of the
+    (normalised) gradients vanishes (Pareto stationarity). The weights on normalised rows sum to 1.
     """
 
     properties = frozenset({"non_conflicting", "permutation_equivariant", "pareto_stationary"})
 
-    def __init__(
-        self, task_names: list[str], normalization: str = "loss+", max_iter: int = 250, tol: float = 1e-5
-    ) -> None:
+    def __init__(self, task_names: list[str], normalization: str = "loss+") -> None:
         super().__init__(task_names)
         check_normalization(normalization)
         self.normalization = normalization
-        self.max_iter = int(max_iter)
-        self.tol = float(tol)
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Min-norm weights of the normalised gradients, expressed on the raw rows."""
         n = gradient_normalizers(gramian, losses, self.normalization)
-        return mgda_weights(gramian / torch.outer(n, n), self.max_iter, self.tol) / n
+        return mgda_weights(gramian / torch.outer(n, n)) / n

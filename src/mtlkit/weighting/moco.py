@@ -1,7 +1,7 @@
 """MoCo (Fernando, Shen, Liu, Chaudhury, Murugesan & Chen, ICLR 2023): tracked multi-objective gradients.
 
-Reference: "Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent Approach",
-ICLR 2023.
+Paper: [Mitigating Gradient Bias in Multi-objective Learning: A Provably Convergent
+Approach](https://arxiv.org/abs/2210.12624), ICLR 2023.
 """
 
 from __future__ import annotations
@@ -50,17 +50,21 @@ def moco_step(
 
 @WEIGHTINGS.register("moco")
 class MoCo(Weighting):
-    """MoCo: MGDA on tracked (moving-average) gradients, with the weights moved one projected step a batch.
+    r"""MoCo: MGDA on tracked (moving-average) gradients, with the weights moved one projected step a batch.
 
-    Tracking removes the bias of stochastic MGDA: each task's gradient estimate y_k is an average
-    over batches with a decaying rate beta_t, and lambda follows projected gradient steps on
-    ||Y^T lambda||^2 / 2 (+ rho ||lambda||^2 / 2) instead of being solved exactly.
-    Options: beta (0.5), beta_sigma (0.5), gamma (0.1), gamma_sigma (0.5), rho (0.0): LibMTL's
+    Tracking removes the bias of stochastic MGDA: each task's gradient estimate $y_k$ is an average
+    over batches with a decaying rate $\beta_t$, and $\lambda$ follows projected gradient steps
+    $\lambda \leftarrow \Pi_\Delta\big(\lambda - \gamma_t (Y Y^\top \lambda + \rho \lambda)\big)$ on
+    $\frac{1}{2} \lVert Y^\top \lambda \rVert^2 + \frac{\rho}{2} \lVert \lambda \rVert^2$ instead of being
+    solved exactly; the update is $d = Y^\top \lambda$.
+
+    Options: `beta` (0.5), `beta_sigma` (0.5), `gamma` (0.1), `gamma_sigma` (0.5), `rho` (0.0): LibMTL's
     defaults from the authors' code. The authors' code replaces the paper's simplex projection by a
     softmax; this follows the paper (projection). Parameter mode only (tracking representation
-    gradients across batches would mix different samples). Y (K x D), lambda and the step count are
-    checkpointed.
-    Guarantees: lambda stays on the simplex; the tracked gradients are exponential averages of the
+    gradients across batches would mix different samples). $Y$ ($K \times D$), $\lambda$ and the step count
+    are checkpointed.
+
+    Guarantees: $\lambda$ stays on the simplex; the tracked gradients are exponential averages of the
     loss-scaled unit gradients; the task order does not matter.
     """
 

@@ -1,7 +1,7 @@
 """MoDo (Chen, Fernando, Ying, Chen & Liu, NeurIPS 2023): multi-objective gradient with double sampling.
 
-Reference: "Three-Way Trade-Off in Multi-Objective Learning: Optimization, Generalization and
-Conflict-Avoidance", NeurIPS 2023.
+Paper: [Three-Way Trade-Off in Multi-Objective Learning: Optimization, Generalization and
+Conflict-Avoidance](https://arxiv.org/abs/2305.12255), NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -31,13 +31,18 @@ def modo(grads: Tensor, gamma: float = 1e-3, rho: float = 0.1) -> tuple[Tensor, 
 
 @WEIGHTINGS.register("modo")
 class MoDo(GramianWeighting):
-    """MoDo: task weights follow one projected gradient step per batch on ||G^T lambda||^2 / 2.
+    r"""MoDo: task weights follow one projected gradient step per batch on ||G^T lambda||^2 / 2.
 
-    lambda (on the simplex, from 1/K) is updated by lambda <- Pi(lambda - gamma (G1 G2^T lambda +
-    rho lambda)) and the update is G3^T lambda. The paper's G1, G2, G3 are three independent batches;
-    here all are the step's batch (G1 G2^T = the Gramian). lambda is a buffer (checkpointed).
-    Options: gamma (1e-3), rho (0.1): LibMTL's defaults from the authors' code.
-    Guarantees: lambda stays on the simplex; equal gradients give that gradient.
+    $$\lambda \leftarrow \Pi_\Delta\big(\lambda - \gamma \, (G_1 G_2^\top \lambda + \rho \lambda)\big),
+    \qquad d = G_3^\top \lambda,$$
+
+    with $\lambda$ on the simplex $\Delta$, starting at $1/K$. The paper's $G_1, G_2, G_3$ are three
+    independent batches; here all are the step's batch ($G_1 G_2^\top$ = the Gramian). $\lambda$ is a
+    buffer (checkpointed).
+
+    Options: `gamma` (1e-3), `rho` (0.1): LibMTL's defaults from the authors' code.
+
+    Guarantees: $\lambda$ stays on the simplex; equal gradients give that gradient.
     """
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})

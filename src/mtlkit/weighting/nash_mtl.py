@@ -1,6 +1,6 @@
 """Nash-MTL (Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, ICML 2022).
 
-Reference: "Multi-Task Learning as a Bargaining Game", ICML 2022.
+Paper: [Multi-Task Learning as a Bargaining Game](https://arxiv.org/abs/2202.01017), ICML 2022.
 """
 
 from __future__ import annotations
@@ -51,9 +51,12 @@ def nash_mtl_weights(
 ) -> Tensor:
     """The Nash bargaining weights: alpha > 0 solving (G G^T) alpha = 1 / alpha elementwise.
 
-    ``normalize``: solve on G G^T / ||G G^T||_F as the authors' code does (weights multiplied by
-    sqrt(||G G^T||_F)). ``max_norm`` > 0: shrink the weights so ||sum_k alpha_k g_k|| <= max_norm
-    (the authors clip the shared gradient norm to 1).
+    ``normalize``: solve on G G^T / ||G G^T||_F (weights multiplied by sqrt(||G G^T||_F)). This is
+    *not* the authors' normalisation: their code divides the Gramian by ||G G^T||_F but multiplies
+    the constraint by the same factor, so it cancels and their update is this function's with
+    ``normalize=False`` (norm sqrt(K) before the clip, whatever the gradients' scale).
+    ``max_norm`` > 0: shrink the weights so ||sum_k alpha_k g_k|| <= max_norm (the authors clip
+    the shared gradient norm to 1).
     """
     m = as_numpy(gramian)
     s = float(np.linalg.norm(m)) if normalize else 1.0
@@ -75,23 +78,34 @@ def nash_mtl(grads: Tensor, normalize: bool = False, max_norm: float = 0.0) -> t
 
 @WEIGHTINGS.register("nash_mtl")
 class NashMTL(GramianWeighting):
-    """Nash-MTL: the update d = G^T alpha with alpha_k (G G^T alpha)_k = 1, the Nash bargaining solution.
+    r"""Nash-MTL: the Nash bargaining solution among the tasks' improvements.
+
+    $$d = G^\top \alpha \quad \text{with} \quad \alpha_k \, (G G^\top \alpha)_k = 1 \;\; \forall k.$$
 
     The paper solves the fixed point by a sequence of convex programs (CCP with cvxpy, 20
     iterations). Here the same fixed point is the unique minimiser of the strictly convex
-    a^T G G^T a / 2 - sum_k log a_k, solved to machine precision by damped Newton on the K x K
-    Gramian (no cvxpy). Weights are updated every step.
-    Options: normalize (True, as the authors' code: solve on G G^T / ||G G^T||_F, which scales
-    d with the gradients' magnitude), max_norm (1.0, the authors' clip of the shared update's norm;
-    0 disables).
-    Guarantees: alpha_k > 0 and alpha_k (G G^T alpha)_k = c for every k (c = 1, or ||G G^T||_F
-    with normalize), i.e. d . g_k = c / alpha_k > 0: every task improves, by the proportional-
-    fairness amounts; then ||d|| <= max_norm.
+
+    $$\frac{1}{2} \alpha^\top G G^\top \alpha - \sum_k \log \alpha_k,$$
+
+    solved to machine precision by damped Newton on the $K \times K$ Gramian (no cvxpy). The weights are
+    updated every step.
+
+    Options: `normalize` (False, the authors' update: in their code the division of $G G^\top$ by its
+    Frobenius norm cancels inside the constraint, so $\lVert d \rVert = \sqrt{K}$ before the clip at any
+    gradient scale; True solves on $G G^\top / \lVert G G^\top \rVert_F$, which multiplies $d$ by
+    $\sqrt{\lVert G G^\top \rVert_F}$, an mtlkit variant that scales the step with the gradients),
+    `max_norm` (1.0, the authors' clip of the shared update's norm; 0 disables).
+
+    Guarantees: $\alpha_k > 0$ and $\alpha_k (G G^\top \alpha)_k = c$ for every $k$ ($c = 1$, or
+    $\lVert G G^\top \rVert_F$ with `normalize`), i.e. $g_k^\top d = c / \alpha_k > 0$: every task improves,
+    by the proportional-fairness amounts; then $\lVert d \rVert \le$ `max_norm`.
     """
+
+    display_name = "Nash-MTL"
 
     properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant"})
 
-    def __init__(self, task_names: list[str], normalize: bool = True, max_norm: float = 1.0) -> None:
+    def __init__(self, task_names: list[str], normalize: bool = False, max_norm: float = 1.0) -> None:
         super().__init__(task_names)
         self.normalize = bool(normalize)
         self.max_norm = positive_float("max_norm", max_norm, allow_zero=True)

@@ -1,6 +1,6 @@
 """PCGrad (Yu, Kumar, Gupta, Levine, Hausman & Finn, NeurIPS 2020): gradient surgery.
 
-Reference: "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
+Paper: [Gradient Surgery for Multi-Task Learning](https://arxiv.org/abs/2001.06782), NeurIPS 2020.
 """
 
 from __future__ import annotations
@@ -49,12 +49,16 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> tuple[Ten
 
 @WEIGHTINGS.register("pcgrad")
 class PCGrad(GramianWeighting):
-    """PCGrad: project each task gradient off the normal plane of every gradient it conflicts with.
+    r"""PCGrad: project each task gradient off the normal plane of every gradient it conflicts with.
 
-    Options: seed (0) of the generator drawing the projection order (checkpointed).
+    For each task $i$, in a random order of the others $j$: if $g_i'^\top g_j < 0$ then
+    $g_i' \leftarrow g_i' - \frac{g_i'^\top g_j}{\lVert g_j \rVert^2} g_j$; the update is $d = \sum_i g_i'$.
+
+    Options: `seed` (0) of the generator drawing the projection order (checkpointed).
+
     Guarantees: a gradient with no conflicting partner is left unchanged; for two tasks each
     projected gradient has a non-negative inner product with the other task's gradient, so the
-    sum d satisfies d . g_k >= 0 for both; with no conflicts d = sum_k g_k (the ``equal`` update).
+    sum $d$ satisfies $d^\top g_k \ge 0$ for both; with no conflicts $d = \sum_k g_k$ (the `equal` update).
     """
 
     properties = frozenset({"sum_when_equal"})

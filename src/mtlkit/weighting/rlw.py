@@ -1,7 +1,8 @@
 """Random Loss Weighting (Lin, Ye, Xu, Shi & Zhang, TMLR 2022).
 
-Reference: "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
-Learning" (arXiv 2111.10603, "A Closer Look at Loss Weighting in Multi-Task Learning").
+Paper: [Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
+Learning](https://arxiv.org/abs/2111.10603), TMLR 2022 (first titled "A Closer Look at Loss Weighting in Multi-Task
+Learning").
 """
 
 from __future__ import annotations
@@ -23,12 +24,17 @@ def rlw_weights(num_tasks: int, generator: torch.Generator | None = None) -> Ten
 
 @WEIGHTINGS.register("rlw")
 class RLW(Weighting):
-    """L = sum_k lambda_k L_k with fresh random weights lambda = softmax(N(0, I)) every step.
+    r"""L = sum_k lambda_k L_k with fresh random weights lambda = softmax(N(0, I)) every step.
 
-    Options: seed (0) of the method's own generator, whose state is checkpointed (extra state), so
+    $$L = \sum_k \lambda_k L_k, \qquad \lambda = \operatorname{softmax}(\epsilon),
+    \quad \epsilon \sim \mathcal{N}(0, I).$$
+
+
+    Options: `seed` (0) of the method's own generator, whose state is checkpointed (extra state), so
     a resumed run draws the same weights as an uninterrupted one.
-    Guarantees: weights are positive and sum to 1 (the paper's normalisation; ``equal`` sums to
-    K), and are independent of the losses.
+
+    Guarantees: weights are positive and sum to 1 (the paper's normalisation; `equal` sums to
+    $K$), and are independent of the losses.
     """
 
     properties = frozenset({"positive_weights"})

@@ -1,7 +1,7 @@
 """SDMGrad (Xiao, Ban & Ji, NeurIPS 2023): stochastic direction-oriented multi-objective gradient.
 
-Reference: "Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
-Algorithms", NeurIPS 2023.
+Paper: [Direction-oriented Multi-objective Learning: Simple and Provable Stochastic
+Algorithms](https://arxiv.org/abs/2305.18409), NeurIPS 2023.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from mtlkit.weighting.gradients import gramian
 def sdmgrad_inner(
     gramian: Tensor, w: np.ndarray, lam: float = 0.3, n_iter: int = 20, lr: float = 10.0, momentum: float = 0.5
 ) -> np.ndarray:
-    """n_iter projected heavy-ball steps on min_{w in simplex} w^T M w + 2 lam w^T M 1 / K.
+    """n_iter projected heavy-ball steps on min_{w in simplex} w^T M w / 2 + lam w^T M 1 / K.
 
     M is the Gramian divided by the squared mean gradient norm (the authors' normalisation, so the
-    step is scale-free); lr 10 and momentum 0.5 are the authors' values (torch SGD's momentum
-    form). With these the 20 steps need not converge to the QP's minimiser (they often end at a
-    vertex); a small lr and many steps do. ``w`` is the warm start.
+    step is scale-free). Each step moves along M w + lam M 1 / K = G G^T w + lam G g0 (the
+    objective's gradient, as in the authors' code and TorchJD), with their lr 10 and momentum 0.5
+    (torch SGD's momentum form). LibMTL's SDMGrad steps along half of that (its lr 10 on
+    w^T M w + ... without the 1/2 is the authors' lr 5). With these the 20 steps need not converge
+    to the QP's minimiser (they often end at a vertex); a small lr and many steps do. ``w`` is the
+    warm start.
     """
     m = as_numpy(gramian)
     k = m.shape[0]
@@ -35,7 +38,7 @@ def sdmgrad_inner(
     w = w.astype(np.float64).copy()
     buf = np.zeros(k)
     for i in range(n_iter):
-        grad = 2.0 * (m @ w + lam * target)
+        grad = m @ w + lam * target
         buf = grad if i == 0 else momentum * buf + grad
         w = project_simplex(w - lr * buf)
     return w
@@ -55,16 +58,21 @@ def sdmgrad(grads: Tensor, lam: float = 0.3, n_iter: int = 20) -> tuple[Tensor, 
 
 @WEIGHTINGS.register("sdmgrad")
 class SDMGrad(GramianWeighting):
-    """SDMGrad: MGDA's min-norm problem regularised towards the mean gradient, solved by projected SGD.
+    r"""SDMGrad: MGDA's min-norm problem regularised towards the mean gradient, solved by projected SGD.
 
-    w approximately minimises ||G^T w||^2 / 2 + lam <G^T w, g0> on the simplex (n_iter projected
-    momentum steps, warm-started from the previous step's w); the update is
-    d = (G^T w + lam g0) / (1 + lam). The paper draws three independent batches (one for G^T w, two
-    for an unbiased G G^T); here all three are the step's batch (the deterministic variant).
-    Options: lam (0.3, LibMTL's NYUv2 value), n_iter (20), lr (10, the authors' inner step size).
-    The weights w are a buffer (checkpointed).
-    Guarantees: w stays on the simplex; equal gradients give that gradient (the mean); lam -> inf
-    gives the mean gradient.
+    $$w \approx \arg\min_{w \in \Delta} \; \frac{1}{2} \lVert G^\top w \rVert^2 + \lambda \, (G^\top w)^\top g_0,
+    \qquad d = \frac{G^\top w + \lambda g_0}{1 + \lambda},$$
+
+    with $g_0$ the mean gradient, by `n_iter` projected momentum steps along $G G^\top w + \lambda G g_0$
+    (the authors' step; LibMTL's is half of it), warm-started from the previous step's $w$. The paper
+    draws three independent batches (one for $G^\top w$, two for an unbiased $G G^\top$); here all three
+    are the step's batch (the deterministic variant).
+
+    Options: `lam` $\lambda$ (0.3, LibMTL's NYUv2 value), `n_iter` (20), `lr` (10, the authors' inner step
+    size). The weights $w$ are a buffer (checkpointed).
+
+    Guarantees: $w$ stays on the simplex; equal gradients give that gradient (the mean);
+    $\lambda \to \infty$ gives the mean gradient.
     """
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})

@@ -1,6 +1,6 @@
 """Smooth Tchebycheff scalarization (Lin, Zhang, Yang, Zhang & Zhang, ICML 2024).
 
-Reference: "Smooth Tchebycheff Scalarization for Multi-Objective Optimization", ICML 2024.
+Paper: [Smooth Tchebycheff Scalarization for Multi-Objective Optimization](https://arxiv.org/abs/2402.19078), ICML 2024.
 """
 
 from __future__ import annotations
@@ -43,17 +43,20 @@ def stch_weights(losses: Tensor, nadir: Tensor, mu: float = 1.0) -> Tensor:
 
 @WEIGHTINGS.register("stch")
 class STCH(Weighting):
-    """Smooth Tchebycheff: minimise the smooth maximum of the tasks' normalised log-losses.
+    r"""Smooth Tchebycheff: minimise the smooth maximum of the tasks' normalised log-losses.
 
-    L = K mu log sum_k exp(log(L_k / z_k) / mu), the smoothed max_k log(L_k / z_k) (Tchebycheff with
-    ideal point 1 in the normalised log space, the authors' MTL code). The nadir point z_k is
-    estimated during a warm-up: for the first ``warmup_epochs`` epochs the loss is sum_k log L_k
-    (every task's log-loss equally), and z_k is the mean of task k's batch losses over the last
-    warm-up epoch. ``warmup_epochs`` = 5 matches the authors' ``STCH_warmup_epoch=4`` (epochs 0 to
-    4; losses of epoch 4 averaged).
-    Options: mu (1.0, the paper's MTL smoothing), warmup_epochs (5).
-    Guarantees: weights are positive; as mu -> 0 all weight goes to the worst normalised task;
-    multiplying a task's loss by c > 0 (during warm-up too, since z_k scales with it) leaves the
+    $$L = K \mu \log \sum_k \exp\!\Big(\frac{\log(L_k / z_k)}{\mu}\Big),$$
+
+    the smoothed $\max_k \log(L_k / z_k)$ (Tchebycheff with ideal point 1 in the normalised log space, the
+    authors' MTL code). The nadir point $z_k$ is estimated during a warm-up: for the first `warmup_epochs`
+    epochs the loss is $\sum_k \log L_k$ (every task's log-loss equally), and $z_k$ is the mean of task
+    $k$'s batch losses over the last warm-up epoch. `warmup_epochs` = 5 matches the authors'
+    `STCH_warmup_epoch=4` (epochs 0 to 4; losses of epoch 4 averaged).
+
+    Options: `mu` $\mu$ (1.0, the paper's MTL smoothing), `warmup_epochs` (5).
+
+    Guarantees: weights are positive; as $\mu \to 0$ all weight goes to the worst normalised task;
+    multiplying a task's loss by $c > 0$ (during warm-up too, since $z_k$ scales with it) leaves the
     update's direction unchanged. Nadir, epoch and running sums are checkpointed.
     """
 

@@ -1,7 +1,7 @@
 """Coordinate-wise trimmed mean (Yin, Chen, Kannan & Bartlett, ICML 2018) over task gradients.
 
-Reference: "Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates", ICML 2018;
-as a multi-task aggregator in TorchJD.
+Paper: [Byzantine-Robust Distributed Learning: Towards Optimal Statistical Rates](https://arxiv.org/abs/1803.01498),
+ICML 2018; as a multi-task aggregator in [TorchJD](https://github.com/TorchJD/torchjd).
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ def trimmed_mean(grads: Tensor, trim: int = 1) -> tuple[Tensor, Tensor]:
 
 @WEIGHTINGS.register("trimmed_mean")
 class TrimmedMean(Weighting):
-    """Trimmed mean: each coordinate of the update is the mean of the task gradients' middle values.
+    r"""Trimmed mean: each coordinate of the update is the mean of the task gradients' middle values.
 
-    Options: trim t (1: with K = 3 tasks this is the coordinate-wise median); needs K >= 2 t + 1.
-    Guarantees: each coordinate lies between the (t+1)-th smallest and largest task values, so t
+    $d_i$ is the mean of $g_{1i}, \dots, g_{Ki}$ without their $t$ smallest and $t$ largest values.
+
+    Options: `trim` $t$ (1: with $K = 3$ tasks this is the coordinate-wise median); needs $K \ge 2 t + 1$.
+
+    Guarantees: each coordinate lies between the $(t+1)$-th smallest and largest task values, so $t$
     outlying tasks cannot move it out of the others' range; equal gradients give that gradient;
     the task order does not matter.
     """

@@ -1,7 +1,7 @@
 """Uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018).
 
-Reference: "Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry and
-Semantics", CVPR 2018.
+Paper: [Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry and
+Semantics](https://arxiv.org/abs/1705.07115), CVPR 2018.
 """
 
 from __future__ import annotations
@@ -27,18 +27,24 @@ def uncertainty_loss(losses: Tensor, log_vars: Tensor, factors: Tensor) -> Tenso
 
 @WEIGHTINGS.register("uncertainty")
 class Uncertainty(Weighting):
-    """Learned task uncertainties: L = sum_k c_k exp(-s_k) L_k + s_k / 2, s_k = log sigma_k^2 learned.
+    r"""Learned task uncertainties: L = sum_k c_k exp(-s_k) L_k + s_k / 2, s_k = log sigma_k^2 learned.
 
-    Form chosen: the MTAN authors' code, 1/(2 exp(s_k)) L_k + s_k / 2 for every task (c_k = 1/2),
-    with s_k initialised to -0.5. Kendall's paper uses c = 1 for classification-like losses; set
-    ``task_factors={"segmentation": 1.0}`` for that. The weights ``c_k exp(-s_k)`` are reported.
+    $$L = \sum_k \left(c_k e^{-s_k} L_k + \frac{s_k}{2}\right), \qquad s_k = \log \sigma_k^2.$$
 
-    Options: init (initial s_k, -0.5), factor (c_k for every task, 0.5), task_factors (per-task c_k
-    overriding ``factor``).
-    Guarantees: for fixed L_k the optimal s_k is log(2 c_k L_k), i.e. each task's weighted loss
-    tends to 1/2; weights are always positive. A task whose loss is exactly 0 in a batch (absent
-    from it) contributes nothing, its s_k included.
+
+    Form chosen: the MTAN authors' code, $\frac{1}{2} e^{-s_k} L_k + s_k / 2$ for every task ($c_k = 1/2$),
+    with $s_k$ initialised to $-0.5$. Kendall's paper uses $c = 1$ for classification-like losses; set
+    `task_factors={"segmentation": 1.0}` for that. The weights $c_k e^{-s_k}$ are reported.
+
+    Options: `init` (initial $s_k$, $-0.5$), `factor` ($c_k$ for every task, 0.5), `task_factors` (per-task
+    $c_k$ overriding `factor`).
+
+    Guarantees: for fixed $L_k$ the optimal $s_k$ is $\log(2 c_k L_k)$, i.e. each task's weighted loss
+    tends to $1/2$; weights are always positive. A task whose loss is exactly 0 in a batch (absent
+    from it) contributes nothing, its $s_k$ included.
     """
+
+    display_name = "Uncert."
 
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant_at_equilibrium"})
 

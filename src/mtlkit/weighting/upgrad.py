@@ -1,6 +1,6 @@
 """UPGrad (Quinton & Rey, 2024; TorchJD): unconflicting projection of gradients.
 
-Reference: "Jacobian Descent for Multi-Objective Optimization", arXiv 2406.16232, 2024.
+Paper: [Jacobian Descent for Multi-Objective Optimization](https://arxiv.org/abs/2406.16232), arXiv 2024; code: [TorchJD](https://github.com/TorchJD/torchjd).
 """
 
 from __future__ import annotations
@@ -9,16 +9,15 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows
+from mtlkit.weighting._common import GramianWeighting, combine_rows, exact_gramian
 from mtlkit.weighting._solvers import as_numpy, cone_projection_weights, to_tensor
-from mtlkit.weighting.gradients import gramian
 
 
 def upgrad_weights(gramian: Tensor, preference: Tensor | None = None) -> Tensor:
     """Weights of the preference-weighted sum of each row's projection onto the dual cone of G.
 
     Row i's projection onto {x : G x >= 0} is G^T v_i with v_i = argmin_{v >= e_i} v^T G G^T v
-    (a K-variable non-negative QP, solved exactly by an active-set NNLS); the result is
+    (a K-variable non-negative QP, solved exactly by an active set); the result is
     sum_i p_i G^T v_i with p = 1/K by default (TorchJD's mean).
     """
     m = as_numpy(gramian)
@@ -36,18 +35,26 @@ def upgrad_weights(gramian: Tensor, preference: Tensor | None = None) -> Tensor:
 
 def upgrad(grads: Tensor, preference: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(d, weights): UPGrad's aggregation of the task-gradient rows."""
-    w = upgrad_weights(gramian(grads), preference)
+    w = upgrad_weights(exact_gramian(grads), preference)
     return combine_rows(w, grads), w
 
 
 @WEIGHTINGS.register("upgrad")
 class UPGrad(GramianWeighting):
-    """UPGrad: project every task gradient onto the dual cone of all of them, then average.
+    r"""UPGrad: project every task gradient onto the dual cone of all of them, then average.
 
-    Options: none (TorchJD's defaults: mean preference, exact QP; no regularisation needed since
-    the NNLS solve handles singular Gramians).
-    Guarantees: d . g_k >= 0 for every k (each projection lies in the convex dual cone);
-    non-conflicting gradients are unchanged (d = mean of the g_k); the weights are >= 1/K each.
+    $$d = \frac{1}{K} \sum_k \pi(g_k), \qquad
+    \pi(g) = \arg\min_x \lVert x - g \rVert \;\; \text{subject to} \;\; g_j^\top x \ge 0 \;\; \forall j.$$
+
+    Options: none (TorchJD's defaults: mean preference; its QP ridge $G G^\top / \mathrm{tr} + 10^{-4} I$ is
+    not needed, the active-set solve handles singular Gramians exactly).
+
+    Optimality reached (`tests/test_weighting_solvers.py`, 300 random cases, rank-deficient and
+    near-duplicate rows included): worst conflict $-\min_k g_k^\top d$ below $10^{-13} \max_k \lVert g_k \rVert^2$
+    on float64 rows, $10^{-9}$ on float32 rows (Gramian accumulated in float64, rows combined in float64).
+
+    Guarantees: $g_k^\top d \ge 0$ for every $k$ (each projection lies in the convex dual cone);
+    non-conflicting gradients are unchanged ($d$ = the mean of the $g_k$); the weights are $\ge 1/K$ each.
     """
 
     properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal", "pareto_stationary",

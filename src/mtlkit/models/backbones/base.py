@@ -5,8 +5,9 @@ per-pass context (SegNet keeps its pooling indices there; ResNets need none), ``
 runs stage ``i``, and ``forward(x)`` runs them all and returns the features the heads read.
 ``channels[i]`` / ``strides[i]`` give stage ``i``'s output channels and its resolution relative
 to the input (1/stride); ``out_channels`` / ``output_stride`` those of ``forward``'s features.
-``make_head(c)`` builds the backbone's prediction head for a task with ``c`` output channels,
-returning a map at the input's resolution.
+``make_head(c, align_corners)`` builds the backbone's prediction head for a task with ``c`` output
+channels, returning a map at the input's resolution; ``align_corners`` is the convention of a head
+that upsamples (``model.align_corners``), and a backbone whose heads do not upsample refuses True.
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ class Backbone(nn.Module):
             h = self.stage(i, h, ctx)
         return h
 
-    def make_head(self, out_channels: int) -> nn.Module:
-        """A task head reading ``forward``'s features and predicting at the input resolution."""
+    def make_head(self, out_channels: int, align_corners: bool = False) -> nn.Module:
+        """A task head reading ``forward``'s features and predicting at the input resolution.
+
+        ``align_corners``: the bilinear convention of a head that upsamples its output.
+        """
         raise NotImplementedError
 
     def check_input(self, x: Tensor) -> None:
@@ -70,3 +74,10 @@ class Backbone(nn.Module):
                 f"model input must be (B, C, H, W) with H and W multiples of {d} for backbone {self.name!r}; "
                 f"got shape {tuple(x.shape)} (set dataset.height / dataset.width)"
             )
+
+
+def refuse_align_corners(backbone: str, align_corners: bool) -> None:
+    """A ConfigError when ``align_corners`` is asked of ``backbone``, whose heads do not upsample."""
+    if align_corners:
+        raise ConfigError(f"model.align_corners: the {backbone} backbone's heads do not upsample (the option "
+                          "sets the ResNet backbones' DeepLabV3 upsampling); leave it false")

@@ -158,9 +158,13 @@ class DilatedResNet(Backbone):
     def stage_module(self, i: int) -> nn.Module:
         return self.layers[i]
 
-    def make_head(self, out_channels: int) -> nn.Module:
-        """torchvision's DeepLabV3 head (ASPP rates 12/24/36), upsampled by the output stride."""
-        return DeepLabHead(self.out_channels, out_channels, self.head_width, upsample=self.output_stride)
+    def make_head(self, out_channels: int, align_corners: bool = False) -> nn.Module:
+        """torchvision's DeepLabV3 head (ASPP rates 12/24/36), upsampled by the output stride.
+
+        ``align_corners``: False upsamples as torchvision, True as the MTAN authors and LibMTL.
+        """
+        return DeepLabHead(self.out_channels, out_channels, self.head_width, upsample=self.output_stride,
+                           align_corners=align_corners)
 
     def load_pretrained(self, source: str) -> None:
         """Load ImageNet weights: ``imagenet`` (torchvision's, downloaded) or a state-dict file path."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mtlkit.models.backbones.base import Backbone
+from mtlkit.models.backbones.base import Backbone, refuse_align_corners
 from mtlkit.models.blocks import (
     NUM_LEVELS,
     SEGNET_CHANNELS,
@@ -59,8 +59,9 @@ class SegNetBackbone(Backbone):
     def stage_module(self, i: int) -> nn.Module:
         return self.trunk.enc[i] if i < NUM_LEVELS else self.trunk.decoder(2 * NUM_LEVELS - 1 - i)
 
-    def make_head(self, out_channels: int) -> nn.Module:
-        """The MTAN paper's head (3x3 conv, 1x1 conv) at full resolution."""
+    def make_head(self, out_channels: int, align_corners: bool = False) -> nn.Module:
+        """The MTAN paper's head (3x3 conv, 1x1 conv) at full resolution (nothing to upsample)."""
+        refuse_align_corners(self.name, align_corners)
         head = Head(self.out_channels, out_channels)
         init_weights(head)
         return head

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.models.backbones.base import Backbone
+from mtlkit.models.backbones.base import Backbone, refuse_align_corners
 
 #: the conventions a decathlon WRN can follow (``model.options.variant``)
 VARIANTS = ("official", "clean")
@@ -162,6 +162,7 @@ class WideResNet(Backbone):
             out.append(h)
         return out
 
-    def make_head(self, out_channels: int) -> nn.Module:
+    def make_head(self, out_channels: int, align_corners: bool = False) -> nn.Module:
         """An image classifier with ``out_channels`` classes (pooled per the variant, then linear)."""
+        refuse_align_corners(self.name, align_corners)
         return PooledLinear(self.out_channels, out_channels, self.variant)
