@@ -251,6 +251,15 @@ def valid_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / n.clamp(min=1)
 
 
+def loss_precision(pred: Tensor) -> Tensor:
+    """``pred`` in at least float32: half-precision outputs (AMP) are upcast, float64 stays float64.
+
+    Losses are computed in full precision; a float64 model (the trajectory test's reference run)
+    keeps float64 losses instead of being rounded to float32 there.
+    """
+    return pred if pred.dtype == torch.float64 else pred.float()
+
+
 def label_map(array: np.ndarray, task: Task, what: str, ignore: int, classes: int) -> str | None:
     """A problem with an (H, W) integer label map: dtype, shape, values outside [0, classes) and ``ignore``."""
     if array.ndim == 3 and array.shape[0] == 1:

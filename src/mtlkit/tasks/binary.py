@@ -18,14 +18,14 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, valid_mean
+from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, loss_precision, valid_mean
 
 BINARY_METRICS = {"iou": True, "max_f": True}
 
 
 def binary_loss(pred: Tensor, target: Tensor, ignore_index: int = -1, pos_weight: float | None = None) -> Tensor:
     """Mean BCE-with-logits over the non-ignored pixels; ``pred`` (N, 1, H, W), ``target`` (N, H, W)."""
-    logits = pred.float().reshape(target.shape)
+    logits = loss_precision(pred).reshape(target.shape)
     valid = target != ignore_index
     y = (target == 1).to(logits.dtype)
     weight = None if pos_weight is None else torch.tensor(float(pos_weight), device=logits.device)

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, labels_from_file
+from mtlkit.tasks.base import Task, TaskKind, labels_from_file, loss_precision
 
 CLASSIFICATION_METRICS = {"accuracy": True}
 
 
 def classification_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy of (N, C) logits against class ids."""
-    return F.cross_entropy(pred.float(), target.long())
+    return F.cross_entropy(loss_precision(pred), target.long())
 
 
 @TASK_KINDS.register("classification")

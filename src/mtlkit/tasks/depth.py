@@ -12,7 +12,7 @@ import numpy as np
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, valid_mean
+from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
 
 DEPTH_METRICS = {"abs_err": False, "rel_err": False}
 
@@ -20,7 +20,7 @@ DEPTH_METRICS = {"abs_err": False, "rel_err": False}
 def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
     """L1 over pixels with a depth (target != 0), as in MTAN."""
     valid = (target != 0).to(pred.dtype)
-    return valid_mean((pred.float() - target).abs(), valid)
+    return valid_mean((loss_precision(pred) - target).abs(), valid)
 
 
 @TASK_KINDS.register("depth")

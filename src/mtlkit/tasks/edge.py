@@ -20,7 +20,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, valid_mean
+from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, loss_precision, valid_mean
 from mtlkit.tasks.binary import binary_from_file, check_label_options
 
 EDGE_METRICS = {"ods_f": True}
@@ -28,7 +28,7 @@ EDGE_METRICS = {"ods_f": True}
 
 def balanced_bce(pred: Tensor, target: Tensor, ignore_index: int = -1, pos_weight: float | None = None) -> Tensor:
     """Class-balanced BCE-with-logits: ``w`` on edge pixels, ``1 - w`` on the rest, mean over valid pixels."""
-    logits = pred.float().reshape(target.shape)
+    logits = loss_precision(pred).reshape(target.shape)
     valid = target != ignore_index
     y = (target == 1) & valid
     if pos_weight is None:

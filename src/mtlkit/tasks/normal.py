@@ -13,14 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, valid_mean
+from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
 
 NORMAL_METRICS = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
 
 
 def normal_loss(pred: Tensor, target: Tensor) -> Tensor:
     """1 - mean cosine between the normalised prediction and the target, over valid pixels."""
-    pred = F.normalize(pred.float(), p=2, dim=1)
+    pred = F.normalize(loss_precision(pred), p=2, dim=1)
     valid = (target.abs().sum(dim=1) != 0).to(pred.dtype)
     cos = (pred * target).sum(dim=1)
     return 1 - valid_mean(cos, valid)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, valid_mean
+from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
 
 REGRESSION_METRICS = {"mae": False, "rmse": False}
 
@@ -25,7 +25,7 @@ def regression_loss(pred: Tensor, target: Tensor, invalid_value: float | None = 
     from mtlkit.metrics.regression import valid_elements
 
     valid = valid_elements(target, invalid_value)
-    diff = pred.float() - target.masked_fill(~valid, 0)
+    diff = loss_precision(pred) - target.masked_fill(~valid, 0)
     err = diff.abs() if loss == "l1" else diff * diff
     return valid_mean(err.masked_fill(~valid, 0), valid)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
-from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, valid_mean
+from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, loss_precision, valid_mean
 
 SEGMENTATION_METRICS = {"miou": True, "pix_acc": True}
 
@@ -25,7 +25,7 @@ def segmentation_loss(pred: Tensor, target: Tensor, ignore_index: int = -1) -> T
     """Pixel-wise cross-entropy, ``ignore_index`` left out; 0 on an image with no labelled pixel."""
     target = target.long()
     valid = target != ignore_index
-    ce = F.cross_entropy(pred.float(), target.masked_fill(~valid, 0), reduction="none")
+    ce = F.cross_entropy(loss_precision(pred), target.masked_fill(~valid, 0), reduction="none")
     return valid_mean(ce, valid)
 
 

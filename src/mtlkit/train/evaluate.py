@@ -12,6 +12,7 @@ from tqdm import tqdm
 from mtlkit.config import Config
 from mtlkit.metrics.protocols import protocol_meter
 from mtlkit.tasks import Task
+from mtlkit.tasks.base import loss_precision
 from mtlkit.train.distributed import all_reduce_sum
 
 
@@ -62,7 +63,7 @@ def evaluate(
         for t in tasks:
             if t.name not in present:
                 continue
-            pred = preds[t.name].float()
+            pred = loss_precision(preds[t.name])
             loss_sum[t.name] += float(t.loss(pred, batch[t.name])) * n
             loss_n[t.name] += n
             meters[t.name].update(t.postprocess(pred), batch[t.name])
