@@ -267,7 +267,8 @@ def test_libmtl_settings_in_shipped_configs():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gradient_weighting_in_both_modes(arch):
     """One trainer step with a gradient method: parameter mode always, representation mode where the
-    architecture has a shared representation, a one-line ConfigError where it has none."""
+    architecture has a shared representation, a one-line ConfigError where it has none (and in both
+    modes where it has no shared parameters at all: there is nothing to balance)."""
     from mtlkit.registry import WEIGHTINGS
     from mtlkit.train.step import StepRunner
 
@@ -278,6 +279,10 @@ def test_gradient_weighting_in_both_modes(arch):
     for mode in ("parameters", "representation"):
         weighting = WEIGHTINGS.get("mgda")(names)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        if not list(model.shared_parameters()):
+            with pytest.raises(ConfigError, match="balances gradients of shared parameters|has no shared representation"):
+                StepRunner(model, weighting, NYUV2, opt, mode)
+            continue
         if mode == "representation" and not model.supports_representation:
             with pytest.raises(ConfigError, match="has no shared representation; use weighting.mode=parameters"):
                 StepRunner(model, weighting, NYUV2, opt, mode)
