@@ -280,7 +280,8 @@ def test_gradient_weighting_in_both_modes(arch):
         weighting = WEIGHTINGS.get("mgda")(names)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3)
         if not list(model.shared_parameters()):
-            with pytest.raises(ConfigError, match="balances gradients of shared parameters|has no shared representation"):
+            refused = "balances gradients of shared parameters|has no shared representation"
+            with pytest.raises(ConfigError, match=refused):
                 StepRunner(model, weighting, NYUV2, opt, mode)
             continue
         if mode == "representation" and not model.supports_representation:
