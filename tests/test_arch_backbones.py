@@ -22,13 +22,6 @@ REPRESENTATION = ("hps", "mtan", "mmoe", "cgc", "dselect_k")
 PAIRS = [(b, a) for b in SMALL for a in ARCHS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small(backbone: str, arch: str, tasks=NYUV2, **options):
     width, h, w = SMALL[backbone]

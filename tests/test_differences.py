@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from mtlkit.models import build_model
@@ -18,13 +17,6 @@ PAGE = (Path(__file__).resolve().parents[1] / "docs" / "differences.md").read_te
 TASKS = [segmentation_task(5), depth_task()]
 BACKBONE = "resnet18_dilated"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def row(choice: str) -> str:

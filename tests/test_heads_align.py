@@ -30,13 +30,6 @@ ARCHS = ("single", "hps", "mtan", "cross_stitch", "mmoe", "cgc", "ple", "dselect
 ULPS = 8 * torch.finfo(torch.float32).eps
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def source_coords(n_in: int, n_out: int, align_corners: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per output index: the lower and upper source index and the upper one's weight."""

@@ -29,14 +29,6 @@ W = 0.125
 REPRESENTATION_ARCHS = ("split_wide", "split_deep", "dense", "mtan")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny convolutions are fastest (and least disturbed by neighbours) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_batch(tasks, h=32, w=64, b=2, seed=0):
     """A fixed random image batch with a valid target for every task."""

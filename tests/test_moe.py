@@ -17,13 +17,6 @@ from mtlkit.tasks import depth_task, normal_task, segmentation_task
 TASKS = [segmentation_task(5), depth_task(), normal_task()]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_smooth_step_by_hand():
     g = 2.0

@@ -58,13 +58,6 @@ SIZES = {None: (0.0625, 32, 32), "resnet18_dilated": (0.125, 24, 32), "wrn28": (
 SEED = 5  # re-seeded before every forward: the heads' dropout draws the same masks in each
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _build(arch: str, backbone: str | None) -> tuple[MultiTaskModel, list[Task]] | None:
     """A tiny float64 ``arch`` on ``backbone`` with tasks it accepts; None when the pair does not exist."""
