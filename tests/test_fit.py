@@ -16,7 +16,7 @@ from mtlkit.models import build_model
 from mtlkit.report.runs import collect
 from mtlkit.report.table import build_tables
 from mtlkit.train.trainer import train
-from mtlkit.weighting.dwa import DWA
+from mtlkit.weighting import DWA
 from test_api import write_folder
 
 TASKS_YAML = "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n" \

@@ -46,8 +46,7 @@ from mtlkit.tasks import Task, classification_task, depth_task, normal_task, seg
 from mtlkit.train.step import StepRunner
 from mtlkit.weighting._common import new_generator
 from mtlkit.weighting.base import Weighting
-from mtlkit.weighting.mgda import mgda
-from mtlkit.weighting.pcgrad import pcgrad
+from mtlkit.weighting.functional import mgda, pcgrad
 
 SUM_TOL = 1e-9
 DENSE = [segmentation_task(5), depth_task(), normal_task()]

@@ -18,7 +18,7 @@ from mtlkit.train import distributed as dist
 from mtlkit.train.speed import compile_unavailable, speed_settings
 from mtlkit.train.step import StepRunner
 from mtlkit.train.trainer import make_loader, make_optimizer, train
-from mtlkit.weighting.equal import Equal
+from mtlkit.weighting import Equal
 
 TASKS = [segmentation_task(7), depth_task(), normal_task()]
 

@@ -15,20 +15,11 @@ from mtlkit.errors import ConfigError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.registry import WEIGHTINGS
 from mtlkit.tasks import depth_task, normal_task, segmentation_task
-from mtlkit.weighting import (
-    DWA,
-    FAMO,
-    IMTL,
-    IMTLL,
-    MGDA,
-    RLW,
-    GradNorm,
-    NashMTL,
-    Uncertainty,
+from mtlkit.weighting import DWA, FAMO, IMTL, IMTLL, MGDA, RLW, GradNorm, NashMTL, Uncertainty, gramian
+from mtlkit.weighting.functional import (
     dwa_weights,
     famo_weights,
     gradnorm_targets,
-    gramian,
     imtl_g,
     mgda,
     nash_mtl_weights,

@@ -17,7 +17,8 @@ from mtlkit.registry import WEIGHTINGS
 from mtlkit.tasks import depth_task, normal_task, segmentation_task
 from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.trainer import train
-from mtlkit.weighting import AutoLambda, meta_gradient, meta_split
+from mtlkit.weighting import AutoLambda, meta_split
+from mtlkit.weighting.functional import meta_gradient
 from test_weighting import TinyNet, _batch
 
 TASKS = [segmentation_task(3, "seg"), depth_task("depth"), normal_task("normal")]

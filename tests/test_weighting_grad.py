@@ -78,7 +78,7 @@ def test_batched_matches_loop_on_shared_parameters_with_bn_and_unpool():
     net, _, losses = _net_and_losses()
     params = net.shared()
     ref = _reference(losses, params)
-    got = per_task_gradients(losses, params, retain_graph=True)
+    got = per_task_gradients(losses, params, retain_graph=True, strategy="batched")
     assert got.shape == (3, sum(p.numel() for p in params))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     assert gradient_path(graph_key(params)) == "batched"
@@ -94,7 +94,7 @@ def test_representation_gradients_and_chunks():
     losses = net.losses(leaf)
     ref = _reference(losses, [leaf])
     for chunk in (None, 1, 2):
-        got = per_task_gradients(losses, [leaf], retain_graph=True, chunk_size=chunk)
+        got = per_task_gradients(losses, [leaf], retain_graph=True, chunk_size=chunk, strategy="batched")
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     assert got.shape == (3, leaf.numel())
 
@@ -141,13 +141,13 @@ def test_falls_back_to_loop_once_per_key_when_batching_fails():
     losses = losses_fn()
     ref = _reference(losses, [w])
     with pytest.warns(RuntimeWarning, match="batched backward failed"):
-        got = per_task_gradients(losses, [w], key="bad-model")
+        got = per_task_gradients(losses, [w], key="bad-model", strategy="auto")
     torch.testing.assert_close(got, ref)
     assert gradient_path("bad-model") == "loop" and decided_path("bad-model") == "loop"
     assert "item" in batching_failure("bad-model")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # remembered: no second attempt, no second warning
-        again = per_task_gradients(losses_fn(), [w], key="bad-model")
+        again = per_task_gradients(losses_fn(), [w], key="bad-model", strategy="auto")
     torch.testing.assert_close(again, ref)
     with pytest.raises(RuntimeError):
         per_task_gradients(losses_fn(), [w], key="other", strategy="batched")
@@ -195,11 +195,23 @@ def test_auto_times_both_paths_then_keeps_one():
         rep = net.encode(x)
         losses = net.losses(rep)
         ref = _reference(losses, net.shared())
-        got = per_task_gradients(losses, net.shared(), key=key)
+        got = per_task_gradients(losses, net.shared(), key=key, strategy="auto")
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
         paths.append(gradient_path(key))
     assert paths[:5] == ["batched", "loop", "batched", "loop", "batched"]  # try, then 2 timings each
     assert decided_path(key) in ("batched", "loop") and paths[5:] == [decided_path(key)] * 2
+
+
+def test_default_path_is_the_fixed_loop_never_timing():
+    assert gradients.DEFAULT_STRATEGY == "loop"
+    net, _, _ = _net_and_losses(4)
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(6):  # more calls than "auto" needs to start timing: the path never changes
+        losses = net.losses(net.encode(x))
+        ref = _reference(losses, net.shared())
+        got = per_task_gradients(losses, net.shared(), key="default")
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+        assert gradient_path("default") == "loop" and decided_path("default") is None
 
 
 def test_write_gradients_accumulates_in_parameter_order_and_unflatten():

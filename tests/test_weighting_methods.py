@@ -13,14 +13,14 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mtlkit.weighting import (
+from mtlkit.weighting import gramian
+from mtlkit.weighting.functional import (
     aligned_mtl,
     balance_transform,
     cagrad,
     db_mtl,
     graddrop,
     gradvac,
-    gramian,
     imtl_g,
     mgda,
     nash_mtl,

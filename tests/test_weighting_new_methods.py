@@ -13,18 +13,13 @@ from scipy.optimize import minimize
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting import (
-    GLS,
-    STCH,
-    ExcessMTL,
-    GO4Align,
-    MoCo,
-    MoDo,
+from mtlkit.weighting import GLS, STCH, ExcessMTL, GO4Align, MoCo, MoDo, gramian
+from mtlkit.weighting._solvers import project_simplex
+from mtlkit.weighting.functional import (
     config,
     dualproj,
     excess_risks,
     fairgrad_weights,
-    gramian,
     kmeans_1d,
     krum,
     modo_step,
@@ -32,7 +27,6 @@ from mtlkit.weighting import (
     sdmgrad_weights,
     trimmed_mean,
 )
-from mtlkit.weighting._solvers import project_simplex
 
 NAMES = ["a", "b", "c"]
 

@@ -41,9 +41,7 @@ from torchjd.linalg import QuadprogProjector  # noqa: E402
 
 from mtlkit.registry import WEIGHTINGS  # noqa: E402
 from mtlkit.weighting._common import exact_gramian  # noqa: E402
-from mtlkit.weighting.dualproj import dualproj_weights  # noqa: E402
-from mtlkit.weighting.krum import krum_weights  # noqa: E402
-from mtlkit.weighting.upgrad import upgrad_weights  # noqa: E402
+from mtlkit.weighting.functional import dualproj_weights, krum_weights, upgrad_weights  # noqa: E402
 
 ROUNDING = 1e-12
 
@@ -166,8 +164,7 @@ def test_sdmgrad_and_modo_weights_on_the_gramian():
     """Convention: A = G G^T (one batch). SDMGrad: lam 0.3, lr 10, 20 steps, momentum 0.5 in both
     (the authors' values). MoDo: gamma 0.1 and rho 0.1 given to both (TorchJD's defaults; mtlkit's
     gamma 1e-3 is LibMTL's). Both are stateful: compared over 3 calls."""
-    from mtlkit.weighting.modo import modo_step
-    from mtlkit.weighting.sdmgrad import sdmgrad_inner, sdmgrad_weights
+    from mtlkit.weighting.functional import modo_step, sdmgrad_inner, sdmgrad_weights
 
     gen = torch.Generator().manual_seed(9)
     sd, md = tj.SDMGradWeighting(), tj.MoDoWeighting(gamma=0.1, rho=0.1)
@@ -205,7 +202,7 @@ def test_excess_mtl_against_the_paper_where_torchjd_updates_on_the_first_call():
     that both apply w <- w exp(eta r_t / r_1): TorchJD's weights divided by its first-call factor
     exp(eta r_1), renormalised, equal mtlkit's / K (convention: sum K vs sum 1; TorchJD adds 1e-7 to
     r_1, a relative effect ~1e-7 / r_1)."""
-    from mtlkit.weighting.excess_mtl import excess_risks
+    from mtlkit.weighting.functional import excess_risks
 
     gen = torch.Generator().manual_seed(11)
     eta = 0.5

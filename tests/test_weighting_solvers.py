@@ -28,8 +28,7 @@ from _matrices import random_cases, torchjd_like
 from mtlkit.registry import WEIGHTINGS
 from mtlkit.weighting._common import exact_gramian
 from mtlkit.weighting._solvers import kkt_residual, min_norm_simplex, nonneg_qp, psd_part
-from mtlkit.weighting.dualproj import dualproj_weights
-from mtlkit.weighting.upgrad import upgrad_weights
+from mtlkit.weighting.functional import dualproj_weights, upgrad_weights
 
 CASES = random_cases(300, seed=21)
 BOUND = 1e-10

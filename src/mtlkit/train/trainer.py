@@ -47,7 +47,7 @@ from mtlkit.train.rundir import (
 from mtlkit.train.runtime import seed_everything, select_device
 from mtlkit.train.state import RunState
 from mtlkit.train.step import check_mode
-from mtlkit.weighting.auto_lambda import meta_split
+from mtlkit.weighting import meta_split
 from mtlkit.weighting.base import Weighting
 
 

@@ -18,6 +18,8 @@ or persistent buffers (in ``state_dict``); histories and counters go through tor
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -52,6 +54,15 @@ class Weighting(nn.Module):
     min_tasks: int = 1
     #: False for methods that need gradients w.r.t. parameters (e.g. GradNorm's last shared layer).
     supports_representation: bool = True
+    #: False for a method whose state is tied to one process; multi-process training refuses it
+    #: (``mtlkit.train.distributed.check_weighting``) with ``distributed_note`` as the reason.
+    supports_distributed: ClassVar[bool] = True
+    distributed_note: ClassVar[str] = "it keeps state that cannot be shared across processes"
+    #: True for a bilevel method that needs a meta step before each training step (Auto-Lambda):
+    #: the trainer holds out a meta split of the training set for it (``meta_split``) and runs the
+    #: split's ``step`` before each batch. Such a method has ``meta_fraction``, ``lam``, ``meta_steps``
+    #: and ``apply_meta_gradient`` (:class:`mtlkit.weighting.AutoLambda` is the one built in).
+    needs_meta_step: ClassVar[bool] = False
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__()

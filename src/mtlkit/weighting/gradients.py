@@ -12,14 +12,18 @@ Two ways to compute it:
   (not a stacked vector, whose backward sends zero cotangents into every task's branch), the
   task-specific parts run once in total and only the shared part runs K times.
 
-Strategy "auto" (default): the first call for a graph signature tries the batched pass (needed
-once anyway to know it works; some operators have no batching rule, e.g. a custom autograd
-function calling ``.item()``: then the loop is used from then on, with one warning). The next
-four calls time loop and batched alternately, and the faster (by its best time) is kept for that
-signature. A signature is the shapes/dtypes of ``inputs`` and ``accumulate`` and the form of
-``losses`` (one per model type and mode), or an explicit ``key``. ``gradient_path(key)`` says
-which path it took. On CPU the loop usually wins (vmapped work is K times the work on the task
-branches); on a GPU batching amortises kernel launches.
+Strategy "loop" is the default: a fixed path, so results never depend on timing, and the one the
+trainer takes unless ``weighting.grad_path: batched`` says otherwise (both give the exact K x D
+matrix, equal up to float rounding). "batched" raises if an operator has no batching rule.
+
+Strategy "auto" (explicit opt-in only, never a default): the first call for a graph signature
+tries the batched pass (some operators have no batching rule, e.g. a custom autograd function
+calling ``.item()``: then the loop is used from then on, with one warning). The next four calls
+time loop and batched alternately, and the faster (by its best time) is kept for that signature,
+so which path a run takes depends on the machine's timing. A signature is the shapes/dtypes of
+``inputs`` and ``accumulate`` and the form of ``losses`` (one per model type and mode), or an
+explicit ``key``. ``gradient_path(key)`` says which path it took. On CPU the loop usually wins
+(vmapped work is K times the work on the task branches); on a GPU batching amortises kernel launches.
 
 ``accumulate``: tensors (the task-specific parameters) that also get sum_k dL_k/dt added to their
 ``.grad`` in the same pass, so the training step needs no extra backward for them.
@@ -42,8 +46,8 @@ import torch
 from torch import Tensor
 
 STRATEGIES = ("auto", "batched", "loop")
-#: the strategy used when a call does not name one ("auto"); benchmarks may change it.
-DEFAULT_STRATEGY = "auto"
+#: the strategy used when a call does not name one: the fixed K-backward path ("auto" is opt-in only).
+DEFAULT_STRATEGY = "loop"
 _TRIALS = 2  # timed calls of each path before "auto" decides
 
 
@@ -111,17 +115,22 @@ def per_task_gradients(
     """The K x D matrix of flattened gradients of each of the K ``losses`` w.r.t. ``inputs``.
 
     ``losses``: a K-vector, or (faster in the loop path) a sequence of the K scalar loss tensors.
-    ``accumulate``: tensors whose ``.grad`` also receives sum_k dL_k/dt. ``strategy``: "auto"
-    (see the module docstring), "batched" (no fallback: errors propagate) or "loop"; None means
-    ``DEFAULT_STRATEGY``. Inputs a loss does not reach get zero gradients.
+    ``accumulate``: tensors whose ``.grad`` also receives sum_k dL_k/dt. ``strategy``: "loop"
+    (K backward passes; the default, ``DEFAULT_STRATEGY``, also for None), "batched" (one vmapped
+    pass, no fallback: errors propagate) or "auto" (timing decides per signature; opt-in, see the
+    module docstring). Inputs a loss does not reach get zero gradients.
     """
     strategy = DEFAULT_STRATEGY if strategy is None else strategy
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     inputs, accumulate = list(inputs), list(accumulate)
-    separate = not isinstance(losses, Tensor)
-    items = [loss.reshape(()) for loss in losses] if separate else list(losses.reshape(-1).unbind(0))
-    vector = None if separate else losses.reshape(-1)
+    vector: Tensor | None
+    if isinstance(losses, Tensor):
+        separate, vector = False, losses.reshape(-1)
+        items = list(losses.reshape(-1).unbind(0))
+    else:
+        separate, vector = True, None
+        items = [loss.reshape(()) for loss in losses]
     k = len(items)
     key = graph_key(inputs, accumulate, separate) if key is None else key
     state = _STATES.setdefault(key, _PathState())

@@ -11,7 +11,7 @@ which fraction and how many images.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,7 @@ class AutoLambda(Weighting):
 
     properties = frozenset({"permutation_equivariant"})
     supports_distributed = False
+    needs_meta_step = True
     distributed_note = "its meta step draws one meta batch per process, so the task weights would differ"
 
     def __init__(
@@ -152,11 +153,21 @@ class AutoLambda(Weighting):
         self.meta_steps = int(state.get("meta_steps", 0))
 
 
+class MetaStepMethod(Protocol):
+    """What the meta split reads and calls on a method that declares ``needs_meta_step`` (AutoLambda)."""
+
+    meta_fraction: float
+    lam: Tensor
+    meta_steps: int
+
+    def apply_meta_gradient(self, grad: Tensor) -> None: ...
+
+
 class MetaSplit:
     """The meta split of the training set and the meta step the trainer runs before each batch."""
 
-    def __init__(self, method: AutoLambda, dataset: Dataset, seed: int, batch_size: int) -> None:
-        n = len(dataset)
+    def __init__(self, method: MetaStepMethod, dataset: Dataset, seed: int, batch_size: int) -> None:
+        n = len(dataset)  # type: ignore[arg-type]  # map-style datasets have a length
         n_meta = max(1, round(method.meta_fraction * n))
         if n - n_meta < 1:
             raise ConfigError(f"weighting.options.meta_fraction={method.meta_fraction} leaves no training images "
@@ -188,10 +199,10 @@ class MetaSplit:
 def meta_split(method: Weighting, dataset: Dataset, seed: int, batch_size: int,
                custom_batches: bool = False) -> tuple[Dataset, MetaSplit | None]:
     """(training set, meta split): the split for a bilevel method, else (dataset, None)."""
-    if not isinstance(method, AutoLambda):
+    if not method.needs_meta_step:
         return dataset, None
     if custom_batches:
         raise ConfigError("weighting.name: auto_lambda needs every task in every batch; this dataset batches "
                           "one task at a time")
-    split = MetaSplit(method, dataset, seed, batch_size)
+    split = MetaSplit(cast(MetaStepMethod, method), dataset, seed, batch_size)
     return split.train, split
