@@ -72,5 +72,5 @@ _install_old_paths()
 
 
 def __getattr__(name: str) -> Any:
-    """The names of 0.1's namespace (pure functions, method modules), with a DeprecationWarning."""
+    """The old names of the namespace (pure functions, method modules), with a DeprecationWarning."""
     return _package_getattr(name)

@@ -85,6 +85,10 @@ class AutoLambda(Weighting):
     needs_meta_step = True
     distributed_note = "its meta step draws one meta batch per process, so the task weights would differ"
 
+    lam: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+
     def __init__(
         self,
         task_names: list[str],

@@ -1,4 +1,4 @@
-"""The import paths of mtlkit 0.1's weighting namespace, kept for one release with a DeprecationWarning.
+"""The weighting namespace's old import paths, kept for one release with a DeprecationWarning.
 
 Before, each method lived in a public module of its own name (``mtlkit.weighting.pcgrad``) and
 ``mtlkit.weighting`` re-exported every pure function, so 16 of those modules were shadowed by a
@@ -22,7 +22,7 @@ import warnings
 from types import ModuleType
 from typing import Any
 
-#: the method modules of 0.1, each now ``mtlkit.weighting._<name>``
+#: the old public method modules, each now ``mtlkit.weighting._<name>``
 OLD_MODULES = (
     "aligned_mtl", "auto_lambda", "cagrad", "config", "db_mtl", "dualproj", "dwa", "equal", "excess_mtl",
     "fairgrad", "famo", "gls", "go4align", "graddrop", "gradnorm", "gradvac", "imtl", "krum", "mgda", "moco",
@@ -72,7 +72,7 @@ def install() -> None:
 
 
 def package_getattr(name: str) -> Any:
-    """``mtlkit.weighting.<name>`` for a name of 0.1 that is no longer there."""
+    """``mtlkit.weighting.<name>`` for an old name that is no longer there."""
     functional = importlib.import_module(f"{PACKAGE}.functional")
     if name in functional.__all__:
         _warn(f"{PACKAGE}.{name}", name, stacklevel=3)

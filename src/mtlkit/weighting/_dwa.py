@@ -55,6 +55,8 @@ class DWA(Weighting):
 
     properties = frozenset({"positive_weights", "permutation_equivariant"})
 
+    weights: Tensor
+
     def __init__(self, task_names: list[str], temperature: float = 2.0) -> None:
         super().__init__(task_names)
         self.temperature = positive_float("temperature", temperature)

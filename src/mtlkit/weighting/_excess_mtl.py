@@ -56,6 +56,9 @@ class ExcessMTL(Weighting):
     supports_representation = False
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
+    loss_weights: Tensor
+    initial: Tensor
+
     def __init__(self, task_names: list[str], step_size: float = 1e-2) -> None:
         super().__init__(task_names)
         self.step_size = positive_float("step_size", step_size)

@@ -67,6 +67,14 @@ class FAMO(Weighting):
 
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant"})
 
+    logits: Tensor
+    min_losses: Tensor
+    prev_losses: Tensor
+    has_prev: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    adam_step: Tensor
+
     def __init__(
         self, task_names: list[str], lr: float = 0.025, gamma: float = 0.01, min_losses: float = 0.0
     ) -> None:

@@ -93,6 +93,8 @@ class GO4Align(Weighting):
 
     properties = frozenset({"positive_weights", "permutation_equivariant"})
 
+    probs: Tensor
+
     def __init__(self, task_names: list[str], groups: int = 2, step_size: float = 1e-4) -> None:
         super().__init__(task_names)
         if not isinstance(groups, int) or isinstance(groups, bool) or groups < 1:

@@ -53,6 +53,9 @@ class GradNorm(GramianWeighting):
 
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
+    initial_losses: Tensor
+    initialised: Tensor
+
     def __init__(self, task_names: list[str], alpha: float = 1.5) -> None:
         super().__init__(task_names)
         self.alpha = positive_float("alpha", alpha, allow_zero=True)

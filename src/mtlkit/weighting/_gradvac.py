@@ -86,6 +86,8 @@ class GradVac(GramianWeighting):
 
     properties = frozenset({"sum_when_equal"})
 
+    targets: Tensor
+
     def __init__(self, task_names: list[str], beta: float = 1e-2, seed: int = 0) -> None:
         super().__init__(task_names)
         beta = float(beta)

@@ -72,6 +72,8 @@ class MoCo(Weighting):
     supports_representation = False
     properties = frozenset({"permutation_equivariant"})
 
+    lam: Tensor
+
     def __init__(
         self,
         task_names: list[str],

@@ -47,6 +47,8 @@ class MoDo(GramianWeighting):
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
+    lam: Tensor
+
     def __init__(self, task_names: list[str], gamma: float = 1e-3, rho: float = 0.1) -> None:
         super().__init__(task_names)
         self.gamma = positive_float("gamma", gamma)

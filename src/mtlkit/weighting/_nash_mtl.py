@@ -33,7 +33,7 @@ def _solve_bargaining(m: np.ndarray, ridge: float, max_iter: int, tol: float) ->
         grad = mr @ a - 1.0 / a
         hess = mr + np.diag(1.0 / (a * a))
         step = -np.linalg.solve(hess, grad)
-        dec = float(np.sqrt(max(-(grad @ step), 0.0)))
+        dec = float(np.sqrt(max(-float(grad @ step), 0.0)))
         if dec < tol:
             break
         a = a + step / (1.0 + dec) if dec > 0.25 else a + step

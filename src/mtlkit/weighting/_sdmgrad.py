@@ -77,6 +77,8 @@ class SDMGrad(GramianWeighting):
 
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
+    w: Tensor
+
     def __init__(self, task_names: list[str], lam: float = 0.3, n_iter: int = 20, lr: float = 10.0) -> None:
         super().__init__(task_names)
         self.lam = positive_float("lam", lam, allow_zero=True)

@@ -48,6 +48,8 @@ class Uncertainty(Weighting):
 
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant_at_equilibrium"})
 
+    factors: Tensor
+
     def __init__(
         self,
         task_names: list[str],

@@ -63,6 +63,8 @@ class Weighting(nn.Module):
     #: split's ``step`` before each batch. Such a method has ``meta_fraction``, ``lam``, ``meta_steps``
     #: and ``apply_meta_gradient`` (:class:`mtlkit.weighting.AutoLambda` is the one built in).
     needs_meta_step: ClassVar[bool] = False
+    #: the K task weights of the last step (a non-persistent buffer)
+    last_weights: Tensor
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__()
