@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     methods = args.methods or WEIGHTINGS.names()
-    methods = [m for m in methods if m != "auto_lambda"]  # its meta step runs outside the step (trainer)
+    methods = [m for m in methods if not WEIGHTINGS.get(m).needs_meta_step]  # meta steps run outside the step
     if "equal" not in methods:
         methods = ["equal", *methods]
     rows, dims = [], {}
