@@ -76,6 +76,15 @@ def test_functional_holds_the_pure_functions_and_they_resolve():
         assert name in functional.__all__
 
 
+def test_every_pure_function_of_a_method_module_is_in_functional():
+    """A method module's public functions (not its ``check_*`` option validators) are exported there."""
+    for cls in {c for _, c in WEIGHTINGS.items()}:
+        module = sys.modules[cls.__module__]
+        defined = [n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module.__name__
+                   and not n.startswith(("_", "check_")) and n != "meta_split"]
+        assert sorted(set(defined) - set(functional.__all__)) == [], module.__name__
+
+
 def test_old_function_names_on_the_package_warn_and_resolve():
     for name in set(functional.__all__) - set(W.__all__):
         with pytest.warns(DeprecationWarning, match=f"mtlkit.weighting.{name} is deprecated.*functional"):
