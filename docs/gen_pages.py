@@ -114,7 +114,10 @@ def member_page(kind: str, name: str, cls: type, key: str, extra: list[str]) -> 
     module = sys.modules[cls.__module__]
     if inspect.getdoc(module):
         title = "Paper and module" if kind == "weighting method" else "Module"
-        lines += [f"## {title}", "", f"`{cls.__module__}`, class `{cls.__qualname__}`.", "",
+        package = sys.modules[cls.__module__.rpartition(".")[0]]
+        exported = getattr(package, cls.__name__, None) is cls
+        public = f" (`from {package.__name__} import {cls.__name__}`)" if exported else ""
+        lines += [f"## {title}", "", f"`{cls.__module__}`, class `{cls.__qualname__}`{public}.", "",
                   f"::: {cls.__module__}", "    options:", "      show_root_heading: false",
                   "      show_root_toc_entry: false", "      members: false", ""]
     return "\n".join(lines)
