@@ -115,10 +115,12 @@ class RefreshBN:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``decathlon-score`` command and ``evaluate``'s ``--refresh-bn`` option."""
-    evaluate = subparsers.choices["evaluate"]
-    evaluate.add_argument("--refresh-bn", dest="evaluation", action="store_const", const=RefreshBN(), default=None,
-                          help="decathlon: refit the BatchNorm statistics on each domain's training split (one epoch "
-                          "of training-mode forward passes) before testing it, as the MTAN evaluation script does")
+    evaluate = subparsers.choices.get("evaluate")  # the core's command; absent from a parser built without it
+    if evaluate is not None:
+        evaluate.add_argument("--refresh-bn", dest="evaluation", action="store_const", const=RefreshBN(), default=None,
+                              help="decathlon: refit the BatchNorm statistics on each domain's training split (one "
+                              "epoch of training-mode forward passes) before testing it, as the MTAN evaluation "
+                              "script does")
     p = subparsers.add_parser(
         "decathlon-score",
         help="Visual Decathlon score of per-domain test accuracies",
