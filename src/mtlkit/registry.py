@@ -1,7 +1,9 @@
 """Name -> class registries, so configs name architectures, weighting methods, datasets and task kinds.
 
 Adding one is one file that decorates its class with ``@REGISTRY.register("name")`` plus one
-import line in the package ``__init__`` that holds it. Every lookup by name goes through
+import line in the package ``__init__`` that holds it; a family of pieces that belong together outside
+the core (a benchmark's datasets, networks and commands) is a plugin package named in
+:data:`PLUGINS`, loaded with the built-ins on the first lookup. Every lookup by name goes through
 :meth:`Registry.get`, so an unknown name anywhere (architecture, weighting method, dataset, task
 kind, backbone) is the same one-line ConfigError, naming the nearest registered name when one is
 close ("did you mean 'nash_mtl'?") and listing the choices.
@@ -69,21 +71,34 @@ WEIGHTINGS: Registry = Registry("weighting method")
 DATASETS: Registry = Registry("dataset")
 TASK_KINDS: Registry = Registry("task kind")
 
+#: packages outside the core that bring their own pieces, as detectron2's ``projects/``: importing one
+#: registers its entries (datasets, architectures, ...) in the registries above, and its ``cli``
+#: module, if it has one, adds command groups to ``mtlkit`` (``register(subparsers)``, as the modules
+#: of ``mtlkit.cli`` do). The core never imports them otherwise; one that is not installed is skipped.
+PLUGINS = ("mtlkit.decathlon",)
+
 _loaded = False
 
 
+def installed_plugins() -> list[str]:
+    """The names in :data:`PLUGINS` that can be imported here (a trimmed install may lack some)."""
+    import importlib.util
+
+    return [name for name in PLUGINS if importlib.util.find_spec(name) is not None]
+
+
 def _load_builtins() -> None:
-    """Import the packages whose modules register the built-in entries (once)."""
+    """Import the packages whose modules register the built-in entries, then the plugins (once)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    import importlib.util
+    import importlib
 
     import mtlkit.data  # noqa: F401
     import mtlkit.models  # noqa: F401
     import mtlkit.tasks  # noqa: F401
     import mtlkit.weighting  # noqa: F401
 
-    if importlib.util.find_spec("mtlkit.decathlon") is not None:
-        import mtlkit.decathlon  # noqa: F401
+    for name in installed_plugins():
+        importlib.import_module(name)

@@ -15,9 +15,12 @@ from pathlib import Path
 
 from mtlkit import __version__
 from mtlkit.errors import MtlkitError, warn
+from mtlkit.registry import PLUGINS
 
-#: modules under mtlkit.cli that add command groups through ``register(subparsers)``
-COMMAND_MODULES = ["data", "sweep", "report", "decathlon", "config"]
+#: modules that add command groups through ``register(subparsers)``: the core's under mtlkit.cli, then
+#: each plugin's ``cli`` (``registry.PLUGINS``); a module that is not installed is skipped
+COMMAND_MODULES = [*(f"mtlkit.cli.{name}" for name in ("data", "sweep", "report", "config")),
+                   *(f"{plugin}.cli" for plugin in PLUGINS)]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -43,6 +46,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a checkpoint with the run's loader, or with ``args.evaluation`` where a command module set one.
+
+    A command module may add a flag to ``evaluate`` that stores an evaluation object in
+    ``args.evaluation``: ``evaluation(model, tasks, builder, cfg, device, split) -> metrics`` replaces
+    the default pass and ``evaluation.suffix`` names the output file (``eval-<split>-<checkpoint><suffix>``).
+    """
     import torch
 
     from mtlkit.io import atomic_write_json
@@ -58,20 +67,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.protocol is not None:
         cfg.eval.protocol = args.protocol
     protocol = protocol_args(cfg)
-    if args.refresh_bn:
-        from mtlkit.decathlon.evaluate import evaluate_refresh_bn
-
-        metrics = evaluate_refresh_bn(model.to(device), tasks, builder, cfg, device, args.split)
+    custom = getattr(args, "evaluation", None)
+    if custom is not None:
+        metrics = custom(model.to(device), tasks, builder, cfg, device, args.split)
     else:
         ds = builder.dataset(args.split, train=False)
         with torch.no_grad():
             metrics = evaluate(model.to(device), tasks, make_loader(builder, ds, cfg, train=False, epoch=0), device,
                                progress=True, **protocol)
         print(f"protocol: {describe(protocol['protocol'], protocol['protocol_batch'])}")
-    suffix = "-refresh-bn" if args.refresh_bn else ""
+    suffix = custom.suffix if custom is not None else ""
     suffix += f"-{args.protocol}" if args.protocol is not None else ""
     out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}{suffix}.json"
-    record = {} if args.refresh_bn else {"protocol": protocol["protocol"], "protocol_batch": protocol["protocol_batch"]}
+    record = {} if custom is not None else {"protocol": protocol["protocol"],
+                                            "protocol_batch": protocol["protocol_batch"]}
     atomic_write_json(out, {**metrics, **record})
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
@@ -148,9 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="val", help="dataset split (default: val)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    e.add_argument("--refresh-bn", action="store_true",
-                   help="decathlon: refit the BatchNorm statistics on each domain's training split (one epoch of "
-                   "training-mode forward passes) before testing it, as the MTAN evaluation script does")
     e.add_argument("--protocol", choices=["pooled", "mtan_official", "mtan_paper"], default=None,
                    help="evaluation protocol (default: the run's eval.protocol); with it the output is "
                         "eval-<split>-<checkpoint>-<protocol>.json")
@@ -174,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name in COMMAND_MODULES:
         try:
-            module = importlib.import_module(f"mtlkit.cli.{name}")
+            module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name != f"mtlkit.cli.{name}":
-                raise
+            if err.name is None or not (name == err.name or name.startswith(f"{err.name}.")):
+                raise  # a module it imports is missing: a real error
             continue
         module.register(sub)
     return p

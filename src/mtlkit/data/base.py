@@ -7,6 +7,9 @@ missing; normal float32 (3, H, W) unit vectors with 0 = missing; classification 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
 from torch.utils.data import Dataset
 
 from mtlkit.config import DatasetConfig
@@ -21,7 +24,7 @@ class DatasetBuilder:
     splits: tuple[str, ...] = ("train", "val")
     #: how the dataset batches: None = the default shuffled batches of any samples; else a method
     #: ``(dataset, batch_size, shuffle, seed, epoch) -> list of index batches`` (e.g. one domain per batch)
-    batch_sampler = None
+    batch_sampler: ClassVar[Callable[..., list[list[int]]] | None] = None
     #: the Dataset class :meth:`dataset` returns, when no other builder returns it: ``mtlkit.fit``
     #: records a dataset of this class under the builder's registered name (None: not declared)
     dataset_class: type | None = None

@@ -1,8 +1,12 @@
 """The Visual Decathlon family (MTAN section 4.2): many domains, one domain per batch.
 
-Importing this package registers the architectures ``wrn`` and ``wrn_mtan`` and the datasets
-``decathlon`` (the organisers' folder) and ``decathlon_synthetic`` (procedural, CPU-sized).
-``decathlon_score`` computes the challenge's score from per-domain test accuracies.
+A plugin of the core (``mtlkit.registry.PLUGINS``, as detectron2's ``projects/``): nothing outside
+this package names it, and the registries import it on their first lookup. Importing it registers
+the architectures ``wrn`` and ``wrn_mtan`` (:mod:`.wrn`, over the core's ``wrn28`` backbone and MTAN
+class) and the datasets ``decathlon`` (the organisers' folder, :mod:`.data`) and
+``decathlon_synthetic`` (procedural, CPU-sized, :mod:`.synthetic`); :mod:`.cli` adds the commands
+``mtlkit decathlon-score`` and ``mtlkit evaluate --refresh-bn`` (:mod:`.evaluate`).
+``decathlon_score`` (:mod:`.score`) computes the challenge's score from per-domain test accuracies.
 """
 
 from mtlkit.decathlon import data, synthetic, wrn  # noqa: F401  (registration)

@@ -32,7 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -85,10 +85,18 @@ DEFAULT_STATS_IMAGES = 256
 # --------------------------------------------------------------------------- batching
 
 
+class DomainPart(Protocol):
+    """One domain's samples: a map-style dataset with a length."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]: ...
+
+
 class MultiDomainDataset(Dataset):
     """The concatenation of per-domain datasets; index ranges tell which domain a sample is from."""
 
-    def __init__(self, parts: Sequence[tuple[str, Dataset]]) -> None:
+    def __init__(self, parts: Sequence[tuple[str, DomainPart]]) -> None:
         if not parts:
             raise ValueError("a multi-domain dataset needs at least one domain")
         self.domains = [name for name, _ in parts]
@@ -148,8 +156,8 @@ def domain_batches(
     return out
 
 
-class DomainBatchSampling:
-    """Mixin for builders whose batches must each hold one domain (the trainer checks for it)."""
+class DomainBatchSampling(DatasetBuilder):
+    """Base of builders whose batches must each hold one domain (the trainer checks for it)."""
 
     def batch_sampler(
         self, dataset: MultiDomainDataset, batch_size: int, shuffle: bool, seed: int, epoch: int
@@ -203,7 +211,7 @@ def resize_crop(img: Image, height: int, width: int, random_crop: bool, flip: bo
     scale = max(height / h, width / w)
     nw, nh = max(width, int(round(w * scale))), max(height, int(round(h * scale)))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), PILImage.BILINEAR)
+        img = img.resize((nw, nh), PILImage.Resampling.BILINEAR)
     if random_crop:
         left = int(torch.randint(0, nw - width + 1, (1,)))
         top = int(torch.randint(0, nh - height + 1, (1,)))
@@ -211,7 +219,7 @@ def resize_crop(img: Image, height: int, width: int, random_crop: bool, flip: bo
         left, top = (nw - width) // 2, (nh - height) // 2
     img = img.crop((left, top, left + width, top + height))
     if flip:
-        img = img.transpose(PILImage.FLIP_LEFT_RIGHT)
+        img = img.transpose(PILImage.Transpose.FLIP_LEFT_RIGHT)
     return img
 
 
@@ -331,7 +339,7 @@ class DomainImages(Dataset):
 
 
 @DATASETS.register("decathlon")
-class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
+class DecathlonBuilder(DomainBatchSampling):
     """The Visual Decathlon (10 classification domains) from the organisers' folder (dataset.root)."""
 
     splits = ("train", "val", "test")
@@ -364,14 +372,19 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
             )
         return list(self.cfg.tasks)
 
-    def _check_domain(self, domain: str) -> None:
+    def folder(self) -> Path:
+        """``dataset.root``; unset is a ConfigError saying what it should be."""
         if self.root is None:
             raise ConfigError(
                 "dataset.root: set it to the Visual Decathlon folder (decathlon-1.0, with annotations/ and data/)"
             )
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: Visual Decathlon folder not found (dataset.root)")
-        folder = self.root / "data" / domain
+        return self.root
+
+    def _check_domain(self, domain: str) -> None:
+        root = self.folder()
+        if not root.is_dir():
+            raise DataError(f"{root}: Visual Decathlon folder not found (dataset.root)")
+        folder = root / "data" / domain
         if not folder.is_dir():
             raise DataError(
                 f"{folder}: domain folder missing (extract the organisers' {domain}.tar there, "
@@ -380,9 +393,9 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
 
     def annotation_file(self, domain: str, split: str) -> Path:
         """``annotations/<domain>_<split>.json``; for test, the stripped file when no labelled one exists."""
-        path = self.root / "annotations" / f"{domain}_{split}.json"
+        path = self.folder() / "annotations" / f"{domain}_{split}.json"
         if split == "test" and not path.is_file():
-            stripped = self.root / "annotations" / f"{domain}_test_stripped.json"
+            stripped = self.folder() / "annotations" / f"{domain}_test_stripped.json"
             if stripped.is_file():
                 return stripped
         return path
@@ -427,9 +440,10 @@ class DecathlonBuilder(DomainBatchSampling, DatasetBuilder):
         return paths, labels
 
     def _image_path(self, file_name: str) -> Path:
-        path = self.root / file_name
+        root = self.folder()
+        path = root / file_name
         if not file_name.startswith("data/") and not path.exists():
-            return self.root / "data" / file_name
+            return root / "data" / file_name
         return path
 
     def domain_stats(self, domain: str) -> tuple[Tensor, Tensor]:

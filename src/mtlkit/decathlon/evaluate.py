@@ -74,7 +74,7 @@ def evaluate_refresh_bn(
     split: str = "val",
 ) -> dict[str, float]:
     """Metrics of ``split``, each domain tested right after :func:`refresh_bn` on its training split."""
-    if not hasattr(builder, "batch_sampler"):
+    if builder.batch_sampler is None:
         raise ConfigError(
             f"--refresh-bn: dataset {cfg.dataset.name!r} does not batch one domain at a time (decathlon datasets do)"
         )

@@ -28,7 +28,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mtlkit.config import DatasetConfig
-from mtlkit.data.base import DatasetBuilder
 from mtlkit.decathlon.data import DOMAINS, DomainBatchSampling, MultiDomainDataset, channel_stats, normalise
 from mtlkit.errors import ConfigError
 from mtlkit.registry import DATASETS
@@ -165,7 +164,7 @@ class ArrayDomain(Dataset):
 
 
 @DATASETS.register("decathlon_synthetic")
-class SyntheticDecathlonBuilder(DomainBatchSampling, DatasetBuilder):
+class SyntheticDecathlonBuilder(DomainBatchSampling):
     """Four small procedural classification domains (shapes, stripes, colours, counts), CPU-sized."""
 
     splits = ("train", "val", "test")
@@ -259,7 +258,7 @@ def write_decathlon_folder(
                 entries.append({"id": next_id, "file_name": file_name, "width": size[1], "height": size[0]})
                 anns.append({"id": next_id, "image_id": next_id, "category_id": offset + int(label) + 1})
                 next_id += 1
-            doc = {"images": entries, "categories": categories}
+            doc: dict[str, object] = {"images": entries, "categories": categories}
             suffix = "test_stripped" if split == "test" else split
             if split != "test":
                 doc["annotations"] = anns

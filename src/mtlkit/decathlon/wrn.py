@@ -61,8 +61,9 @@ def WRNBackbone(width: float = 1.0, depth: int = 28, widen_factor: int = 4, vari
 
 
 def _check_tasks(tasks: list[Task]) -> None:
+    """The heads predict one label per image: a per-pixel (dense) task is refused."""
     for t in tasks:
-        if t.kind != "classification":
+        if t.dense:
             raise ConfigError(f"WRN decathlon models classify images; task {t.name!r} is {t.kind}")
 
 
@@ -130,7 +131,11 @@ class WRN(MultiTaskModel):
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The parameters of the linear classifiers (the decathlon's #P leaves them out)."""
-        return [p for net in self.nets.values() for p in net.head.parameters()]
+        return [p for net in self.classifiers() for p in net.head.parameters()]
+
+    def classifiers(self) -> list[WRNClassifier]:
+        """The domains' networks, in task order."""
+        return [net for net in self.nets.values() if isinstance(net, WRNClassifier)]
 
     single_task_parameters = staticmethod(wrn_single_task_parameters)
 
@@ -151,16 +156,15 @@ class WRNMTAN(MTANOverBackbone):
                               f"(use model.arch: mtan for other backbones)")
         _check_tasks(tasks)
         check_variant(variant)
-        self._wrn_options = (depth, widen_factor, variant)
+        self._wrn_options = (width, in_channels, depth, widen_factor, variant)  # read by new_backbone
         super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained)
         self.width, self.depth, self.widen_factor, self.variant = width, depth, widen_factor, variant
         self.task_names = [t.name for t in tasks]
 
     def new_backbone(self) -> WideResNet:
         """``wrn28`` with this model's depth, widening factor and variant."""
-        width, in_channels, _ = self._spec
-        depth, widen_factor, variant = self._wrn_options
-        return WideResNet(width, in_channels, depth, widen_factor, variant)
+        width, in_channels, depth, widen_factor, variant = self._wrn_options
+        return WideResNet(float(width), in_channels, depth, widen_factor, variant)
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The parameters of the linear classifiers (the decathlon's #P leaves them out)."""

@@ -89,9 +89,10 @@ def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoc
     """The loader of a split for ``cfg`` (:func:`mtlkit.data.sampling.make_loader`; the builder may batch)."""
     bs = cfg.train.batch_size if train else (cfg.train.eval_batch_size or cfg.train.batch_size)
     batches = None
-    if builder.batch_sampler is not None:
+    sampler = builder.batch_sampler
+    if sampler is not None:
         def batches(e: int) -> list[list[int]]:
-            return builder.batch_sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=e)
+            return sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=e)
 
     return sampling.make_loader(dataset, bs, train, cfg.seed, epoch, cfg.train.num_workers, batches)
 

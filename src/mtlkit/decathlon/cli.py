@@ -1,9 +1,13 @@
-"""``mtlkit decathlon-score``: the Visual Decathlon score of per-domain test accuracies.
+"""The decathlon's commands: ``mtlkit decathlon-score`` and ``mtlkit evaluate --refresh-bn``.
 
-Accuracies (percent) come from ``--acc DOMAIN=ACC ...`` and/or ``--json FILE``: either a mapping
-``{"domain": accuracy}`` or a run's ``results.json`` / ``eval-*.json`` (keys ``<domain>/accuracy``,
-taken from ``final`` or ``best`` of a results file). Baselines default to the shipped fine-tuned
-accuracies; ``--baselines FILE`` (a ``{"domain": accuracy}`` JSON) replaces them.
+The ``mtlkit`` command line adds them through :func:`register`, as it does the command groups of
+``mtlkit.cli`` (this package is a plugin, ``mtlkit.registry.PLUGINS``).
+
+``decathlon-score``: the Visual Decathlon score of per-domain test accuracies. Accuracies (percent)
+come from ``--acc DOMAIN=ACC ...`` and/or ``--json FILE``: either a mapping ``{"domain": accuracy}``
+or a run's ``results.json`` / ``eval-*.json`` (keys ``<domain>/accuracy``, taken from ``final`` or
+``best`` of a results file). Baselines default to the shipped fine-tuned accuracies;
+``--baselines FILE`` (a ``{"domain": accuracy}`` JSON) replaces them.
 """
 
 from __future__ import annotations
@@ -11,8 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtlkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from mtlkit.config import Config
+    from mtlkit.data.base import DatasetBuilder
+    from mtlkit.tasks import Task
 
 
 def _read_json(path: str) -> object:
@@ -84,8 +97,30 @@ def cmd_decathlon_score(args: argparse.Namespace) -> int:
     return 0
 
 
+class RefreshBN:
+    """``mtlkit evaluate --refresh-bn``: each domain tested right after refitting the BatchNorm statistics.
+
+    See :func:`mtlkit.decathlon.evaluate.evaluate_refresh_bn`; the metrics go to
+    ``eval-<split>-<checkpoint>-refresh-bn.json``.
+    """
+
+    suffix = "-refresh-bn"
+
+    def __call__(self, model: nn.Module, tasks: list[Task], builder: DatasetBuilder, cfg: Config,
+                 device: torch.device, split: str) -> dict[str, float]:
+        from mtlkit.decathlon.evaluate import evaluate_refresh_bn
+
+        return evaluate_refresh_bn(model, tasks, builder, cfg, device, split)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``decathlon-score`` command."""
+    """Add the ``decathlon-score`` command and ``evaluate``'s ``--refresh-bn`` option."""
+    evaluate = subparsers.choices.get("evaluate")  # the core's command; absent from a parser built without it
+    if evaluate is not None:
+        evaluate.add_argument("--refresh-bn", dest="evaluation", action="store_const", const=RefreshBN(), default=None,
+                              help="decathlon: refit the BatchNorm statistics on each domain's training split (one "
+                              "epoch of training-mode forward passes) before testing it, as the MTAN evaluation "
+                              "script does")
     p = subparsers.add_parser(
         "decathlon-score",
         help="Visual Decathlon score of per-domain test accuracies",
