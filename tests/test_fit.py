@@ -90,7 +90,7 @@ def test_fit_prints_the_run_folder_and_sizes_first(folder: Path, tmp_path: Path,
 def test_fit_loggers_take_names_and_objects_and_the_old_tensorboard_keyword_warns(folder: Path,
                                                                                   tmp_path: Path) -> None:
     """``loggers``: registered names and Logger objects (which get the config, each epoch, the run's files and
-    the status); 0.2's ``tensorboard=False`` warns and means ``loggers`` without tensorboard."""
+    the status); the old ``tensorboard=False`` warns and means ``loggers`` without tensorboard."""
     from mtlkit.train.logging import Logger
 
     class Mine(Logger):

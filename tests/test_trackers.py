@@ -1,5 +1,5 @@
 """The loggers: one interface and one registry; background loggers (never block, warn once), MLflow on a real file
-store read back through MlflowClient, W&B offline files, refusal without the extra; 0.2's names still work."""
+store read back through MlflowClient, W&B offline files, refusal without the extra; the old names still work."""
 
 from __future__ import annotations
 
@@ -385,7 +385,7 @@ def test_fit_loggers_names_objects_and_the_deprecated_tensorboard_keyword() -> N
 
 
 def test_train_tensorboard_is_deprecated_and_means_what_it_meant(tmp_path: Path) -> None:
-    """0.2's switch: a DeprecationWarning, the same loggers, the same config hash; the new configs never write it."""
+    """The old switch: a DeprecationWarning, the same loggers, the same config hash; the new configs never write it."""
     from mtlkit.config import config_from_dict, load_config
     from mtlkit.trackers import logger_names
 
@@ -393,7 +393,7 @@ def test_train_tensorboard_is_deprecated_and_means_what_it_meant(tmp_path: Path)
         old = config_from_dict({"train": {"tensorboard": False}})
     new = config_from_dict({"train": {"loggers": []}})
     assert logger_names(old) == logger_names(new) == []
-    assert old.hash() == new.hash() == "58aef6da43c7"  # 0.2's hash of train.tensorboard: false
+    assert old.hash() == new.hash() == "58aef6da43c7"  # the hash train.tensorboard: false had
     with pytest.warns(DeprecationWarning):
         both = config_from_dict({"train": {"tensorboard": False, "loggers": ["tensorboard", "mlflow"]}})
     assert logger_names(both) == ["mlflow"] and both.hash() == "1e1741483d30"
@@ -408,8 +408,8 @@ def test_train_tensorboard_is_deprecated_and_means_what_it_meant(tmp_path: Path)
         load_config(None, ["train.loggers=[]"])  # the new switch does not warn
 
 
-def test_a_0_2_run_folder_config_keeps_its_hash(tmp_path: Path) -> None:
-    """config.yaml as 0.2 wrote it (every key, train.tensorboard included) loads to the hash its results.json holds."""
+def test_an_old_run_folder_config_keeps_its_hash(tmp_path: Path) -> None:
+    """config.yaml as written before the deprecation (every key, train.tensorboard too) keeps the hash in results."""
     import yaml
 
     from mtlkit.config import load_config
@@ -427,7 +427,7 @@ def test_a_0_2_run_folder_config_keeps_its_hash(tmp_path: Path) -> None:
             assert load_config(tmp_path / "again.yaml").hash() == expected  # a resume rewrites config.yaml
 
 
-def test_0_2_tracker_names_still_work_with_a_warning(tmp_path: Path) -> None:
+def test_old_tracker_names_still_work_with_a_warning(tmp_path: Path) -> None:
     import mtlkit.train.logging as logging_module
 
     with pytest.warns(DeprecationWarning, match="mtlkit.trackers.Tracker is deprecated"):
@@ -440,7 +440,7 @@ def test_0_2_tracker_names_still_work_with_a_warning(tmp_path: Path) -> None:
         assert logging_module.BaseLogger is Logger
     assert set(TRACKERS) == {"tensorboard", "mlflow", "wandb"}
 
-    class Old(Tracker):  # 0.2's tracker: log_epoch got the metrics.jsonl dict
+    class Old(Tracker):  # the old tracker: log_epoch got the metrics.jsonl dict
         def __init__(self) -> None:
             self.epochs: list[int] = []
 

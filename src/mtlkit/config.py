@@ -119,8 +119,8 @@ HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False}
 
 
 def _hash_logger_switch(train: dict[str, Any]) -> None:
-    """Put back the 0.2 ``train.tensorboard`` key the hash was computed with (in place), so every config and
-    run folder keeps its 0.2 hash: a config without the deprecated key hashes as 0.2 wrote the same switch,
+    """Put back the deprecated ``train.tensorboard`` key the hash was computed with (in place), so every config
+    and run folder keeps the hash it had: a config without the key hashes as the old form of the same switch,
     ``loggers: []`` as ``tensorboard: false`` beside the default ``loggers: [tensorboard]``, any other list
     beside ``tensorboard: true``; a config that still sets the key hashes with it as given."""
     if train.get("tensorboard") is None:
@@ -158,7 +158,7 @@ class TrainConfig(_Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
     grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
     progress: bool = True
-    tensorboard: bool | None = Field(None, description="deprecated (0.2): TensorBoard is on when train.loggers "
+    tensorboard: bool | None = Field(None, description="deprecated: TensorBoard is on when train.loggers "
                                      "names it; false here leaves it out")
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"], description="experiment trackers (mlflow, wandb: mtlkit[trackers])")
@@ -174,7 +174,7 @@ class TrainConfig(_Strict):
     @field_validator("tensorboard")
     @classmethod
     def _deprecated_tensorboard(cls, value: bool | None) -> bool | None:
-        """0.2's switch still works for one release: false leaves tensorboard out of ``train.loggers``."""
+        """The old switch still works for one release: false leaves tensorboard out of ``train.loggers``."""
         if value is not None:
             instead = ("train.loggers without tensorboard (train.loggers: [] for none)" if value is False else
                        "nothing: TensorBoard is on when train.loggers names it, as by default")
@@ -224,7 +224,7 @@ class Config(_Strict):
 
     def hashed_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the :data:`HASH_NEUTRAL_DEFAULTS` keys that are at their default, with the
-        logger switch as 0.2 hashed it (:func:`_hash_logger_switch`)."""
+        logger switch as it was hashed before train.tensorboard was deprecated (:func:`_hash_logger_switch`)."""
         data = self.to_dict()
         _hash_logger_switch(data["train"])
         for key, default in HASH_NEUTRAL_DEFAULTS.items():

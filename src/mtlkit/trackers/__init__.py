@@ -96,7 +96,7 @@ def split_loggers(loggers: str | Logger | Iterable[str | Logger], tensorboard: b
                   ) -> tuple[list[str], list[Logger]]:
     """``fit(loggers=...)`` as (the registered names, in order, once each; the :class:`Logger` objects).
 
-    ``tensorboard``: fit's deprecated keyword (0.2): True adds ``"tensorboard"``, False leaves it out.
+    ``tensorboard``: fit's deprecated keyword: True adds ``"tensorboard"``, False leaves it out.
     """
     items = [loggers] if isinstance(loggers, (str, Logger)) else list(loggers)
     names: list[str] = []
@@ -119,7 +119,7 @@ def split_loggers(loggers: str | Logger | Iterable[str | Logger], tensorboard: b
 
 
 def __getattr__(name: str) -> Any:
-    """0.2's names (:mod:`mtlkit.trackers._deprecated`), each with a DeprecationWarning."""
+    """The old names (:mod:`mtlkit.trackers._deprecated`), each with a DeprecationWarning."""
     deprecated = importlib.import_module("mtlkit.trackers._deprecated") if not name.startswith("_") else None
     if deprecated is not None and name in deprecated.NAMES:
         obj, instead = deprecated.NAMES[name]

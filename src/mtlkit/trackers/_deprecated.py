@@ -1,4 +1,4 @@
-"""0.2's tracker names, kept for one release (each warns on use): the trackers are loggers now."""
+"""The old tracker names, kept for one release (each warns on use): the trackers are loggers now."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mtlkit.train.logging import CLOSE_TIMEOUT, Background, Logger, Loggers, run
 
 
 class Tracker(Logger):
-    """0.2's tracker base: a :class:`Logger` whose subclasses' ``log_epoch`` receive the record as a dict."""
+    """The old tracker base: a :class:`Logger` whose subclasses' ``log_epoch`` receive the record as a dict."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -26,7 +26,7 @@ class Tracker(Logger):
 
 
 class _Trackers(Loggers):
-    """0.2's ``Trackers``: background loggers made from ``{name: opener}``; records may be metrics.jsonl dicts."""
+    """The old ``Trackers``: background loggers made from ``{name: opener}``; records may be metrics.jsonl dicts."""
 
     def __init__(self, factories: Mapping[str, Callable[[], Logger]] | None = None,
                  close_timeout: float = CLOSE_TIMEOUT) -> None:
@@ -54,7 +54,7 @@ def _log_run_files(trackers: Logger, run_path: Path) -> None:
 
 
 
-#: 0.2 name -> (what it is now, what to use instead)
+#: old name -> (what it is now, what to use instead)
 NAMES: dict[str, tuple[Any, str]] = {
     "TRACKERS": (LOGGERS, "mtlkit.trackers.LOGGERS"),
     "Tracker": (Tracker, "mtlkit.train.logging.Logger (log_epoch receives an EpochRecord)"),

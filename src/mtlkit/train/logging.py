@@ -268,7 +268,7 @@ def run_logging(loggers: Loggers | None = None) -> Iterator[Loggers]:
 
 
 class _TrackersLogger(Logger):
-    """Deprecated (0.3): the trackers are loggers now (:class:`Loggers`). Forwards the calls to ``trackers``
+    """Deprecated: the trackers are loggers now (:class:`Loggers`). Forwards the calls to ``trackers``
     and sends the run's files once it finished; the trackers are closed by whoever opened them."""
 
     def __init__(self, trackers: Any, run_dir: Path) -> None:
@@ -286,7 +286,7 @@ class _TrackersLogger(Logger):
                 self.trackers.log_artifact(path)
 
 
-#: names of 0.2 -> (their replacement, what to use instead)
+#: the old names -> (what they are now, what to use instead)
 _DEPRECATED = {"BaseLogger": (Logger, "mtlkit.train.logging.Logger"),
                "TrackersLogger": (_TrackersLogger, "the named loggers themselves (mtlkit.trackers.open_loggers)")}
 
