@@ -36,7 +36,7 @@ def tiny_config(root: Path, out: Path, **sections) -> Config:
         "model": {"arch": "mtan", "width": 0.125},
         "weighting": {"name": "equal"},
         "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 4, "progress": False, "tensorboard": False},
+        "train": {"epochs": 2, "batch_size": 4, "progress": False, "loggers": []},
     }
     for key, value in sections.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value

@@ -78,13 +78,45 @@ def test_fit_and_train_write_the_same_run_folder(folder: Path, tmp_path: Path) -
 
 def test_fit_prints_the_run_folder_and_sizes_first(folder: Path, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    run = _fit(folder, tmp_path / "fit", progress=True, tensorboard=False, max_steps_per_epoch=1)
+    run = _fit(folder, tmp_path / "fit", progress=True, loggers=[], max_steps_per_epoch=1)
     out = capsys.readouterr().out.splitlines()
     n_params = json.loads((run / "results.json").read_text())["params"]
     assert out[0] == (f"run folder: {run} | model: mtan, {n_params / 1e6:.2f} M parameters | "
                       "data: 4 train / 2 val samples, 1 steps per epoch")
     assert out[1].startswith("epoch   1 | seg loss ")
     assert not (run / "tb").exists()
+
+
+def test_fit_loggers_take_names_and_objects_and_the_old_tensorboard_keyword_warns(folder: Path,
+                                                                                  tmp_path: Path) -> None:
+    """``loggers``: registered names and Logger objects (which get the config, each epoch, the run's files and
+    the status); the old ``tensorboard=False`` warns and means ``loggers`` without tensorboard."""
+    from mtlkit.train.logging import Logger
+
+    class Mine(Logger):
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def log_params(self, params):
+            self.calls.append(f"params {params['train']['loggers']}")
+
+        def log_epoch(self, record):
+            self.calls.append(f"epoch {record.epoch}")
+
+        def log_artifact(self, path):
+            self.calls.append(path.name)
+
+        def finish(self, status):
+            self.calls.append(status)
+
+    mine = Mine()
+    run = _fit(folder, tmp_path / "on", progress=False, loggers=["tensorboard", mine], max_steps_per_epoch=1)
+    assert any((run / "tb").iterdir())
+    assert mine.calls == ["params ['tensorboard']", "epoch 1", "results.json", "config.yaml", "metrics.jsonl",
+                          "finished"]
+    with pytest.warns(DeprecationWarning, match=r"fit\(tensorboard=...\) is deprecated"):
+        run = _fit(folder, tmp_path / "off", progress=False, tensorboard=False, max_steps_per_epoch=1)
+    assert not (run / "tb").exists() and load_config(run / "config.yaml").train.loggers == []
 
 
 def test_fit_progress_follows_the_terminal(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -94,7 +126,7 @@ def test_fit_progress_follows_the_terminal(folder: Path, tmp_path: Path, capsys:
 
     for tty in (False, True):
         monkeypatch.setattr(sys.stderr, "isatty", lambda tty=tty: tty)
-        _fit(folder, tmp_path / f"fit-{tty}", tensorboard=False, max_steps_per_epoch=1)
+        _fit(folder, tmp_path / f"fit-{tty}", loggers=[], max_steps_per_epoch=1)
         printed = capsys.readouterr().out
         assert printed.startswith("run folder: ") is tty
 
@@ -106,7 +138,7 @@ def test_fit_names_registered_classes_by_their_registered_names(folder: Path, tm
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
     run = mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False),
                      weighting=DWA([t.name for t in tasks]), optimizer=optimizer, epochs=1, batch_size=2,
-                     run_dir=tmp_path / "fit", progress=False, tensorboard=False, max_steps_per_epoch=1)
+                     run_dir=tmp_path / "fit", progress=False, loggers=[], max_steps_per_epoch=1)
     results = json.loads((run / "results.json").read_text())
     assert (results["arch"], results["weighting"], results["dataset"]) == ("hps", "dwa", "folder")
     cfg = load_config(run / "config.yaml")
@@ -122,7 +154,7 @@ def test_fit_config_names_what_the_schema_cannot_hold(folder: Path, tmp_path: Pa
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
     run = mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False),
                      optimizer=optimizer, scheduler=scheduler, epochs=1, batch_size=2, run_dir=tmp_path / "fit",
-                     progress=False, tensorboard=False, max_steps_per_epoch=1)
+                     progress=False, loggers=[], max_steps_per_epoch=1)
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["optim"] == {"name": "rmsprop", "lr": 0.002, "weight_decay": 0, "momentum": 0,
                                 "scheduler": "CosineAnnealingLR"}
@@ -145,7 +177,7 @@ class _TwoHeads(torch.nn.Module):
 def test_fit_of_a_plain_module_claims_no_build_arguments(folder: Path, tmp_path: Path) -> None:
     data = FolderBuilder(DatasetConfig(name="folder", root=str(folder), height=32, width=32))
     run = mtlkit.fit(_TwoHeads(), data.tasks(), data.dataset("train", train=True), data.dataset("val", train=False),
-                     epochs=1, batch_size=2, run_dir=tmp_path / "fit", progress=False, tensorboard=False,
+                     epochs=1, batch_size=2, run_dir=tmp_path / "fit", progress=False, loggers=[],
                      max_steps_per_epoch=1)
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["model"] == {"arch": "_TwoHeads"}  # no width or backbone a default would make up

@@ -134,3 +134,32 @@ def test_package_data_covers_every_preset() -> None:
     for path in [*CONFIGS.values(), *SWEEPS.values()]:
         rel = path.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(rel, pat) for pat in patterns), rel
+
+
+#: every preset's config hash as mtlkit 0.1 computes it (a sweep: of its runs' hashes in order); a change here
+#: changes what results.json and reports say a run was, so it needs a CHANGELOG line
+PRESET_HASHES = {
+    "cityscapes_mtan": "b5181086e05e", "cityscapes_resnet50": "ef50456055c0", "decathlon": "dd2c49c5c75f",
+    "decathlon_cpu": "cab36b6ac9e0", "demo": "9a8ce0f66121", "nyuv2_mtan": "04dfb84b2dda",
+    "nyuv2_resnet50": "c375e8572da0",
+}
+SWEEP_HASHES = {
+    "cityscapes_paper": "e83efbe1b9af", "complexity_cityscapes": "502ea4cba700", "complexity_scenes": "2ac5361cdcc5",
+    "complexity_scenes_seeds": "af1219b40a21", "decathlon": "33bb7964a5d7", "decathlon_cpu": "5ce579eab822",
+    "nyuv2_paper": "c1a1697e39d4", "nyuv2_resnet50": "9e61e9f9a9aa", "scenes_paper_cpu": "3fc88921d190",
+    "scenes_paper_cpu_long": "4dda0df30a23", "scenes_paper_cpu_seeds": "5546c9d65135",
+    "scenes_resnet18_cpu": "ebc7b93953a0", "scenes_weighting_cpu": "bb71b18af30b",
+}
+
+
+def test_preset_hashes_stay() -> None:
+    import hashlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # no shipped preset uses a deprecated key
+        configs = {name: load_config(path).hash() for name, path in CONFIGS.items()}
+        runs = {name: " ".join(r.config.hash() for r in sweeps.load_sweep(path).runs())
+                for name, path in SWEEPS.items()}
+    assert {n: configs[n] for n in PRESET_HASHES} == PRESET_HASHES
+    assert {n: hashlib.sha256(runs[n].encode()).hexdigest()[:12] for n in SWEEP_HASHES} == SWEEP_HASHES

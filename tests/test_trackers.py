@@ -1,11 +1,12 @@
-"""Experiment trackers: the background set (never blocks, warns once), MLflow on a real file store read
-back through MlflowClient, W&B offline files, refusal without the extra."""
+"""The loggers: one interface and one registry; background loggers (never block, warn once), MLflow on a real file
+store read back through MlflowClient, W&B offline files, refusal without the extra; the old names still work."""
 
 from __future__ import annotations
 
 import json
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,17 @@ import pytest
 
 from conftest import train_until_killed
 from mtlkit.errors import ConfigError
-from mtlkit.trackers import Tracker, Trackers, check_loggers, epoch_scalars, flatten
+from mtlkit.records import EpochRecord
+from mtlkit.trackers import check_loggers, epoch_scalars, flatten, open_loggers, opener
+from mtlkit.train.logging import Background, Logger, Loggers
 
 
-class Recorder(Tracker):
+def background(openers: dict) -> Loggers:
+    """``{name: opener}`` as a set of background loggers."""
+    return Loggers([Background(name, make) for name, make in openers.items()])
+
+
+class Recorder(Logger):
     """Keeps every call; optionally slow, or raising from a given method."""
 
     name = "recorder"
@@ -35,7 +43,7 @@ class Recorder(Tracker):
         self._do("log_params", params)
 
     def log_epoch(self, record):
-        self._do("log_epoch", record["epoch"])
+        self._do("log_epoch", record.epoch)
 
     def log_artifact(self, path):
         self._do("log_artifact", Path(path).name)
@@ -44,23 +52,24 @@ class Recorder(Tracker):
         self._do("finish", status)
 
 
-RECORD = {"epoch": 1, "lr": 0.1, "train": {"loss/a": 2.0}, "val": {"a/acc": 0.5}, "weights": {"a": 1.0}}
+RECORD = EpochRecord(epoch=1, lr=0.1, train={"loss/a": 2.0}, val={"a/acc": 0.5}, weights={"a": 1.0})
 
 
 def test_flatten_and_epoch_scalars() -> None:
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": {},
                                                                               "f": None}
     assert epoch_scalars(RECORD) == {"train/loss/a": 2.0, "val/a/acc": 0.5, "weights/a": 1.0, "lr": 0.1}
+    assert epoch_scalars(RECORD.to_dict()) == epoch_scalars(RECORD)  # a metrics.jsonl line gives the same
 
 
 def test_slow_tracker_never_blocks_and_gets_everything_in_order(tmp_path: Path) -> None:
     slow = Recorder(delay=0.3)
-    trackers = Trackers({"slow": lambda: slow})
+    trackers = background({"slow": lambda: slow})
     (tmp_path / "results.json").write_text("{}")
     start = time.perf_counter()
     trackers.log_params({"x": 1})
     for epoch in (1, 2, 3):
-        trackers.log_epoch({**RECORD, "epoch": epoch})
+        trackers.log_epoch(replace(RECORD, epoch=epoch))
     trackers.log_artifact(tmp_path / "results.json")
     trackers.log_artifact(tmp_path / "missing.json")  # skipped
     assert time.perf_counter() - start < 0.1  # 5 calls of 0.3 s each queued, none waited for
@@ -72,21 +81,21 @@ def test_slow_tracker_never_blocks_and_gets_everything_in_order(tmp_path: Path) 
 
 def test_failing_tracker_warns_once_and_the_others_go_on() -> None:
     bad, good = Recorder(fail_in="log_epoch"), Recorder()
-    trackers = Trackers({"bad": lambda: bad, "good": lambda: good})
+    trackers = background({"bad": lambda: bad, "good": lambda: good})
     with pytest.warns(RuntimeWarning) as caught:
         for epoch in (1, 2, 3):
-            trackers.log_epoch({**RECORD, "epoch": epoch})
+            trackers.log_epoch(replace(RECORD, epoch=epoch))
         trackers.finish("finished")
     messages = [str(w.message) for w in caught if "tracker" in str(w.message)]
     assert messages == ["mtlkit: tracker bad failed (ConnectionError: server down); training goes on without it"]
     assert trackers.errors == {"bad": "ConnectionError: server down"} and bad.calls == []
     assert good.calls == [("log_epoch", 1), ("log_epoch", 2), ("log_epoch", 3), ("finish", "finished")]
 
-    def broken_open() -> Tracker:
+    def broken_open() -> Logger:
         raise OSError("cannot reach host")
 
     with pytest.warns(RuntimeWarning, match="tracker x failed \\(OSError: cannot reach host\\)"):
-        opened = Trackers({"x": broken_open})
+        opened = background({"x": broken_open})
         opened.log_epoch(RECORD)
         opened.finish("failed")
 
@@ -121,7 +130,7 @@ def test_mlflow_file_store_read_back_and_resume_continues_the_run(tiny_cfg, tmp_
     from mtlkit.train.trainer import train
 
     uri = (tmp_path / "mlruns").resolve().as_uri()
-    cfg = tiny_cfg(train={"loggers": ["tensorboard", "mlflow"], "tensorboard": True,
+    cfg = tiny_cfg(train={"loggers": ["tensorboard", "mlflow"],
                           "tracker_options": {"mlflow": {"tracking_uri": uri, "experiment": "tiny"}}})
     run_dir = tmp_path / "run"
     train_until_killed(cfg, run_dir, monkeypatch, at_step=6)  # 4 steps per epoch: dies in epoch 2
@@ -150,11 +159,9 @@ def test_unreachable_mlflow_server_warns_once_and_never_blocks(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A tracking server that refuses connections: the calls return at once, one warning, the rest dropped."""
     pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
-    from mtlkit.trackers import factory
-
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    trackers = Trackers({"mlflow": factory("mlflow", tmp_path / "run",
-                                           {"tracking_uri": "http://127.0.0.1:9", "timeout": 2})})
+    trackers = Loggers(open_loggers(["mlflow"], tmp_path / "run",
+                                    {"mlflow": {"tracking_uri": "http://127.0.0.1:9", "timeout": 2}}))
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text("{}")
     with warnings.catch_warnings(record=True) as caught:
@@ -162,7 +169,7 @@ def test_unreachable_mlflow_server_warns_once_and_never_blocks(tmp_path: Path,
         start = time.perf_counter()
         trackers.log_params({"model": {"arch": "mtan"}})
         for epoch in range(1, 51):
-            trackers.log_epoch({**RECORD, "epoch": epoch})
+            trackers.log_epoch(replace(RECORD, epoch=epoch))
         trackers.log_artifact(tmp_path / "run" / "results.json")
         assert time.perf_counter() - start < 0.5  # 52 calls, none waits for the network
         trackers.finish("finished")
@@ -243,7 +250,7 @@ def test_a_hung_tracker_costs_the_close_timeout_once_and_warns_once() -> None:
     and a tracker that fails after being left behind does not warn a second time."""
     import threading
 
-    from mtlkit.trackers.base import CLOSE_TIMEOUT
+    from mtlkit.train.logging import CLOSE_TIMEOUT
 
     release = threading.Event()
 
@@ -252,7 +259,7 @@ def test_a_hung_tracker_costs_the_close_timeout_once_and_warns_once() -> None:
             release.wait()
             raise ConnectionError("gave up")
 
-    trackers = Trackers({"a": Stuck, "b": Stuck}, close_timeout=0.5)
+    trackers = Loggers([Background("a", Stuck), Background("b", Stuck)], close_timeout=0.5)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trackers.log_epoch(RECORD)
@@ -260,7 +267,7 @@ def test_a_hung_tracker_costs_the_close_timeout_once_and_warns_once() -> None:
         trackers.finish("finished")
         waited = time.perf_counter() - start
         release.set()
-        for w in trackers.workers:
+        for w in trackers.background():
             w.thread.join(5)
     assert 0.5 <= waited < 0.5 + 0.4  # one shared deadline (two trackers: not 2 x 0.5 s)
     messages = sorted(str(w.message) for w in caught if "mtlkit: tracker" in str(w.message))
@@ -271,11 +278,10 @@ def test_a_hung_tracker_costs_the_close_timeout_once_and_warns_once() -> None:
 def test_mlflow_on_a_closed_port_with_default_retries_costs_seconds(tmp_path: Path) -> None:
     """127.0.0.1:1 refuses connections; with MLflow's retries as mtlkit sets them the run's end is bounded."""
     pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
-    from mtlkit.trackers import factory
-    from mtlkit.trackers.base import CLOSE_TIMEOUT
+    from mtlkit.train.logging import CLOSE_TIMEOUT
 
     (tmp_path / "run").mkdir()
-    trackers = Trackers({"mlflow": factory("mlflow", tmp_path / "run", {"tracking_uri": "http://127.0.0.1:1"})})
+    trackers = background({"mlflow": opener("mlflow", tmp_path / "run", {"tracking_uri": "http://127.0.0.1:1"})})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trackers.log_params({"model": {"arch": "mtan"}})
@@ -296,10 +302,11 @@ def test_wandb_with_a_key_and_no_server_costs_seconds_and_warns_once(tmp_path: P
     import sys
 
     script = (
-        "import time\nfrom pathlib import Path\nfrom mtlkit.trackers import Trackers, factory\n"
+        "from pathlib import Path\nfrom mtlkit.records import EpochRecord\nfrom mtlkit.trackers import open_loggers\n"
+        "from mtlkit.train.logging import Loggers\n"
         f"run = Path({str(tmp_path / 'run')!r}); run.mkdir()\n"
-        "t = Trackers({'wandb': factory('wandb', run, {})})\n"
-        "t.log_params({'a': 1}); t.log_epoch({'epoch': 1, 'train': {'loss/x': 1.0}})\n"
+        "t = Loggers(open_loggers(['wandb'], run))\n"
+        "t.log_params({'a': 1}); t.log_epoch(EpochRecord(epoch=1, train={'loss/x': 1.0}))\n"
         "t.finish('finished')\n"
     )
     env = {**os.environ, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:1", "WANDB_MODE": "online",
@@ -310,3 +317,148 @@ def test_wandb_with_a_key_and_no_server_costs_seconds_and_warns_once(tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("mtlkit: tracker wandb") == 1, proc.stderr
     assert took < 30  # before: over 90 s (W&B's init timeout), two warnings
+
+
+def test_one_logger_interface_and_one_registry() -> None:
+    """Every registered logger, every logger class in the tree and the config's choices: one base, one table."""
+    import importlib
+    import importlib.util
+    import inspect
+    import pkgutil
+    from typing import get_args
+
+    import mtlkit.trackers
+    from mtlkit.config import TrainConfig
+    from mtlkit.trackers import LOGGERS, logger_class
+
+    assert set(get_args(TrainConfig.model_fields["loggers"].annotation.__args__[0])) == set(LOGGERS)
+    for name, entry in LOGGERS.items():
+        if entry.package is not None and importlib.util.find_spec(entry.package) is None:
+            continue
+        cls = logger_class(name)
+        assert issubclass(cls, Logger) and cls.name == name, name
+    modules = ["mtlkit.train.logging"] + [f"mtlkit.trackers.{m.name}" for m in pkgutil.iter_modules(
+        mtlkit.trackers.__path__) if not m.name.startswith("_")]
+    for module in modules:
+        if module.rsplit(".", 1)[1] in LOGGERS and LOGGERS[module.rsplit(".", 1)[1]].package is not None \
+                and importlib.util.find_spec(LOGGERS[module.rsplit(".", 1)[1]].package) is None:
+            continue
+        for _, cls in inspect.getmembers(importlib.import_module(module), inspect.isclass):
+            if cls.__module__ == module and hasattr(cls, "log_epoch"):
+                assert issubclass(cls, Logger), f"{module}.{cls.__name__}: a logger that is not a Logger"
+
+
+def test_the_run_status_reaches_background_loggers() -> None:
+    """An interrupt closes them as killed, an exception as failed, a clean end as finished; once each."""
+    from mtlkit.train.logging import ended_status, run_logging
+
+    assert ended_status(KeyboardInterrupt()) == ended_status(SystemExit(1)) == "killed"
+    assert ended_status(RuntimeError("x")) == "failed"
+    for error, status in ((KeyboardInterrupt, "killed"), (RuntimeError, "failed"), (None, "finished")):
+        rec = Recorder()
+        logs = background({"r": lambda rec=rec: rec})
+        try:
+            with run_logging(logs):
+                logs.log_epoch(RECORD)
+                if error is not None:
+                    raise error
+        except BaseException as err:  # noqa: BLE001 - the test raises them
+            assert isinstance(err, error)
+        logs.finish("finished")  # a second finish is not sent
+        assert rec.calls == [("log_epoch", 1), ("finish", status)], status
+
+
+def test_fit_loggers_names_objects_and_the_deprecated_tensorboard_keyword() -> None:
+    from mtlkit.trackers import split_loggers
+
+    mine = Recorder()
+    assert split_loggers(("tensorboard",)) == (["tensorboard"], [])
+    assert split_loggers(["mlflow", mine, "mlflow"]) == (["mlflow"], [mine])
+    assert split_loggers("tensorboard") == (["tensorboard"], [])
+    assert split_loggers([]) == ([], [])
+    with pytest.warns(DeprecationWarning, match=r"fit\(tensorboard=...\) is deprecated"):
+        assert split_loggers(["tensorboard", mine], tensorboard=False) == ([], [mine])
+    with pytest.warns(DeprecationWarning):
+        assert split_loggers([mine], tensorboard=True) == (["tensorboard"], [mine])
+    with pytest.raises(ConfigError, match=r"^fit\(loggers=...\): 'neptune' is neither a logger name"):
+        split_loggers(["neptune"])
+
+
+def test_train_tensorboard_is_deprecated_and_means_what_it_meant(tmp_path: Path) -> None:
+    """The old switch: a DeprecationWarning, the same loggers, the same config hash; the new configs never write it."""
+    from mtlkit.config import config_from_dict, load_config
+    from mtlkit.trackers import logger_names
+
+    with pytest.warns(DeprecationWarning, match="train.tensorboard is deprecated"):
+        old = config_from_dict({"train": {"tensorboard": False}})
+    new = config_from_dict({"train": {"loggers": []}})
+    assert logger_names(old) == logger_names(new) == []
+    assert old.hash() == new.hash() == "58aef6da43c7"  # the hash train.tensorboard: false had
+    with pytest.warns(DeprecationWarning):
+        both = config_from_dict({"train": {"tensorboard": False, "loggers": ["tensorboard", "mlflow"]}})
+    assert logger_names(both) == ["mlflow"] and both.hash() == "1e1741483d30"
+    with pytest.warns(DeprecationWarning):
+        on = load_config(None, ["train.tensorboard=true"])
+    assert logger_names(on) == ["tensorboard"] and on.hash() == load_config(None).hash() == "8db0444c30c1"
+    assert config_from_dict({"train": {"loggers": ["mlflow"]}}).hash() == "fea42b8dfdf2"
+    assert "tensorboard" not in load_config(None).to_dict()["train"]
+    assert old.to_dict()["train"]["tensorboard"] is False  # kept where a config sets it: its hash stays
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["train.loggers=[]"])  # the new switch does not warn
+
+
+def test_an_old_run_folder_config_keeps_its_hash(tmp_path: Path) -> None:
+    """config.yaml as written before the deprecation (every key, train.tensorboard too) keeps the hash in results."""
+    import yaml
+
+    from mtlkit.config import load_config
+
+    for tensorboard, loggers, expected in ((True, ["tensorboard"], "8db0444c30c1"), (False, ["tensorboard"],
+                                           "58aef6da43c7"), (True, [], "19deecc6362d"), (False, [], "775bb6215d32")):
+        data = load_config(None).to_dict()
+        data["train"].update(tensorboard=tensorboard, loggers=loggers)
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        with pytest.warns(DeprecationWarning):
+            cfg = load_config(tmp_path / "config.yaml")
+        assert cfg.hash() == expected, (tensorboard, loggers)
+        (tmp_path / "again.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        with pytest.warns(DeprecationWarning):
+            assert load_config(tmp_path / "again.yaml").hash() == expected  # a resume rewrites config.yaml
+
+
+def test_old_tracker_names_still_work_with_a_warning(tmp_path: Path) -> None:
+    import mtlkit.train.logging as logging_module
+
+    with pytest.warns(DeprecationWarning, match="mtlkit.trackers.Tracker is deprecated"):
+        from mtlkit.trackers import Tracker
+    with pytest.warns(DeprecationWarning, match="mtlkit.trackers.Trackers is deprecated"):
+        from mtlkit.trackers import Trackers
+    with pytest.warns(DeprecationWarning):
+        from mtlkit.trackers import TRACKERS
+    with pytest.warns(DeprecationWarning, match="BaseLogger is deprecated"):
+        assert logging_module.BaseLogger is Logger
+    assert set(TRACKERS) == {"tensorboard", "mlflow", "wandb"}
+
+    class Old(Tracker):  # the old tracker: log_epoch got the metrics.jsonl dict
+        def __init__(self) -> None:
+            self.epochs: list[int] = []
+
+        def log_params(self, params):
+            pass
+
+        def log_epoch(self, record):
+            self.epochs.append(record["epoch"])
+
+        def log_artifact(self, path):
+            pass
+
+        def finish(self, status):
+            self.epochs.append(-1 if status == "finished" else -2)
+
+    old = Old()
+    trackers = Trackers({"old": lambda: old})
+    trackers.log_epoch({"epoch": 1, "train": {"loss/a": 1.0}})
+    trackers.log_epoch(replace(RECORD, epoch=2))
+    trackers.finish("finished")
+    assert old.epochs == [1, 2, -1] and trackers.errors == {}

@@ -21,7 +21,7 @@ def _val(run: Path) -> list[dict]:
 
 
 def test_run_folder_contents(tiny_cfg) -> None:
-    cfg = tiny_cfg(train={"tensorboard": True})
+    cfg = tiny_cfg(train={"loggers": ["tensorboard"]})
     run = train(cfg)
     assert run.parent == Path(cfg.out_dir) and run.name.startswith("tiny-")
     saved = yaml.safe_load((run / "config.yaml").read_text())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -117,6 +118,16 @@ class ModelConfig(_Strict):
 HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False}
 
 
+def _hash_logger_switch(train: dict[str, Any]) -> None:
+    """Put back the deprecated ``train.tensorboard`` key the hash was computed with (in place), so every config
+    and run folder keeps the hash it had: a config without the key hashes as the old form of the same switch,
+    ``loggers: []`` as ``tensorboard: false`` beside the default ``loggers: [tensorboard]``, any other list
+    beside ``tensorboard: true``; a config that still sets the key hashes with it as given."""
+    if train.get("tensorboard") is None:
+        train["tensorboard"] = bool(train["loggers"])
+        train["loggers"] = train["loggers"] or ["tensorboard"]
+
+
 class WeightingConfig(_Strict):
     name: str = "equal"
     mode: Literal["parameters", "representation"] = "parameters"
@@ -147,7 +158,8 @@ class TrainConfig(_Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
     grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
     progress: bool = True
-    tensorboard: bool = True
+    tensorboard: bool | None = Field(None, description="deprecated: TensorBoard is on when train.loggers "
+                                     "names it; false here leaves it out")
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"], description="experiment trackers (mlflow, wandb: mtlkit[trackers])")
     tracker_options: dict[str, dict[str, Any]] = Field(
@@ -158,6 +170,17 @@ class TrainConfig(_Strict):
     def _yaml_off(cls, value: Any) -> Any:
         """YAML reads a bare ``off`` as false: accept it as "off"."""
         return "off" if value is False else value
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _deprecated_tensorboard(cls, value: bool | None) -> bool | None:
+        """The old switch still works for one release: false leaves tensorboard out of ``train.loggers``."""
+        if value is not None:
+            instead = ("train.loggers without tensorboard (train.loggers: [] for none)" if value is False else
+                       "nothing: TensorBoard is on when train.loggers names it, as by default")
+            warnings.warn(f"train.tensorboard is deprecated and goes in the next release: use {instead}",
+                          DeprecationWarning, stacklevel=2)
+        return value
 
 
 class EvalConfig(_Strict):
@@ -194,11 +217,16 @@ class Config(_Strict):
         return value
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        if data["train"]["tensorboard"] is None:  # the deprecated key, written only where a config sets it
+            del data["train"]["tensorboard"]
+        return data
 
     def hashed_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` without the :data:`HASH_NEUTRAL_DEFAULTS` keys that are at their default."""
+        """:meth:`to_dict` without the :data:`HASH_NEUTRAL_DEFAULTS` keys that are at their default, with the
+        logger switch as it was hashed before train.tensorboard was deprecated (:func:`_hash_logger_switch`)."""
         data = self.to_dict()
+        _hash_logger_switch(data["train"])
         for key, default in HASH_NEUTRAL_DEFAULTS.items():
             section, name = key.split(".")
             if data[section].get(name) == default:

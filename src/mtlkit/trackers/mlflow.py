@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtlkit.trackers.base import Tracker, epoch_scalars, flatten
+from mtlkit.records import EpochRecord
+from mtlkit.trackers.base import epoch_scalars, flatten
 from mtlkit.trackers.ids import read_id, write_id
+from mtlkit.train.logging import Logger
 
 #: mtlkit's final statuses as MLflow run statuses
 STATUS = {"finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
@@ -28,7 +30,7 @@ def _is_folder(uri: str) -> bool:
     return uri.startswith("file:") or "://" not in uri
 
 
-class MlflowTracker(Tracker):
+class MlflowTracker(Logger):
     """Params: the flattened resolved config; metrics per epoch at step = epoch; files as artifacts; status."""
 
     name = "mlflow"
@@ -73,12 +75,12 @@ class MlflowTracker(Tracker):
         for i in range(0, len(flat), 100):
             self.client.log_batch(self.run_id, params=flat[i:i + 100])
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         """Losses, validation metrics, task weights and lr at step = epoch (non-finite values left out)."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, v, stamp, int(record["epoch"])) for k, v in epoch_scalars(record).items()
+        metrics = [Metric(k, v, stamp, int(record.epoch)) for k, v in epoch_scalars(record).items()
                    if math.isfinite(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
 

@@ -7,10 +7,12 @@ from typing import Any
 
 import yaml
 
-from mtlkit.trackers.base import Tracker, epoch_scalars
+from mtlkit.records import EpochRecord
+from mtlkit.trackers.base import epoch_scalars
+from mtlkit.train.logging import Logger
 
 
-class TensorBoardTracker(Tracker):
+class TensorBoardTracker(Logger):
     """Scalars ``train/<key>``, ``val/<key>``, ``weights/<task>``, ``lr`` per epoch; the config as text."""
 
     name = "tensorboard"
@@ -24,10 +26,10 @@ class TensorBoardTracker(Tracker):
         """The resolved config as a YAML text summary."""
         self.writer.add_text("config", "```\n" + yaml.safe_dump(params, sort_keys=False) + "```")
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         """Every number of the epoch at step = epoch."""
         for tag, value in epoch_scalars(record).items():
-            self.writer.add_scalar(tag, value, record["epoch"])
+            self.writer.add_scalar(tag, value, record.epoch)
         self.writer.flush()
 
     def log_artifact(self, path: Path) -> None:

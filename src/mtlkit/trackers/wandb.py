@@ -14,15 +14,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from mtlkit.trackers.base import Tracker, epoch_scalars
+from mtlkit.records import EpochRecord
+from mtlkit.trackers.base import epoch_scalars
 from mtlkit.trackers.ids import read_id, write_id
+from mtlkit.train.logging import Logger
 
 OPTIONS = ("project", "entity", "group", "tags", "mode", "init_timeout")
 #: default of the ``init_timeout`` option (seconds)
 INIT_TIMEOUT = 10.0
 
 
-class WandbTracker(Tracker):
+class WandbTracker(Logger):
     """Config as the run's config; metrics per epoch at step = epoch; files saved with the run; exit code."""
 
     name = "wandb"
@@ -36,10 +38,11 @@ class WandbTracker(Tracker):
         self.run_path = Path(run_path)
         run_id = read_id(self.run_path, self.name) or uuid.uuid4().hex[:8]
         write_id(self.run_path, self.name, run_id)
+        mode: Any = options.get("mode") or os.environ.get("WANDB_MODE") or "online"  # W&B checks the value
         self.run = wandb.init(
             project=options.get("project", "mtlkit"), entity=options.get("entity"), group=options.get("group"),
             tags=options.get("tags"), name=self.run_path.name, id=run_id, resume="allow",
-            dir=str(self.run_path), mode=options.get("mode") or os.environ.get("WANDB_MODE") or "online",
+            dir=str(self.run_path), mode=mode,
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
                                     init_timeout=float(options.get("init_timeout", INIT_TIMEOUT))),
         )
@@ -48,9 +51,9 @@ class WandbTracker(Tracker):
         """The resolved config (nested) as the W&B run config."""
         self.run.config.update(params, allow_val_change=True)
 
-    def log_epoch(self, record: dict[str, Any]) -> None:
+    def log_epoch(self, record: EpochRecord) -> None:
         """Every number of the epoch at step = epoch."""
-        self.run.log({**epoch_scalars(record), "epoch": record["epoch"]}, step=int(record["epoch"]))
+        self.run.log({**epoch_scalars(record), "epoch": record.epoch}, step=int(record.epoch))
 
     def log_artifact(self, path: Path) -> None:
         """Save the file with the run (copied into the run's files)."""

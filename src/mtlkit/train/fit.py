@@ -3,7 +3,7 @@
 The same loop as ``mtlkit train`` (:func:`mtlkit.train.loop.run`) into the same run folder format:
 ``config.yaml`` (what ran, as far as the objects say: registered names where the classes are
 registered), ``metrics.jsonl``, ``results.json`` (#P where the model came from ``build_model``),
-``tb/`` (TensorBoard, on by default), checkpoints every epoch (a second call with the same
+``tb/`` (TensorBoard: ``loggers``, on by default), checkpoints every epoch (a second call with the same
 ``run_dir`` continues an interrupted run; one that finished is refused). Progress is shown by
 default where a terminal is attached.
 """
@@ -28,10 +28,10 @@ from mtlkit.io import atomic_write_text, output_error
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS, Registry
 from mtlkit.tasks import Task
-from mtlkit.trackers import factory, tracking
+from mtlkit.trackers import open_loggers, split_loggers
 from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.guards import check_forward
-from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TrackersLogger
+from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, run_logging
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import clean_interrupted_writes, lock_run_dir, read_results_safely, run_locks
 from mtlkit.train.runtime import rng_state, seed_everything, select_device, set_rng_state
@@ -90,9 +90,9 @@ def fit(
     grad_clip: float | None = None,
     max_steps_per_epoch: int | None = None,
     progress: bool | None = None,
-    tensorboard: bool = True,
-    loggers: Sequence[Logger] = (),
+    loggers: Sequence[str | Logger] = ("tensorboard",),
     name: str = "fit",
+    tensorboard: bool | None = None,
 ) -> Path:
     """Train ``model`` on ``tasks`` and return the run folder.
 
@@ -101,8 +101,12 @@ def fit(
     of sample dicts (batched with the seeded per-epoch shuffle of ``mtlkit train``) or your own
     DataLoaders. ``weighting``: a registered name (``mtlkit list``) or an instance. ``optimizer``:
     an instance, a callable taking parameter groups, or None for Adam(lr). ``progress``: progress
-    bars and one line per epoch; None: where stderr is a terminal. ``tensorboard``: events in ``tb/``.
+    bars and one line per epoch; None: where stderr is a terminal. ``loggers``: names of
+    ``train.loggers`` (``tensorboard``: events in ``tb/``; ``mlflow``, ``wandb``), each on its own thread,
+    and :class:`~mtlkit.train.logging.Logger` objects, called in order; ``[]``: none.
+    ``tensorboard``: deprecated, ``False`` is ``loggers`` without ``"tensorboard"``.
     """
+    names, own_loggers = split_loggers(loggers, tensorboard)
     tasks = list(tasks)
     if not isinstance(model, MultiTaskModel):
         model = ModuleModel(model, tasks, shared)
@@ -148,7 +152,7 @@ def fit(
                           data=(train_loader, val_loader),
                           weighting=method_name, weighting_options=weighting_options, mode=mode, grad_path=grad_path,
                           optimizer=optimizer, scheduler=scheduler, epochs=epochs, device=dev, grad_clip=grad_clip,
-                          max_steps=max_steps_per_epoch, progress=progress, tensorboard=tensorboard)
+                          max_steps=max_steps_per_epoch, progress=progress, loggers=names)
         seed_everything(seed)
         state = None
         if ckpt is not None:  # continue an interrupted fit in the same folder (before config.yaml is rewritten)
@@ -156,17 +160,13 @@ def fit(
         config_hash = write_config(run_path, config)
         info = RunInfo(name=name, arch=arch, weighting=method_name, dataset=config["dataset"]["name"],
                        config_hash=config_hash, params_ratio=_params_ratio(model), capabilities=model.capabilities())
-        with tracking() as trackers:
-            if tensorboard:
-                trackers.add({"tensorboard": factory("tensorboard", run_path, {})})
-            logs: list[Logger] = [JsonlLogger(run_path, state.history if state is not None else []),
-                                  TrackersLogger(trackers, run_path)]
+        with run_logging() as logs:
+            logs.add(JsonlLogger(run_path, state.history if state is not None else []), *open_loggers(names, run_path))
             if progress:
-                logs.append(ConsoleLogger(tasks))
-            logs += list(loggers)
-            for lg in logs:
-                lg.log_params(config)
-            return run(loop, run_path, info, logs, state)
+                logs.add(ConsoleLogger(tasks))
+            logs.add(*own_loggers)
+            logs.log_params(config)
+            return run(loop, run_path, info, [logs], state)
 
 
 def check_first_batch(model: MultiTaskModel, tasks: Sequence[Task], loader: DataLoader, device: torch.device,
@@ -245,7 +245,7 @@ def claim_fit_dir(run_path: Path) -> None:
 def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTaskModel,
              data: tuple[DataLoader, DataLoader], weighting: str, weighting_options: dict[str, Any] | None, mode: str,
              grad_path: str, optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int, device: torch.device,
-             grad_clip: float | None, max_steps: int | None, progress: bool, tensorboard: bool) -> dict[str, Any]:
+             grad_clip: float | None, max_steps: int | None, progress: bool, loggers: list[str]) -> dict[str, Any]:
     """config.yaml of a fit run: the sections of ``mtlkit train``'s config, filled from the objects.
 
     Registered classes appear under their registered names (a model from ``build_model`` with its
@@ -288,7 +288,7 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
         "train": {"epochs": epochs, "batch_size": train_loader.batch_size, "eval_batch_size": val_loader.batch_size,
                   "num_workers": train_loader.num_workers, "device": str(device), "amp": "off", "compile": False,
                   "channels_last": False, "max_steps_per_epoch": max_steps, "grad_clip": grad_clip,
-                  "progress": progress, "tensorboard": tensorboard, "loggers": ["tensorboard"] if tensorboard else []},
+                  "progress": progress, "loggers": list(loggers)},
         "eval": {"protocol": "pooled", "select_best": True, "report_last": 1},
     }
 

@@ -27,7 +27,7 @@ from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
 from mtlkit.train.evaluate import evaluate, move_batch
 from mtlkit.train.guards import check_validation
-from mtlkit.train.logging import Logger, Loggers, run_header
+from mtlkit.train.logging import Logger, Loggers, ended_status, run_files, run_header
 from mtlkit.train.rundir import provenance, write_history, write_results
 from mtlkit.train.speed import Speed
 from mtlkit.train.state import RunState
@@ -213,8 +213,8 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
                     save_checkpoint(run_path / "checkpoints" / "best.pt", best)
                 logs.log_epoch(record)
             dist.barrier()
-    except BaseException:
-        logs.finish("failed")
+    except BaseException as err:
+        logs.finish(ended_status(err))
         raise
     if main:
         results = RunResults(
@@ -227,6 +227,7 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
             extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **loop.results_extra,
                    **({"config_changes": state.config_changes} if state.config_changes else {})})
         write_results(run_path, results.to_dict())
-        logs.log_artifact(run_path / "results.json")
+        for path in run_files(run_path):  # results.json, config.yaml, metrics.jsonl, figures
+            logs.log_artifact(path)
         logs.finish("finished")
     return run_path

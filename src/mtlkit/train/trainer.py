@@ -21,7 +21,7 @@ from mtlkit.models import build_model
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import DATASETS, WEIGHTINGS
 from mtlkit.tasks import Task
-from mtlkit.trackers import Trackers, check_loggers, tracker_factories, tracking
+from mtlkit.trackers import check_loggers, config_loggers
 from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import (
     MODEL_KEYS,
@@ -34,7 +34,7 @@ from mtlkit.train.checkpoint import (
 )
 from mtlkit.train.evaluate import best_fields, protocol_args, protocol_record
 from mtlkit.train.guards import preflight
-from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, TrackersLogger
+from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Loggers, run_logging
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import (
     check_new_run_dir,
@@ -152,8 +152,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
             cfg, run_path, finished = plan
             if finished:
                 return run_path
-            with failures_recorded(), tracking() as trackers:
-                return _train(cfg, run_path, trackers, resuming=resume is not None)
+            with failures_recorded(), run_logging() as logs:
+                return _train(cfg, run_path, logs, resuming=resume is not None)
     finally:
         dist.cleanup()
 
@@ -189,7 +189,7 @@ def _resolve_run(
     return cfg, Path(run_dir), False
 
 
-def _train(cfg: Config, run_path: Path | None, trackers: Trackers, resuming: bool = False) -> Path:
+def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = False) -> Path:
     """Build the run's objects from ``cfg``, check them, and hand them to the loop (:func:`mtlkit.train.loop.run`)."""
     main = dist.is_main()
     setup = build(cfg, dist.device_for(cfg.train.device))
@@ -230,16 +230,13 @@ def _train(cfg: Config, run_path: Path | None, trackers: Trackers, resuming: boo
     info = RunInfo(name=cfg.name, arch=cfg.model.arch, weighting=cfg.weighting.name, dataset=cfg.dataset.name,
                    config_hash=cfg.hash(), params_ratio=params_ratio(cfg, tasks, model),
                    capabilities=model.capabilities())
-    loggers: list[Logger] = []
     if main:
-        loggers.append(JsonlLogger(run_path, state.history if state is not None else []))
-        trackers.add(tracker_factories(cfg, run_path))  # tensorboard, mlflow, wandb: train.loggers
-        loggers.append(TrackersLogger(trackers, run_path))
+        logs.add(JsonlLogger(run_path, state.history if state is not None else []),
+                 *config_loggers(cfg, run_path))  # tensorboard, mlflow, wandb: train.loggers
         if cfg.train.progress:
-            loggers.append(ConsoleLogger(tasks))
-        for lg in loggers:
-            lg.log_params(cfg.to_dict())
-    return run(loop, run_path, info, loggers, state)
+            logs.add(ConsoleLogger(tasks))
+        logs.log_params(cfg.to_dict())
+    return run(loop, run_path, info, [logs], state)
 
 
 def _results_extra(cfg: Config, bilevel: object | None) -> dict[str, object]:
