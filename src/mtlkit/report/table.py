@@ -49,7 +49,6 @@ ARCH_LABELS = {
     "single": "Single-Task", "stan": "STAN", "split_wide": "Split, Wide", "split_deep": "Split, Deep",
     "dense": "Dense", "cross_stitch": "Cross-Stitch", "mtan": "MTAN",
 }
-TASK_LABELS = {"segmentation": "Segmentation", "depth": "Depth", "normal": "Surface Normal"}
 
 
 @dataclass
@@ -208,6 +207,13 @@ class ResultsTable:
         parts = [Task.from_dict(t).table_label() for t in self.tasks]
         return f"{self.dataset}: " + ", ".join(parts)
 
+    def group_labels(self) -> list[str]:
+        """The heading over each task's columns: its kind's ``column_label`` (the paper's "Segmentation",
+        ...) when no other task of the table has that heading, else the task's name."""
+        tasks = [Task.from_dict(t) for t in self.tasks]
+        labels = [t.column_label() for t in tasks]
+        return [label if labels.count(label) == 1 else t.name for t, label in zip(tasks, labels)]
+
     @property
     def has_delta(self) -> bool:
         """True when some row has delta_m values."""
@@ -290,9 +296,9 @@ class ResultsTable:
             headers.append("Seeds")
             groups[0] = ("", groups[0][1] + 1)
         lead = len(headers)
-        for task in self.tasks:
+        for task, label in zip(self.tasks, self.group_labels()):
             cols = [c for c in self.columns if c.task == task["name"]]
-            groups.append((TASK_LABELS.get(task["name"], task["name"]), len(cols)))
+            groups.append((label, len(cols)))
             headers += [c.label for c in cols]
         if self.has_delta:
             groups.append(("", 1))
