@@ -92,8 +92,8 @@ class Normal(TaskKind):
 
     def protocol_meter(self, task: Task, protocol: str, batch_size: int):
         """The MTAN protocols: angle statistics means over chunks of ``batch_size`` images."""
-        from mtlkit.metrics.protocols import ChunkMeanMeter, chunk_normal_metrics
         from mtlkit.metrics.normal import KEYS
+        from mtlkit.metrics.protocols import ChunkMeanMeter, chunk_normal_metrics
 
         return ChunkMeanMeter(chunk_normal_metrics, KEYS, batch_size)
 
