@@ -381,3 +381,15 @@ def save_sample(root: str | Path, split: str, index: int, arrays: dict[str, np.n
         path = Path(root) / split / folder / f"{index}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.asarray(arr))
+
+
+def __getattr__(name: str):
+    if name == "KIND_DIRS":  # deprecated in 0.3: a task kind declares its folder (TaskKind.npy_dir)
+        import warnings
+
+        warnings.warn("mtlkit.data.npy.KIND_DIRS is deprecated and will be removed: a task kind's npy_dir "
+                      "(task.spec.npy_dir) names its folder in the .npy layout", DeprecationWarning, stacklevel=2)
+        from mtlkit.registry import TASK_KINDS
+
+        return {n: c.npy_dir for n, c in TASK_KINDS.items() if c.npy_dir is not None}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
