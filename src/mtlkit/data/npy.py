@@ -175,10 +175,10 @@ def read_normal(path: Path, hw: tuple[int, int] | None = None, tol: float = NORM
     if bad.any():
         bad &= (x != 0) | (y != 0) | (z != 0)  # exactly 0 = missing
     if bad.any():
-        y, x = (int(v[0]) for v in np.nonzero(bad))
+        row, col = (int(v[0]) for v in np.nonzero(bad))
         raise DataError(
-            f"{path}: {int(bad.sum())} normal(s) not unit length (pixel ({y}, {x}) has length "
-            f"{float(norm[y, x]):.4g}); expected unit vectors, or 0 where missing"
+            f"{path}: {int(bad.sum())} normal(s) not unit length (pixel ({row}, {col}) has length "
+            f"{float(norm[row, col]):.4g}); expected unit vectors, or 0 where missing"
         )
     return out
 
@@ -227,9 +227,9 @@ class NpyDenseDataset(Dataset):
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: split folder not found")
         for task in self.tasks:
-            folder = split_dir / self.dirs[task.name]
-            if not folder.is_dir():
-                raise DataError(f"{folder}: folder not found (needed for task {task.name!r})")
+            target_dir = split_dir / self.dirs[task.name]
+            if not target_dir.is_dir():
+                raise DataError(f"{target_dir}: folder not found (needed for task {task.name!r})")
         n = check_sample_folders(split_dir, list(dict.fromkeys(["image", *self.dirs.values()])))
         self.num_samples = n if max_samples is None else min(n, int(max_samples))
 
@@ -357,8 +357,8 @@ class NpyBuilder(DatasetBuilder):
         tasks = self.tasks()
         augment = None
         if train and self.cfg.augment:
-            kinds = {t.name: t for t in tasks}
-            augment = DenseAugment.from_options(kinds, self.cfg.options, self.depth_is_inverse)
+            targets: dict[str, str | Task] = {t.name: t for t in tasks}
+            augment = DenseAugment.from_options(targets, self.cfg.options, self.depth_is_inverse)
         cap = self.cfg.n_train if split == "train" else self.cfg.n_val
         label_dir, label_map = self.label_source()
         return NpyDenseDataset(

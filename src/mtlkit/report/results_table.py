@@ -84,13 +84,13 @@ class Row:
     @property
     def params(self) -> int | None:
         """Parameter count (from results.json)."""
-        values = [r.results.get("params") for r in self.runs if r.results and r.results.get("params") is not None]
+        values = [r.results["params"] for r in self.runs if r.results and r.results.get("params") is not None]
         return int(values[0]) if values else None
 
     @property
     def params_ratio(self) -> float | None:
         """#P: parameters relative to one single-task network (from results.json)."""
-        values = [r.results.get("params_ratio") for r in self.runs
+        values = [r.results["params_ratio"] for r in self.runs
                   if r.results and r.results.get("params_ratio") is not None]
         return float(values[0]) if values else None
 
@@ -254,7 +254,7 @@ class ResultsTable:
                 {**rec, "pvalues": row.pvalues,
                  "per_run": [{"path": str(r.path), "seed": r.seed, "values": r.values(*_src(self.source)),
                               "delta_m": d}
-                             for r, d in zip(row.runs, row.deltas or [None] * row.n)]}
+                             for r, d in zip(row.runs, row.deltas if row.deltas else [None] * row.n)]}
                 for rec, row in zip(self.records(), self.rows)
             ],
             "references": [{"reference": ref.reference.name, "row": ref.row.name, "source": ref.reference.source,

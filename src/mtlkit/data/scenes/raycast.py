@@ -18,8 +18,9 @@ _A = np.ndarray | float
 def _slab(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, hx: _A, hy: _A, hz: _A) -> tuple[_A, _A, list[_A]]:
     """Entry/exit ray parameters of the box [-h, h] in its local frame, and the per-axis entries."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        ax = [None, None, None]
-        tn, tf = None, None
+        ax: list[_A] = [0.0, 0.0, 0.0]  # each axis's entry, filled below
+        tn: _A | None = None
+        tf: _A | None = None
         for k, (o, d, h) in enumerate(((ox, dx, hx), (oy, dy, hy), (oz, dz, hz))):
             inv = 1.0 / d
             t1, t2 = (-h - o) * inv, (h - o) * inv
@@ -27,10 +28,11 @@ def _slab(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, hx: _A, hy: _A, hz: _A
             ax[k] = lo
             tn = lo if tn is None else np.maximum(tn, lo)
             tf = hi if tf is None else np.minimum(tf, hi)
+    assert tn is not None and tf is not None
     return tn, tf, ax
 
 
-def _box_local(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, cos: _A, sin: _A) -> tuple[_A, ...]:
+def _box_local(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, cos: _A, sin: _A) -> tuple[_A, _A, _A, _A, _A, _A]:
     """Ray origin offset (world) and direction turned into a box frame rotated by yaw about y."""
     return (cos * ox - sin * oz, oy, sin * ox + cos * oz, cos * dx - sin * dz, dy, sin * dx + cos * dz)
 
@@ -56,12 +58,12 @@ def _cyl_t(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, r: _A, hh: _A) -> tup
         ts = tc - np.sqrt(np.maximum(h2, 0) / a)
         ys = oy + ts * dy
         side = np.where((h2 > 0) & (ts > _EPS) & (np.abs(ys) <= hh), ts, np.inf)
-        cap = np.inf
+        cap: np.ndarray | float = np.inf
         for sgn in (-1.0, 1.0):
             tp = (sgn * hh - oy) / dy
             px, pz = ox + tp * dx, oz + tp * dz
             cap = np.minimum(cap, np.where((px * px + pz * pz <= r * r) & (tp > _EPS), tp, np.inf))
-        return side, cap
+        return side, np.asarray(cap)
 
 
 _BOX, _SPHERE, _CYL = range(3)
@@ -126,7 +128,8 @@ def _cone_pairs(o: np.ndarray, d: np.ndarray, prims: dict) -> tuple[np.ndarray, 
     vh = (v / np.maximum(dist, 1e-9)[:, None]).astype(np.float32)
     dn = d / np.linalg.norm(d, axis=0)
     cosang = vh[:, 0:1] * dn[0] + vh[:, 1:2] * dn[1] + vh[:, 2:3] * dn[2]
-    return np.nonzero(cosang >= cos_max[:, None].astype(np.float32))
+    prim, ray = np.nonzero(cosang >= cos_max[:, None].astype(np.float32))
+    return prim, ray
 
 
 def _screen_pairs(

@@ -48,6 +48,7 @@ def _trace(scene: _Scene, rng: np.random.Generator, height: int, width: int) -> 
     k = _intrinsics(height, width)
     vv, uu = np.mgrid[0:height, 0:width]
     dcam = np.stack([(uu.ravel() - k[2]) / k[0], (vv.ravel() - k[3]) / k[1], np.ones(height * width)])
+    assert scene.cam_rot is not None and scene.cam_pos is not None and scene.light is not None, "scene not sampled"
     rot = scene.cam_rot
     d = _mat3(rot, dcam).astype(f32)  # world directions with unit z in the camera: t is the z-depth
     o = scene.cam_pos.astype(f32)
