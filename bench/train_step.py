@@ -388,8 +388,105 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Run the benchmark, write the JSON file, print the table; returns the results."""
+def _cases(args, tasks, vs: list, default_name: str, device, batch) -> list[Case]:
+    """Every architecture under every setting, then (unless --no-reference) plain Adam and the reference."""
+    cases: list[Case] = []
+    for arch in args.archs:
+        for v in vs:
+            cases.append(mtlkit_case(arch, v, tasks, args, device, batch))
+    if not args.no_reference:
+        default_v = next(v for v in vs if v.name == default_name)
+        cases.append(mtlkit_case("mtan", default_v, tasks, args, device, batch, fused=False,
+                                 label="default Adam"))
+        for v in vs:
+            cases.append(reference_case(v, tasks, args, device, batch))
+    return cases
+
+
+def _flops(args, tasks) -> dict:
+    """FLOPs of one step of each architecture (and of the reference network)."""
+    flops = {}
+    for arch in args.archs:
+        flops[arch] = step_flops(lambda arch=arch: build_model(arch, tasks, args.model_width, backbone=args.backbone),
+                                 tasks, args.height, args.width)
+    if not args.no_reference:
+        channels = {t.name: t.channels for t in tasks}
+        flops["reference"] = step_flops(lambda: ReferenceMTAN(channels, args.model_width), tasks,
+                                        args.height, args.width)
+    return flops
+
+
+def _reference_comparison(args, vs: list, by_key: dict, default_name: str, flops: dict) -> dict:
+    """mtlkit's MTAN step against the reference's, per setting and for the default one ({} without both)."""
+    if args.no_reference or "mtan" not in args.archs:
+        return {}
+    ref_fp32_case, ref_fp32 = by_key["reference:mtan:fp32"]
+    mt_default_case, mt_default = by_key[f"arch:mtan:{default_name}"]
+    entries = []
+    for v in vs:
+        mc, mr = by_key[f"arch:mtan:{v.name}"]
+        rc, rr = by_key[f"reference:mtan:{v.name}"]
+        entries.append({
+            "variant": v.name,
+            "mtlkit_images_per_s": mr["images_per_s"], "reference_images_per_s": rr["images_per_s"],
+            "ratio_same_settings": mr["images_per_s"] / rr["images_per_s"],
+            "ratio_same_settings_paired": _paired(rc, mc),
+            "ratio_vs_reference_fp32": mr["images_per_s"] / ref_fp32["images_per_s"],
+            "ratio_vs_reference_fp32_paired": _paired(ref_fp32_case, mc),
+            "ratio_same_settings_best": mr["images_per_s_best"] / rr["images_per_s_best"],
+            "first_step_loss_rel_diff": _rel(mc.first_losses, rc.first_losses),
+        })
+    plain_adam_case, plain_adam = by_key[f"arch:mtan:{default_name}:default Adam"]
+    return {
+        "definition": "images/s of mtlkit's MTAN step / images/s of the reference's step (> 1: mtlkit faster)",
+        "target": 1.3,
+        "default_settings": default_name,
+        "ratio_default_vs_reference_fp32": mt_default["images_per_s"] / ref_fp32["images_per_s"],
+        "ratio_default_vs_reference_fp32_paired": _paired(ref_fp32_case, mt_default_case),
+        "ratio_default_vs_reference_fp32_best": mt_default["images_per_s_best"] / ref_fp32["images_per_s_best"],
+        "ratio_default_vs_reference_same_settings":
+            mt_default["images_per_s"] / by_key[f"reference:mtan:{default_name}"][1]["images_per_s"],
+        "fused_adam_gain": mt_default["images_per_s"] / plain_adam["images_per_s"],
+        "fused_adam_gain_paired": _paired(plain_adam_case, mt_default_case),
+        "flops_equal": flops.get("mtan") == flops.get("reference"),
+        "by_setting": entries,
+    }
+
+
+def _compile_checks(cases: list[Case], by_key: dict) -> list[dict]:
+    """Compiled vs eager (same model, weights and batch): the first step's losses and gradients."""
+    checks = []
+    for c in cases:
+        if c.variant.compile and c.group == "arch":
+            base_name = c.variant.name[len("compile("):-1]
+            eager = by_key.get(f"arch:{c.arch}:{base_name}")
+            if eager and eager[0].first_grads is not None and c.first_grads is not None:
+                e = eager[0]
+                checks.append({
+                    "arch": c.arch, "variant": c.variant.name, "compile_s": c.first_call_s,
+                    "loss_rel_diff": _rel(c.first_losses, e.first_losses),
+                    "grad_rel_diff": _rel(c.first_grads, e.first_grads),
+                })
+    return checks
+
+
+def _ratio_to_hps(args, by_key: dict, default_name: str) -> dict:
+    """Each architecture against hard parameter sharing on the same backbone, default setting ({} without hps)."""
+    ratios = {}
+    if "hps" in args.archs:
+        hps_case, hps_row = by_key[f"arch:hps:{default_name}"]
+        for arch in args.archs:
+            case, row = by_key[f"arch:{arch}:{default_name}"]
+            ratios[arch] = {
+                "images_per_s_ratio": row["images_per_s"] / hps_row["images_per_s"],
+                "images_per_s_ratio_paired": _paired(hps_case, case),  # per-round time(hps)/time(arch)
+                "peak_mib_ratio": row["peak_mib"] / hps_row["peak_mib"] if row["peak_mib"] else None,
+            }
+    return ratios
+
+
+def _setup(argv: list[str] | None):
+    """Arguments, device (threads set, --compile checked), tasks, the batch and the settings to time."""
     args, device = resolve(parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -403,26 +500,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"device {device}, {args.height}x{args.width}, batch {args.batch}, model width {args.model_width}, "
           f"threads {torch.get_num_threads()}, settings {', '.join(v.name for v in vs)} (default: {default_name})",
           flush=True)
+    return args, device, tasks, batch, vs, default_name
 
-    cases: list[Case] = []
-    for arch in args.archs:
-        for v in vs:
-            cases.append(mtlkit_case(arch, v, tasks, args, device, batch))
-    if not args.no_reference:
-        default_v = next(v for v in vs if v.name == default_name)
-        cases.append(mtlkit_case("mtan", default_v, tasks, args, device, batch, fused=False,
-                                 label="default Adam"))
-        for v in vs:
-            cases.append(reference_case(v, tasks, args, device, batch))
 
-    flops = {}
-    for arch in args.archs:
-        flops[arch] = step_flops(lambda arch=arch: build_model(arch, tasks, args.model_width, backbone=args.backbone),
-                                 tasks, args.height, args.width)
-    if not args.no_reference:
-        channels = {t.name: t.channels for t in tasks}
-        flops["reference"] = step_flops(lambda: ReferenceMTAN(channels, args.model_width), tasks,
-                                        args.height, args.width)
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, write the JSON file, print the table; returns the results."""
+    args, device, tasks, batch, vs, default_name = _setup(argv)
+    cases = _cases(args, tasks, vs, default_name, device, batch)
+    flops = _flops(args, tasks)
 
     t0 = time.perf_counter()
     warm_up(cases, args.warmup, device)
@@ -432,69 +517,10 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [_row(c, args.batch, flops.get("reference" if c.group == "reference" else c.arch), default_name)
             for c in cases]
     by_key = {c.key: (c, r) for c, r in zip(cases, rows)}
-
-    # ---- reference comparison
-    comparison: dict = {}
-    if not args.no_reference and "mtan" in args.archs:
-        ref_fp32_case, ref_fp32 = by_key["reference:mtan:fp32"]
-        mt_default_case, mt_default = by_key[f"arch:mtan:{default_name}"]
-        entries = []
-        for v in vs:
-            mc, mr = by_key[f"arch:mtan:{v.name}"]
-            rc, rr = by_key[f"reference:mtan:{v.name}"]
-            entries.append({
-                "variant": v.name,
-                "mtlkit_images_per_s": mr["images_per_s"], "reference_images_per_s": rr["images_per_s"],
-                "ratio_same_settings": mr["images_per_s"] / rr["images_per_s"],
-                "ratio_same_settings_paired": _paired(rc, mc),
-                "ratio_vs_reference_fp32": mr["images_per_s"] / ref_fp32["images_per_s"],
-                "ratio_vs_reference_fp32_paired": _paired(ref_fp32_case, mc),
-                "ratio_same_settings_best": mr["images_per_s_best"] / rr["images_per_s_best"],
-                "first_step_loss_rel_diff": _rel(mc.first_losses, rc.first_losses),
-            })
-        plain_adam_case, plain_adam = by_key[f"arch:mtan:{default_name}:default Adam"]
-        comparison = {
-            "definition": "images/s of mtlkit's MTAN step / images/s of the reference's step (> 1: mtlkit faster)",
-            "target": 1.3,
-            "default_settings": default_name,
-            "ratio_default_vs_reference_fp32": mt_default["images_per_s"] / ref_fp32["images_per_s"],
-            "ratio_default_vs_reference_fp32_paired": _paired(ref_fp32_case, mt_default_case),
-            "ratio_default_vs_reference_fp32_best": mt_default["images_per_s_best"] / ref_fp32["images_per_s_best"],
-            "ratio_default_vs_reference_same_settings":
-                mt_default["images_per_s"] / by_key[f"reference:mtan:{default_name}"][1]["images_per_s"],
-            "fused_adam_gain": mt_default["images_per_s"] / plain_adam["images_per_s"],
-            "fused_adam_gain_paired": _paired(plain_adam_case, mt_default_case),
-            "flops_equal": flops.get("mtan") == flops.get("reference"),
-            "by_setting": entries,
-        }
-
-    # ---- compiled vs eager (same model, weights and batch): first step's losses and gradients
-    compile_checks = []
-    for c in cases:
-        if c.variant.compile and c.group == "arch":
-            base_name = c.variant.name[len("compile("):-1]
-            eager = by_key.get(f"arch:{c.arch}:{base_name}")
-            if eager and eager[0].first_grads is not None and c.first_grads is not None:
-                e = eager[0]
-                compile_checks.append({
-                    "arch": c.arch, "variant": c.variant.name, "compile_s": c.first_call_s,
-                    "loss_rel_diff": _rel(c.first_losses, e.first_losses),
-                    "grad_rel_diff": _rel(c.first_grads, e.first_grads),
-                })
-
+    comparison = _reference_comparison(args, vs, by_key, default_name, flops)
+    compile_checks = _compile_checks(cases, by_key)
     loader_rows = [] if args.no_loader else time_loader(args, device)
-
-    # ---- each architecture against hard parameter sharing on the same backbone, default setting
-    ratio_to_hps = {}
-    if "hps" in args.archs:
-        hps_case, hps_row = by_key[f"arch:hps:{default_name}"]
-        for arch in args.archs:
-            case, row = by_key[f"arch:{arch}:{default_name}"]
-            ratio_to_hps[arch] = {
-                "images_per_s_ratio": row["images_per_s"] / hps_row["images_per_s"],
-                "images_per_s_ratio_paired": _paired(hps_case, case),  # per-round time(hps)/time(arch)
-                "peak_mib_ratio": row["peak_mib"] / hps_row["peak_mib"] if row["peak_mib"] else None,
-            }
+    ratio_to_hps = _ratio_to_hps(args, by_key, default_name)
 
     result = {
         "benchmark": "train_step",

@@ -218,3 +218,19 @@ def test_cli_report(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     bad = parser.parse_args(["report", str(runs_dir), "--out", str(tmp_path / "x"), "--average-last", "0"])
     with pytest.raises(ConfigError, match="--average-last"):
         bad.func(bad)
+
+
+def test_column_groups_are_named_by_the_task_kind_not_the_task_name() -> None:
+    """A task named ``seg`` of kind segmentation heads its columns "Segmentation" (the paper's heading, from the
+    kind); a kind without a heading, or two tasks of one kind, show the task names."""
+    from mtlkit.report.table import Column, ResultsTable
+    from mtlkit.tasks import depth_task, make_task, segmentation_task
+
+    def groups(tasks: list) -> list[str]:
+        dicts = [t.to_dict() for t in tasks]
+        columns = [Column(f"{t['name']}/{m}", t["name"], m, h) for t in dicts for m, h in t["metrics"].items()]
+        return [label for label, _ in ResultsTable("k", "folder", dicts, columns, [], "final").document_table().groups]
+
+    assert groups([segmentation_task(13, name="seg"), depth_task(name="z"), make_task("binary", "fg")]) == [
+        "", "Segmentation", "Depth", "fg"]
+    assert groups([segmentation_task(3, name="a"), segmentation_task(5, name="b")]) == ["", "a", "b"]

@@ -7,17 +7,19 @@ and summarises counts, shapes, dtypes and value ranges per split and folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from mtlkit.config import DatasetConfig
+from mtlkit.data.base import DatasetBuilder
 from mtlkit.data.consistency import sample_indices
-from mtlkit.data.npy import NpyBuilder, load_npy, read_depth, read_image, read_label, read_normal
+from mtlkit.data.npy import NpyBuilder, load_npy, read_image
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.registry import DATASETS
+from mtlkit.tasks import Task
 
 
 @dataclass
@@ -102,39 +104,115 @@ def _indices(folder: Path, report: CheckReport) -> set[int]:
 def _check_file(
     report: CheckReport,
     stats: FolderStats,
-    kind: str,
+    task: Task | None,
     path: Path,
     hw: tuple[int, int] | None,
-    num_classes: int,
     normal_tol: float,
 ) -> np.ndarray | None:
-    """Validate one file, record its statistics; a problem is appended and None returned."""
+    """Validate one file (the image when ``task`` is None, else a target, read by the task's kind), record its
+    statistics; a problem is appended and None returned."""
     try:
-        if kind == "image":
+        pixels = None
+        if task is None:
             values = read_image(path, hw)
             special = 0
-        elif kind == "segmentation":
-            values = read_label(path, num_classes, hw)
-            special = int((values == -1).sum())
-        elif kind == "depth":
-            values = read_depth(path, hw)
-            special = int((values == 0).sum())
         else:
-            values = read_normal(path, hw, normal_tol)
-            special = int((values == 0).all(axis=2).sum())
+            target = task.spec.read_npy(task, path, hw, normal_tol=normal_tol)
+            special = int(task.spec.missing(task, target).sum())
+            pixels = int(target.shape[-2] * target.shape[-1])
+            values = target.numpy()
         raw = load_npy(path)
     except DataError as err:
         report.problems.append(str(err))
         return None
-    stats.add(raw, values, special)
+    stats.add(raw, values, special, pixels)
     return values
+
+
+def _builder(name: str, root: str | Path, num_classes: int | None) -> DatasetBuilder:
+    """The registered builder of dataset ``name`` at ``root``."""
+    cfg = DatasetConfig.model_validate({"name": name, "root": str(root), "num_classes": num_classes})
+    return DATASETS.get(name)(cfg)
+
+
+def _folders(builder: NpyBuilder) -> dict[str, Task | None]:
+    """The modality folders to check: ``image`` (None) and each target folder with the task whose kind reads it
+    (a label folder's task holds that folder's number of stored classes)."""
+    folders: dict[str, Task | None] = {"image": None}
+    tasks = builder.all_tasks()
+    for task in tasks:
+        if task.spec.npy_dir is not None and not task.spec.npy_labels:
+            folders[task.spec.npy_dir] = task
+    labels = next((t for t in tasks if t.spec.npy_labels), None)
+    if labels is not None:
+        for folder, classes in builder.label_folders().items():
+            folders[folder] = replace(labels, channels=classes)
+    return folders
+
+
+def _present(report: CheckReport, split_dir: Path, folders: dict[str, Task | None]) -> dict[str, set[int]]:
+    """Sample indices in each modality folder of a split; a missing folder is a problem."""
+    present: dict[str, set[int]] = {}
+    for folder in folders:
+        if not (split_dir / folder).is_dir():
+            report.problems.append(f"{split_dir / folder}: folder not found")
+        else:
+            present[folder] = _indices(split_dir / folder, report)
+    return present
+
+
+def _check_split(report: CheckReport, builder: NpyBuilder, split_dir: Path, folders: dict[str, Task | None],
+                 progress: bool) -> int:
+    """Check every file of one split folder; returns its number of samples."""
+    present = _present(report, split_dir, folders)
+    every = set().union(*present.values()) if present else set()
+    n = max(every) + 1 if every else 0
+    if n == 0:
+        report.problems.append(f"{split_dir / 'image'}: no .npy samples found")
+    for folder, found in present.items():
+        for i in sorted(set(range(n)) - found):
+            report.problems.append(f"{split_dir / folder / f'{i}.npy'}: missing file")
+    stats = report.stats[split_dir.name] = {f: FolderStats() for f in present}
+    ref_hw: tuple[int, int] | None = None
+    for i in tqdm(range(n), desc=f"check {split_dir.name}", disable=not progress, leave=False):
+        hw = None
+        if i in present.get("image", ()):
+            path = split_dir / "image" / f"{i}.npy"
+            img = _check_file(report, stats["image"], None, path, None, builder.normal_tol)
+            if img is not None:
+                hw = (img.shape[0], img.shape[1])
+                if ref_hw is None:
+                    ref_hw = hw
+                elif hw != ref_hw:
+                    report.problems.append(f"{path}: image is {hw[0]}x{hw[1]} but earlier "
+                                           f"images are {ref_hw[0]}x{ref_hw[1]}")
+        for folder, task in folders.items():
+            if task is not None and i in present.get(folder, ()):
+                _check_file(report, stats[folder], task, split_dir / folder / f"{i}.npy", hw, builder.normal_tol)
+    return n
+
+
+def _note_published(report: CheckReport, builder: NpyBuilder) -> None:
+    """Notes where the sample counts or image size differ from the published set's."""
+    for split, n in report.counts.items():
+        expected = (builder.published_counts or {}).get(split)
+        if expected is not None and n != expected:
+            report.notes.append(f"{split}: {n} samples (the published {report.name} set has {expected})")
+    if builder.published_size is not None and report.stats:
+        sizes = {
+            s[:2] for folders_ in report.stats.values() for s in folders_.get("image", FolderStats()).shapes
+        }
+        if sizes and sizes != {builder.published_size}:
+            h, w = builder.published_size
+            got = ", ".join(f"{a}x{b}" for a, b in sorted(sizes))
+            report.notes.append(f"images are {got} (the published {report.name} set is {h}x{w})")
 
 
 def check_dataset(
     name: str, root: str | Path, num_classes: int | None = None, progress: bool = False
 ) -> CheckReport:
     """Validate every file of dataset ``name`` stored at ``root``; problems are collected, not raised."""
-    builder = DATASETS.get(name)(DatasetConfig(name=name, root=str(root), num_classes=num_classes))
+    builder = _builder(name, root, num_classes)
     own = builder.check_files(progress)
     if own is not None:
         return own
@@ -143,77 +221,14 @@ def check_dataset(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
-    folders: dict[str, tuple[str, int]] = {"image": ("image", 0)}
-    for task in builder.all_tasks():
-        if task.kind in ("depth", "normal"):
-            folders[task.kind] = (task.kind, 0)
-    for folder, classes in builder.label_folders().items():
-        folders[folder] = ("segmentation", classes)
-    report = CheckReport(name=name, root=root, kinds={f: k for f, (k, _) in folders.items()})
-
+    folders = _folders(builder)
+    report = CheckReport(name=name, root=root,
+                         kinds={f: "image" if t is None else t.kind for f, t in folders.items()})
     for split in builder.splits:
         split_dir = root / split
         if not split_dir.is_dir():
             report.problems.append(f"{split_dir}: split folder not found")
             continue
-        present: dict[str, set[int]] = {}
-        for folder in folders:
-            if not (split_dir / folder).is_dir():
-                report.problems.append(f"{split_dir / folder}: folder not found")
-            else:
-                present[folder] = _indices(split_dir / folder, report)
-        every = set().union(*present.values()) if present else set()
-        n = max(every) + 1 if every else 0
-        report.counts[split] = n
-        if n == 0:
-            report.problems.append(f"{split_dir / 'image'}: no .npy samples found")
-        for folder, found in present.items():
-            for i in sorted(set(range(n)) - found):
-                report.problems.append(f"{split_dir / folder / f'{i}.npy'}: missing file")
-        report.stats[split] = {f: FolderStats() for f in present}
-        ref_hw: tuple[int, int] | None = None
-        for i in tqdm(range(n), desc=f"check {split}", disable=not progress, leave=False):
-            hw = None
-            if i in present.get("image", ()):
-                img = _check_file(
-                    report,
-                    report.stats[split]["image"],
-                    "image",
-                    split_dir / "image" / f"{i}.npy",
-                    None,
-                    0,
-                    builder.normal_tol,
-                )
-                if img is not None:
-                    hw = (img.shape[0], img.shape[1])
-                    if ref_hw is None:
-                        ref_hw = hw
-                    elif hw != ref_hw:
-                        report.problems.append(
-                            f"{split_dir / 'image' / f'{i}.npy'}: image is {hw[0]}x{hw[1]} but earlier "
-                            f"images are {ref_hw[0]}x{ref_hw[1]}"
-                        )
-            for folder, (kind, classes) in folders.items():
-                if kind == "image" or i not in present.get(folder, ()):
-                    continue
-                _check_file(
-                    report,
-                    report.stats[split][folder],
-                    kind,
-                    split_dir / folder / f"{i}.npy",
-                    hw,
-                    classes,
-                    builder.normal_tol,
-                )
-        expected = (builder.published_counts or {}).get(split)
-        if expected is not None and n != expected:
-            report.notes.append(f"{split}: {n} samples (the published {name} set has {expected})")
-    if builder.published_size is not None and report.stats:
-        sizes = {
-            s[:2] for folders_ in report.stats.values() for s in folders_.get("image", FolderStats()).shapes
-        }
-        if sizes and sizes != {builder.published_size}:
-            h, w = builder.published_size
-            got = ", ".join(f"{a}x{b}" for a, b in sorted(sizes))
-            report.notes.append(f"images are {got} (the published {name} set is {h}x{w})")
+        report.counts[split] = _check_split(report, builder, split_dir, folders, progress)
+    _note_published(report, builder)
     return report

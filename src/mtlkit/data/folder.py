@@ -169,7 +169,7 @@ class FolderDataset(Dataset):
                  fit: str = "resize", augment: DenseAugment | None = None, max_samples: int | None = None,
                  seed: int = 0) -> None:
         self.root, self.split, self.tasks = Path(root), split, list(tasks)
-        self.size, self.fit, self.augment, self.seed = size, fit, augment, int(seed)
+        self.fit, self.augment, self.seed = fit, augment, int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         split_dir = self.root / split
         if not (split_dir / "images").is_dir():
@@ -188,10 +188,12 @@ class FolderDataset(Dataset):
                 raise DataError(f"{split_dir / task.name / missing[0]}.png: missing target of image "
                                 f"{images[missing[0]].name}{more}")
             self.targets[task.name] = files
-        self.size, self.resizes = size, size is not None
+        self.resizes = size is not None
         if size is None:
             first = self._raw(0)["image"]
-            self.size = (int(first.shape[-2]), int(first.shape[-1]))
+            size = (int(first.shape[-2]), int(first.shape[-1]))
+        #: (H, W) every sample has: the configured size, else the first image's
+        self.size: tuple[int, int] = size
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -205,7 +207,7 @@ class FolderDataset(Dataset):
         stem = self.stems[index]
         path = self.images[stem]
         sample = {"image": image_tensor(read_array(path, image=True), path)}
-        hw = tuple(sample["image"].shape[-2:])
+        hw = (int(sample["image"].shape[-2]), int(sample["image"].shape[-1]))
         for task in self.tasks:
             tpath = self.targets[task.name][stem]
             sample[task.name] = load_target(task, tpath, hw)
@@ -295,7 +297,9 @@ class FolderBuilder(DatasetBuilder):
 
     def size(self) -> tuple[int, int] | None:
         """The configured (H, W), or None to keep the stored size."""
-        return None if self.cfg.height is None else (int(self.cfg.height), int(self.cfg.width))
+        if self.cfg.height is None or self.cfg.width is None:  # both or neither (checked in __init__)
+            return None
+        return (int(self.cfg.height), int(self.cfg.width))
 
     def dataset(self, split: str, train: bool) -> FolderDataset:
         """The samples of ``split`` (augmented when ``train`` and ``dataset.augment``)."""
@@ -337,7 +341,7 @@ class FolderBuilder(DatasetBuilder):
                     report.problems.append(str(err))
                     continue
                 _account(report.stats[split]["images"], image)
-                hw = tuple(image.shape[-2:])
+                hw = (int(image.shape[-2]), int(image.shape[-1]))
                 for t in tasks:
                     if stem not in files[t.name]:
                         if (split_dir / t.name).is_dir():

@@ -29,8 +29,6 @@ from mtlkit.data.consistency import check_sample_folders
 from mtlkit.errors import ConfigError, DataError
 from mtlkit.tasks import Task
 
-#: default sub-folder of each dense task kind
-KIND_DIRS = {"segmentation": "label", "depth": "depth", "normal": "normal"}
 #: how far a valid normal's length may be from 1
 NORMAL_TOLERANCE = 1e-2
 #: how far image values may stray outside [0, 1] (rounding of stored floats)
@@ -177,10 +175,10 @@ def read_normal(path: Path, hw: tuple[int, int] | None = None, tol: float = NORM
     if bad.any():
         bad &= (x != 0) | (y != 0) | (z != 0)  # exactly 0 = missing
     if bad.any():
-        y, x = (int(v[0]) for v in np.nonzero(bad))
+        row, col = (int(v[0]) for v in np.nonzero(bad))
         raise DataError(
-            f"{path}: {int(bad.sum())} normal(s) not unit length (pixel ({y}, {x}) has length "
-            f"{float(norm[y, x]):.4g}); expected unit vectors, or 0 where missing"
+            f"{path}: {int(bad.sum())} normal(s) not unit length (pixel ({row}, {col}) has length "
+            f"{float(norm[row, col]):.4g}); expected unit vectors, or 0 where missing"
         )
     return out
 
@@ -188,8 +186,9 @@ def read_normal(path: Path, hw: tuple[int, int] | None = None, tol: float = NORM
 class NpyDenseDataset(Dataset):
     """Samples of one split of a ``.npy``-layout folder, as the dict of tensors the trainer expects.
 
-    ``tasks`` are dense tasks (segmentation, depth, normal); each is read from its kind's folder
-    (segmentation from ``label_dir``). ``label_map`` (optional) maps stored class ids to the task's
+    ``tasks`` are tasks whose kind is stored in the layout (its ``npy_dir``: segmentation, depth, normal);
+    each is read from its kind's folder by its kind (``TaskKind.read_npy``), class ids from ``label_dir``
+    (kinds with ``npy_labels``). ``label_map`` (optional) maps stored class ids to the task's
     classes (e.g. CityScapes 7 -> 2); stored ids are then checked against ``len(label_map)``.
     ``size`` (H, W), when given, must match the data (None parts are not checked). ``augment`` is
     applied with a generator derived from ``(seed, epoch, index)`` so a sample's augmentation does
@@ -212,11 +211,12 @@ class NpyDenseDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.tasks = list(tasks)
-        self.dirs = {}
+        self.dirs: dict[str, str] = {}
         for task in self.tasks:
-            if task.kind not in KIND_DIRS:
+            folder = task.spec.npy_dir
+            if folder is None:
                 raise DataError(f"task {task.name!r} of kind {task.kind!r} has no .npy folder")
-            self.dirs[task.name] = label_dir if task.kind == "segmentation" else KIND_DIRS[task.kind]
+            self.dirs[task.name] = label_dir if task.spec.npy_labels else folder
         self.label_map = None if label_map is None else np.asarray(label_map, dtype=np.int64)
         self.augment = augment
         self.seed = int(seed)
@@ -227,9 +227,9 @@ class NpyDenseDataset(Dataset):
         if not split_dir.is_dir():
             raise DataError(f"{split_dir}: split folder not found")
         for task in self.tasks:
-            folder = split_dir / self.dirs[task.name]
-            if not folder.is_dir():
-                raise DataError(f"{folder}: folder not found (needed for task {task.name!r})")
+            target_dir = split_dir / self.dirs[task.name]
+            if not target_dir.is_dir():
+                raise DataError(f"{target_dir}: folder not found (needed for task {task.name!r})")
         n = check_sample_folders(split_dir, list(dict.fromkeys(["image", *self.dirs.values()])))
         self.num_samples = n if max_samples is None else min(n, int(max_samples))
 
@@ -263,17 +263,7 @@ class NpyDenseDataset(Dataset):
 
     def _target(self, task: Task, index: int) -> Tensor:
         path = self.path(self.dirs[task.name], index)
-        if task.kind == "segmentation":
-            stored = task.channels if self.label_map is None else len(self.label_map)
-            label = read_label(path, stored, self.hw)
-            if self.label_map is not None:
-                label = np.where(label >= 0, self.label_map[label.clip(min=0)], -1)
-            return torch.from_numpy(np.ascontiguousarray(label))
-        if task.kind == "depth":
-            depth = read_depth(path, self.hw)
-            return torch.from_numpy(np.ascontiguousarray(depth.transpose(2, 0, 1)))
-        normal = read_normal(path, self.hw, self.normal_tol)
-        return torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1)))
+        return task.spec.read_npy(task, path, self.hw, label_map=self.label_map, normal_tol=self.normal_tol)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         """Sample ``index``: ``image`` (3, H, W) float32 plus one target per task, checked and augmented."""
@@ -338,7 +328,7 @@ class NpyBuilder(DatasetBuilder):
     def label_folders(self) -> dict[str, int]:
         """Stored label folders to validate and their number of stored classes (for ``data check``)."""
         folder, label_map = self.label_source()
-        seg = [t for t in self.all_tasks() if t.kind == "segmentation"]
+        seg = [t for t in self.all_tasks() if t.spec.npy_labels]
         if not seg:
             return {}
         return {folder: seg[0].channels if label_map is None else len(label_map)}
@@ -367,8 +357,8 @@ class NpyBuilder(DatasetBuilder):
         tasks = self.tasks()
         augment = None
         if train and self.cfg.augment:
-            kinds = {t.name: t for t in tasks}
-            augment = DenseAugment.from_options(kinds, self.cfg.options, self.depth_is_inverse)
+            targets: dict[str, str | Task] = {t.name: t for t in tasks}
+            augment = DenseAugment.from_options(targets, self.cfg.options, self.depth_is_inverse)
         cap = self.cfg.n_train if split == "train" else self.cfg.n_val
         label_dir, label_map = self.label_source()
         return NpyDenseDataset(
@@ -391,3 +381,15 @@ def save_sample(root: str | Path, split: str, index: int, arrays: dict[str, np.n
         path = Path(root) / split / folder / f"{index}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.asarray(arr))
+
+
+def __getattr__(name: str):
+    if name == "KIND_DIRS":  # deprecated in 0.3: a task kind declares its folder (TaskKind.npy_dir)
+        import warnings
+
+        warnings.warn("mtlkit.data.npy.KIND_DIRS is deprecated and will be removed: a task kind's npy_dir "
+                      "(task.spec.npy_dir) names its folder in the .npy layout", DeprecationWarning, stacklevel=2)
+        from mtlkit.registry import TASK_KINDS
+
+        return {n: c.npy_dir for n, c in TASK_KINDS.items() if c.npy_dir is not None}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

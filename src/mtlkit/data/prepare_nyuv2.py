@@ -364,6 +364,65 @@ def convert_sample(
     }
 
 
+def _check_options(height: int, width: int, window: int | str, depth: str, smoothing: int) -> str:
+    """ConfigError for an unusable option; returns the release's dataset name of the ``depth`` source."""
+    if window != "adaptive" and (not isinstance(window, int) or isinstance(window, bool) or window < 3
+                                 or window % 2 == 0):
+        raise ConfigError(f"--normal-window: must be an odd size >= 3 or 'adaptive' (got {window})")
+    if not isinstance(smoothing, int) or isinstance(smoothing, bool) or (
+        smoothing != 0 and (smoothing < 3 or smoothing % 2 == 0)
+    ):
+        raise ConfigError(f"--normal-smoothing: must be 0 or an odd size >= 3 (got {smoothing})")
+    if depth not in DEPTH_SOURCES:
+        raise ConfigError(f"--depth: expected one of {', '.join(DEPTH_SOURCES)} (got {depth!r})")
+    if height < 8 or width < 8:
+        raise ConfigError(f"--height/--width: must be at least 8 (got {height}x{width})")
+    return DEPTH_SOURCES[depth]
+
+
+def _release_arrays(h5, src: Path, depth_key: str, splits: dict[str, np.ndarray]) -> tuple:
+    """The release's ``images``, depths and ``labels`` datasets, checked against each other and the splits."""
+    for key in ("images", depth_key, "labels"):
+        if key not in h5:
+            raise DataError(f"{src}: dataset {key!r} not found (is this nyu_depth_v2_labeled.mat?)")
+    images, depths, labels = h5["images"], h5[depth_key], h5["labels"]
+    n, c, w0, h0 = images.shape if images.ndim == 4 else (0, 0, 0, 0)
+    if images.ndim != 4 or c != 3:
+        raise DataError(f"{src}: 'images' has shape {images.shape}, expected (N, 3, W, H)")
+    for key, ds in ((depth_key, depths), ("labels", labels)):
+        if ds.shape != (n, w0, h0):
+            raise DataError(f"{src}: {key!r} has shape {ds.shape}, expected {(n, w0, h0)} like 'images'")
+    for split, idx in splits.items():
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise DataError(f"--splits: {split} indices reach {idx.max() + 1} but {src} holds {n} images")
+    return images, depths, labels
+
+
+def _write_split(arrays: tuple, src: Path, folder: Path, idx: np.ndarray, meta: NyuMeta, height: int, width: int,
+                 window: int | str, smoothing: int, bar) -> None:
+    """Convert the release's images ``idx`` and write them as samples 0.. of the split folder ``folder``."""
+    images, depths, labels = arrays
+    for j, i in enumerate(idx):
+        raw = np.asarray(labels[int(i)]).T
+        if raw.max() > NYU_RAW_CLASSES:
+            raise DataError(f"{src}: labels of image {int(i) + 1} reach {raw.max()}, above 894")
+        sample = convert_sample(
+            np.asarray(images[int(i)]).transpose(2, 1, 0),
+            np.asarray(depths[int(i)]).T,
+            raw,
+            meta,
+            height,
+            width,
+            window,
+            smoothing,
+        )
+        for name, arr in sample.items():
+            path = folder / name / f"{j}.npy"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, arr)
+        bar.update(1)
+
+
 def prepare_nyuv2(
     labeled_mat: str | Path,
     class_map: list[str | Path],
@@ -385,18 +444,7 @@ def prepare_nyuv2(
     """
     import h5py
 
-    if window != "adaptive" and (not isinstance(window, int) or isinstance(window, bool) or window < 3
-                                 or window % 2 == 0):
-        raise ConfigError(f"--normal-window: must be an odd size >= 3 or 'adaptive' (got {window})")
-    if not isinstance(smoothing, int) or isinstance(smoothing, bool) or (
-        smoothing != 0 and (smoothing < 3 or smoothing % 2 == 0)
-    ):
-        raise ConfigError(f"--normal-smoothing: must be 0 or an odd size >= 3 (got {smoothing})")
-    if depth not in DEPTH_SOURCES:
-        raise ConfigError(f"--depth: expected one of {', '.join(DEPTH_SOURCES)} (got {depth!r})")
-    depth_key = DEPTH_SOURCES[depth]
-    if height < 8 or width < 8:
-        raise ConfigError(f"--height/--width: must be at least 8 (got {height}x{width})")
+    depth_key = _check_options(height, width, window, depth, smoothing)
     src = Path(labeled_mat).expanduser()
     out = Path(out).expanduser()
     if not src.is_file():
@@ -413,20 +461,7 @@ def prepare_nyuv2(
     except OSError as err:
         raise DataError(f"{src}: not a MATLAB v7.3 (HDF5) file ({str(err).splitlines()[0]})") from None
     with h5:
-        for key in ("images", depth_key, "labels"):
-            if key not in h5:
-                raise DataError(f"{src}: dataset {key!r} not found (is this nyu_depth_v2_labeled.mat?)")
-        images, depths, labels = h5["images"], h5[depth_key], h5["labels"]
-        n, c, w0, h0 = images.shape if images.ndim == 4 else (0, 0, 0, 0)
-        if images.ndim != 4 or c != 3:
-            raise DataError(f"{src}: 'images' has shape {images.shape}, expected (N, 3, W, H)")
-        for key, ds in ((depth_key, depths), ("labels", labels)):
-            if ds.shape != (n, w0, h0):
-                raise DataError(f"{src}: {key!r} has shape {ds.shape}, expected {(n, w0, h0)} like 'images'")
-        for split, idx in meta.splits.items():
-            if idx.size and (idx.min() < 0 or idx.max() >= n):
-                raise DataError(f"--splits: {split} indices reach {idx.max() + 1} but {src} holds {n} images")
-
+        arrays = _release_arrays(h5, src, depth_key, meta.splits)
         tmp = out.with_name(f".{out.name}.partial")
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -434,25 +469,7 @@ def prepare_nyuv2(
         total = sum(len(v) for v in meta.splits.values())
         bar = tqdm(total=total, desc="prepare nyuv2", disable=not progress)
         for split, idx in meta.splits.items():
-            for j, i in enumerate(idx):
-                raw = np.asarray(labels[int(i)]).T
-                if raw.max() > NYU_RAW_CLASSES:
-                    raise DataError(f"{src}: labels of image {int(i) + 1} reach {raw.max()}, above 894")
-                arrays = convert_sample(
-                    np.asarray(images[int(i)]).transpose(2, 1, 0),
-                    np.asarray(depths[int(i)]).T,
-                    raw,
-                    meta,
-                    height,
-                    width,
-                    window,
-                    smoothing,
-                )
-                for folder, arr in arrays.items():
-                    path = tmp / split / folder / f"{j}.npy"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(path, arr)
-                bar.update(1)
+            _write_split(arrays, src, tmp / split, idx, meta, height, width, window, smoothing, bar)
             counts[split] = len(idx)
         bar.close()
     if out.exists():

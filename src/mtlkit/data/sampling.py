@@ -9,8 +9,8 @@ shards them. :func:`make_loader` builds the DataLoader of a split from these.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any, cast
 
 import torch
 import torch.distributed as tdist
@@ -94,19 +94,19 @@ def train_sampler(dataset: Dataset, global_batch: int, seed: int) -> tuple[Sampl
     ``perm[i*B + r :: world]`` within global batch i, so the ranks together see the same samples
     per step as one process with batch ``B``.
     """
-    n = len(dataset)
+    n = len(cast(Sized, dataset))  # map-style datasets have a length (torch's Dataset does not declare it)
     drop_last = n > global_batch
     if world_size() == 1:
         return EpochShuffle(n, seed, shuffle=True), global_batch, drop_last
     local = local_batch_size(global_batch)
-    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
+    sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
                                  seed=epoch_seed(seed), drop_last=drop_last)
     return sampler, local, drop_last
 
 
 def eval_sampler(dataset: Dataset) -> Sampler[int]:
     """In order in one process; a padding-free shard per rank under DDP."""
-    n = len(dataset)
+    n = len(cast(Sized, dataset))
     if world_size() == 1:
         return EpochShuffle(n, 0, shuffle=False)
     return EvalShard(n, rank(), world_size())
@@ -152,8 +152,9 @@ class EpochBatches:
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
     """Point a long-lived loader's sampler (and its dataset's augmentation) at ``epoch``."""
-    for obj in (loader.sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None),
-                loader.dataset):
+    objs: tuple[Any, ...] = (loader.sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None),
+                             loader.dataset)
+    for obj in objs:
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
 

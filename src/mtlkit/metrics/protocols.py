@@ -15,8 +15,9 @@
 Chunks are formed from the images in evaluation order, independent of the loader's batch size (so
 an evaluation batch of 8 with ``batch_size`` 2 gives the authors' numbers); the last chunk may be
 smaller; a chunk without a valid pixel is skipped. Under torch.distributed each rank chunks its own
-share and the chunk values are summed over ranks. Classification tasks use the pooled meter in
-every protocol.
+share and the chunk values are summed over ranks. Each task kind picks its meter under the MTAN
+protocols (``TaskKind.protocol_meter``); kinds the MTAN code does not score (classification, ...)
+use the pooled meter in every protocol.
 """
 
 from __future__ import annotations
@@ -171,32 +172,16 @@ def chunk_normal_metrics(pred: Tensor, target: Tensor) -> dict[str, float]:
 
 
 def protocol_meter(task: Task, protocol: str, batch_size: int) -> Meter:
-    """The meter that scores ``task`` under ``protocol`` (chunked metrics over ``batch_size`` images)."""
+    """The meter that scores ``task`` under ``protocol`` (chunked metrics over ``batch_size`` images).
+
+    ``pooled`` is every kind's own meter; under the MTAN protocols the task's kind says
+    (``TaskKind.protocol_meter``: segmentation, depth and normal swap in the meters above, other kinds
+    keep their pooled meter).
+    """
     check_protocol(protocol)
     if protocol == "pooled":
         return task.new_meter()
-    factory = _MTAN_METERS.get(task.kind)
-    if factory is None:
-        return task.new_meter()
-    return factory(task, protocol, batch_size)
-
-
-def _segmentation(task: Task, protocol: str, batch_size: int) -> Meter:
-    return PerImageSegmentationMeter(task.channels) if protocol == "mtan_paper" else task.new_meter()
-
-
-def _depth(task: Task, protocol: str, batch_size: int) -> Meter:
-    return ChunkMeanMeter(chunk_depth_metrics, ("abs_err", "rel_err"), batch_size)
-
-
-def _normal(task: Task, protocol: str, batch_size: int) -> Meter:
-    return ChunkMeanMeter(chunk_normal_metrics, NORMAL_KEYS, batch_size)
-
-
-#: task kind -> meter under the MTAN protocols (other kinds keep their pooled meter)
-_MTAN_METERS: dict[str, Callable[[Task, str, int], Meter]] = {
-    "segmentation": _segmentation, "depth": _depth, "normal": _normal,
-}
+    return task.spec.protocol_meter(task, protocol, batch_size)
 
 
 #: metrics (by name) each protocol reports in percent (0-100); every other metric is in its own unit

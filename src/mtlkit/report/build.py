@@ -478,10 +478,10 @@ def _pick(tables: list[ResultsTable], records: str, limit: int,
 
 def _summary(t: ResultsTable) -> str:
     """One sentence: the best row by delta_m and its #P."""
-    rated = [r for r in t.rows if r.delta is not None and not r.is_baseline]
+    rated = [(r.delta, r) for r in t.rows if r.delta is not None and not r.is_baseline]
     if not rated:
         return ""
-    best = max(rated, key=lambda r: r.delta)
+    best = max(rated, key=lambda pair: pair[0])[1]
     ratio = f", {best.params_ratio:.2f}x parameters" if best.params_ratio is not None else ""
     return f"Best Δm: **{best.label}** ({best.delta:+.2f} %{ratio})."
 

@@ -40,7 +40,7 @@ class Run:
     @property
     def finished(self) -> bool:
         """True when results.json says ``finished`` (the trainer's completion mark)."""
-        return bool(self.results) and self.results.get("status") == "finished"
+        return self.results is not None and self.results.get("status") == "finished"
 
     @property
     def status(self) -> str:
@@ -179,7 +179,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
-    out = []
+    out: list[dict[str, Any]] = []
     for i, line in enumerate(lines):
         try:
             obj = json.loads(line)

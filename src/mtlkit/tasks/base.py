@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.config import MAX_CLASSES as MAX_CHANNELS
-from mtlkit.errors import ConfigError, shorten
+from mtlkit.errors import ConfigError, DataError, shorten
 from mtlkit.registry import TASK_KINDS
 
 #: names a task cannot take: sample keys that are not targets
@@ -89,6 +90,10 @@ class Task:
         """How report tables name the task (e.g. ``seg (13 classes)``)."""
         return self.spec.table_label(self)
 
+    def column_label(self) -> str:
+        """The heading of the task's column group in report tables: its kind's ``column_label``, else its name."""
+        return self.spec.column_label or self.name
+
     def metric_label(self, metric: str) -> str:
         """A metric's short column header in report tables (e.g. ``mIoU``)."""
         return self.spec.metric_labels.get(metric, metric)
@@ -130,6 +135,14 @@ class TaskKind:
     defaults: ClassVar[dict[str, Any]] = {}
     #: metric -> short column header in report tables
     metric_labels: ClassVar[dict[str, str]] = {}
+    #: heading of the task's column group in report tables (the MTAN paper's "Segmentation", ...); None: the
+    #: task's name
+    column_label: ClassVar[str | None] = None
+    #: sub-folder of the kind's targets in the ``.npy`` layout (:mod:`mtlkit.data.npy`); None: not stored there
+    npy_dir: ClassVar[str | None] = None
+    #: the kind's ``.npy`` targets are class ids: the folder a dataset may rename (``label_dir``) and whose
+    #: stored ids it may map to the task's classes (``label_map``)
+    npy_labels: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ declaring a task
 
@@ -204,6 +217,17 @@ class TaskKind:
         """A target tensor from an array read from a file (``.png`` or ``.npy``), in the sample layout."""
         raise NotImplementedError
 
+    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
+                 normal_tol: float | None = None) -> Tensor:
+        """One checked target file of the ``.npy`` layout (:mod:`mtlkit.data.npy`), in the sample layout.
+
+        ``hw``: the sample image's (H, W) the target must match (None: not checked); ``label_map`` maps stored
+        class ids to the task's classes (kinds with ``npy_labels``); ``normal_tol``: how far a stored unit
+        vector's length may be from 1. A malformed file is a DataError naming it. Kinds without ``npy_dir``
+        are not stored in the layout.
+        """
+        raise DataError(f"task {task.name!r} of kind {self.name!r} has no .npy folder")
+
     # ------------------------------------------------------------------ reports
 
     def display(self, task: Task, pred: Tensor) -> Tensor:
@@ -225,6 +249,14 @@ class TaskKind:
     def table_label(self, task: Task) -> str:
         """The task's name in report table titles."""
         return task.name
+
+    # ------------------------------------------------------------------ evaluation protocols
+
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+        """The meter scoring ``task`` under an evaluation protocol other than ``pooled``
+        (:mod:`mtlkit.metrics.protocols`: ``mtan_official``, ``mtan_paper``, with the authors' ``batch_size``).
+        Default: the pooled meter (:meth:`new_meter`), as the MTAN code has no other for this kind."""
+        return self.new_meter(task)
 
 
 _INSTANCES: dict[str, TaskKind] = {}

@@ -6,9 +6,11 @@ option ``inverse`` (inverse depth / disparity, as CityScapes ships it) multiplie
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
@@ -32,6 +34,8 @@ class Depth(TaskKind):
     main_metric = "abs_err"
     metric_labels = {"abs_err": "Abs Err", "rel_err": "Rel Err"}
     fixed_channels = 1
+    column_label = "Depth"
+    npy_dir = "depth"
     defaults = {"inverse": False}
 
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
@@ -62,6 +66,19 @@ class Depth(TaskKind):
 
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
         return float_maps_from_file(array, 1)
+
+    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
+                 normal_tol: float | None = None) -> Tensor:
+        """A (1, H, W) float32 depth map from an (H, W, 1) or (H, W) file."""
+        from mtlkit.data.npy import read_depth
+
+        return torch.from_numpy(np.ascontiguousarray(read_depth(path, hw).transpose(2, 0, 1)))
+
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+        """The MTAN protocols: abs/rel error means over chunks of ``batch_size`` images."""
+        from mtlkit.metrics.protocols import ChunkMeanMeter, chunk_depth_metrics
+
+        return ChunkMeanMeter(chunk_depth_metrics, ("abs_err", "rel_err"), batch_size)
 
     def _draw(self, task: Task, ax, array: np.ndarray) -> None:
         d = np.asarray(array, dtype=float).squeeze()

@@ -7,6 +7,8 @@ horizontal flip negates x; zooming does not change normals. Files: ``.npy`` valu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,8 @@ class Normal(TaskKind):
     metric_labels = {"mean": "Mean", "median": "Median", "within_11.25": "11.25°", "within_22.5": "22.5°",
                      "within_30": "30°"}
     fixed_channels = 3
+    column_label = "Surface Normal"
+    npy_dir = "normal"
 
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return normal_loss(pred, target)
@@ -77,6 +81,21 @@ class Normal(TaskKind):
             n[:, missing] = 0.0
             return torch.from_numpy(np.ascontiguousarray(n, dtype=np.float32))
         return float_maps_from_file(array, 3)
+
+    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
+                 normal_tol: float | None = None) -> Tensor:
+        """A (3, H, W) float32 normal map from an (H, W, 3) file (unit vectors within ``normal_tol``, or 0)."""
+        from mtlkit.data.npy import read_normal
+
+        normal = read_normal(path, hw) if normal_tol is None else read_normal(path, hw, normal_tol)
+        return torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1)))
+
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+        """The MTAN protocols: angle statistics means over chunks of ``batch_size`` images."""
+        from mtlkit.metrics.normal import KEYS
+        from mtlkit.metrics.protocols import ChunkMeanMeter, chunk_normal_metrics
+
+        return ChunkMeanMeter(chunk_normal_metrics, KEYS, batch_size)
 
     def _draw(self, task: Task, ax, array: np.ndarray) -> None:
         n = np.asarray(array, dtype=float)

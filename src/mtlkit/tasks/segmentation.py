@@ -8,9 +8,11 @@ logged metrics.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -64,6 +66,9 @@ class Segmentation(TaskKind):
     metrics = SEGMENTATION_METRICS
     main_metric = "miou"
     metric_labels = {"miou": "mIoU", "pix_acc": "Pix Acc"}
+    column_label = "Segmentation"
+    npy_dir = "label"
+    npy_labels = True
     defaults = {"ignore_index": -1, "class_names": None}
 
     def check_options(self, name: str, options: Mapping[str, Any], channels: int) -> None:
@@ -94,6 +99,23 @@ class Segmentation(TaskKind):
 
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
         return labels_from_file(array)
+
+    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
+                 normal_tol: float | None = None) -> Tensor:
+        """An (H, W) int64 label map; stored ids are checked against ``len(label_map)`` when one maps them."""
+        from mtlkit.data.npy import read_label
+
+        stored = task.channels if label_map is None else len(label_map)
+        label = read_label(path, stored, hw)
+        if label_map is not None:
+            label = np.where(label >= 0, label_map[label.clip(min=0)], -1)
+        return torch.from_numpy(np.ascontiguousarray(label))
+
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+        """``mtan_paper``: per-image mIoU and pixel accuracy averaged over images; else the pooled meter."""
+        from mtlkit.metrics.protocols import PerImageSegmentationMeter
+
+        return PerImageSegmentationMeter(task.channels) if protocol == "mtan_paper" else self.new_meter(task)
 
     def display(self, task: Task, pred: Tensor) -> Tensor:
         return pred.argmax(dim=0)
