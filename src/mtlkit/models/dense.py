@@ -51,6 +51,8 @@ class Dense(MultiTaskModel):
     """Shared SegNet + per-task SegNets fed the shared features at every stage."""
 
     single_task_reference = "single"
+    own_backbone = "segnet"
+    label = "Dense"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, in_channels: int = 3) -> None:
         super().__init__(tasks)

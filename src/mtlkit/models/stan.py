@@ -23,6 +23,8 @@ class STAN(MultiTaskModel):
 
     records = ("attention",)
     single_task_reference = "single"
+    own_backbone = "segnet"
+    label = "STAN"
 
     supports_representation = False
 

@@ -104,6 +104,8 @@ def make_layer(block: type, cin: int, planes: int, blocks: int, stride: int, dil
 class DilatedResNet(Backbone):
     """A torchvision-layout ResNet without classifier, output stride 8; stages layer1..layer4."""
 
+    has_pretrained = True
+
     def __init__(self, depth: int, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
         blocks, kind = SPECS[depth]
@@ -218,12 +220,13 @@ def check_state(own: dict[str, Tensor], given: dict[str, Tensor], source: str) -
                           f"the backbone needs {tuple(own[bad[0]].shape)}")
 
 
-def resnet_factory(depth: int):
-    """A ``(width, in_channels) -> DilatedResNet`` constructor for the registry."""
+def resnet_factory(depth: int) -> type[DilatedResNet]:
+    """The registered class of ResNet-``depth``: a :class:`DilatedResNet` built from ``(width, in_channels)``."""
 
-    def make(width: float = 1.0, in_channels: int = 3) -> DilatedResNet:
-        return DilatedResNet(depth, width, in_channels)
+    class Dilated(DilatedResNet):
+        def __init__(self, width: float = 1.0, in_channels: int = 3) -> None:
+            super().__init__(depth, width, in_channels)
 
-    make.__doc__ = f"ResNet-{depth}, dilated to output stride 8 (torchvision keys)."
-    return make
-
+    Dilated.__name__ = Dilated.__qualname__ = f"ResNet{depth}Dilated"
+    Dilated.__doc__ = f"ResNet-{depth}, dilated to output stride 8 (torchvision keys)."
+    return Dilated
