@@ -143,8 +143,10 @@ def test_pretrained_from_a_file(tmp_path):
         build_backbone("resnet18_dilated", 0.125).load_pretrained(str(path))
     with pytest.raises(ConfigError, match="segnet backbone has no pretrained"):
         build_model("hps", [depth_task()], 0.125, backbone="segnet", pretrained="imagenet")
-    with pytest.raises(ConfigError, match="'mtan' on its own backbone has no pretrained"):
+    with pytest.raises(ConfigError, match="segnet backbone has no pretrained"):  # mtan's own backbone is segnet
         build_model("mtan", [depth_task()], 0.125, pretrained="imagenet")
+    with pytest.raises(ConfigError, match="'stan' on its own backbone has no pretrained"):
+        build_model("stan", [depth_task()], 0.125, pretrained="imagenet")
 
 
 def test_imagenet_without_torchvision_is_one_line(monkeypatch):

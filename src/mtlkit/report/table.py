@@ -45,10 +45,15 @@ IGNORED_KEYS = (
     "name", "out_dir", "seed", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
     "train.device", "train.eval_batch_size", "train.compile", "train.channels_last",
 )
-ARCH_LABELS = {
-    "single": "Single-Task", "stan": "STAN", "split_wide": "Split, Wide", "split_deep": "Split, Deep",
-    "dense": "Dense", "cross_stitch": "Cross-Stitch", "mtan": "MTAN",
-}
+
+
+def arch_label(arch: str) -> str:
+    """An architecture's name in tables: its class's ``label`` (the registered name when unset or unregistered)."""
+    from mtlkit.registry import ARCHITECTURES
+
+    return (getattr(ARCHITECTURES.get(arch), "label", None) or arch) if arch in ARCHITECTURES else arch
+
+
 TASK_LABELS = {"segmentation": "Segmentation", "depth": "Depth", "normal": "Surface Normal"}
 
 
@@ -131,7 +136,7 @@ class Row:
     @property
     def arch_label(self) -> str:
         """The architecture as the paper names it."""
-        return ARCH_LABELS.get(self.arch, self.arch)
+        return arch_label(self.arch)
 
     @property
     def weighting_label(self) -> str:
@@ -609,10 +614,10 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
     """delta_m of every run against the matching baseline row's seed-mean (same non-model settings)."""
     candidates = [r for r in table.rows if r.arch == baseline]
     if not candidates:
-        table.notes.append(f"No {ARCH_LABELS.get(baseline, baseline)} ({baseline}) run in this experiment, "
+        table.notes.append(f"No {arch_label(baseline)} ({baseline}) run in this experiment, "
                            "so no Δm column.")
         return
-    table.baseline = ARCH_LABELS.get(baseline, baseline)
+    table.baseline = arch_label(baseline)
     directions = {c.key: c.higher_is_better for c in table.columns}
 
     def shared(setting: dict[str, Any]) -> dict[str, Any]:
