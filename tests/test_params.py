@@ -8,8 +8,8 @@ from mtlkit.errors import ConfigError
 from mtlkit.models.params import (
     PAPER_ARCHS,
     count_model_parameters,
-    parameter_report,
     paper_ratio,
+    parameter_report,
     parameter_table,
     single_task_parameters,
 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from mtlkit.errors import ConfigError
@@ -61,7 +61,7 @@ def __getattr__(name: str) -> object:
 def model_options(cls: type) -> dict[str, Any] | None:
     """The options (keyword arguments with defaults) ``cls`` accepts; None when it takes any."""
     options = {}
-    for name, param in inspect.signature(cls.__init__).parameters.items():
+    for name, param in inspect.signature(cls).parameters.items():
         if param.kind is inspect.Parameter.VAR_KEYWORD:
             return None
         if name in _FIXED or param.kind is inspect.Parameter.VAR_POSITIONAL:
@@ -95,15 +95,16 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
         raise ConfigError(f"model.options.in_channels must be a positive integer (got {in_channels!r})")
     if not isinstance(align_corners, bool):
         raise ConfigError(f"model.align_corners must be true or false (got {align_corners!r})")
+    make: Callable[..., MultiTaskModel] = cls  # the contract: cls(tasks, width, **options)
     if issubclass(cls, BackboneModel):
         backbone = backbone or cls.default_backbone
         check_pretrained(backbone, pretrained)
         head = {}
         if align_corners:  # passed only when set, so subclasses written without the argument still build
-            if "align_corners" not in inspect.signature(cls.__init__).parameters:
+            if "align_corners" not in inspect.signature(cls).parameters:
                 raise ConfigError(f"model.align_corners: model.arch {arch!r} does not take it")
             head["align_corners"] = True
-        model = cls(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options, **head)
+        model = make(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options, **head)
     elif align_corners:
         on = f"the {backbone} backbone" if backbone else "its own backbone"
         raise ConfigError(f"model.align_corners: model.arch {arch!r} on {on} has no upsampling head "
@@ -111,7 +112,7 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
     elif pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
     else:
-        model = cls(list(tasks), check_width(width), **options)
+        model = make(list(tasks), check_width(width), **options)
     # what it was built from: mtlkit.fit writes it to config.yaml and computes #P from it
     model.build_spec = {"arch": arch, "backbone": backbone, "pretrained": pretrained, "width": float(width),
                         "align_corners": align_corners, "options": dict(options)}

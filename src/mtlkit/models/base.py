@@ -107,4 +107,4 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -175,7 +176,7 @@ def pool(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def unpool(x: Tensor, indices: Tensor, like: Tensor) -> Tensor:
     """2x2 max-unpooling to the spatial size of ``like`` (the features that were pooled)."""
-    return F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=like.shape[-2:])
+    return F.max_unpool2d(x, indices, kernel_size=(2, 2), stride=(2, 2), output_size=like.shape[-2:])
 
 
 @dataclass
@@ -233,16 +234,20 @@ class SegNetTrunk(nn.Module):
         """Channels of the final decoder output (what the heads read)."""
         return self.dec_out_channels[0]
 
+    def encoder(self, level: int) -> ConvStack:
+        """The encoder stage of ``level``."""
+        return cast(ConvStack, self.enc[level])
+
     def decoder(self, level: int) -> ConvStack:
         """The decoder stage of ``level``."""
-        return self.dec[str(level)]
+        return cast(ConvStack, self.dec[str(level)])
 
     def run(self, x: Tensor) -> TrunkFeatures:
         """A full pass keeping every intermediate tensor (MTAN and Dense read them)."""
         f = TrunkFeatures()
         h = x
-        for j, stage in enumerate(self.enc):
-            f.enc_first[j], f.enc_out[j] = stage.forward_first(h)
+        for j in range(NUM_LEVELS):
+            f.enc_first[j], f.enc_out[j] = self.encoder(j).forward_first(h)
             f.pooled[j], f.indices[j] = pool(f.enc_out[j])
             h = f.pooled[j]
         for j in range(NUM_LEVELS - 1, -1, -1):

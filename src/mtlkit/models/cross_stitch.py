@@ -33,7 +33,7 @@ returned by ``stitch_alphas()`` as K x K matrices (the ``mtan`` variant's vector
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +51,7 @@ from mtlkit.models.blocks import (
     scale_channels,
     select_tasks,
 )
-from mtlkit.models.over_backbone import BackboneModel
+from mtlkit.models.over_backbone import BackboneModel, as_backbone
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
@@ -108,7 +108,8 @@ class SharedStitchUnit(nn.Module):
 SEGNET_POINTS = tuple(f"enc{j}" for j in range(NUM_LEVELS)) + tuple(f"dec{j}" for j in range(NUM_LEVELS - 1, 0, -1))
 
 
-def check_options(variant: str, alpha_s: float | None, per_channel: bool, alpha_lr_mult: float | None) -> tuple[float, float]:
+def check_options(variant: str, alpha_s: float | None, per_channel: bool,
+                  alpha_lr_mult: float | None) -> tuple[float, float]:
     """``alpha_s`` and ``alpha_lr_mult`` with the variant's defaults; a ConfigError for a bad option."""
     if variant not in VARIANTS:
         raise ConfigError(f"model.options.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
@@ -159,15 +160,15 @@ class CrossStitch(BackboneModel):
         self.paper = self.paper_layout()
         if self.paper:
             c = scale_channels(SEGNET_CHANNELS, width)
-            self.nets = nn.ModuleDict({t.name: SegNetTrunk(in_channels, c, SEGNET_DEPTHS) for t in self.tasks})
-            first = next(iter(self.nets.values()))
-            channels: tuple[int, ...] = trunk_stages(first)[0][:-1]
+            trunks = [SegNetTrunk(in_channels, c, SEGNET_DEPTHS) for _ in self.tasks]
+            self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, trunks)})
+            channels: tuple[int, ...] = trunk_stages(trunks[0])[0][:-1]
             self.num_stages = len(channels) + 1
             names = SEGNET_POINTS
         else:
-            self.nets = nn.ModuleDict({t.name: self.new_backbone() for t in self.tasks})
-            first = next(iter(self.nets.values()))
-            channels = first.channels
+            copies = [self.new_backbone() for _ in self.tasks]
+            self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, copies)})
+            channels = copies[0].channels
             self.num_stages = len(channels)
             names = tuple(str(i) for i in range(len(channels)))
         #: what each stitch point is called in records and ``stitch_alphas``
@@ -179,13 +180,17 @@ class CrossStitch(BackboneModel):
 
         self.stitches = nn.ModuleDict({name: unit(ch) for name, ch in zip(names, channels)})
         if self.paper:
-            self.heads = make_heads(self.tasks, first.out_channels)
+            self.heads = make_heads(self.tasks, trunks[0].out_channels)
             init_weights(self)
         else:
-            self.heads = self.make_heads(first)
+            self.heads = self.make_heads(copies[0])
 
     def _stage(self, net: nn.Module, i: int, h: Tensor, ctx: Any) -> Tensor:
-        return trunk_stage(net, i, h, ctx) if isinstance(net, SegNetTrunk) else net.stage(i, h, ctx)
+        return trunk_stage(net, i, h, ctx) if isinstance(net, SegNetTrunk) else as_backbone(net).stage(i, h, ctx)
+
+    def units(self) -> list[CrossStitchUnit | SharedStitchUnit]:
+        """The stitch units, in stage order."""
+        return [cast(CrossStitchUnit | SharedStitchUnit, u) for u in self.stitches.values()]
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """All K stitched networks run together; returns each task's final feature map (task order)."""
@@ -195,9 +200,9 @@ class CrossStitch(BackboneModel):
             starts: list[tuple[Tensor, Any]] = [(x, {}) for _ in nets]
         else:
             self.check_input(x, nets[0])
-            starts = [net.begin(x) for net in nets]
+            starts = [as_backbone(net).begin(x) for net in nets]
         hs, ctxs = [h for h, _ in starts], [c for _, c in starts]
-        units = list(self.stitches.values())
+        units = self.units()
         for i in range(self.num_stages):
             hs = [self._stage(net, i, h, ctx) for net, h, ctx in zip(nets, hs, ctxs)]
             if i < len(units):
@@ -217,11 +222,11 @@ class CrossStitch(BackboneModel):
 
     def alpha_parameters(self) -> list[nn.Parameter]:
         """The cross-stitch weights (matrices, or the ``mtan`` variant's vectors), one per stitch point."""
-        return [unit.alpha for unit in self.stitches.values()]
+        return [unit.alpha for unit in self.units()]
 
     def stitch_alphas(self) -> dict[str, Tensor]:
         """A detached copy of every stitch point's K x K (x C) alpha matrix, keyed by point (for plots)."""
-        return {label: unit.matrix().detach().clone() for label, unit in zip(self.point_labels, self.stitches.values())}
+        return {label: unit.matrix().detach().clone() for label, unit in zip(self.point_labels, self.units())}
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Network weights at ``lr``; the alphas at ``lr * alpha_lr_mult``."""

@@ -47,6 +47,8 @@ layer's output in the encoder and the unpooled input in the decoder (as the offi
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -177,11 +179,12 @@ class MTAN(BackboneModel):
     def gates(self, name: str) -> list[nn.Module]:
         """Task ``name``'s gate of every level, in the order the levels are attended."""
         if self.paper:
-            return [*self.enc_att[name], *(self.dec_att[name][j] for j in range(NUM_LEVELS - 1, -1, -1))]
-        return list(self.attention[name])
+            enc, dec = cast(nn.ModuleList, self.enc_att[name]), cast(nn.ModuleList, self.dec_att[name])
+            return [*enc, *(dec[j] for j in range(NUM_LEVELS - 1, -1, -1))]
+        return list(cast(nn.ModuleList, self.attention[name]))
 
     def carry(self, s: int, a: Tensor, like: Tensor) -> Tensor:
-        """The attended features of level ``s - 1`` brought to level ``s`` (``like``: its ``p``) by the shared blocks."""
+        """The attended features of level ``s - 1`` brought to level ``s`` (``like``: its ``p``) by shared blocks."""
         if self.paper:
             if s < NUM_LEVELS:
                 return F.max_pool2d(self.enc_f[s - 1](a), kernel_size=2, stride=2)
@@ -224,8 +227,8 @@ class MTAN(BackboneModel):
             reps += [u, h]
         return reps
 
-    @property  # type: ignore[override]
-    def supports_representation(self) -> bool:
+    @property
+    def supports_representation(self) -> bool:  # type: ignore[override]  # an instance property here
         """False on ``wrn28``: its blocks are shared parameters the attention path applies after
         ``encode``'s tensors, so no set of those tensors cuts the graph (representation mode would
         drop the blocks' gradient)."""

@@ -37,6 +37,22 @@ def check_image_tasks(tasks: list[Task], arch: str, backbone: str) -> None:
             raise ConfigError(f"model.backbone {backbone!r} classifies images; task {t.name!r} is {t.kind!r}")
 
 
+def as_backbone(module: nn.Module) -> Backbone:
+    """``module`` as the :class:`Backbone` it is (a TypeError otherwise)."""
+    if not isinstance(module, Backbone):
+        raise TypeError(f"expected a Backbone, got {type(module).__name__}")
+    return module
+
+
+def backbones_in(container: nn.Module) -> list[Backbone]:
+    """The backbone copies an ``nn.ModuleList`` or ``nn.ModuleDict`` holds, in order, typed as backbones."""
+    if isinstance(container, nn.ModuleDict):
+        return [as_backbone(m) for m in container.values()]
+    if isinstance(container, nn.ModuleList):
+        return [as_backbone(m) for m in container]
+    raise TypeError(f"expected an nn.ModuleList or nn.ModuleDict of backbones, got {type(container).__name__}")
+
+
 class BackboneModel(MultiTaskModel):
     """Base of the architectures written once over any backbone."""
 
@@ -70,13 +86,15 @@ class BackboneModel(MultiTaskModel):
         refuse_align_corners(self.backbone_name, self.align_corners)
         return True
 
-    def make_heads(self, backbone: Backbone) -> nn.ModuleDict:
-        """One ``backbone.make_head`` per task, keyed by task name."""
+    def make_heads(self, backbone: nn.Module) -> nn.ModuleDict:
+        """One ``backbone.make_head`` per task, keyed by task name (``backbone``: a :class:`Backbone`,
+        typed as a module because containers such as ``nn.ModuleList`` hand them out so)."""
         return nn.ModuleDict({t.name: self.make_head(backbone, t.channels) for t in self.tasks})
 
-    def make_head(self, backbone: Backbone, out_channels: int) -> nn.Module:
+    def make_head(self, backbone: nn.Module, out_channels: int) -> nn.Module:
         """``backbone``'s head for ``out_channels`` outputs, upsampling with the model's ``align_corners``."""
-        return backbone.make_head(out_channels, align_corners=self.align_corners)
+        return as_backbone(backbone).make_head(out_channels, align_corners=self.align_corners)
 
-    def check_input(self, x: Tensor, backbone: Backbone) -> None:
-        backbone.check_input(x)
+    def check_input(self, x: Tensor, backbone: nn.Module) -> None:
+        """``backbone``'s input check (a one-line ConfigError for a wrong shape)."""
+        as_backbone(backbone).check_input(x)

@@ -17,6 +17,7 @@ torchvision stays optional, used only to fetch ImageNet weights (``model.pretrai
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -88,8 +89,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + skip)
 
 
-def make_layer(block: type, cin: int, planes: int, blocks: int, stride: int, dilation: int,
-               prev_dilation: int) -> nn.Sequential:
+def make_layer(block: type[BasicBlock] | type[Bottleneck], cin: int, planes: int, blocks: int, stride: int,
+               dilation: int, prev_dilation: int) -> nn.Sequential:
     """One ResNet layer; a dilated layer (``dilation > 1``) has stride 1 everywhere."""
     cout = planes * block.expansion
     downsample = None
@@ -134,7 +135,7 @@ class DilatedResNet(Backbone):
     @property
     def layers(self) -> list[nn.Sequential]:
         """layer1..layer4 (not registered twice: the state dict keeps torchvision's keys)."""
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+        return [cast(nn.Sequential, getattr(self, f"layer{i}")) for i in range(1, 5)]
 
     def reset_parameters(self) -> None:
         """torchvision's initialisation: Kaiming-normal (fan-out) convs, unit BN scales, zero shifts."""
