@@ -8,7 +8,7 @@ MTAN code; each network unpools with its own indices), the parameters named as t
 (``nets.<task>.enc.*``, ``stitches.enc0`` ... ``stitches.dec1``; pinned by
 ``tests/test_segnet_checksums.py``). On the other backbones there is a unit after every stage, the
 last included (dilated ResNets: after layer1..layer4, 4 units, the heads read the stitched layer4
-features; ``wrn28``: after the stem and stage1..stage3), named ``stitches.0`` ... Two variants
+features; ``wrn28``: after the stem and stage1..stage3), the list ``stitches[0]`` ... Two variants
 (``variant`` option):
 
 - ``misra`` (default): ``x~_i = sum_k alpha[i, k] x_k`` (alpha: K x K, or K x K x C with
@@ -164,13 +164,11 @@ class CrossStitch(BackboneModel):
             self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, trunks)})
             channels: tuple[int, ...] = trunk_stages(trunks[0])[0][:-1]
             self.num_stages = len(channels) + 1
-            names = SEGNET_POINTS
         else:
             copies = [self.new_backbone() for _ in self.tasks]
             self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, copies)})
             channels = copies[0].channels
             self.num_stages = len(channels)
-            names = tuple(str(i) for i in range(len(channels)))
         #: what each stitch point is called in records and ``stitch_alphas``
         self.point_labels = SEGNET_POINTS if self.paper else tuple(f"stage{i}" for i in range(len(channels)))
         k = len(self.tasks)
@@ -178,7 +176,10 @@ class CrossStitch(BackboneModel):
         def unit(ch: int) -> nn.Module:
             return SharedStitchUnit(k) if variant == "mtan" else CrossStitchUnit(k, ch, alpha, per_channel)
 
-        self.stitches = nn.ModuleDict({name: unit(ch) for name, ch in zip(names, channels)})
+        units = [unit(ch) for ch in channels]
+        # named by point on SegNet (the paper model's keys), a list elsewhere (0.2's keys and indexing)
+        self.stitches: nn.ModuleDict | nn.ModuleList = (
+            nn.ModuleDict(dict(zip(SEGNET_POINTS, units))) if self.paper else nn.ModuleList(units))
         if self.paper:
             self.heads = make_heads(self.tasks, trunks[0].out_channels)
             init_weights(self)
@@ -190,7 +191,8 @@ class CrossStitch(BackboneModel):
 
     def units(self) -> list[CrossStitchUnit | SharedStitchUnit]:
         """The stitch units, in stage order."""
-        return [cast(CrossStitchUnit | SharedStitchUnit, u) for u in self.stitches.values()]
+        units = self.stitches.values() if isinstance(self.stitches, nn.ModuleDict) else self.stitches
+        return [cast(CrossStitchUnit | SharedStitchUnit, u) for u in units]
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """All K stitched networks run together; returns each task's final feature map (task order)."""
