@@ -109,8 +109,8 @@ class DilatedResNet(Backbone):
 
     def __init__(self, depth: int, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
-        blocks, kind = SPECS[depth]
-        block = BasicBlock if kind == "basic" else Bottleneck
+        blocks, block_type = SPECS[depth]
+        block = BasicBlock if block_type == "basic" else Bottleneck
         self.name = f"resnet{depth}_dilated"
         self.depth = depth
         self.width = width
