@@ -158,19 +158,70 @@ def test_refusals():
         mmoe.decode([torch.randn(2, 4, 32, 32)] * 2)
 
 
-def test_segnet_defaults_are_the_paper_classes():
-    from mtlkit.models.cross_stitch import CrossStitch
-    from mtlkit.models.hps import HPS, SingleOverBackbone
-    from mtlkit.models.mtan import MTAN
-    from mtlkit.models.resnet_mtan import ResNetMTAN
-    from mtlkit.models.stitch import StagedCrossStitch
+def test_one_class_per_architecture_on_every_backbone():
+    """``model_class`` is the registered class whatever the backbone: no second table, no module-name test."""
+    import inspect
+    import warnings
 
-    assert type(build_model("mtan", NYUV2, 0.0625)) is MTAN
-    assert type(build_model("mtan", NYUV2, 0.0625, backbone="segnet")) is MTAN
-    assert type(build_model("cross_stitch", NYUV2, 0.0625, backbone="segnet")) is CrossStitch
-    assert type(build_model("mtan", NYUV2, 0.125, backbone="resnet18_dilated")) is ResNetMTAN
-    assert type(build_model("cross_stitch", NYUV2, 0.125, backbone="resnet18_dilated")) is StagedCrossStitch
-    assert type(build_model("single", NYUV2, 0.125, backbone="resnet18_dilated")) is SingleOverBackbone
+    import mtlkit.models as models
+    from mtlkit.models import model_class
+    from mtlkit.models.backbones import BACKBONES
+    from mtlkit.models.cross_stitch import CrossStitch
+    from mtlkit.models.hps import HPS
+    from mtlkit.models.mtan import MTAN
+    from mtlkit.models.over_backbone import BackboneModel
+    from mtlkit.models.single import SingleTask
+    from mtlkit.registry import ARCHITECTURES
+
+    for arch, cls in ARCHITECTURES.items():
+        assert model_class(arch) is cls
+        for backbone in BACKBONES.names():
+            if issubclass(cls, BackboneModel) or backbone == cls.own_backbone:
+                assert model_class(arch, backbone) is cls, (arch, backbone)
+            else:
+                with pytest.raises(ConfigError, match="is built on"):
+                    model_class(arch, backbone)
+    # one registered name per class, and no module of the package keeps a name -> class table or a __module__ test
+    classes = [cls for _, cls in ARCHITECTURES.items()]
+    assert len(set(classes)) == len(classes)
+    source = inspect.getsource(models)
+    assert "__module__" not in source and "OVER_BACKBONE: dict" not in source
+    for name, backbone in (("resnet18_dilated", "resnet18_dilated"), ("segnet", "segnet"), (None, None)):
+        assert type(build_model("mtan", NYUV2, 0.125, backbone=backbone)) is MTAN, name
+        assert type(build_model("cross_stitch", NYUV2, 0.125, backbone=backbone)) is CrossStitch
+        assert type(build_model("single", NYUV2, 0.125, backbone=backbone)) is SingleTask
+    # the 0.2 names still import, with a DeprecationWarning
+    from mtlkit.models import hps, resnet_mtan, stitch
+
+    with pytest.warns(DeprecationWarning):
+        assert resnet_mtan.MTANOverBackbone is MTAN and resnet_mtan.ResNetMTAN is MTAN
+    with pytest.warns(DeprecationWarning):
+        assert stitch.StagedCrossStitch is CrossStitch
+    with pytest.warns(DeprecationWarning):
+        assert hps.SingleOverBackbone is SingleTask
+    with pytest.warns(DeprecationWarning):
+        assert models.OVER_BACKBONE == {"single": SingleTask, "mtan": MTAN, "cross_stitch": CrossStitch}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(build_model("hps", NYUV2, 0.0625)) is HPS
+
+
+def test_paper_layout_on_segnet():
+    """On ``segnet`` the three architectures keep the MTAN paper's parameter names (the checksums pin the rest)."""
+    keys = {a: list(build_model(a, NYUV2, 0.0625).state_dict()) for a in ("single", "mtan", "cross_stitch")}
+    assert keys["single"][0].startswith("nets.segmentation.trunk.") and any(
+        k.startswith("nets.depth.heads.depth.") for k in keys["single"])
+    assert {k.split(".")[0] for k in keys["mtan"]} == {"trunk", "enc_f", "dec_f", "enc_att", "dec_att", "heads"}
+    assert [k for k in keys["cross_stitch"] if k.startswith("stitches.")] == [
+        f"stitches.{p}.alpha" for p in ("enc0", "enc1", "enc2", "enc3", "enc4", "dec4", "dec3", "dec2", "dec1")]
+    resnet = build_model("cross_stitch", NYUV2, 0.125, backbone="resnet18_dilated")
+    assert [k for k in resnet.state_dict() if k.startswith("stitches.")] == [f"stitches.{i}.alpha" for i in range(4)]
+    assert list(resnet.stitch_alphas()) == [f"stage{i}" for i in range(4)]
+
+
+def test_hps_on_segnet_is_the_paper_split():
+    from mtlkit.models.hps import HPS
+
     # hps on SegNet is the paper's standard split (SegNet class): same function for the same weights
     from mtlkit.models.segnet import SegNet
 

@@ -22,7 +22,7 @@ KIND_NAMES = ("segmentation", "depth", "normal", "classification", "binary", "ed
 
 #: packages fixed on other branches of issue #24 (models/: helper "models", decathlon/: helper "decathlon");
 #: the lead empties this list when merging them
-_PENDING_OTHER_BRANCHES = ("models",)
+_PENDING_OTHER_BRANCHES: tuple[str, ...] = ()
 
 #: (file, literal) pairs that are not kind switches: the .npy layout's folder names ``depth`` and ``normal``
 #: (equal to the kinds' names) as keys of the arrays the generators write and of the scenes cache's

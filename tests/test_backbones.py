@@ -143,8 +143,10 @@ def test_pretrained_from_a_file(tmp_path):
         build_backbone("resnet18_dilated", 0.125).load_pretrained(str(path))
     with pytest.raises(ConfigError, match="segnet backbone has no pretrained"):
         build_model("hps", [depth_task()], 0.125, backbone="segnet", pretrained="imagenet")
-    with pytest.raises(ConfigError, match="'mtan' on its own backbone has no pretrained"):
+    with pytest.raises(ConfigError, match="segnet backbone has no pretrained"):  # mtan's own backbone is segnet
         build_model("mtan", [depth_task()], 0.125, pretrained="imagenet")
+    with pytest.raises(ConfigError, match="'stan' on its own backbone has no pretrained"):
+        build_model("stan", [depth_task()], 0.125, pretrained="imagenet")
 
 
 def test_imagenet_without_torchvision_is_one_line(monkeypatch):
@@ -190,3 +192,26 @@ def test_architectures_on_wrn28_classify_and_refuse_dense_tasks():
         build_model("hps", tasks, 0.125, backbone="resnet18_dilated")
     with pytest.raises(ConfigError, match="segnet backbone has no pretrained weights"):
         build_model("hps", [depth_task()], 0.125, backbone="segnet", pretrained="imagenet")
+
+
+def test_a_new_backbone_declares_its_capabilities_on_its_class(monkeypatch):
+    """A backbone registered outside mtlkit needs no list edited: heads, pretrained weights and the
+    paper layout are read from its class."""
+    from mtlkit.models.backbones import BACKBONES, SegNetBackbone, check_pretrained, head_kind
+
+    class PlainSegNet(SegNetBackbone):
+        name = "plain_segnet"
+        paper_segnet = False
+
+    monkeypatch.setitem(BACKBONES._items, "plain_segnet", PlainSegNet)
+    assert head_kind("plain_segnet") == "dense" and head_kind("wrn28") == "image"
+    with pytest.raises(ConfigError, match="plain_segnet backbone has no pretrained weights"):
+        check_pretrained("plain_segnet", "imagenet")
+    tasks = [depth_task()]
+    generic = build_model("single", tasks, 0.0625, backbone="plain_segnet")
+    paper = build_model("single", tasks, 0.0625, backbone="segnet")
+    assert type(generic) is type(paper)
+    assert any(k.startswith("heads.depth.") for k in generic.state_dict())  # the generic layout
+    assert any(k.startswith("nets.depth.heads.depth.") for k in paper.state_dict())  # the paper's
+    assert build_model("hps", tasks, 0.0625, backbone="plain_segnet")(torch.randn(1, 3, 32, 32))["depth"].shape == (
+        1, 1, 32, 32)

@@ -249,7 +249,7 @@ def _seed_bn(model: nn.Module, seed: int) -> None:
 @torch.no_grad()
 def test_wrn_mtan_is_mtan_built_on_the_wrn28_backbone() -> None:
     """``model.arch: mtan`` + ``model.backbone: wrn28`` (WRN-28-4 at width 1/8) is wrn_mtan, weight for weight."""
-    from mtlkit.models.resnet_mtan import MTANOverBackbone
+    from mtlkit.models.mtan import MTAN as MTANOverBackbone
 
     torch.manual_seed(0)
     generic = build_model("mtan", _tasks(), 0.125, backbone="wrn28").double()

@@ -117,7 +117,10 @@ def test_config_key_reaches_the_model() -> None:
 @pytest.mark.parametrize(("arch", "backbone", "needle"), [
     ("hps", "segnet", "the segnet backbone's heads do not upsample"),
     ("mtan", "wrn28", "the wrn28 backbone's heads do not upsample"),
-    ("mtan", None, "on its own backbone has no upsampling head"),
+    ("mtan", None, "the segnet backbone's heads do not upsample"),
+    ("cross_stitch", None, "the segnet backbone's heads do not upsample"),
+    ("single", "segnet", "the segnet backbone's heads do not upsample"),
+    ("dense", None, "on its own backbone has no upsampling head"),
     ("stan", "segnet", "model.arch 'stan' on the segnet backbone has no upsampling head"),
 ])
 def test_refused_where_no_head_upsamples(arch: str, backbone: str | None, needle: str) -> None:

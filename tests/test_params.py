@@ -7,8 +7,8 @@ import pytest
 from mtlkit.errors import ConfigError
 from mtlkit.models.params import (
     PAPER_ARCHS,
-    PAPER_RATIOS_NYUV2,
     count_model_parameters,
+    paper_ratio,
     parameter_report,
     parameter_table,
     single_task_parameters,
@@ -52,8 +52,8 @@ def test_single_task_segnet_matches_hand_count_and_official_figure():
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_ratios_reproduce_the_mtan_table_within_3_percent(arch):
     report = parameter_report(NYUV2, arch, 1.0)
-    assert report["paper_ratio"] == PAPER_RATIOS_NYUV2[arch]
-    assert report["ratio"] == pytest.approx(PAPER_RATIOS_NYUV2[arch], rel=0.03)
+    assert report["paper_ratio"] == paper_ratio(arch)
+    assert report["ratio"] == pytest.approx(paper_ratio(arch), rel=0.03)
 
 
 def test_reference_is_the_mean_single_task_network():
@@ -125,3 +125,19 @@ def test_resnet_reports_are_relative_to_one_resnet50_deeplabv3(capsys):
     assert main(["params", "--dataset", "nyuv2", "--arch", "mtan", "--backbone", "resnet50_dilated", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 92_333_521 and out["backbone"] == "resnet50_dilated"
+
+
+def test_paper_ratios_come_from_the_shipped_reference_table():
+    """#P of the paper's seven, read from report/references/mtan_paper.tsv through each class's label."""
+    import warnings
+
+    from mtlkit.models import params
+
+    want = {"single": 3.0, "stan": 4.56, "split_wide": 1.75, "split_deep": 2.0, "dense": 4.95, "cross_stitch": 3.0,
+            "mtan": 1.77}
+    assert {a: paper_ratio(a) for a in PAPER_ARCHS} == want
+    assert paper_ratio("hps") is None and paper_ratio("not_an_arch") is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert params.PAPER_RATIOS_NYUV2 == want
+    assert caught and caught[0].category is DeprecationWarning

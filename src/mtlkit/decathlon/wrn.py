@@ -22,7 +22,7 @@ final BN-ReLU, average pooling and one linear classifier per domain.
 
 * ``wrn``: an independent WRN per domain (the "scratch/finetune" baseline shape, #P = number of
   domains). Nothing is shared; ``encode`` passes the image through.
-* ``wrn_mtan``: MTAN over ``wrn28`` (:class:`~mtlkit.models.resnet_mtan.MTANOverBackbone`, the
+* ``wrn_mtan``: MTAN over ``wrn28`` (:class:`~mtlkit.models.mtan.MTAN`, the
   same model as ``model.arch: mtan`` with ``model.backbone: wrn28``, plus the options ``depth``,
   ``widen_factor`` and ``variant``): the four feature levels (after the stem and after each stage)
   feed per-domain soft-attention gates (two 1x1 conv-BN layers, ReLU then sigmoid); level ``j``'s
@@ -49,8 +49,8 @@ from mtlkit.models.backbones.wrn import (  # noqa: F401  (re-exported: the decat
     wrn_channels,
 )
 from mtlkit.models.base import MultiTaskModel
-from mtlkit.models.resnet_mtan import WRN_LEVELS as LEVELS  # noqa: F401  (re-exported)
-from mtlkit.models.resnet_mtan import MTANOverBackbone
+from mtlkit.models.mtan import WRN_LEVELS as LEVELS  # noqa: F401  (re-exported)
+from mtlkit.models.mtan import MTAN
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
@@ -141,7 +141,7 @@ class WRN(MultiTaskModel):
 
 
 @ARCHITECTURES.register("wrn_mtan")
-class WRNMTAN(MTANOverBackbone):
+class WRNMTAN(MTAN):
     """Shared WRN-28-4 with per-domain attention at the stem and every residual stage (MTAN 4.2)."""
 
     arch_name = "wrn_mtan"

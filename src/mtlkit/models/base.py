@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +29,14 @@ class MultiTaskModel(nn.Module):
     records: tuple[str, ...] = ()
     #: registered architecture whose one-task network is the #P reference (None: no reference)
     single_task_reference: str | None = None
+    #: the architecture's name in report tables (None: its registered name)
+    label: ClassVar[str | None] = None
+    #: other names published tables give it (matched with ``label`` when reading ``report/references``)
+    reference_names: ClassVar[tuple[str, ...]] = ()
+    #: the backbone an architecture with its own fixed network is (``segnet`` for the MTAN paper's
+    #: SegNet baselines): ``model.backbone`` may name it; None: only unset. Architectures written over
+    #: any backbone subclass :class:`~mtlkit.models.over_backbone.BackboneModel` instead.
+    own_backbone: ClassVar[str | None] = None
     #: ``build_model``'s arguments (arch, backbone, pretrained, width, options); None for a model built otherwise
     build_spec: dict[str, object] | None = None
 
@@ -58,7 +67,7 @@ class MultiTaskModel(nn.Module):
         shared = {id(p) for p in self.shared_parameters()}
         return [p for p in self.parameters() if id(p) not in shared]
 
-    def param_groups(self, lr: float) -> list[dict]:
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups; cross-stitch overrides this to scale its alphas' lr."""
         return [{"params": list(self.parameters()), "lr": lr}]
 
@@ -66,7 +75,7 @@ class MultiTaskModel(nn.Module):
         """Called before each training epoch (0-based) of ``epochs``; models with a schedule (LTB) override it."""
 
     @classmethod
-    def single_task_parameters(cls, tasks: list[Task], width: float, **options) -> float | None:
+    def single_task_parameters(cls, tasks: list[Task], width: float, **options: Any) -> float | None:
         """A family's own #P reference (e.g. the decathlon's WRN); None: one ``single_task_reference`` network."""
         return None
 
@@ -98,4 +107,4 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
-    return model.to(memory_format=torch.channels_last)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it

@@ -7,7 +7,8 @@
   indices) and a mirrored decoder (max-unpooling with those indices; the first conv of a decoder
   stage reduces the channels, as in the official MTAN code). Stages can take extra input channels
   (Dense concatenates shared features) and the last decoder stage can be left out.
-* :class:`AttentionGate`: MTAN's mask ``sigmoid(BN(h(ReLU(BN(g(.))))))`` with 1x1 convs g, h.
+* :class:`AttentionGate`: MTAN's mask ``sigmoid(BN(h(ReLU(BN(g(.))))))`` with 1x1 convs g, h (the one
+  gate of every MTAN design, SegNet, ResNet and WRN).
 * :class:`Head`: a task's prediction layer (3x3 conv, then 1x1 conv to the task's channels),
   as in the official code: two linear convs with biases, no normalisation in between.
 
@@ -17,8 +18,10 @@ Levels are numbered by resolution: level ``j`` works at ``1/2**j`` of the input 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -131,16 +134,24 @@ class ConvStack(nn.Module):
         return self.forward_first(x)[1]
 
 
-class AttentionGate(nn.Module):
-    """MTAN's attention mask: 1x1 conv + BN + ReLU (g), 1x1 conv + BN + sigmoid (h); values in (0, 1)."""
+class AttentionGate(nn.Sequential):
+    """MTAN's attention mask: 1x1 conv-BN-ReLU to ``mid_channels``, 1x1 conv-BN, sigmoid; values in (0, 1).
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.g = ConvBNReLU(in_channels, out_channels, kernel_size=1)
-        self.h = nn.Sequential(nn.Conv2d(out_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+    ``mid_channels`` defaults to ``out_channels`` (the SegNet design); ``bias`` gives the 1x1 convs
+    biases (the decathlon WRN's ``official`` variant). ``grouped`` names the parameters as the MTAN
+    paper's SegNet checkpoints do (``g.0``, ``g.1``, ``h.0``, ``h.1``); ``grouped=False`` numbers the
+    six layers flat (``0``, ``1``, ``3``, ``4``), as the authors' ResNet and WRN code. Same function.
+    """
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.h(self.g(x)).sigmoid()
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, *,
+                 bias: bool = False, grouped: bool = True) -> None:
+        mid = out_channels if mid_channels is None else mid_channels
+        first = [nn.Conv2d(in_channels, mid, 1, bias=bias), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
+        second = [nn.Conv2d(mid, out_channels, 1, bias=bias), nn.BatchNorm2d(out_channels)]
+        if grouped:
+            super().__init__(OrderedDict(g=nn.Sequential(*first), h=nn.Sequential(*second), sigmoid=nn.Sigmoid()))
+        else:
+            super().__init__(*first, *second, nn.Sigmoid())
 
 
 class Head(nn.Sequential):
@@ -165,7 +176,7 @@ def pool(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def unpool(x: Tensor, indices: Tensor, like: Tensor) -> Tensor:
     """2x2 max-unpooling to the spatial size of ``like`` (the features that were pooled)."""
-    return F.max_unpool2d(x, indices, kernel_size=2, stride=2, output_size=like.shape[-2:])
+    return F.max_unpool2d(x, indices, kernel_size=(2, 2), stride=(2, 2), output_size=like.shape[-2:])
 
 
 @dataclass
@@ -223,16 +234,20 @@ class SegNetTrunk(nn.Module):
         """Channels of the final decoder output (what the heads read)."""
         return self.dec_out_channels[0]
 
+    def encoder(self, level: int) -> ConvStack:
+        """The encoder stage of ``level``."""
+        return cast(ConvStack, self.enc[level])
+
     def decoder(self, level: int) -> ConvStack:
         """The decoder stage of ``level``."""
-        return self.dec[str(level)]
+        return cast(ConvStack, self.dec[str(level)])
 
     def run(self, x: Tensor) -> TrunkFeatures:
         """A full pass keeping every intermediate tensor (MTAN and Dense read them)."""
         f = TrunkFeatures()
         h = x
-        for j, stage in enumerate(self.enc):
-            f.enc_first[j], f.enc_out[j] = stage.forward_first(h)
+        for j in range(NUM_LEVELS):
+            f.enc_first[j], f.enc_out[j] = self.encoder(j).forward_first(h)
             f.pooled[j], f.indices[j] = pool(f.enc_out[j])
             h = f.pooled[j]
         for j in range(NUM_LEVELS - 1, -1, -1):

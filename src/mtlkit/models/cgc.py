@@ -12,6 +12,8 @@ preceding ``encode`` kept. Gate weights (task experts first) are recorded as ``g
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from mtlkit.models.blocks import select_tasks
@@ -48,7 +50,7 @@ class CGC(MMoE):
         x = self.gate_input(reps)
         out = {}
         for name in select_tasks(self.tasks, tasks):
-            own = [expert(x) for expert in self.task_experts[name]]
+            own = [expert(x) for expert in cast(nn.ModuleList, self.task_experts[name])]
             w = self.gates[name](x)
             self.record(f"gate/{name}", w)
             out[name] = self.heads[name](mix(w, own + list(reps)))

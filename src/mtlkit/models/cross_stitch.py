@@ -1,8 +1,15 @@
-"""Cross-stitch networks (Misra et al., CVPR 2016) on SegNet, as the MTAN paper's baseline.
+"""Cross-stitch networks (Misra et al., CVPR 2016), written once over the staged backbones.
 
-One SegNet per task; after every stage (the pooled output of each encoder stage, and the output of
-decoder stages 4 to 1, i.e. before every unpooling: 9 stitch points, as in the official MTAN code)
-a cross-stitch unit mixes the K tasks' feature maps. Two variants (``variant`` option):
+One backbone per task (each with its own stem); after the stages, a cross-stitch unit mixes the K
+tasks' feature maps. On ``segnet`` (``Backbone.paper_segnet``) this is the MTAN paper's baseline
+exactly: a unit after every stage but the last (the pooled output of each encoder stage and the
+output of decoder stages 4 to 1, i.e. before every unpooling: 9 stitch points, as in the official
+MTAN code; each network unpools with its own indices), the parameters named as the paper model's
+(``nets.<task>.enc.*``, ``stitches.enc0`` ... ``stitches.dec1``; pinned by
+``tests/test_segnet_checksums.py``). On the other backbones there is a unit after every stage, the
+last included (dilated ResNets: after layer1..layer4, 4 units, the heads read the stitched layer4
+features; ``wrn28``: after the stem and stage1..stage3), the list ``stitches[0]`` ... Two variants
+(``variant`` option):
 
 - ``misra`` (default): ``x~_i = sum_k alpha[i, k] x_k`` (alpha: K x K, or K x K x C with
   ``per_channel=True``), generalising Misra et al.'s 2 x 2 unit to K tasks. alpha starts at
@@ -13,34 +20,38 @@ a cross-stitch unit mixes the K tasks' feature maps. Two variants (``variant`` o
   per stitch point, shared by all tasks, ``x~_i = sum_k w[k] x_k`` for every i, initialised to
   ones and trained at the base learning rate (``alpha_lr_mult`` default 1).
 
+Where LibMTL differs (``LibMTL/architecture/Cross_stitch.py``, ResNets only): it stitches after
+layer1..layer3 only (its fourth unit is allocated but never used, so the heads read unmixed
+layer4 features), starts every alpha at 1 (each column's input is the sum of all K columns) and
+trains them at the base learning rate. See ``docs/differences.md``.
+
 Every task's loss depends on every network through the stitches, so there is no shared
 representation; ``shared_parameters()`` is everything but the heads. Alphas are recorded as
-``alpha/<stage>`` (stages ``enc0``-``enc4``, ``dec4``-``dec1``) and returned by ``stitch_alphas()``
-as K x K matrices (the ``mtan`` variant's vector repeated in every row).
+``alpha/<point>`` (``enc0``-``enc4``, ``dec4``-``dec1`` on SegNet, ``stage<i>`` elsewhere) and
+returned by ``stitch_alphas()`` as K x K matrices (the ``mtan`` variant's vector repeated in every row).
 """
 
 from __future__ import annotations
+
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
-from mtlkit.models.base import MultiTaskModel
+from mtlkit.models.backbones.segnet import trunk_stage, trunk_stages
 from mtlkit.models.blocks import (
     NUM_LEVELS,
     SEGNET_CHANNELS,
     SEGNET_DEPTHS,
     SegNetTrunk,
-    check_dense_tasks,
     check_input,
-    check_width,
     init_weights,
     make_heads,
-    pool,
     scale_channels,
     select_tasks,
-    unpool,
 )
+from mtlkit.models.over_backbone import BackboneModel, as_backbone
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
@@ -93,13 +104,39 @@ class SharedStitchUnit(nn.Module):
         return self.alpha.unsqueeze(0).expand(k, k)
 
 
+#: the paper's SegNet stitch points, one after each stage but the last
+SEGNET_POINTS = tuple(f"enc{j}" for j in range(NUM_LEVELS)) + tuple(f"dec{j}" for j in range(NUM_LEVELS - 1, 0, -1))
+
+
+def check_options(variant: str, alpha_s: float | None, per_channel: bool,
+                  alpha_lr_mult: float | None) -> tuple[float, float]:
+    """``alpha_s`` and ``alpha_lr_mult`` with the variant's defaults; a ConfigError for a bad option."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"model.options.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+    if variant == "mtan" and (alpha_s is not None or per_channel):
+        raise ConfigError("model.options.alpha_s and per_channel belong to variant 'misra'; "
+                          "variant 'mtan' learns one K-vector per stitch point, initialised to ones")
+    alpha_s = 0.9 if alpha_s is None else alpha_s
+    if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
+        raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
+    if not isinstance(per_channel, bool):
+        raise ConfigError(f"model.options.per_channel must be true or false (got {per_channel!r})")
+    if alpha_lr_mult is None:
+        alpha_lr_mult = 100.0 if variant == "misra" else 1.0
+    if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult > 0:
+        raise ConfigError(f"model.options.alpha_lr_mult must be a positive number (got {alpha_lr_mult!r})")
+    return float(alpha_s), float(alpha_lr_mult)
+
+
 @ARCHITECTURES.register("cross_stitch")
-class CrossStitch(MultiTaskModel):
-    """One SegNet per task, joined by cross-stitch units after every stage."""
+class CrossStitch(BackboneModel):
+    """One backbone per task, joined by cross-stitch units between stages (the paper's 9 points on ``segnet``)."""
 
     records = ("stitch",)
     single_task_reference = "single"
+    label = "Cross-Stitch"
 
+    arch_name = "cross_stitch"
     supports_representation = False
 
     def __init__(
@@ -107,66 +144,72 @@ class CrossStitch(MultiTaskModel):
         tasks: list[Task],
         width: float = 1.0,
         *,
+        backbone: str = "segnet",
         in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
         variant: str = "misra",
         alpha_s: float | None = None,
         per_channel: bool = False,
         alpha_lr_mult: float | None = None,
     ) -> None:
-        super().__init__(tasks)
-        check_dense_tasks(self.tasks, "cross_stitch")
-        if variant not in VARIANTS:
-            raise ConfigError(f"model.options.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
-        if variant == "mtan" and (alpha_s is not None or per_channel):
-            raise ConfigError("model.options.alpha_s and per_channel belong to variant 'misra'; "
-                              "variant 'mtan' learns one K-vector per stitch point, initialised to ones")
-        alpha_s = 0.9 if alpha_s is None else alpha_s
-        if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
-            raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
-        if not isinstance(per_channel, bool):
-            raise ConfigError(f"model.options.per_channel must be true or false (got {per_channel!r})")
-        if alpha_lr_mult is None:
-            alpha_lr_mult = 100.0 if variant == "misra" else 1.0
-        if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult > 0:
-            raise ConfigError(f"model.options.alpha_lr_mult must be a positive number (got {alpha_lr_mult!r})")
+        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
+                         align_corners=align_corners)
+        alpha, self.alpha_lr_mult = check_options(variant, alpha_s, per_channel, alpha_lr_mult)
         self.variant = variant
-        self.alpha_lr_mult = float(alpha_lr_mult)
-        c = scale_channels(SEGNET_CHANNELS, check_width(width))
-        self.nets = nn.ModuleDict({t.name: SegNetTrunk(in_channels, c, SEGNET_DEPTHS) for t in self.tasks})
-        trunk = next(iter(self.nets.values()))
-        points = {f"enc{j}": c[j] for j in range(NUM_LEVELS)}
-        points.update({f"dec{j}": trunk.dec_out_channels[j] for j in range(NUM_LEVELS - 1, 0, -1)})
+        self.paper = self.paper_layout()
+        if self.paper:
+            c = scale_channels(SEGNET_CHANNELS, width)
+            trunks = [SegNetTrunk(in_channels, c, SEGNET_DEPTHS) for _ in self.tasks]
+            self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, trunks)})
+            channels: tuple[int, ...] = trunk_stages(trunks[0])[0][:-1]
+            self.num_stages = len(channels) + 1
+        else:
+            copies = [self.new_backbone() for _ in self.tasks]
+            self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, copies)})
+            channels = copies[0].channels
+            self.num_stages = len(channels)
+        #: what each stitch point is called in records and ``stitch_alphas``
+        self.point_labels = SEGNET_POINTS if self.paper else tuple(f"stage{i}" for i in range(len(channels)))
         k = len(self.tasks)
+
         def unit(ch: int) -> nn.Module:
-            return SharedStitchUnit(k) if variant == "mtan" else CrossStitchUnit(k, ch, float(alpha_s), per_channel)
+            return SharedStitchUnit(k) if variant == "mtan" else CrossStitchUnit(k, ch, alpha, per_channel)
 
-        self.stitches = nn.ModuleDict({name: unit(ch) for name, ch in points.items()})
-        self.heads = make_heads(self.tasks, trunk.out_channels)
-        init_weights(self)
+        units = [unit(ch) for ch in channels]
+        # named by point on SegNet (the paper model's keys), a list elsewhere (0.2's keys and indexing)
+        self.stitches: nn.ModuleDict | nn.ModuleList = (
+            nn.ModuleDict(dict(zip(SEGNET_POINTS, units))) if self.paper else nn.ModuleList(units))
+        if self.paper:
+            self.heads = make_heads(self.tasks, trunks[0].out_channels)
+            init_weights(self)
+        else:
+            self.heads = self.make_heads(copies[0])
 
-    def _stitch(self, point: str, xs: list[Tensor]) -> list[Tensor]:
-        unit = self.stitches[point]
-        self.record(f"alpha/{point}", unit.matrix())
-        return unit(xs)
+    def _stage(self, net: nn.Module, i: int, h: Tensor, ctx: Any) -> Tensor:
+        return trunk_stage(net, i, h, ctx) if isinstance(net, SegNetTrunk) else as_backbone(net).stage(i, h, ctx)
+
+    def units(self) -> list[CrossStitchUnit | SharedStitchUnit]:
+        """The stitch units, in stage order."""
+        units = self.stitches.values() if isinstance(self.stitches, nn.ModuleDict) else self.stitches
+        return [cast(CrossStitchUnit | SharedStitchUnit, u) for u in units]
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """All K stitched networks run together; returns each task's final feature map (task order)."""
-        check_input(x)
         nets = list(self.nets.values())
-        hs = [x] * len(nets)
-        enc_out: list[dict[int, Tensor]] = [{} for _ in nets]
-        indices: list[dict[int, Tensor]] = [{} for _ in nets]
-        for j in range(NUM_LEVELS):
-            pooled = []
-            for t, net in enumerate(nets):
-                enc_out[t][j] = net.enc[j](hs[t])
-                p, indices[t][j] = pool(enc_out[t][j])
-                pooled.append(p)
-            hs = self._stitch(f"enc{j}", pooled)
-        for j in range(NUM_LEVELS - 1, -1, -1):
-            hs = [net.decoder(j)(unpool(hs[t], indices[t][j], enc_out[t][j])) for t, net in enumerate(nets)]
-            if j > 0:
-                hs = self._stitch(f"dec{j}", hs)
+        if self.paper:
+            check_input(x)
+            starts: list[tuple[Tensor, Any]] = [(x, {}) for _ in nets]
+        else:
+            self.check_input(x, nets[0])
+            starts = [as_backbone(net).begin(x) for net in nets]
+        hs, ctxs = [h for h, _ in starts], [c for _, c in starts]
+        units = self.units()
+        for i in range(self.num_stages):
+            hs = [self._stage(net, i, h, ctx) for net, h, ctx in zip(nets, hs, ctxs)]
+            if i < len(units):
+                self.record(f"alpha/{self.point_labels[i]}", units[i].matrix())
+                hs = units[i](hs)
         return hs
 
     def decode(self, reps: list[Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:
@@ -181,13 +224,13 @@ class CrossStitch(MultiTaskModel):
 
     def alpha_parameters(self) -> list[nn.Parameter]:
         """The cross-stitch weights (matrices, or the ``mtan`` variant's vectors), one per stitch point."""
-        return [unit.alpha for unit in self.stitches.values()]
+        return [unit.alpha for unit in self.units()]
 
     def stitch_alphas(self) -> dict[str, Tensor]:
-        """A detached copy of every stitch point's K x K (x C) alpha matrix, keyed by stage (for plots)."""
-        return {name: unit.matrix().detach().clone() for name, unit in self.stitches.items()}
+        """A detached copy of every stitch point's K x K (x C) alpha matrix, keyed by point (for plots)."""
+        return {label: unit.matrix().detach().clone() for label, unit in zip(self.point_labels, self.units())}
 
-    def param_groups(self, lr: float) -> list[dict]:
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Network weights at ``lr``; the alphas at ``lr * alpha_lr_mult``."""
         alphas = {id(p) for p in self.alpha_parameters()}
         weights = [p for p in self.parameters() if id(p) not in alphas]

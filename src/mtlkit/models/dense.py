@@ -23,6 +23,8 @@ outputs of encoder stages 0-3, and the unpooled inputs of decoder stages 4 down 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
@@ -51,6 +53,8 @@ class Dense(MultiTaskModel):
     """Shared SegNet + per-task SegNets fed the shared features at every stage."""
 
     single_task_reference = "single"
+    own_backbone = "segnet"
+    label = "Dense"
 
     def __init__(self, tasks: list[Task], width: float = 1.0, *, in_channels: int = 3) -> None:
         super().__init__(tasks)
@@ -80,11 +84,11 @@ class Dense(MultiTaskModel):
         dec_in = {n - 1 - k: reps[n + k] for k in range(n)}
         out = {}
         for name in select_tasks(self.tasks, tasks):
-            net = self.nets[name]
+            net = cast(SegNetTrunk, self.nets[name])
             enc_out, indices = {}, {}
             h = stem
             for j in range(n):
-                enc_out[j] = net.enc[j](h if j == 0 else torch.cat([h, pooled[j - 1]], dim=1))
+                enc_out[j] = net.encoder(j)(h if j == 0 else torch.cat([h, pooled[j - 1]], dim=1))
                 h, indices[j] = pool(enc_out[j])
             for j in range(n - 1, -1, -1):
                 up = unpool(h, indices[j], enc_out[j])

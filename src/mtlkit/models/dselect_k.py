@@ -19,6 +19,7 @@ out: it needs a loss term outside the task losses.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class DSelectGate(nn.Module):
     def selectors(self, z: Tensor) -> Tensor:
         """``(B, k, n)`` selector distributions from bit logits ``z`` ``(B, k, bits)``."""
         s = smooth_step(z, self.gamma).unsqueeze(2)  # (B, k, 1, bits)
-        per_bit = torch.where(self.codes, s, 1 - s)  # (B, k, n, bits)
+        per_bit = torch.where(cast(Tensor, self.codes), s, 1 - s)  # (B, k, n, bits)
         sel = per_bit.prod(dim=-1)
         if self.n != 2**self.bits:
             sel = sel / sel.sum(dim=-1, keepdim=True).clamp_min(1e-12)

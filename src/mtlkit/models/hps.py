@@ -1,14 +1,14 @@
-"""Hard parameter sharing (Caruana, ICML 1993) over any backbone, and single-task networks.
+"""Hard parameter sharing (Caruana, ICML 1993) over any backbone.
 
 ``hps``: one backbone shared by every task, one head per task (on ResNets, DeepLabV3 heads: the
 "HPS" row of LibMTL's NYUv2 benchmark). On SegNet it is the MTAN paper's standard split (no
 widening). The representation is the backbone's output; ``shared_parameters()`` the backbone.
-
-``SingleOverBackbone`` is ``single`` on a non-SegNet backbone: one backbone + head per task,
-nothing shared (``single`` on SegNet keeps the MTAN paper's class, :mod:`mtlkit.models.single`).
+(The single-task networks, ``SingleOverBackbone`` in 0.2, are :class:`mtlkit.models.single.SingleTask`.)
 """
 
 from __future__ import annotations
+
+import warnings
 
 from torch import Tensor, nn
 
@@ -43,26 +43,12 @@ class HPS(BackboneModel):
         return list(self.backbone.parameters())
 
 
-class SingleOverBackbone(BackboneModel):
-    """One backbone + head per task, nothing shared (the single-task baseline on any backbone)."""
+def __getattr__(name: str) -> object:
+    """``SingleOverBackbone`` (0.2), deprecated: ``model.arch: single`` is one class on every backbone."""
+    if name == "SingleOverBackbone":
+        from mtlkit.models.single import SingleTask
 
-    arch_name = "single"
-    supports_representation = False
-
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
-        self.nets = nn.ModuleDict({t.name: self.new_backbone() for t in self.tasks})
-        self.heads = nn.ModuleDict({t.name: self.make_head(self.nets[t.name], t.channels) for t in self.tasks})
-
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """The image itself: every task's network starts from it."""
-        self.check_input(x, next(iter(self.nets.values())))
-        return [x]
-
-    def decode(self, reps: list[Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:
-        return {name: self.heads[name](self.nets[name](reps[0])) for name in select_tasks(self.tasks, tasks)}
-
-    def shared_parameters(self) -> list[nn.Parameter]:
-        return []
+        warnings.warn("mtlkit.models.hps.SingleOverBackbone is deprecated; use mtlkit.models.single.SingleTask",
+                      DeprecationWarning, stacklevel=2)
+        return SingleTask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

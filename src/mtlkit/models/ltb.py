@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from mtlkit.errors import ConfigError
 from mtlkit.models.blocks import select_tasks
-from mtlkit.models.over_backbone import BackboneModel
+from mtlkit.models.over_backbone import BackboneModel, backbones_in
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
@@ -62,7 +62,7 @@ class LTB(BackboneModel):
             raise ConfigError("model.options.tau_scale must be positive")
         self.warmup, self.tau_scale = float(warmup), float(tau_scale)
         self.nets = nn.ModuleDict({t.name: self.new_backbone() for t in self.tasks})
-        first = next(iter(self.nets.values()))
+        first = backbones_in(self.nets)[0]
         k = len(self.tasks)
         self.alpha = nn.Parameter(torch.zeros(first.num_stages - 1, k, k))
         self.heads = self.make_heads(first)
@@ -91,7 +91,7 @@ class LTB(BackboneModel):
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Every column through every stage with the sampled branching; each task's final features."""
-        nets = list(self.nets.values())
+        nets = backbones_in(self.nets)
         self.check_input(x, nets[0])
         starts = [net.begin(x) for net in nets]
         hs, ctxs = [h for h, _ in starts], [c for _, c in starts]
@@ -111,6 +111,6 @@ class LTB(BackboneModel):
     def shared_parameters(self) -> list[nn.Parameter]:
         """All but the heads and each column's last stage (which only its own task reads)."""
         own = {id(p) for p in self.heads.parameters()}
-        for net in self.nets.values():
+        for net in backbones_in(self.nets):
             own |= {id(p) for p in net.stage_module(net.num_stages - 1).parameters()}
         return [p for p in self.parameters() if id(p) not in own]

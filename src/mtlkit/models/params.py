@@ -32,27 +32,57 @@ SegNet are redundant and get exactly zero gradient in training), which moves no 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 import torch
 
 from mtlkit.errors import ConfigError
-from mtlkit.models import build_model
-from mtlkit.models.base import count_parameters
-from mtlkit.tasks import Task
+from mtlkit.models import build_model, model_class
+from mtlkit.models.base import MultiTaskModel, count_parameters
+from mtlkit.models.over_backbone import BackboneModel
+from mtlkit.registry import ARCHITECTURES
+from mtlkit.tasks import Task, depth_task, normal_task, segmentation_task
 
 #: the MTAN paper's architectures, in its table's order
 PAPER_ARCHS = ("single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan")
-#: the paper's #P column (NYUv2, three tasks)
-PAPER_RATIOS_NYUV2 = {
-    "single": 3.0, "stan": 4.56, "split_wide": 1.75, "split_deep": 2.0, "dense": 4.95, "cross_stitch": 3.0,
-    "mtan": 1.77,
-}
+#: the shipped table whose ``params_ratio`` column is the paper's #P (``report/references/mtan_paper.tsv``)
+PAPER_REFERENCE = "mtan_paper"
+#: the task set that #P column was measured on (NYUv2: 13-class segmentation, depth, normals)
+PAPER_TASKS = (segmentation_task(13), depth_task(), normal_task())
+
+
+@cache
+def paper_ratio(arch: str) -> float | None:
+    """The MTAN paper's #P of ``arch`` on NYUv2, read from the shipped reference table; None if it has none.
+
+    A row belongs to ``arch`` when its ``arch`` column is the class's ``label``, its registered
+    name or one of its ``reference_names`` (case and punctuation ignored).
+    """
+    from mtlkit.report.document import slug
+    from mtlkit.report.reference import load_reference
+
+    if arch not in ARCHITECTURES:
+        return None
+    cls: type[MultiTaskModel] = ARCHITECTURES.get(arch)
+    names = {slug(n) for n in (cls.label or arch, arch, *cls.reference_names)}
+    ratios = {r.params_ratio for r in load_reference(PAPER_REFERENCE).rows if slug(r.arch) in names}
+    return ratios.pop() if len(ratios) == 1 else None
+
+
+def __getattr__(name: str) -> dict[str, float | None]:
+    """``PAPER_RATIOS_NYUV2`` (0.2), deprecated: :func:`paper_ratio` reads the shipped reference table."""
+    if name == "PAPER_RATIOS_NYUV2":
+        warnings.warn("mtlkit.models.params.PAPER_RATIOS_NYUV2 is deprecated; use paper_ratio(arch)",
+                      DeprecationWarning, stacklevel=2)
+        return {a: paper_ratio(a) for a in PAPER_ARCHS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _meta_model(arch: str, tasks: Sequence[Task], width: float, backbone: str | None = None,
-                **options: Any) -> torch.nn.Module:
+                **options: Any) -> MultiTaskModel:
     """``arch`` built on the meta device: shapes only, so width-1 networks cost nothing."""
     with torch.device("meta"):
         return build_model(arch, tasks, width, backbone=backbone, **options)
@@ -75,10 +105,6 @@ def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0,
     """
     if not tasks:
         return None
-    from mtlkit.models import model_class
-    from mtlkit.models.over_backbone import BackboneModel
-    from mtlkit.registry import ARCHITECTURES
-
     if arch not in ARCHITECTURES:
         return None
     cls = model_class(arch, backbone)
@@ -126,7 +152,7 @@ def parameter_report(
     params = count_parameters(model)
     shared = sum(p.numel() for p in model.shared_parameters())
     reference = single_task_parameters(arch, tasks, width, backbone=backbone, **options)
-    nyuv2_like = [(t.kind, t.channels) for t in tasks] == [("segmentation", 13), ("depth", 1), ("normal", 3)]
+    nyuv2_like = [(t.kind, t.channels) for t in tasks] == [(t.kind, t.channels) for t in PAPER_TASKS]
     return {
         "arch": arch,
         "backbone": backbone,
@@ -137,7 +163,7 @@ def parameter_report(
         "shared_params": shared,
         "single_task_params": None if reference is None else round(reference),
         "ratio": None if reference is None else params / reference,
-        "paper_ratio": PAPER_RATIOS_NYUV2.get(arch) if nyuv2_like and width == 1 and backbone in (None, "segnet")
+        "paper_ratio": paper_ratio(arch) if nyuv2_like and width == 1 and backbone in (None, "segnet")
         else None,
     }
 

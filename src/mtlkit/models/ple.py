@@ -28,14 +28,14 @@ last-level experts and its head; LibMTL: the shared experts only). Gate weights 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
 from mtlkit.models.backbones import Backbone
 from mtlkit.models.blocks import select_tasks
 from mtlkit.models.moe import Gate, mix
-from mtlkit.models.over_backbone import BackboneModel, positive_int
+from mtlkit.models.over_backbone import BackboneModel, backbones_in, positive_int
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 
@@ -66,8 +66,8 @@ class PLE(BackboneModel):
         self.shared_experts = nn.ModuleList([self.new_backbone() for _ in range(ns)])
         self.task_experts = nn.ModuleDict(
             {t.name: nn.ModuleList([self.new_backbone() for _ in range(nt)]) for t in self.tasks})
-        proto = self.shared_experts[0]
-        self.levels = proto.num_stages
+        proto = backbones_in(self.shared_experts)[0]
+        self.levels: int = proto.num_stages
         level_in = (in_channels,) + tuple(proto.channels[:-1])
         self.task_gates = nn.ModuleDict(
             {t.name: nn.ModuleList([Gate(level_in[i], nt + ns, grid) for i in range(self.levels)])
@@ -84,15 +84,15 @@ class PLE(BackboneModel):
         hs = x
         ctx: dict[int, Any] = {}
         for i in range(self.levels):
-            shared = [run_stage(e, i, hs, ctx, id(e)) for e in self.shared_experts]
-            own = {n: [run_stage(e, i, h[n], ctx, id(e)) for e in self.task_experts[n]] for n in names}
+            shared = [run_stage(e, i, hs, ctx, id(e)) for e in backbones_in(self.shared_experts)]
+            own = {n: [run_stage(e, i, h[n], ctx, id(e)) for e in backbones_in(self.task_experts[n])] for n in names}
             new_h = {}
             for n in names:
-                w = self.task_gates[n][i](h[n])
+                w = cast(nn.ModuleList, self.task_gates[n])[i](h[n])
                 self.record(f"gate/{n}/level{i}", w)
                 new_h[n] = mix(w, own[n] + shared)
             if i < self.levels - 1:
-                w = self.shared_gates[i](hs)
+                w = cast(nn.ModuleList, self.shared_gates)[i](hs)
                 self.record(f"gate/shared/level{i}", w)
                 hs = mix(w, [o for n in names for o in own[n]] + shared)
             h = new_h
@@ -105,10 +105,11 @@ class PLE(BackboneModel):
     def task_own_parameters(self, name: str) -> list[nn.Parameter]:
         """Parameters only task ``name``'s loss reaches: its last two gates, last-level experts, head."""
         last = self.levels - 1
-        params = list(self.heads[name].parameters()) + list(self.task_gates[name][last].parameters())
+        gates = cast(nn.ModuleList, self.task_gates[name])
+        params = list(self.heads[name].parameters()) + list(gates[last].parameters())
         if last >= 1:
-            params += list(self.task_gates[name][last - 1].parameters())
-        for e in self.task_experts[name]:
+            params += list(gates[last - 1].parameters())
+        for e in backbones_in(self.task_experts[name]):
             params += stage_parameters(e, last)
         return params
 

@@ -32,6 +32,7 @@ class SegNet(MultiTaskModel):
     """
 
     single_task_reference = "single"
+    own_backbone = "segnet"
 
     arch_name = "segnet"
     base_channels: tuple[int, ...] = SEGNET_CHANNELS

@@ -20,6 +20,7 @@ class SplitWide(SegNet):
     """Hard sharing, SegNet with a 1024-channel deepest stage; the representation is the trunk output."""
 
     arch_name = "split_wide"
+    label = "Split, Wide"
     base_channels = (64, 128, 256, 512, 1024)
 
 
@@ -28,4 +29,5 @@ class SplitDeep(SegNet):
     """Hard sharing, SegNet with twice the conv layers per stage; the representation is the trunk output."""
 
     arch_name = "split_deep"
+    label = "Split, Deep"
     depth_factor = 2

@@ -8,6 +8,8 @@ empty. Attention masks are recorded under the same keys as MTAN's (``attention/<
 
 from __future__ import annotations
 
+from typing import cast
+
 from torch import Tensor, nn
 
 from mtlkit.models.base import MultiTaskModel
@@ -23,6 +25,8 @@ class STAN(MultiTaskModel):
 
     records = ("attention",)
     single_task_reference = "single"
+    own_backbone = "segnet"
+    label = "STAN"
 
     supports_representation = False
 
@@ -41,7 +45,7 @@ class STAN(MultiTaskModel):
         """Run only the requested tasks' networks (recording their masks when asked)."""
         out = {}
         for name in select_tasks(self.tasks, tasks):
-            net = self.nets[name]
+            net = cast(MTAN, self.nets[name])
             if self._record:
                 with net.recording() as masks:
                     out[name] = net(reps[0])[name]

@@ -8,7 +8,7 @@ from typing import Any
 
 from mtlkit.report.numbers import sample_std
 from mtlkit.report.reference import Reference, ReferenceRow
-from mtlkit.report.results_table import ARCH_LABELS, Column, ReferenceLine, ResultsTable, Row
+from mtlkit.report.results_table import Column, ReferenceLine, ResultsTable, Row, arch_label
 from mtlkit.report.runs import Run
 
 
@@ -111,10 +111,10 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
     """delta_m of every run against the matching baseline row's seed-mean (same non-model settings)."""
     candidates = [r for r in table.rows if r.arch == baseline]
     if not candidates:
-        table.notes.append(f"No {ARCH_LABELS.get(baseline, baseline)} ({baseline}) run in this experiment, "
+        table.notes.append(f"No {arch_label(baseline)} ({baseline}) run in this experiment, "
                            "so no Δm column.")
         return
-    table.baseline = ARCH_LABELS.get(baseline, baseline)
+    table.baseline = arch_label(baseline)
     directions = {c.key: c.higher_is_better for c in table.columns}
 
     def shared(setting: dict[str, Any]) -> dict[str, Any]:

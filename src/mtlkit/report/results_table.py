@@ -22,10 +22,11 @@ ALPHA = 0.05
 #: mark of a difference from the baseline that is not significant at ALPHA
 NOT_SIGNIFICANT = "†"
 
-ARCH_LABELS = {
-    "single": "Single-Task", "stan": "STAN", "split_wide": "Split, Wide", "split_deep": "Split, Deep",
-    "dense": "Dense", "cross_stitch": "Cross-Stitch", "mtan": "MTAN",
-}
+def arch_label(arch: str) -> str:
+    """An architecture's name in tables: its class's ``label`` (the registered name when unset or unregistered)."""
+    from mtlkit.registry import ARCHITECTURES
+
+    return (ARCHITECTURES.get(arch).label or arch) if arch in ARCHITECTURES else arch
 
 
 @dataclass
@@ -107,7 +108,7 @@ class Row:
     @property
     def arch_label(self) -> str:
         """The architecture as the paper names it."""
-        return ARCH_LABELS.get(self.arch, self.arch)
+        return arch_label(self.arch)
 
     @property
     def weighting_label(self) -> str:

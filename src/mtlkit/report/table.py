@@ -34,19 +34,19 @@ from mtlkit.report.numbers import decimals, fmt_delta, fmt_value, sample_std
 from mtlkit.report.reference import Reference, ReferenceRow, load_reference
 from mtlkit.report.results_table import (
     ALPHA,
-    ARCH_LABELS,
     NOT_SIGNIFICANT,
     Column,
     ReferenceLine,
     ResultsTable,
     Row,
+    arch_label,
     method_label,
 )
 from mtlkit.report.runs import Run, order_key
 from mtlkit.tasks import Task
 
 __all__ = [
-    "ALPHA", "ARCH_LABELS", "IGNORED_KEYS", "NOT_SIGNIFICANT", "Column", "ReferenceLine", "ResultsTable", "Row",
+    "ALPHA", "IGNORED_KEYS", "NOT_SIGNIFICANT", "Column", "ReferenceLine", "ResultsTable", "Row", "arch_label",
     "build_tables", "decimals", "delta_m", "fmt_delta", "fmt_value", "method_label", "sample_std", "table_key",
     "tables_csv",
 ]

@@ -2,10 +2,14 @@
 
 :func:`build_backbone` makes one at a width, optionally loading pretrained weights
 (``none`` | ``imagenet`` | a state-dict file); see :mod:`.base` for the staged contract.
-``wrn28`` (the Visual Decathlon's WRN-28-4) has classifier heads: its tasks are classification tasks.
+What a backbone can do is declared on its class (:class:`~.base.Backbone`): ``dense_heads``
+(``wrn28``, the Visual Decathlon's WRN-28-4, classifies whole images), ``has_pretrained``
+(the ResNets) and ``paper_segnet`` (``segnet``).
 """
 
 from __future__ import annotations
+
+import warnings
 
 from mtlkit.errors import ConfigError
 from mtlkit.models.backbones.base import Backbone
@@ -17,28 +21,38 @@ from mtlkit.registry import Registry
 __all__ = ["BACKBONES", "Backbone", "DilatedResNet", "SegNetBackbone", "WideResNet", "build_backbone",
            "check_pretrained", "head_kind"]
 
-BACKBONES: Registry = Registry("backbone")
+BACKBONES: Registry[type[Backbone]] = Registry("backbone")
 BACKBONES.register("segnet")(SegNetBackbone)
 for _depth in (18, 34, 50):
     BACKBONES.register(f"resnet{_depth}_dilated")(resnet_factory(_depth))
 BACKBONES.register("wrn28")(WideResNet)
 
-#: backbones whose heads classify whole images (the others predict dense maps)
-CLASSIFIER_BACKBONES = ("wrn28",)
-#: backbones without pretrained weights
-NO_PRETRAINED = ("segnet", "wrn28")
 
 
 def head_kind(backbone: str) -> str:
-    """``classification`` when ``backbone``'s heads classify whole images, else ``dense``."""
-    return "classification" if backbone in CLASSIFIER_BACKBONES else "dense"
+    """``dense`` when ``backbone``'s heads predict per-pixel maps, ``image`` when they classify whole images."""
+    return "dense" if BACKBONES.get(backbone).dense_heads else "image"
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """The name lists of 0.2 (``CLASSIFIER_BACKBONES``, ``NO_PRETRAINED``), deprecated: ask the class."""
+    if name == "CLASSIFIER_BACKBONES":
+        picked = tuple(n for n, cls in BACKBONES.items() if not cls.dense_heads)
+    elif name == "NO_PRETRAINED":
+        picked = tuple(n for n, cls in BACKBONES.items() if not cls.has_pretrained)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"mtlkit.models.backbones.{name} is deprecated; read the backbone class's "
+                  f"{'dense_heads' if name == 'CLASSIFIER_BACKBONES' else 'has_pretrained'}",
+                  DeprecationWarning, stacklevel=2)
+    return picked
 
 
 def check_pretrained(backbone: str, pretrained: str) -> None:
     """Raise a ConfigError when ``pretrained`` is not a string or asks weights of a backbone without any."""
     if not isinstance(pretrained, str) or not pretrained:
         raise ConfigError(f"model.pretrained must be 'none', 'imagenet' or a file path (got {pretrained!r})")
-    if pretrained != "none" and backbone in NO_PRETRAINED:
+    if pretrained != "none" and not BACKBONES.get(backbone).has_pretrained:
         raise ConfigError(f"model.pretrained: the {backbone} backbone has no pretrained weights (use 'none')")
 
 

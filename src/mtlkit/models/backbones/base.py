@@ -12,7 +12,7 @@ that upsamples (``model.align_corners``), and a backbone whose heads do not upsa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -27,6 +27,13 @@ class Backbone(nn.Module):
     strides: tuple[int, ...] = ()
     #: input height and width must be multiples of this
     size_divisor: int = 1
+    #: True: the heads predict per-pixel maps (dense tasks); False: one output per image (image-level tasks)
+    dense_heads: ClassVar[bool] = True
+    #: whether ``load_pretrained`` exists (``model.pretrained`` other than ``none``)
+    has_pretrained: ClassVar[bool] = False
+    #: True for the MTAN paper's SegNet: ``single``, ``mtan`` and ``cross_stitch`` build the paper's
+    #: exact layout (module names, stitch points) on it
+    paper_segnet: ClassVar[bool] = False
 
     @property
     def num_stages(self) -> int:
@@ -58,6 +65,10 @@ class Backbone(nn.Module):
         for i in range(self.num_stages):
             h = self.stage(i, h, ctx)
         return h
+
+    def load_pretrained(self, source: str) -> None:
+        """Load pretrained weights (``imagenet`` or a state-dict file); only where ``has_pretrained``."""
+        raise NotImplementedError(f"backbone {self.name!r} has no pretrained weights")
 
     def make_head(self, out_channels: int, align_corners: bool = False) -> nn.Module:
         """A task head reading ``forward``'s features and predicting at the input resolution.

@@ -17,6 +17,7 @@ torchvision stays optional, used only to fetch ImageNet weights (``model.pretrai
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -88,8 +89,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + skip)
 
 
-def make_layer(block: type, cin: int, planes: int, blocks: int, stride: int, dilation: int,
-               prev_dilation: int) -> nn.Sequential:
+def make_layer(block: type[BasicBlock] | type[Bottleneck], cin: int, planes: int, blocks: int, stride: int,
+               dilation: int, prev_dilation: int) -> nn.Sequential:
     """One ResNet layer; a dilated layer (``dilation > 1``) has stride 1 everywhere."""
     cout = planes * block.expansion
     downsample = None
@@ -104,10 +105,12 @@ def make_layer(block: type, cin: int, planes: int, blocks: int, stride: int, dil
 class DilatedResNet(Backbone):
     """A torchvision-layout ResNet without classifier, output stride 8; stages layer1..layer4."""
 
+    has_pretrained = True
+
     def __init__(self, depth: int, width: float = 1.0, in_channels: int = 3) -> None:
         super().__init__()
-        blocks, kind = SPECS[depth]
-        block = BasicBlock if kind == "basic" else Bottleneck
+        blocks, block_type = SPECS[depth]
+        block = BasicBlock if block_type == "basic" else Bottleneck
         self.name = f"resnet{depth}_dilated"
         self.depth = depth
         self.width = width
@@ -132,7 +135,7 @@ class DilatedResNet(Backbone):
     @property
     def layers(self) -> list[nn.Sequential]:
         """layer1..layer4 (not registered twice: the state dict keeps torchvision's keys)."""
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+        return [cast(nn.Sequential, getattr(self, f"layer{i}")) for i in range(1, 5)]
 
     def reset_parameters(self) -> None:
         """torchvision's initialisation: Kaiming-normal (fan-out) convs, unit BN scales, zero shifts."""
@@ -218,12 +221,13 @@ def check_state(own: dict[str, Tensor], given: dict[str, Tensor], source: str) -
                           f"the backbone needs {tuple(own[bad[0]].shape)}")
 
 
-def resnet_factory(depth: int):
-    """A ``(width, in_channels) -> DilatedResNet`` constructor for the registry."""
+def resnet_factory(depth: int) -> type[DilatedResNet]:
+    """The registered class of ResNet-``depth``: a :class:`DilatedResNet` built from ``(width, in_channels)``."""
 
-    def make(width: float = 1.0, in_channels: int = 3) -> DilatedResNet:
-        return DilatedResNet(depth, width, in_channels)
+    class Dilated(DilatedResNet):
+        def __init__(self, width: float = 1.0, in_channels: int = 3) -> None:
+            super().__init__(depth, width, in_channels)
 
-    make.__doc__ = f"ResNet-{depth}, dilated to output stride 8 (torchvision keys)."
-    return make
-
+    Dilated.__name__ = Dilated.__qualname__ = f"ResNet{depth}Dilated"
+    Dilated.__doc__ = f"ResNet-{depth}, dilated to output stride 8 (torchvision keys)."
+    return Dilated

@@ -114,6 +114,7 @@ class WideResNet(Backbone):
     """WRN-``depth``-``widen_factor`` at ``width``; stages stem, stage1..stage3 (strides 1, 2, 4, 8)."""
 
     name = "wrn28"
+    dense_heads = False
 
     def __init__(self, width: float = 1.0, in_channels: int = 3, depth: int = 28, widen_factor: int = 4,
                  variant: str = "official") -> None:
