@@ -407,7 +407,7 @@ def test_train_runs_on_real_layouts(tmp_path: Path, name: str) -> None:
     run = tmp_path / "run"
     args = ["train", f"dataset.name={name}", f"dataset.root={tmp_path / 'data'}", "dataset.augment=true",
             "model.arch=mtan", "model.width=0.125", "train.epochs=1", "train.batch_size=2",
-            "train.max_steps_per_epoch=1", "train.progress=false", "train.tensorboard=false",
+            "train.max_steps_per_epoch=1", "train.progress=false", "train.loggers=[]",
             f"out_dir={tmp_path}", "--run-dir", str(run)]
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())

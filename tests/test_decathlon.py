@@ -335,7 +335,7 @@ def test_wrn_mtan_trains_on_the_tiny_folder_through_the_cli(tiny_root: Path, tmp
         "dataset.height=32", "dataset.width=32", "model.arch=wrn_mtan", "model.width=0.125",
         "model.options.depth=10", "model.options.variant=clean", "train.epochs=2", "train.batch_size=4",
         "train.progress=false",
-        "train.tensorboard=false", "optim.lr=1e-3", "--run-dir", str(run_dir),
+        "train.loggers=[]", "optim.lr=1e-3", "--run-dir", str(run_dir),
     ])
     assert rc == 0
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

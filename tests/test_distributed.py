@@ -68,7 +68,7 @@ def run_config(data: Path, out: Path, **sections) -> dict:
         "weighting": {"name": "equal"},
         "optim": {"name": "sgd", "lr": 2e-3, "momentum": 0.0},
         "train": {"epochs": 2, "batch_size": 4, "max_steps_per_epoch": 1, "device": "cpu", "progress": False,
-                  "tensorboard": False},
+                  "loggers": []},
     }
     for key, value in sections.items():
         cfg[key] = {**cfg[key], **value}

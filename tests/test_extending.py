@@ -128,7 +128,7 @@ def test_one_file_each_then_train_by_name(extension, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["train", "dataset.name=folder", f"dataset.root={tmp_path / 'data'}", "dataset.height=32",
             "dataset.width=32", "model.arch=tiny_hps", "weighting.name=fixed", "weighting.options.weights=[1.0, 0.5]",
-            "train.epochs=1", "train.batch_size=2", "train.progress=false", "train.tensorboard=false",
+            "train.epochs=1", "train.batch_size=2", "train.progress=false", "train.loggers=[]",
             f"out_dir={tmp_path}", "--run-dir", str(run)]
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())

@@ -198,7 +198,7 @@ def test_training_records_the_protocol_and_evaluate_cli_switches_it(tiny_cfg, tm
     from mtlkit.cli.main import main
     from mtlkit.train.trainer import train
 
-    cfg = tiny_cfg(train={"epochs": 1, "batch_size": 4, "progress": False, "tensorboard": False, "amp": False},
+    cfg = tiny_cfg(train={"epochs": 1, "batch_size": 4, "progress": False, "loggers": [], "amp": False},
                    eval={"protocol": "mtan_paper", "batch_size": 2, "select_best": False, "report_last": 10})
     assert cfg.train.amp == "off"  # YAML's bare `off` is false
     run = train(cfg, run_dir=tmp_path / "r")

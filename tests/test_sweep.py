@@ -213,7 +213,7 @@ def test_real_tiny_sweep_end_to_end_then_report(scenes_cache: Path, tmp_path: Pa
     base = {"dataset": {"name": "scenes", "root": str(scenes_cache), "num_classes": 7, "height": 32, "width": 64,
                         "n_train": 8, "n_val": 4},
             "model": {"width": 0.125}, "optim": {"lr": 1e-3},
-            "train": {"epochs": 2, "batch_size": 4, "progress": False, "tensorboard": False}}
+            "train": {"epochs": 2, "batch_size": 4, "progress": False, "loggers": []}}
     sw = sweeps.sweep_from_dict({"name": "e2e", "base": base, "grid": {"model.arch": ["single", "mtan"]}})
     out = tmp_path / "sweep"
     assert sweeps.run_sweep(sw, out, progress=False, log=lambda m: None).ok

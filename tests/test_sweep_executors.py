@@ -27,7 +27,7 @@ def tiny4(cache: Path, epochs: int = 2) -> sweeps.Sweep:
     base = {"dataset": {"name": "scenes", "root": str(cache), "num_classes": 7, "height": 32, "width": 64,
                         "n_train": 8, "n_val": 4},
             "model": {"width": 0.125}, "optim": {"lr": 1e-3},
-            "train": {"epochs": epochs, "batch_size": 4, "progress": False, "tensorboard": False}}
+            "train": {"epochs": epochs, "batch_size": 4, "progress": False, "loggers": []}}
     return sweeps.sweep_from_dict({"name": "tiny4", "base": base,
                                    "grid": {"model.arch": ["split_wide", "mtan"], "weighting.name": ["equal", "dwa"]}})
 
