@@ -66,8 +66,9 @@ def test_contributing_is_linked_and_names_real_paths() -> None:
     text = (ROOT / "CONTRIBUTING.md").read_text()
     assert "](CONTRIBUTING.md)" in (ROOT / "README.md").read_text()
     assert "pre-commit install" in text
-    # every repository path the guide names in backticks exists
-    paths = set(re.findall(r"`((?:src|tests|docs|bench|configs|\.ci)/[\w./-]*\w)`", text))
+    # every repository path the guide names in backticks, and every file it links, exists
+    paths = set(re.findall(r"`((?:src|tests|docs|bench|configs|\.ci)/[\w./-]*\w/?)`", text))
+    paths |= set(re.findall(r"\]\(([^)#:]+)\)", text))
     assert paths, "no paths found"
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"CONTRIBUTING.md names paths that do not exist: {missing}"
