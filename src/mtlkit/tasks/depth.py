@@ -6,13 +6,18 @@ option ``inverse`` (inverse depth / disparity, as CityScapes ships it) multiplie
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 DEPTH_METRICS = {"abs_err": False, "rel_err": False}
 
@@ -37,7 +42,7 @@ class Depth(TaskKind):
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return depth_loss(pred, target)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics import DepthMeter
 
         return DepthMeter()
@@ -63,7 +68,7 @@ class Depth(TaskKind):
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
         return float_maps_from_file(array, 1)
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         d = np.asarray(array, dtype=float).squeeze()
         ax.imshow(np.ma.masked_equal(d, 0.0), cmap="magma_r")
         ax.set_facecolor("black")

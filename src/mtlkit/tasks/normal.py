@@ -7,6 +7,8 @@ horizontal flip negates x; zooming does not change normals. Files: ``.npy`` valu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,11 @@ from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 NORMAL_METRICS = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
 
@@ -43,7 +50,7 @@ class Normal(TaskKind):
     def postprocess(self, task: Task, pred: Tensor) -> Tensor:
         return F.normalize(pred, p=2, dim=1)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics import NormalMeter
 
         return NormalMeter()
@@ -78,7 +85,7 @@ class Normal(TaskKind):
             return torch.from_numpy(np.ascontiguousarray(n, dtype=np.float32))
         return float_maps_from_file(array, 3)
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         n = np.asarray(array, dtype=float)
         n = np.moveaxis(n, 0, -1) if n.shape[0] == 3 else n
         ax.imshow(np.clip((n + 1) / 2, 0, 1))
