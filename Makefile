@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 #   make demo TORCH_SPEC="torch>=2.2"   (pyproject.toml itself asks for torch>=2.2,<3)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint bench browser wheel-check docs clean
+.PHONY: install demo test lint format bench browser wheel-check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,19 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q
 
+# The Python files ruff checks and formats; mypy reads its file list from [tool.mypy] in pyproject.toml.
+LINT_PATHS := src tests bench docs/gen_pages.py docs/hooks.py .ci/check_extras.py
+
+# ruff's rules, the formatting (line length 120, pyproject.toml [tool.ruff]) and mypy over src/mtlkit;
+# `make format` rewrites what `ruff format --check` would reject.
 lint: install
-	$(BIN)/ruff check src tests bench docs/gen_pages.py docs/hooks.py .ci/check_extras.py
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --select I --fix $(LINT_PATHS)
+	$(BIN)/ruff format $(LINT_PATHS)
 
 # The documentation site into site/ (reference pages generated from the code by docs/gen_pages.py),
 # then the checks of the built site in tests/test_docs.py (no SUMMARY page, offline math, widths);
@@ -66,4 +77,4 @@ bench: install
 	$(BIN)/python bench/train_step.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache site dist build
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache site dist build

@@ -17,6 +17,14 @@ ls "$WORK/dist"
 wheel=$(ls "$WORK"/dist/mtlkit-*.whl)
 version=$(PYTHONPATH="$ROOT/src" "$PYTHON" -c "import mtlkit; print(mtlkit.__version__)")
 [[ $(basename "$wheel") == mtlkit-"$version"-* ]] || { echo "wheel $(basename "$wheel") is not version $version"; exit 1; }
+# the package data the code reads at run time, and the PEP 561 marker that lets type checkers use mtlkit's hints
+"$PYTHON" - "$wheel" <<'PY'
+import sys, zipfile
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+missing = [n for n in ("mtlkit/py.typed", "mtlkit/presets/demo.yaml") if n not in names]
+assert not missing, f"the wheel lacks {missing}"
+print("wheel carries mtlkit/py.typed and the presets")
+PY
 
 step "fresh venv outside the checkout: $TORCH_SPEC, then the wheel"
 "$PYTHON" -m venv "$WORK/venv"

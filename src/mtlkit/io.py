@@ -8,8 +8,9 @@ import os
 import stat
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -23,11 +24,11 @@ class _Sink:
     remembered ``OSError`` (e.g. "No space left on device") is what the user is told instead.
     """
 
-    def __init__(self, fh, path: Path) -> None:
+    def __init__(self, fh: IO[bytes], path: Path) -> None:
         self.fh, self.path = fh, path
         self.error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             return self.fh.write(data)
         except OSError as err:
@@ -78,7 +79,7 @@ def _plain_open_mode(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def _atomic(path: str | Path, write) -> None:
+def _atomic(path: str | Path, write: Callable[[_Sink], object]) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """torch.save through a temp file and rename, so a kill never leaves a broken checkpoint."""
-    _atomic(path, lambda fh: torch.save(obj, fh))
+    # the sink is what torch.save writes to: it only calls write and flush, which _Sink forwards
+    _atomic(path, lambda fh: torch.save(obj, cast(IO[bytes], fh)))
 
 
 def remove_stale_temp_files(folder: str | Path) -> list[Path]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from dataclasses import Field, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from mtlkit.errors import shorten
 
@@ -28,8 +28,13 @@ class Record:
 
     extra: dict[str, Any]
 
+    if TYPE_CHECKING:  # what @dataclass gives each record, so that the methods below type-check
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+        def __init__(self, **values: Any) -> None: ...
+
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)  # type: ignore[call-overload]
+        out = asdict(self)
         extra = out.pop("extra")
         return {**out, **extra}
 
@@ -37,7 +42,7 @@ class Record:
     def from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
         """The record in ``data``; a declared field of the wrong JSON type is a TypeError naming it."""
         cls.check_types(data)
-        names = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        names = {f.name for f in fields(cls)} - {"extra"}
         known = {k: v for k, v in data.items() if k in names}
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 

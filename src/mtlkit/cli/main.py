@@ -96,7 +96,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from mtlkit.models.backbones import BACKBONES, head_kind
     from mtlkit.registry import ARCHITECTURES, DATASETS, TASK_KINDS, WEIGHTINGS
 
-    def doc(obj) -> str:
+    def doc(obj: object) -> str:
         return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
 
     table = {

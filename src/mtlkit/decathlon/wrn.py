@@ -49,8 +49,8 @@ from mtlkit.models.backbones.wrn import (  # noqa: F401  (re-exported: the decat
     wrn_channels,
 )
 from mtlkit.models.base import MultiTaskModel
-from mtlkit.models.mtan import WRN_LEVELS as LEVELS  # noqa: F401  (re-exported)
 from mtlkit.models.mtan import MTAN
+from mtlkit.models.mtan import WRN_LEVELS as LEVELS  # noqa: F401  (re-exported)
 from mtlkit.registry import ARCHITECTURES
 from mtlkit.tasks import Task
 

@@ -9,6 +9,7 @@ are fractions in [0, 1]. With no valid pixel at all both are NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -115,13 +116,17 @@ def segmentation_metrics(
 
 
 class SegmentationMeter(Meter):
-    """Streaming confusion matrix (int64, kept on the device of the updates) -> miou, pix_acc."""
+    """Streaming confusion matrix (int64, kept on the device of the updates) -> miou, pix_acc.
 
-    def __init__(self, num_classes: int, ignore_index: int = -1) -> None:
+    With ``class_names``, also each named class's IoU (``iou_<name>``, in class-id order).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = -1, *, class_names: Sequence[str] = ()) -> None:
         if num_classes < 1:
             raise MetricError(f"SegmentationMeter: num_classes must be >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.class_names = [str(n) for n in class_names]
         super().__init__()
 
     def _reset_state(self) -> None:
@@ -140,5 +145,9 @@ class SegmentationMeter(Meter):
         return self._cm.cpu().numpy().copy()
 
     def compute(self) -> dict[str, float]:
-        """``{"miou", "pix_acc"}`` over every update (and every rank after all_reduce)."""
-        return metrics_from_confusion(self._cm.cpu())
+        """``{"miou", "pix_acc"}`` (and ``iou_<name>``) over every update (and every rank after all_reduce)."""
+        out = metrics_from_confusion(self._cm.cpu())
+        if self.class_names:
+            for name, iou in zip(self.class_names, per_class_iou(self.confusion_matrix)):
+                out[f"iou_{name}"] = float(iou)
+        return out

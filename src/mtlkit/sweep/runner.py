@@ -54,7 +54,7 @@ class Context:
 
     def settle(self, job: RunJob, error: str | None = None) -> dict[str, Any]:
         """After a job's process ended: a record still ``running`` means the worker died; record it as failed."""
-        rec = next(r for r in st.read_state(self.sweep_dir)["runs"] if r["name"] == job.name)
+        rec = st.run_record(self.sweep_dir, job.name)
         if rec["status"] in ("running", "pending"):
             message = (error or "the worker process ended without recording the run").splitlines()[0][:500]
             rec = st.update_run(self.sweep_dir, job.name, status="failed", error=message, ended=st.now())

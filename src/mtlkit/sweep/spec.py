@@ -285,7 +285,7 @@ def check_names(runs: list[SweepRun]) -> None:
 
     for run in runs:
         try:
-            check_loggers(run.config.train.loggers, run.config.train.tracker_options)
+            check_loggers(list[str](run.config.train.loggers), run.config.train.tracker_options)
             DATASETS.get(run.config.dataset.name)
             ARCHITECTURES.get(run.config.model.arch)
             WEIGHTINGS.get(run.config.weighting.name)

@@ -81,6 +81,22 @@ def write_state(sweep_dir: Path, state: dict[str, Any]) -> None:
         atomic_write_json(Path(sweep_dir) / "sweep.json", state)
 
 
+def run_record(sweep_dir: Path, name: str) -> dict[str, Any]:
+    """Run ``name``'s record in ``sweep.json`` as it is now (read without the lock)."""
+    return _state_and_run(Path(sweep_dir), name)[1]
+
+
+def _state_and_run(sweep_dir: Path, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``sweep.json`` and run ``name``'s record in it; a missing file or run is an MtlkitError."""
+    state = read_state(sweep_dir)
+    if state is None:
+        raise MtlkitError(f"{sweep_dir}: no sweep.json (the run {name!r} was not started by mtlkit sweep)")
+    rec: dict[str, Any] | None = next((r for r in state["runs"] if r["name"] == name), None)
+    if rec is None:
+        raise MtlkitError(f"{sweep_dir / 'sweep.json'}: no run named {name!r}")
+    return state, rec
+
+
 def update_run(sweep_dir: Path, name: str, **fields: Any) -> dict[str, Any]:
     """Set ``fields`` on run ``name``'s record in ``sweep.json`` (read-modify-write under the lock); the record.
 
@@ -88,12 +104,7 @@ def update_run(sweep_dir: Path, name: str, **fields: Any) -> dict[str, Any]:
     """
     sweep_dir = Path(sweep_dir)
     with state_lock(sweep_dir):
-        state = read_state(sweep_dir)
-        if state is None:
-            raise MtlkitError(f"{sweep_dir}: no sweep.json (the run {name!r} was not started by mtlkit sweep)")
-        rec = next((r for r in state["runs"] if r["name"] == name), None)
-        if rec is None:
-            raise MtlkitError(f"{sweep_dir / 'sweep.json'}: no run named {name!r}")
+        state, rec = _state_and_run(sweep_dir, name)
         rec["attempts"] = rec.get("attempts", 0) + fields.pop("attempts_add", 0)
         rec["wall_time"] = rec.get("wall_time", 0.0) + fields.pop("wall_time_add", 0.0)
         rec.update(fields)
@@ -194,7 +205,8 @@ def record_is_stale(rec: dict[str, Any]) -> bool:
     """A ``running`` record whose process is known to be gone (same host, dead pid)."""
     where = rec.get("where") or {}
     pid, host = where.get("pid"), where.get("host")
-    return rec.get("status") == "running" and bool(pid) and host == socket.gethostname() and not pid_alive(pid)
+    return (rec.get("status") == "running" and pid is not None and bool(pid) and host == socket.gethostname()
+            and not pid_alive(pid))
 
 
 def status_lines(state: dict[str, Any], sweep_dir: Path) -> list[str]:

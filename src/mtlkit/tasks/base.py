@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +24,12 @@ from torch import Tensor
 from mtlkit.config import MAX_CLASSES as MAX_CHANNELS
 from mtlkit.errors import ConfigError, DataError, shorten
 from mtlkit.registry import TASK_KINDS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Colormap
+
+    from mtlkit.metrics.base import Meter
 
 #: names a task cannot take: sample keys that are not targets
 RESERVED_NAMES = ("image",)
@@ -78,7 +84,7 @@ class Task:
         """Map a head's raw output to the prediction the meter scores (e.g. normalised normals)."""
         return self.spec.postprocess(self, pred)
 
-    def new_meter(self):
+    def new_meter(self) -> Meter:
         """A fresh streaming accumulator of this task's metrics over an evaluation set."""
         return self.spec.new_meter(self)
 
@@ -183,7 +189,7 @@ class TaskKind:
         """Raw head output -> what the meter scores (identity unless the kind says otherwise)."""
         return pred
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ data
@@ -234,7 +240,7 @@ class TaskKind:
         """One postprocessed prediction (no batch dim) as the array ``draw`` shows (e.g. argmax labels)."""
         return pred
 
-    def draw(self, task: Task, ax, array: np.ndarray | None) -> None:
+    def draw(self, task: Task, ax: Axes, array: np.ndarray | None) -> None:
         """Draw a target or displayed prediction on a matplotlib axes."""
         ax.set_xticks([])
         ax.set_yticks([])
@@ -243,7 +249,7 @@ class TaskKind:
             return
         self._draw(task, ax, np.asarray(array))
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         ax.text(0.5, 0.5, str(array), ha="center", va="center", transform=ax.transAxes)
 
     def table_label(self, task: Task) -> str:
@@ -252,7 +258,7 @@ class TaskKind:
 
     # ------------------------------------------------------------------ evaluation protocols
 
-    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int) -> Meter:
         """The meter scoring ``task`` under an evaluation protocol other than ``pooled``
         (:mod:`mtlkit.metrics.protocols`: ``mtan_official``, ``mtan_paper``, with the authors' ``batch_size``).
         Default: the pooled meter (:meth:`new_meter`), as the MTAN code has no other for this kind."""
@@ -346,7 +352,7 @@ def stack_losses(tasks: list[Task], preds: dict[str, Tensor], batch: dict[str, T
     return torch.stack([t.loss(preds[t.name], batch[t.name]) for t in tasks])
 
 
-def label_colormap(n: int):
+def label_colormap(n: int) -> Colormap:
     """A qualitative matplotlib colormap of ``n`` colours (tab10, tab20 beyond ten classes)."""
     import matplotlib
     from matplotlib.colors import ListedColormap
@@ -355,7 +361,7 @@ def label_colormap(n: int):
     return ListedColormap([base(i % base.N) for i in range(max(n, 1))])
 
 
-def draw_labels(ax, labels: np.ndarray, classes: int, ignore: int) -> None:
+def draw_labels(ax: Axes, labels: np.ndarray, classes: int, ignore: int) -> None:
     """Class ids in colours, ``ignore`` pixels black."""
     shown = np.ma.masked_where(labels == ignore, labels)
     ax.imshow(shown, cmap=label_colormap(classes), vmin=-0.5, vmax=classes - 0.5, interpolation="nearest")

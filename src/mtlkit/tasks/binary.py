@@ -9,7 +9,7 @@ as 0/1 unless 255 is the ignore value.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,6 +19,11 @@ from torch import Tensor
 from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, loss_precision, valid_mean
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 BINARY_METRICS = {"iou": True, "max_f": True}
 
@@ -71,7 +76,7 @@ class Binary(TaskKind):
     def postprocess(self, task: Task, pred: Tensor) -> Tensor:
         return torch.sigmoid(pred)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics.binary import BinaryMeter
 
         return BinaryMeter(task.option("ignore_index"))
@@ -89,7 +94,7 @@ class Binary(TaskKind):
     def display(self, task: Task, pred: Tensor) -> Tensor:
         return pred.reshape(pred.shape[-2:])
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         a = np.asarray(array).squeeze()
         if a.dtype.kind == "f":  # a probability map
             ax.imshow(a, cmap="gray", vmin=0, vmax=1)

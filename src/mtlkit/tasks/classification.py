@@ -5,12 +5,17 @@ Target: an int64 class id per image; the head outputs (N, C) logits.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, labels_from_file, loss_precision
+
+if TYPE_CHECKING:
+    from mtlkit.metrics.base import Meter
 
 CLASSIFICATION_METRICS = {"accuracy": True}
 
@@ -33,7 +38,7 @@ class Classification(TaskKind):
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return classification_loss(pred, target)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics import AccuracyMeter
 
         return AccuracyMeter()

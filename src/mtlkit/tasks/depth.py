@@ -7,7 +7,7 @@ option ``inverse`` (inverse depth / disparity, as CityScapes ships it) multiplie
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,11 @@ from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 DEPTH_METRICS = {"abs_err": False, "rel_err": False}
 
@@ -41,7 +46,7 @@ class Depth(TaskKind):
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return depth_loss(pred, target)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics import DepthMeter
 
         return DepthMeter()
@@ -74,13 +79,13 @@ class Depth(TaskKind):
 
         return torch.from_numpy(np.ascontiguousarray(read_depth(path, hw).transpose(2, 0, 1)))
 
-    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int) -> Meter:
         """The MTAN protocols: abs/rel error means over chunks of ``batch_size`` images."""
         from mtlkit.metrics.protocols import ChunkMeanMeter, chunk_depth_metrics
 
         return ChunkMeanMeter(chunk_depth_metrics, ("abs_err", "rel_err"), batch_size)
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         d = np.asarray(array, dtype=float).squeeze()
         ax.imshow(np.ma.masked_equal(d, 0.0), cmap="magma_r")
         ax.set_facecolor("black")

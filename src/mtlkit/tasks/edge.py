@@ -11,7 +11,7 @@ the fixed ``pos_weight`` option, e.g. 0.95), averaged over valid pixels. Metric:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,11 @@ from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, loss_precision, valid_mean
 from mtlkit.tasks.binary import binary_from_file, check_label_options
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 EDGE_METRICS = {"ods_f": True}
 
@@ -66,7 +71,7 @@ class Edge(TaskKind):
     def postprocess(self, task: Task, pred: Tensor) -> Tensor:
         return torch.sigmoid(pred)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics.edge import EdgeMeter
 
         return EdgeMeter(task.option("ignore_index"), float(task.option("tolerance")))
@@ -84,7 +89,7 @@ class Edge(TaskKind):
     def display(self, task: Task, pred: Tensor) -> Tensor:
         return pred.reshape(pred.shape[-2:])
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         a = np.asarray(array).squeeze()
         if a.dtype.kind == "f":
             ax.imshow(a, cmap="gray_r", vmin=0, vmax=1)

@@ -8,6 +8,7 @@ horizontal flip negates x; zooming does not change normals. Files: ``.npy`` valu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,11 @@ from torch import Tensor
 
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 NORMAL_METRICS = {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True}
 
@@ -47,7 +53,7 @@ class Normal(TaskKind):
     def postprocess(self, task: Task, pred: Tensor) -> Tensor:
         return F.normalize(pred, p=2, dim=1)
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics import NormalMeter
 
         return NormalMeter()
@@ -90,14 +96,14 @@ class Normal(TaskKind):
         normal = read_normal(path, hw) if normal_tol is None else read_normal(path, hw, normal_tol)
         return torch.from_numpy(np.ascontiguousarray(normal.transpose(2, 0, 1)))
 
-    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int) -> Meter:
         """The MTAN protocols: angle statistics means over chunks of ``batch_size`` images."""
         from mtlkit.metrics.normal import KEYS
         from mtlkit.metrics.protocols import ChunkMeanMeter, chunk_normal_metrics
 
         return ChunkMeanMeter(chunk_normal_metrics, KEYS, batch_size)
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         n = np.asarray(array, dtype=float)
         n = np.moveaxis(n, 0, -1) if n.shape[0] == 3 else n
         ax.imshow(np.clip((n + 1) / 2, 0, 1))

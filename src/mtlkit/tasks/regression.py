@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
@@ -16,6 +16,11 @@ from torch import Tensor
 from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, float_maps_from_file, loss_precision, valid_mean
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
 
 REGRESSION_METRICS = {"mae": False, "rmse": False}
 
@@ -56,7 +61,7 @@ class Regression(TaskKind):
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return regression_loss(pred, target, _invalid(task), task.option("loss"))
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics.regression import RegressionMeter
 
         return RegressionMeter(_invalid(task))
@@ -84,7 +89,7 @@ class Regression(TaskKind):
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
         return float_maps_from_file(array, task.channels)
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         a = np.asarray(array, dtype=float)
         a = a[0] if a.ndim == 3 else a
         ax.imshow(np.ma.masked_invalid(a), cmap="viridis")

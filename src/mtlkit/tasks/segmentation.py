@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,11 @@ from mtlkit.errors import ConfigError
 from mtlkit.registry import TASK_KINDS
 from mtlkit.tasks.base import Task, TaskKind, draw_labels, label_map, labels_from_file, loss_precision, valid_mean
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from mtlkit.metrics.base import Meter
+
 SEGMENTATION_METRICS = {"miou": True, "pix_acc": True}
 
 
@@ -29,33 +34,6 @@ def segmentation_loss(pred: Tensor, target: Tensor, ignore_index: int = -1) -> T
     valid = target != ignore_index
     ce = F.cross_entropy(loss_precision(pred), target.masked_fill(~valid, 0), reduction="none")
     return valid_mean(ce, valid)
-
-
-class PerClassMeter:
-    """A segmentation meter that also reports each named class's IoU (``iou_<name>``)."""
-
-    def __init__(self, num_classes: int, ignore_index: int, class_names: list[str]) -> None:
-        from mtlkit.metrics import SegmentationMeter
-
-        self.inner = SegmentationMeter(num_classes, ignore_index)
-        self.class_names = list(class_names)
-
-    def update(self, pred, target) -> None:
-        self.inner.update(pred, target)
-
-    def all_reduce(self) -> None:
-        self.inner.all_reduce()
-
-    def reset(self) -> None:
-        self.inner.reset()
-
-    def compute(self) -> dict[str, float]:
-        from mtlkit.metrics import per_class_iou
-
-        out = self.inner.compute()
-        for name, iou in zip(self.class_names, per_class_iou(self.inner.confusion_matrix)):
-            out[f"iou_{name}"] = float(iou)
-        return out
 
 
 @TASK_KINDS.register("segmentation")
@@ -82,13 +60,11 @@ class Segmentation(TaskKind):
     def loss(self, task: Task, pred: Tensor, target: Tensor) -> Tensor:
         return segmentation_loss(pred, target, task.option("ignore_index"))
 
-    def new_meter(self, task: Task):
+    def new_meter(self, task: Task) -> Meter:
         from mtlkit.metrics import SegmentationMeter
 
-        names = task.option("class_names")
-        if names:
-            return PerClassMeter(task.channels, task.option("ignore_index"), [str(n) for n in names])
-        return SegmentationMeter(task.channels, task.option("ignore_index"))
+        names = task.option("class_names") or ()
+        return SegmentationMeter(task.channels, task.option("ignore_index"), class_names=[str(n) for n in names])
 
     def missing(self, task: Task, target: Tensor) -> Tensor:
         """The ``ignore_index`` pixels."""
@@ -111,7 +87,7 @@ class Segmentation(TaskKind):
             label = np.where(label >= 0, label_map[label.clip(min=0)], -1)
         return torch.from_numpy(np.ascontiguousarray(label))
 
-    def protocol_meter(self, task: Task, protocol: str, batch_size: int):
+    def protocol_meter(self, task: Task, protocol: str, batch_size: int) -> Meter:
         """``mtan_paper``: per-image mIoU and pixel accuracy averaged over images; else the pooled meter."""
         from mtlkit.metrics.protocols import PerImageSegmentationMeter
 
@@ -120,7 +96,7 @@ class Segmentation(TaskKind):
     def display(self, task: Task, pred: Tensor) -> Tensor:
         return pred.argmax(dim=0)
 
-    def _draw(self, task: Task, ax, array: np.ndarray) -> None:
+    def _draw(self, task: Task, ax: Axes, array: np.ndarray) -> None:
         draw_labels(ax, array, task.channels, task.option("ignore_index"))
 
     def table_label(self, task: Task) -> str:

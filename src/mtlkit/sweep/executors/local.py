@@ -94,6 +94,7 @@ def _run_parallel(jobs: list[RunJob], ctx: Any) -> None:
                 ctx.say(f"[{job.name}] started in process {proc.pid} on {where} (log: {log})")
                 ctx.progress.started([job.name])
             for sentinel in wait(list(running), timeout=5.0):
+                assert isinstance(sentinel, int)  # wait() returns the sentinels it was given
                 proc, job, slot = running.pop(sentinel)
                 proc.join()
                 error = None if proc.exitcode == 0 else f"worker process {proc.pid} exited with code {proc.exitcode}"
@@ -109,6 +110,6 @@ def _run_parallel(jobs: list[RunJob], ctx: Any) -> None:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-            rec = next(r for r in st.read_state(Path(job.sweep_dir))["runs"] if r["name"] == job.name)
+            rec = st.run_record(Path(job.sweep_dir), job.name)
             if rec["status"] in ("running", "pending"):
                 st.update_run(Path(job.sweep_dir), job.name, status="interrupted", ended=st.now())
