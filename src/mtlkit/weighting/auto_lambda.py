@@ -82,6 +82,7 @@ class AutoLambda(Weighting):
 
     properties = frozenset({"permutation_equivariant"})
     supports_distributed = False
+    needs_meta_step = True
     distributed_note = "its meta step draws one meta batch per process, so the task weights would differ"
 
     def __init__(

@@ -18,6 +18,8 @@ or persistent buffers (in ``state_dict``); histories and counters go through tor
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -52,6 +54,11 @@ class Weighting(nn.Module):
     min_tasks: int = 1
     #: False for methods that need gradients w.r.t. parameters (e.g. GradNorm's last shared layer).
     supports_representation: bool = True
+    #: False for methods whose state is tied to one process (refused under torchrun; ``distributed_note`` says why).
+    supports_distributed: ClassVar[bool] = True
+    distributed_note: ClassVar[str] = "it keeps state that cannot be shared across processes"
+    #: True for bilevel methods (Auto-Lambda): the trainer runs their meta step before each training step.
+    needs_meta_step: ClassVar[bool] = False
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__()
