@@ -25,6 +25,8 @@ from mtlkit.train.step import StepRunner
 from mtlkit.weighting.base import Weighting
 from test_api import write_folder
 
+TASKS_YAML = "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n" \
+             "  - {name: fg, kind: binary}\n"
 SRC = Path(__file__).resolve().parents[1] / "src" / "mtlkit"
 
 
@@ -58,8 +60,7 @@ class Recorder(Hook):
 
 
 def test_fit_calls_hooks_in_order_and_writes_their_results(tmp_path: Path) -> None:
-    write_folder(tmp_path / "data", "tasks:\n  - {name: seg, kind: segmentation, channels: 3}\n"
-                 "  - {name: fg, kind: binary}\n", n_train=4, n_val=2)
+    write_folder(tmp_path / "data", TASKS_YAML, n_train=4, n_val=2)
     data = FolderBuilder(DatasetConfig(name="folder", root=str(tmp_path / "data"), height=32, width=32))
     tasks = data.tasks()
     torch.manual_seed(0)
@@ -156,3 +157,19 @@ def test_old_keyword_names_warn_and_still_work(tmp_path: Path) -> None:
         load_run(tmp_path, which="last")
     with pytest.raises(TypeError, match="unexpected keyword argument 'checkpont'"):
         load_run(tmp_path, checkpont="last")
+
+
+def test_report_rows_ignore_every_key_that_cannot_change_results(tmp_path: Path) -> None:
+    """The report's ignored keys are :data:`HASH_IGNORED` (one list) plus name and seed, sections included."""
+    from _report_fixtures import write_run
+    from mtlkit.records import HASH_IGNORED
+    from mtlkit.report.runs import collect
+    from mtlkit.report.table import IGNORED_KEYS, build_tables
+
+    assert set(IGNORED_KEYS) == {"name", "seed", *HASH_IGNORED}
+    vals = {"segmentation/miou": 0.5, "segmentation/pix_acc": 0.6, "depth/abs_err": 0.5, "depth/rel_err": 0.2}
+    write_run(tmp_path, "a", "mtan", "equal", 0, vals, extra_config={"train": {"loggers": []}})
+    write_run(tmp_path, "b", "mtan", "equal", 1, vals, extra_config={
+        "train": {"loggers": ["mlflow"], "tracker_options": {"mlflow": {"experiment": "x"}}}})
+    (table,) = build_tables(collect([tmp_path]).runs)
+    assert len(table.rows) == 1 and len(table.rows[0].runs) == 2
