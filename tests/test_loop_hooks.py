@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -106,6 +107,9 @@ def test_the_trainer_holds_no_method_specific_code() -> None:
     """Capabilities are class attributes read as such: no isinstance on a method, no probing getattr."""
     for path in (SRC / "train").glob("*.py"):
         text = path.read_text()
+        calls = {n.func.attr for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute)}
+        assert not calls & {"combine", "aggregate"}, f"{path}: a method is reached only through the Balancer"
         assert not re.search(r"isinstance\([^)]*AutoLambda", text), path
         assert 'getattr(weighting, "supports_distributed"' not in text, path
         assert "sync_bn" not in text, path

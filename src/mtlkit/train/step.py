@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -64,9 +64,7 @@ class StepRunner:
     def core(self) -> MultiTaskModel:
         """The model under any DistributedDataParallel / compile wrapper."""
         m = dist.unwrap_ddp(self.model)
-        core = getattr(m, "_orig_mod", m)
-        assert isinstance(core, MultiTaskModel)
-        return core
+        return cast(MultiTaskModel, getattr(m, "_orig_mod", m))
 
     @property
     def plain(self) -> nn.Module:
