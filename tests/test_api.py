@@ -185,7 +185,7 @@ def _loop_losses(cfg, method: str) -> list[dict[str, float]]:
             sums += balancer.backward(losses, shared_params=model.shared_parameters())
             optimizer.step()
         history.append({f"loss/{t.name}": float(v) / len(loader) for t, v in zip(tasks, sums)})
-        balancer.method.epoch_end(epoch, sums / len(loader))
+        balancer.weighting.epoch_end(epoch, sums / len(loader))
     return history
 
 
@@ -210,7 +210,7 @@ def test_backward_fills_every_parameter_and_equals_the_sum_for_equal() -> None:
     x = torch.randn(5, 4)
     feats = trunk(x)
     losses = [h(feats).pow(2).mean() for h in heads]
-    mtlkit.backward(losses, shared_params=list(trunk.parameters()), method="pcgrad")
+    mtlkit.backward(losses, shared_params=list(trunk.parameters()), weighting="pcgrad")
     got = [p.grad.clone() for p in (*trunk.parameters(), *heads.parameters())]
     for p in (*trunk.parameters(), *heads.parameters()):
         p.grad = None
@@ -226,5 +226,5 @@ def test_backward_fills_every_parameter_and_equals_the_sum_for_equal() -> None:
         p.grad = None
     feats = trunk(x)
     mtlkit.backward([h(feats).pow(2).mean() for h in heads], shared_params=list(trunk.parameters()),
-                    features=feats, method="mgda")
+                    features=feats, weighting="mgda")
     assert all(p.grad is not None for p in (*trunk.parameters(), *heads.parameters()))

@@ -42,8 +42,8 @@ def test_method_name_in_the_third_position_is_refused() -> None:
     with pytest.raises(TypeError, match="features: expected tensors, got str 'pcgrad'"):
         mtlkit.Balancer("equal", tasks=2).backward(_losses(trunk, heads, x), list(trunk.parameters()),
                                                    features="pcgrad")
-    with pytest.raises(TypeError, match="method: expected a method name"):
-        mtlkit.backward(_losses(trunk, heads, x), list(trunk.parameters()), method=torch.zeros(1))
+    with pytest.raises(TypeError, match="weighting: expected a method name"):
+        mtlkit.backward(_losses(trunk, heads, x), list(trunk.parameters()), weighting=torch.zeros(1))
     assert _no_grads(trunk, heads)
 
 
@@ -53,7 +53,7 @@ def test_nan_loss_is_an_error_naming_the_task(method: str) -> None:
     losses = _losses(trunk, heads, x)
     losses[1] = losses[1] * float("nan")
     with pytest.raises(ValueError, match=r"non-finite loss for task\(s\) depth=nan"):
-        mtlkit.backward({"seg": losses[0], "depth": losses[1]}, list(trunk.parameters()), method=method)
+        mtlkit.backward({"seg": losses[0], "depth": losses[1]}, list(trunk.parameters()), weighting=method)
     assert _no_grads(trunk, heads)
 
 
@@ -61,9 +61,9 @@ def test_non_leaf_shared_params_are_refused() -> None:
     trunk, heads, x = _net()
     moved = [p * 1.0 for p in trunk.parameters()]  # e.g. a .to() copy: its .grad never reaches the leaves
     with pytest.raises(ValueError, match=r"shared_params\[0\] is not a leaf tensor"):
-        mtlkit.backward(_losses(trunk, heads, x), moved, method="pcgrad")
+        mtlkit.backward(_losses(trunk, heads, x), moved, weighting="pcgrad")
     with pytest.raises(TypeError, match="shared_params: expected parameters, got the module Linear"):
-        mtlkit.backward(_losses(trunk, heads, x), trunk, method="pcgrad")  # type: ignore[arg-type]
+        mtlkit.backward(_losses(trunk, heads, x), trunk, weighting="pcgrad")  # type: ignore[arg-type]
     assert _no_grads(trunk, heads)
 
 
@@ -72,16 +72,16 @@ def test_losses_without_grad_or_not_reaching_the_shared_params_are_refused() -> 
     with torch.no_grad():
         frozen = _losses(trunk, heads, x)
     with pytest.raises(ValueError, match="the loss of task 'task0' does not require grad"):
-        mtlkit.backward(frozen, list(trunk.parameters()), method="equal")
+        mtlkit.backward(frozen, list(trunk.parameters()), weighting="equal")
     other = nn.Linear(4, 1)
     losses = _losses(trunk, heads, x)
     losses[0] = other(x).pow(2).mean()  # depends on `other`, not on the trunk
     with pytest.raises(ValueError, match="the loss of task 'task0' does not depend on shared_params"):
-        mtlkit.backward(losses, list(trunk.parameters()), method="mgda")
+        mtlkit.backward(losses, list(trunk.parameters()), weighting="mgda")
     feats = trunk(x)
     with pytest.raises(ValueError, match="the loss of task 'task1' does not depend on features or shared_params"):
         mtlkit.backward([heads[0](feats).pow(2).mean(), other(x).sum()], list(trunk.parameters()),
-                        features=feats, method="mgda")
+                        features=feats, weighting="mgda")
     assert _no_grads(trunk, heads, other)
 
 

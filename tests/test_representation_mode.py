@@ -276,11 +276,11 @@ def test_public_backward_with_a_feature_cut_is_exact_and_refuses_chained_feature
     want = [p.grad.clone() for p in net.parameters()]
     net.zero_grad(set_to_none=True)
     cut = mtlkit.FeatureCut(net.encode(x))
-    mtlkit.backward(net.losses(cut), shared_params=shared, features=cut, method=Sum(["t0", "t1"]))
+    mtlkit.backward(net.losses(cut), shared_params=shared, features=cut, weighting=Sum(["t0", "t1"]))
     assert _relative([p.grad for p in net.parameters()], want) < SUM_TOL
     with pytest.raises(ValueError, match=r"features\[1\] is computed from features\[0\].*FeatureCut"):
         feats = net.encode(x)
-        mtlkit.backward(net.losses(feats), shared_params=shared, features=feats, method="mgda")
+        mtlkit.backward(net.losses(feats), shared_params=shared, features=feats, weighting="mgda")
     with pytest.raises(ValueError, match=r"features\[1\] is features\[0\] again"):
         f = net.encode(x)[0]
         check_cut([f, f])
@@ -295,9 +295,9 @@ def test_public_backward_refuses_losses_that_bypass_the_features():
     with pytest.raises(ValueError, match=r"losses reach 4 shared parameter\(s\).*other than through the features"):
         from mtlkit.balance import backward
 
-        backward(net.losses(cut.sources), shared_params=shared, features=cut, method="pcgrad")
+        backward(net.losses(cut.sources), shared_params=shared, features=cut, weighting="pcgrad")
     # features that cut only one of the two paths (f1 alone, the loss also reading f2 = b(f1))
     f1 = torch.tanh(net.a(x))
     losses = net.losses([f1, torch.tanh(net.b(f1))])
     with pytest.raises(ValueError, match=r"losses reach 2 shared parameter\(s\)"):
-        backward(losses, shared_params=shared, features=[f1], method="pcgrad")
+        backward(losses, shared_params=shared, features=[f1], weighting="pcgrad")

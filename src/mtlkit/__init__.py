@@ -1,7 +1,7 @@
 """mtlkit: multi-task learning for dense prediction (MTAN, cross-stitch, task weighting).
 
 Python API: ``mtlkit.fit(model, tasks, train_data, val_data, ...)`` trains objects with mtlkit's
-loop; ``mtlkit.backward(losses, shared_params=..., method="pcgrad")`` / ``mtlkit.Balancer`` drop a
+loop; ``mtlkit.backward(losses, shared_params=..., weighting="pcgrad")`` / ``mtlkit.Balancer`` drop a
 weighting method into your own loop. Both import torch on first use.
 """
 

@@ -10,7 +10,7 @@ It fills ``.grad`` the way a weighting method says, then your optimizer steps as
         balancer.backward(losses, shared_params=model.shared_parameters())
         optimizer.step()
 
-Loss-level methods (equal, dwa, uncertainty, ...) back-propagate ``method.combine(losses)``.
+Loss-level methods (equal, dwa, uncertainty, ...) back-propagate ``weighting.combine(losses)``.
 Gradient-level methods (pcgrad, mgda, cagrad, ...) take the K per-task gradients w.r.t.
 ``shared_params`` (or w.r.t. ``features``, the shared representation, when given: the MGDA-UB
 trick), aggregate them into one update written to the shared parameters' ``.grad``, and give
@@ -41,40 +41,66 @@ gradients over the processes itself, so every rank applies the same update. The 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mtlkit._deprecation import pop_renamed, renamed
 from mtlkit.weighting.base import Weighting
 
 
 class Balancer:
-    """A weighting method (by name or instance) and its state across steps; ``backward`` per step."""
+    """A weighting method (by name or instance) and its state across steps; ``backward`` per step.
 
-    def __init__(self, method: str | Weighting = "equal", tasks: Sequence[str] | int | None = None, *,
-                 mode: str | None = None, **options) -> None:
+    ``grad_path``: how per-task gradients are computed, as the config's ``weighting.grad_path``
+    (``"loop"``: K backward passes, ``"batched"``: one vmapped pass; same values up to rounding).
+    """
+
+    def __init__(self, weighting: str | Weighting = "equal", tasks: Sequence[str] | int | None = None, *,
+                 mode: str | None = None, grad_path: str = "loop", **options: Any) -> None:
+        if "method" in options:  # the name before 0.1
+            weighting = pop_renamed(options, "method", "weighting", "Balancer")
         if isinstance(tasks, (str, bytes)) or tasks is not None and not isinstance(tasks, (int, Sequence)):
             raise TypeError(f"tasks: expected a list of task names or a number of tasks, got {type(tasks).__name__}"
                             + (f" {tasks!r} (one task: tasks=[{tasks!r}])" if isinstance(tasks, str) else ""))
-        if not isinstance(method, (str, Weighting)):
-            raise TypeError(f"method: expected a method name or a Weighting, got {type(method).__name__}")
-        if isinstance(method, Weighting):
+        if not isinstance(weighting, (str, Weighting)):
+            raise TypeError(f"weighting: expected a method name or a Weighting, got {type(weighting).__name__}")
+        if isinstance(weighting, Weighting):
             if options:
                 raise TypeError("options are for a method given by name")
-            self.method = method
+            self.weighting = weighting
         else:
             from mtlkit.registry import WEIGHTINGS
 
             if tasks is None:
                 raise TypeError("Balancer(name) needs tasks= (task names, or how many tasks)")
             names = [f"task{i}" for i in range(tasks)] if isinstance(tasks, int) else list(tasks)
-            self.method = WEIGHTINGS.get(method)(names, **options)
+            self.weighting = WEIGHTINGS.get(weighting)(names, **options)
         self.mode = mode
+        self.grad_path = grad_path
+
+    @property
+    def method(self) -> Weighting:
+        """Deprecated name of :attr:`weighting`."""
+        renamed("Balancer.method", "Balancer.weighting")
+        return self.weighting
+
+    @property
+    def strategy(self) -> str:
+        """Deprecated name of :attr:`grad_path`."""
+        renamed("Balancer.strategy", "Balancer.grad_path")
+        return self.grad_path
+
+    @strategy.setter
+    def strategy(self, value: str) -> None:
+        renamed("Balancer.strategy", "Balancer.grad_path")
+        self.grad_path = value
 
     @property
     def weights(self) -> Tensor:
-        """The task weights of the last step (``method.last_weights``)."""
-        return self.method.last_weights
+        """The task weights of the last step (``weighting.last_weights``)."""
+        return self.weighting.last_weights
 
     def backward(
         self,
@@ -106,29 +132,36 @@ class Balancer:
 
         items = self._checked_losses(losses)
         values = torch.stack([loss.detach().reshape(()) for loss in items])
-        seen = dist.all_reduce_mean(values) if shared_losses is None else shared_losses
-        _check_finite(seen, self.method.task_names)  # the mean over processes: every rank stops together
+        combined: Tensor | None = None
+        if not self.weighting.needs_gradients:
+            # the K-vector the method combines: its value the mean over processes, its gradient this rank's
+            vector = losses.reshape(-1) if isinstance(losses, Tensor) else torch.stack([x.reshape(()) for x in items])
+            combined = dist.globalize(vector)
+            seen = combined.detach() if shared_losses is None else shared_losses
+        else:
+            seen = dist.all_reduce_mean(values) if shared_losses is None else shared_losses
+        _check_finite(seen, self.weighting.task_names)  # the mean over processes: every rank stops together
         shared = _checked_params(shared_params, "shared_params")
         feats = features if features is None or isinstance(features, FeatureCut) else _checked_tensors(
             features, "features")
         if task_params is not None:
             _checked_params(task_params, "task_params")
-        if not self.method.needs_gradients:
-            total = self.method.combine(dist.globalize(torch.stack([loss.reshape(()) for loss in items])))
+        if combined is not None:
+            total = self.weighting.combine(combined)
             (scaler.scale(total) if scaler is not None else total).backward()
             return values
         if feats is None and shared_params is None:
-            raise ValueError(f"{type(self.method).__name__} needs shared_params (or features)")
+            raise ValueError(f"{type(self.weighting).__name__} needs shared_params (or features)")
         shared = [p for p in shared if p.requires_grad]
         # with features, a loss that reaches the shared parameters only around them is _cut_inputs's to name
-        _check_reach(items, shared if feats is None else [*feats, *shared], self.method.task_names,
+        _check_reach(items, shared if feats is None else [*feats, *shared], self.weighting.task_names,
                      "shared_params" if feats is None else "features or shared_params")
         self._gradient_backward(items, seen, shared, feats, task_params, scaler)
         return values
 
     def _checked_losses(self, losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor) -> list[Tensor]:
         """The K losses in task order; wrong types, counts or names are errors naming ``losses``."""
-        names = self.method.task_names
+        names = self.weighting.task_names
         if isinstance(losses, Mapping):
             unknown = [k for k in losses if k not in names]
             missing = [n for n in names if n not in losses]
@@ -176,7 +209,7 @@ class Balancer:
         # that part is the decoder alone (the shared graph hangs off the sources), so it need not be kept.
         keep = features is not None and not isinstance(features, FeatureCut)
         grads = per_task_gradients([loss * scale for loss in items], inputs, retain_graph=keep,
-                                   accumulate=own, strategy=self.strategy) / scale
+                                   accumulate=own, strategy=self.grad_path) / scale
         if own:
             dist.average_grads(own)
         if features is not None:
@@ -185,9 +218,9 @@ class Balancer:
             grads = dist.all_gather_cat(grads / world, dim=1)
         else:
             grads = dist.all_reduce_mean(grads)
-        update = self.method.aggregate(grads, seen)
+        update = self.weighting.aggregate(grads, seen)
         if scale != 1.0:  # gradients the method wrote into its own parameters are unscaled: match the rest
-            for p in self.method.parameters():
+            for p in self.weighting.parameters():
                 if p.grad is not None:
                     p.grad.mul_(scale)
         if features is not None:
@@ -205,23 +238,25 @@ class Balancer:
         else:
             write_gradients(shared, update * scale)
 
-    #: per-task gradient path ("loop" or "batched"; "auto" picks by timing, not reproducible)
-    strategy: str = "loop"
 
 
 def backward(
     losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor,
     shared_params: Sequence[Tensor] | None = None,
     *,
-    method: str | Weighting = "equal",
+    weighting: str | Weighting = "equal",
     features: Sequence[Tensor] | Tensor | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> Tensor:
     """One balanced backward pass with a fresh method (stateless methods; keep a :class:`Balancer` otherwise).
 
-    Everything after ``shared_params`` is keyword-only (``method="pcgrad"``): a method name in a
-    tensor's place would otherwise be taken for ``features``. Errors as :meth:`Balancer.backward`.
+    Everything after ``shared_params`` is keyword-only (``weighting="pcgrad"``): a method name in a
+    tensor's place would otherwise be taken for ``features``. Other keywords: ``task_params``,
+    ``scaler``, ``shared_losses`` (as :meth:`Balancer.backward`), ``grad_path`` and the method's
+    options (as :class:`Balancer`). Errors as :meth:`Balancer.backward`.
     """
+    if "method" in kwargs:  # the name before 0.1
+        weighting = pop_renamed(kwargs, "method", "weighting", "mtlkit.backward")
     if isinstance(losses, Mapping):
         names: list[str] | int = [str(k) for k in losses]
     elif isinstance(losses, Tensor):
@@ -231,7 +266,7 @@ def backward(
     else:
         raise TypeError(f"losses: expected a list, a tensor or a mapping of task losses, got {type(losses).__name__}")
     options = {k: kwargs.pop(k) for k in list(kwargs) if k not in ("task_params", "scaler", "shared_losses")}
-    return Balancer(method, names, **options).backward(losses, shared_params, features=features, **kwargs)
+    return Balancer(weighting, names, **options).backward(losses, shared_params, features=features, **kwargs)
 
 
 def _checked_tensors(values: Sequence[Tensor] | Tensor, what: str) -> list[Tensor]:
@@ -240,7 +275,7 @@ def _checked_tensors(values: Sequence[Tensor] | Tensor, what: str) -> list[Tenso
         return [values]
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
         raise TypeError(f"{what}: expected tensors, got {type(values).__name__}"
-                        + (f" {values!r} (method names go in method=...)" if isinstance(values, str) else ""))
+                        + (f" {values!r} (method names go in weighting=...)" if isinstance(values, str) else ""))
     out = list(values)
     for i, v in enumerate(out):
         if not isinstance(v, Tensor):
@@ -263,12 +298,19 @@ def _checked_params(params: Sequence[Tensor] | None, what: str) -> list[Tensor]:
     return out
 
 
+class NonFiniteLossError(ValueError):
+    """A NaN/inf loss: ``bad`` names each such task with its value (``"depth=nan"``); nothing was back-propagated."""
+
+    def __init__(self, bad: list[str]) -> None:
+        super().__init__(f"losses: non-finite loss for task(s) {', '.join(bad)}; nothing was back-propagated")
+        self.bad = bad
+
+
 def _check_finite(values: Tensor, names: Sequence[str]) -> None:
-    """A NaN/inf loss is a ValueError naming its task (nothing is back-propagated)."""
+    """A NaN/inf loss is a :class:`NonFiniteLossError` naming its task (nothing is back-propagated)."""
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
-        which = [f"{n}={v:g}" for n, v, b in zip(names, values.tolist(), bad.tolist()) if b]
-        raise ValueError(f"losses: non-finite loss for task(s) {', '.join(which)}; nothing was back-propagated")
+        raise NonFiniteLossError([f"{n}={v:g}" for n, v, b in zip(names, values.tolist(), bad.tolist()) if b])
 
 
 def _check_reach(items: Sequence[Tensor], inputs: Sequence[Tensor], names: Sequence[str], what: str) -> None:

@@ -80,26 +80,27 @@ class DatasetConfig(_Strict):
 
     name: str = "scenes"
     root: str | None = None
-    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES,
+    num_classes: int | None = Field(default=None, ge=2, le=MAX_CLASSES,
                                     description="segmentation classes; None = dataset default")
-    height: int | None = Field(None, ge=8, le=MAX_SIDE, description="input height; None = dataset default")
-    width: int | None = Field(None, ge=8, le=MAX_SIDE, description="input width; None = dataset default")
-    n_train: int | None = Field(None, ge=1, description="training samples (scenes: generated; else a cap)")
-    n_val: int | None = Field(None, ge=1, description="validation samples (scenes: generated; else a cap)")
-    tasks: list[str] | None = Field(None, min_length=1,
+    height: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="input height; None = dataset default")
+    width: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="input width; None = dataset default")
+    n_train: int | None = Field(default=None, ge=1, description="training samples (scenes: generated; else a cap)")
+    n_val: int | None = Field(default=None, ge=1, description="validation samples (scenes: generated; else a cap)")
+    tasks: list[str] | None = Field(default=None, min_length=1,
                                     description="subset of the dataset's tasks to train; None = all")
     augment: bool = False
-    seed: int = Field(0, description="seed of the scene generator")
+    seed: int = Field(default=0, description="seed of the scene generator")
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelConfig(_Strict):
     arch: str = "mtan"
-    backbone: str | None = Field(None, description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own")
-    pretrained: str = Field("none", description="backbone weights: none | imagenet | path to a state dict")
-    width: float = Field(1.0, gt=0, le=MAX_WIDTH, allow_inf_nan=False,
+    backbone: str | None = Field(default=None,
+                                 description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own")
+    pretrained: str = Field(default="none", description="backbone weights: none | imagenet | path to a state dict")
+    width: float = Field(default=1.0, gt=0, le=MAX_WIDTH, allow_inf_nan=False,
                          description="channel multiplier of every layer")
-    align_corners: bool = Field(False, description="ResNet DeepLabV3 heads upsample with align_corners=True "
+    align_corners: bool = Field(default=False, description="ResNet DeepLabV3 heads upsample with align_corners=True "
                                 "(the MTAN authors' and LibMTL's setting); false = torchvision's")
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -132,36 +133,45 @@ class WeightingConfig(_Strict):
     name: str = "equal"
     mode: Literal["parameters", "representation"] = "parameters"
     grad_path: Literal["loop", "batched"] = Field(
-        "loop", description="how per-task gradients are computed: K backward passes or one vmapped pass "
+        default="loop", description="how per-task gradients are computed: K backward passes or one vmapped pass "
         "(same values up to float rounding; fixed so results never depend on timing)")
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class OptimConfig(_Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-4, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(0.0, ge=0, allow_inf_nan=False)
-    momentum: float = Field(0.9, ge=0, allow_inf_nan=False)
-    step_size: int = Field(100, ge=1, description="epochs between learning-rate decays")
-    gamma: float = Field(0.5, gt=0, le=1, allow_inf_nan=False, description="learning-rate decay factor")
+    lr: float = Field(default=1e-4, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    momentum: float = Field(default=0.9, ge=0, allow_inf_nan=False)
+    step_size: int = Field(default=100, ge=1, description="epochs between learning-rate decays")
+    gamma: float = Field(default=0.5, gt=0, le=1, allow_inf_nan=False, description="learning-rate decay factor")
+
+
+#: the names train.loggers accepts (mtlkit.trackers.LOGGERS)
+LoggerName = Literal["tensorboard", "mlflow", "wandb"]
+
+
+def _default_loggers() -> list[LoggerName]:
+    """``train.loggers``' default: TensorBoard events in the run's ``tb/``."""
+    return ["tensorboard"]
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(2, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
-    num_workers: int = Field(0, ge=0)
+    epochs: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=2, ge=1)
+    eval_batch_size: int | None = Field(default=None, ge=1)
+    num_workers: int = Field(default=0, ge=0)
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     compile: bool | None = None
     channels_last: bool | None = None
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
-    grad_clip: float | None = Field(None, gt=0, allow_inf_nan=False)
+    max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap on steps per epoch (smoke tests)")
+    grad_clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     progress: bool = True
     tensorboard: bool | None = Field(None, description="deprecated: TensorBoard is on when train.loggers "
                                      "names it; false here leaves it out")
-    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="experiment trackers (mlflow, wandb: mtlkit[trackers])")
+    loggers: list[LoggerName] = Field(
+        default_factory=_default_loggers, description="experiment trackers (mlflow, wandb: mtlkit[trackers])")
     tracker_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per tracker, e.g. {mlflow: {tracking_uri: ..., experiment: ...}}")
 
@@ -187,17 +197,17 @@ class EvalConfig(_Strict):
     """How validation metrics are computed and reported (see ``mtlkit.metrics.protocols``)."""
 
     protocol: Literal["pooled", "mtan_official", "mtan_paper"] = "pooled"
-    batch_size: int | None = Field(None, ge=1, description="images per batch of the MTAN protocols' batch "
+    batch_size: int | None = Field(default=None, ge=1, description="images per batch of the MTAN protocols' batch "
                                    "means; None = train.batch_size")
-    select_best: bool = Field(True, description="keep a best epoch (checkpoints/best.pt, results' best); "
+    select_best: bool = Field(default=True, description="keep a best epoch (checkpoints/best.pt, results' best); "
                               "false when the validation split is the one the table reports")
-    report_last: int = Field(1, ge=1, description="reports average the last K epochs' metrics by default")
+    report_last: int = Field(default=1, ge=1, description="reports average the last K epochs' metrics by default")
 
 
 class Config(_Strict):
     """A whole run: data, model, weighting, optimiser, training loop."""
 
-    name: str = Field("run", description="the run folder's name: <out_dir>/<name>-<YYYYmmdd-HHMMSS>")
+    name: str = Field(default="run", description="the run folder's name: <out_dir>/<name>-<YYYYmmdd-HHMMSS>")
     out_dir: str = "runs"
     seed: int = 0
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)

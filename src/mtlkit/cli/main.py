@@ -61,7 +61,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mtlkit.train.trainer import load_run, make_loader
 
     device = select_device(args.device)
-    cfg, model, tasks, builder = load_run(args.run_dir, which=args.checkpoint, device=str(device))
+    cfg, model, tasks, builder = load_run(args.run_dir, checkpoint=args.checkpoint, device=str(device))
     if args.split not in builder.splits:
         raise MtlkitError(f"--split {args.split!r}: dataset {cfg.dataset.name!r} has {', '.join(builder.splits)}")
     if args.protocol is not None:

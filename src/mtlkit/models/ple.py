@@ -92,7 +92,7 @@ class PLE(BackboneModel):
                 self.record(f"gate/{n}/level{i}", w)
                 new_h[n] = mix(w, own[n] + shared)
             if i < self.levels - 1:
-                w = cast(nn.ModuleList, self.shared_gates)[i](hs)
+                w = self.shared_gates[i](hs)
                 self.record(f"gate/shared/level{i}", w)
                 hs = mix(w, [o for n in names for o in own[n]] + shared)
             h = new_h

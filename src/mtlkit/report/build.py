@@ -74,7 +74,7 @@ def default_loader(run_dir: Path) -> tuple:
     from mtlkit.train.trainer import load_run
 
     which = "best" if (Path(run_dir) / "checkpoints" / "best.pt").is_file() else "last"
-    return load_run(run_dir, which=which, device="cpu")
+    return load_run(run_dir, checkpoint=which, device="cpu")
 
 
 def make_report(paths: list[Path], out: Path, options: ReportOptions | None = None,

@@ -28,6 +28,7 @@ import warnings
 from typing import Any
 
 from mtlkit.errors import ConfigError
+from mtlkit.records import HASH_IGNORED
 from mtlkit.report.deltas import _add_deltas, _add_reference_deltas, _add_references, _add_significance, delta_m
 from mtlkit.report.document import slug
 from mtlkit.report.numbers import decimals, fmt_delta, fmt_value, sample_std
@@ -51,11 +52,9 @@ __all__ = [
     "tables_csv",
 ]
 
-#: config keys that never make two runs different rows (bookkeeping, hardware, seeds)
-IGNORED_KEYS = (
-    "name", "out_dir", "seed", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
-    "train.device", "train.eval_batch_size", "train.compile", "train.channels_last",
-)
+#: config keys (and the sections under them) that never make two runs different rows: those that cannot
+#: change results (:data:`mtlkit.records.HASH_IGNORED`, one list), the run's name and its seed
+IGNORED_KEYS = ("name", "seed", *HASH_IGNORED)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -98,8 +97,8 @@ def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline
         columns = [Column(f"{t['name']}/{m}", t["name"], m, bool(h), Task.from_dict(t).metric_label(m))
                    for t in tasks for m, h in t["metrics"].items()]
         flat = [_flatten(r.config) for r in members]
-        skip = set(IGNORED_KEYS) | {"model.arch", "weighting.name"}
-        keys = sorted({k for f in flat for k in f} - skip)
+        skip = (*IGNORED_KEYS, "model.arch", "weighting.name")
+        keys = sorted(k for k in {k for f in flat for k in f} if not any(k == s or k.startswith(s + ".") for s in skip))
         varying = [k for k in keys if len({repr(f.get(k, "<unset>")) for f in flat}) > 1]
         rows: dict[tuple, Row] = {}
         for run, f in zip(members, flat):

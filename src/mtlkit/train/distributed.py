@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 import torch.distributed as tdist
@@ -46,6 +46,9 @@ from mtlkit.data.sampling import (  # noqa: F401  (sampling lives in mtlkit.data
 )
 from mtlkit.errors import ConfigError
 from mtlkit.train.runtime import select_device
+
+if TYPE_CHECKING:
+    from mtlkit.weighting.base import Weighting
 
 _owned = False
 
@@ -152,14 +155,19 @@ class DistBatchNorm(_BatchNorm):
 
     @torch.no_grad()
     def _update_running(self, mean: Tensor, var: Tensor, total: Tensor) -> None:
-        self.num_batches_tracked.add_(1)
-        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        assert tracked is not None and running_mean is not None and running_var is not None  # track_running_stats
+        tracked.add_(1)
+        factor = 1.0 / float(tracked) if self.momentum is None else self.momentum
         unbiased = var * total / (total - 1).clamp(min=1)
-        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        running_mean.lerp_(mean.to(running_mean.dtype), factor)
+        running_var.lerp_(unbiased.to(running_var.dtype), factor)
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def convert_sync_batchnorm(module: ModuleT, device: torch.device) -> ModuleT:
     """Every BatchNorm of ``module`` synchronised across ranks (no-op in one process).
 
     CUDA: ``nn.SyncBatchNorm`` (fused kernels). Other devices: :class:`DistBatchNorm`. Parameters
@@ -168,8 +176,8 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if world_size() == 1:
         return module
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return _swap_batchnorm(module)
+        return cast(ModuleT, nn.SyncBatchNorm.convert_sync_batchnorm(module))
+    return cast(ModuleT, _swap_batchnorm(module))
 
 
 def _swap_batchnorm(module: nn.Module) -> nn.Module:
@@ -244,7 +252,7 @@ def globalize(losses: Tensor) -> Tensor:
     return losses + (all_reduce_mean(local) - local)
 
 
-def average_grads(params: Iterable[nn.Parameter]) -> None:
+def average_grads(params: Iterable[Tensor]) -> None:
     """Average ``.grad`` of ``params`` across ranks (used where DDP's hooks are bypassed)."""
     if world_size() == 1:
         return
@@ -294,16 +302,15 @@ def barrier() -> None:
         tdist.barrier()
 
 
-def check_weighting(weighting: nn.Module) -> None:
+def check_weighting(weighting: Weighting) -> None:
     """Reject a weighting method that cannot run under several processes, with the reason.
 
     Every loss-level method is supported (:func:`globalize`), and every gradient-level method in
     both modes (per-task gradients averaged / gathered before ``aggregate``). A method that keeps
     state tied to one process declares ``supports_distributed = False`` and is refused here.
     """
-    if world_size() == 1 or getattr(weighting, "supports_distributed", True):
+    if world_size() == 1 or weighting.supports_distributed:
         return
-    name = type(weighting).__name__
-    why = getattr(weighting, "distributed_note", "it keeps state that cannot be shared across processes")
+    name, why = type(weighting).__name__, weighting.distributed_note
     raise ConfigError(f"weighting.name: {name} does not support multi-process training ({why}); "
                       "run it in one process or pick another method")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,22 +81,48 @@ def evaluate(
     return out
 
 
+#: results.json's ``best_note`` of a run without model selection
+NO_BEST_NOTE = ("no best epoch: eval.select_best is off because the only evaluated split (val) is the one the "
+                "results table reports")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the loop evaluates each epoch and whether it keeps a best one (the config's ``eval`` section).
+
+    ``protocol``: the meters (:mod:`mtlkit.metrics.protocols`); ``batch_size``: images per batch of
+    the MTAN protocols' batch means (None: the validation loader's); ``select_best``: pick a best
+    epoch (``checkpoints/best.pt``, results' ``best``); ``report_last``: reports average the last K
+    epochs. :meth:`results` is what results.json says about it.
+    """
+
+    protocol: str = "pooled"
+    batch_size: int | None = None
+    select_best: bool = True
+    report_last: int = 1
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Evaluation:
+        """The config's evaluation (the MTAN protocols' batch defaults to ``train.batch_size``)."""
+        return cls(cfg.eval.protocol, cfg.eval.batch_size or cfg.train.batch_size, cfg.eval.select_best,
+                   cfg.eval.report_last)
+
+    def __call__(self, model: nn.Module, tasks: list[Task], loader: DataLoader, device: torch.device,
+                 channels_last: bool = False, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+        """:func:`evaluate` under this protocol."""
+        return evaluate(model, tasks, loader, device, channels_last=channels_last, autocast_dtype=autocast_dtype,
+                        protocol=self.protocol, protocol_batch=self.batch_size)
+
+    def results(self) -> dict[str, Any]:
+        """results.json's ``eval`` (and ``best_note`` without model selection)."""
+        out: dict[str, Any] = {"eval": {"protocol": self.protocol, "batch_size": self.batch_size,
+                                        "select_best": self.select_best, "report_last": self.report_last}}
+        if not self.select_best:
+            out["best_note"] = NO_BEST_NOTE
+        return out
+
+
 def protocol_args(cfg: Config) -> dict[str, Any]:
     """``evaluate`` keyword arguments of the config's evaluation protocol."""
-    return {"protocol": cfg.eval.protocol, "protocol_batch": cfg.eval.batch_size or cfg.train.batch_size}
-
-
-def protocol_record(cfg: Config) -> dict[str, Any]:
-    """What results.json says about the evaluation: protocol, its batch size, best-epoch selection."""
-    args = protocol_args(cfg)
-    return {"protocol": args["protocol"], "batch_size": args["protocol_batch"],
-            "select_best": cfg.eval.select_best, "report_last": cfg.eval.report_last}
-
-
-def best_fields(cfg: Config, best: dict[str, Any]) -> dict[str, Any]:
-    """results.json's ``best``/``best_epoch``; absent (None, with the reason) without model selection."""
-    if cfg.eval.select_best:
-        return {"best": best["val"], "best_epoch": best["epoch"]}
-    return {"best": None, "best_epoch": None,
-            "best_note": "no best epoch: eval.select_best is off because the only evaluated split "
-                         "(val) is the one the results table reports"}
+    evaluation = Evaluation.from_config(cfg)
+    return {"protocol": evaluation.protocol, "protocol_batch": evaluation.batch_size}

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -30,7 +30,9 @@ from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS, Registry
 from mtlkit.tasks import Task
 from mtlkit.trackers import open_loggers, split_loggers
 from mtlkit.train.checkpoint import load_checkpoint
+from mtlkit.train.evaluate import Evaluation
 from mtlkit.train.guards import check_forward
+from mtlkit.train.hooks import Hook
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Logger, run_logging
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import clean_interrupted_writes, lock_run_dir, read_results_safely, run_locks
@@ -53,8 +55,9 @@ class ModuleModel(MultiTaskModel):
                  ) -> None:
         super().__init__(list(tasks))
         self.module = module
-        self._shared = (list(shared.parameters()) if isinstance(shared, nn.Module)
-                        else list(shared) if shared is not None else None)
+        self._shared: list[nn.Parameter] | None = (
+            list(shared.parameters()) if isinstance(shared, nn.Module)
+            else cast(list[nn.Parameter], list(shared)) if shared is not None else None)
 
     def forward(self, x: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
         out = self.module(x)
@@ -91,6 +94,7 @@ def fit(
     max_steps_per_epoch: int | None = None,
     progress: bool | None = None,
     loggers: Sequence[str | Logger] = ("tensorboard",),
+    hooks: Sequence[Hook] = (),
     name: str = "fit",
     tensorboard: bool | None = None,
 ) -> Path:
@@ -105,6 +109,8 @@ def fit(
     ``train.loggers`` (``tensorboard``: events in ``tb/``; ``mlflow``, ``wandb``), each on its own thread,
     and :class:`~mtlkit.train.logging.Logger` objects, called in order; ``[]``: none.
     ``tensorboard``: deprecated, ``False`` is ``loggers`` without ``"tensorboard"``.
+    ``hooks``: :class:`~mtlkit.train.hooks.Hook` objects the loop calls before/after the run, each
+    epoch and each step (and whose ``results()`` go into results.json).
     """
     names, own_loggers = split_loggers(loggers, tensorboard)
     tasks = list(tasks)
@@ -142,17 +148,17 @@ def fit(
     progress = sys.stderr.isatty() if progress is None else progress
     loop = Loop(model=model, tasks=tasks, weighting=method, optimizer=optimizer, train_loader=train_loader,
                 val_loader=val_loader, device=dev, epochs=epochs, scheduler=scheduler, mode=mode,
-                grad_clip=grad_clip, max_steps=max_steps_per_epoch, speed=Speed(None, False, False),
-                progress=progress, grad_path=grad_path, meta=meta, partial_batches=partial,
-                results_extra={"eval": {"protocol": "pooled", "batch_size": train_loader.batch_size,
-                                        "select_best": True, "report_last": 1}})
+                grad_path=grad_path, grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch,
+                speed=Speed(None, False, False), progress=progress, meta=meta, partial_batches=partial,
+                # pooled meters have no batch size; results.json records the training batch's
+                evaluation=Evaluation(batch_size=train_loader.batch_size), hooks=list(hooks))
     with run_locks():
         claim_fit_dir(run_path)
         config = describe(name=name, run_path=run_path, seed=seed, arch=arch, model=model,
                           data=(train_loader, val_loader),
                           weighting=method_name, weighting_options=weighting_options, mode=mode, grad_path=grad_path,
                           optimizer=optimizer, scheduler=scheduler, epochs=epochs, device=dev, grad_clip=grad_clip,
-                          max_steps=max_steps_per_epoch, progress=progress, loggers=names)
+                          max_steps_per_epoch=max_steps_per_epoch, progress=progress, loggers=names)
         seed_everything(seed)
         state = None
         if ckpt is not None:  # continue an interrupted fit in the same folder (before config.yaml is rewritten)
@@ -245,7 +251,8 @@ def claim_fit_dir(run_path: Path) -> None:
 def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTaskModel,
              data: tuple[DataLoader, DataLoader], weighting: str, weighting_options: dict[str, Any] | None, mode: str,
              grad_path: str, optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int, device: torch.device,
-             grad_clip: float | None, max_steps: int | None, progress: bool, loggers: list[str]) -> dict[str, Any]:
+             grad_clip: float | None, max_steps_per_epoch: int | None, progress: bool, loggers: list[str]
+             ) -> dict[str, Any]:
     """config.yaml of a fit run: the sections of ``mtlkit train``'s config, filled from the objects.
 
     Registered classes appear under their registered names (a model from ``build_model`` with its
@@ -253,7 +260,7 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
     class name. No scheduler is written as ``gamma: 1.0`` (StepLR with no decay: the same schedule).
     """
     train_loader, val_loader = data
-    spec = model.build_spec or {}
+    spec: dict[str, Any] = model.build_spec or {}
     group = optimizer.param_groups[0]
     optim: dict[str, Any] = {"name": type(optimizer).__name__.lower(), "lr": group.get("lr")}
     for key in ("weight_decay", "momentum"):
@@ -273,10 +280,10 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
         dataset["height"], dataset["width"] = int(size[0]), int(size[1])
     for key, loader in (("n_train", train_loader), ("n_val", val_loader)):
         try:
-            dataset[key] = len(loader.dataset)
+            dataset[key] = len(cast(Sized, loader.dataset))
         except TypeError:
             pass
-    described = {"arch": spec["arch"], "backbone": spec["backbone"], "pretrained": spec["pretrained"],
+    described: dict[str, Any] = {"arch": spec["arch"], "backbone": spec["backbone"], "pretrained": spec["pretrained"],
                  "width": spec["width"], "options": dict(spec["options"])} if spec else {"arch": arch}
     if spec.get("align_corners"):  # only when set: the key is hash-neutral at its default
         described["align_corners"] = True
@@ -287,7 +294,7 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
         "optim": optim,
         "train": {"epochs": epochs, "batch_size": train_loader.batch_size, "eval_batch_size": val_loader.batch_size,
                   "num_workers": train_loader.num_workers, "device": str(device), "amp": "off", "compile": False,
-                  "channels_last": False, "max_steps_per_epoch": max_steps, "grad_clip": grad_clip,
+                  "channels_last": False, "max_steps_per_epoch": max_steps_per_epoch, "grad_clip": grad_clip,
                   "progress": progress, "loggers": list(loggers)},
         "eval": {"protocol": "pooled", "select_best": True, "report_last": 1},
     }
@@ -322,7 +329,7 @@ def _params_ratio(model: MultiTaskModel) -> float | None:
     """#P of a model ``build_model`` made (its recorded arch, width, backbone, options); None otherwise."""
     from mtlkit.models.params import single_task_parameters
 
-    spec = model.build_spec
+    spec: dict[str, Any] | None = model.build_spec
     if spec is None:
         return None
     base = single_task_parameters(str(spec["arch"]), model.tasks, float(spec["width"]), backbone=spec["backbone"],

@@ -9,9 +9,9 @@ training loss: the run stops, naming the task, before that epoch's checkpoint is
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from mtlkit.tasks import Task
 from mtlkit.train.runtime import rng_state, set_rng_state
 
 
-def preflight(model: nn.Module, tasks: list[Task], datasets: dict[str, Dataset], device: torch.device) -> None:
+def preflight(model: nn.Module, tasks: list[Task], datasets: Mapping[str, Dataset], device: torch.device) -> None:
     """Read the first sample of each split and run ``model`` once on the last one (eval mode, no grad).
 
     Every random state is restored afterwards (some datasets draw augmentation from the global
@@ -32,7 +32,7 @@ def preflight(model: nn.Module, tasks: list[Task], datasets: dict[str, Dataset],
     try:
         sample = None
         for split, ds in datasets.items():
-            if len(ds) == 0:
+            if len(cast(Sized, ds)) == 0:  # map-style datasets (torch's Dataset declares no __len__)
                 raise DataError(f"the {split} split has no samples")
             sample = ds[0]
         if sample is None:
@@ -42,7 +42,7 @@ def preflight(model: nn.Module, tasks: list[Task], datasets: dict[str, Dataset],
         set_rng_state(saved)
 
 
-def check_forward(model: nn.Module, tasks: list[Task], batch: dict[str, Any], device: torch.device) -> None:
+def check_forward(model: nn.Module, tasks: Sequence[Task], batch: Mapping[str, Any], device: torch.device) -> None:
     """Run ``model`` once on ``batch`` (eval mode, no grad): it must predict every task the batch carries.
 
     A batch without ``image`` or an output without a task is a ConfigError naming what is missing.

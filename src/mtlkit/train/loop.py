@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +25,9 @@ from mtlkit.records import EpochRecord, RunResults
 from mtlkit.tasks import Task
 from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import load_checkpoint, save_checkpoint
-from mtlkit.train.evaluate import evaluate, move_batch
+from mtlkit.train.evaluate import Evaluation, move_batch
 from mtlkit.train.guards import check_validation
+from mtlkit.train.hooks import Hook
 from mtlkit.train.logging import Logger, Loggers, ended_status, run_files, run_header
 from mtlkit.train.rundir import provenance, write_history, write_results
 from mtlkit.train.speed import Speed
@@ -50,7 +51,13 @@ class RunInfo:
 
 @dataclass
 class Loop:
-    """Everything one training run is made of (built by the trainer from a config, or by ``fit``)."""
+    """Everything one training run is made of (built by the trainer from a config, or by ``fit``).
+
+    The step's settings are the config's names: ``mode`` and ``grad_path`` (``weighting.*``),
+    ``grad_clip`` and ``max_steps_per_epoch`` (``train.*``); ``evaluation`` is its ``eval``
+    section. What a run needs beyond these (a bilevel method's meta step, your own callbacks) is a
+    :class:`~mtlkit.train.hooks.Hook`.
+    """
 
     model: MultiTaskModel
     tasks: list[Task]
@@ -62,23 +69,18 @@ class Loop:
     epochs: int
     scheduler: Any = None
     mode: str = "parameters"
+    grad_path: str = "loop"
     grad_clip: float | None = None
-    max_steps: int | None = None
+    max_steps_per_epoch: int | None = None
     speed: Speed = field(default_factory=lambda: Speed(None, False, False))
     scaler: torch.amp.GradScaler | None = None
     progress: bool = False
+    #: batches may carry only some tasks (DDP then looks for unused parameters every step)
     partial_batches: bool = False
-    grad_path: str = "loop"
     #: what the checkpoints are for (``checkpoint_meta``), stored in each; None for ``fit`` runs
     meta: dict[str, Any] | None = None
-    #: a bilevel method's meta step (Auto-Lambda's ``MetaSplit``), run before each training step; None: none
-    bilevel: Any = None
-    #: keyword arguments of :func:`mtlkit.train.evaluate.evaluate` (the evaluation protocol)
-    eval_args: dict[str, Any] = field(default_factory=dict)
-    #: pick a best epoch (and write best.pt); off when the only evaluated split is the reported one
-    select_best: bool = True
-    #: results.json fields beyond the schema's (protocol, meta split, ...)
-    results_extra: dict[str, Any] = field(default_factory=dict)
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    hooks: list[Hook] = field(default_factory=list)
 
 
 def best_score(val: dict[str, float], reference: dict[str, float], tasks: list[Task]) -> float:
@@ -100,7 +102,7 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
     loop.model.set_epoch(epoch, loop.epochs)
     sums, counts = torch.zeros(len(names)), torch.zeros(len(names))
     wsum, nsteps = torch.zeros(len(names)), 0
-    limit = loop.max_steps
+    limit = loop.max_steps_per_epoch
     total = min(len(loader), limit) if limit else len(loader)
     bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{loop.epochs}", leave=False,
                disable=not (loop.progress and dist.is_main()), dynamic_ncols=True)
@@ -109,13 +111,15 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
             break
         batch = move_batch(batch, loop.device, loop.speed.channels_last)
         try:
-            if loop.bilevel is not None:
-                loop.bilevel.step(runner.core, loop.tasks, batch, loop.optimizer.param_groups[0]["lr"])
+            for hook in loop.hooks:
+                hook.before_step(loop, batch)
             losses = runner(batch).cpu()
         except TrainingError as err:
             bar.close()
             note = f"; last good checkpoint kept: {kept}" if kept is not None and kept.is_file() else ""
             raise TrainingError(f"epoch {epoch + 1} step {step + 1}: {err}{note}") from None
+        for hook in loop.hooks:
+            hook.after_step(loop, batch, losses)
         present = torch.tensor([n in batch for n in names], dtype=torch.float32)
         sums += losses * present
         counts += present
@@ -165,25 +169,30 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
     model, weighting, device, tasks = loop.model, loop.weighting, loop.device, loop.tasks
     ckpt_path = run_path / "checkpoints" / "last.pt"
     state = state if state is not None else RunState()
-    if loop.speed.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    if loop.speed.channels_last:  # in place (Module.to returns the module); torch's stubs lack memory_format
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     # compile the model itself, DDP outside: gradient methods and evaluation call the compiled
     # module directly (runner.plain), bypassing DDP's gradient hooks
-    compiled: nn.Module = torch.compile(model) if loop.speed.compile else model
+    compiled = cast(nn.Module, torch.compile(model)) if loop.speed.compile else model
     net = dist.wrap(compiled, device, partial_batches=loop.partial_batches)
     runner = StepRunner(net, weighting, tasks, loop.optimizer, loop.mode, loop.grad_clip,
-                        loop.speed.autocast_dtype, loop.scaler, loop.grad_path)
+                        loop.speed.autocast_dtype, loop.scaler, loop.grad_path)  # forward + Balancer + optimizer
     dist.set_epoch(loop.train_loader, state.epoch)
     logs = Loggers(list(loggers or []) if main else [])
     names = [t.name for t in tasks]
     t0 = time.time() - state.wall_time
+    select_best = loop.evaluation.select_best
     if main and state.epoch > 0:
-        restore_records(run_path, state, model, loop.meta, loop.select_best)
+        restore_records(run_path, state, model, loop.meta, select_best)
     if main and loop.progress:
         tqdm.write(run_header(run_path, info.arch, count_parameters(model), loop.train_loader, loop.val_loader,
-                              loop.max_steps))
+                              loop.max_steps_per_epoch))
     try:
+        for hook in loop.hooks:
+            hook.before_train(loop)
         for epoch in range(state.epoch, loop.epochs):
+            for hook in loop.hooks:
+                hook.before_epoch(loop, epoch)
             ep_start = time.time()
             model.train()
             mean_losses, mean_weights = train_epoch(loop, runner, epoch, ckpt_path)
@@ -191,8 +200,8 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
             if loop.scheduler is not None:
                 loop.scheduler.step()
             dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
-            val = evaluate(runner.plain, tasks, loop.val_loader, device, channels_last=loop.speed.channels_last,
-                           autocast_dtype=loop.speed.autocast_dtype, **loop.eval_args)
+            val = loop.evaluation(runner.plain, tasks, loop.val_loader, device,
+                                  channels_last=loop.speed.channels_last, autocast_dtype=loop.speed.autocast_dtype)
             check_validation(val, epoch + 1, ckpt_path)
             if state.reference is None:
                 state.reference = dict(val)
@@ -201,7 +210,7 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
                 lr=loop.optimizer.param_groups[0]["lr"],
                 train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)}, val=val,
                 weights={n: float(w) for n, w in zip(names, mean_weights)})
-            is_best = state.record(record, best_score(val, state.reference, tasks)) and loop.select_best
+            is_best = state.record(record, best_score(val, state.reference, tasks)) and select_best
             if main:
                 state.wall_time = time.time() - t0
                 ckpt = state.checkpoint(model, weighting, loop.optimizer, loop.scheduler, loop.scaler)
@@ -213,6 +222,10 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
                     save_checkpoint(run_path / "checkpoints" / "best.pt", best)
                 logs.log_epoch(record)
             dist.barrier()
+            for hook in loop.hooks:
+                hook.after_epoch(loop, record)
+        for hook in loop.hooks:
+            hook.after_train(loop)
     except BaseException as err:
         logs.finish(ended_status(err))
         raise
@@ -221,13 +234,21 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
             name=info.name, arch=info.arch, weighting=info.weighting, dataset=info.dataset,
             tasks=[t.to_dict() for t in tasks], params=count_parameters(model), params_ratio=info.params_ratio,
             final=state.history[-1].val if state.history else {},
-            best=state.best.val if loop.select_best else None,
-            best_epoch=state.best.epoch if loop.select_best else None, epochs=loop.epochs,
+            best=state.best.val if select_best else None,
+            best_epoch=state.best.epoch if select_best else None, epochs=loop.epochs,
             wall_time=time.time() - t0, config_hash=info.config_hash, **provenance(), status="finished",
-            extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **loop.results_extra,
+            extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **results_extra(loop),
                    **({"config_changes": state.config_changes} if state.config_changes else {})})
         write_results(run_path, results.to_dict())
         for path in run_files(run_path):  # results.json, config.yaml, metrics.jsonl, figures
             logs.log_artifact(path)
         logs.finish("finished")
     return run_path
+
+
+def results_extra(loop: Loop) -> dict[str, Any]:
+    """results.json fields beyond the schema's: the evaluation's, then each hook's (a bilevel method's split)."""
+    extra = loop.evaluation.results()
+    for hook in loop.hooks:
+        extra.update(hook.results())
+    return extra

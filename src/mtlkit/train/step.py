@@ -1,6 +1,8 @@
 """One optimisation step, the only place that knows how a weighting method meets a model.
 
-Loss-level methods: back-propagate ``weighting.combine(losses)``. Gradient-level methods: the K x D
+A step is the forward pass, :meth:`mtlkit.balance.Balancer.backward` (the code users call in their
+own loops: it fills ``.grad`` the way the method says) and the optimizer step. Loss-level methods:
+back-propagate ``weighting.combine(losses)``. Gradient-level methods: the K x D
 matrix of per-task gradients (w.r.t. the shared parameters, or the shared representation returned
 by ``model.encode``) goes to ``weighting.aggregate``; its D-vector becomes the shared update, and
 task-specific parameters get the gradient of their own task's loss. In representation mode
@@ -18,13 +20,14 @@ process with the same global batch would apply.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from mtlkit.balance import Balancer, FeatureCut
+from mtlkit.balance import Balancer, FeatureCut, NonFiniteLossError
 from mtlkit.errors import ConfigError, TrainingError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
@@ -34,7 +37,11 @@ from mtlkit.weighting.base import Weighting
 
 @dataclass
 class StepRunner:
-    """Holds what every step needs; ``__call__`` runs one step and returns the K detached losses."""
+    """One step: forward, then :class:`~mtlkit.balance.Balancer` (the method fills ``.grad``), then the optimizer.
+
+    ``__call__`` runs a step and returns the K detached losses. ``grad_path`` is the config's
+    ``weighting.grad_path`` (how a gradient-level method's per-task gradients are computed).
+    """
 
     model: nn.Module
     weighting: Weighting
@@ -50,63 +57,78 @@ class StepRunner:
 
     def __post_init__(self) -> None:
         self._names = [t.name for t in self.tasks]
-        self._balancer = Balancer(self.weighting)
-        self._balancer.strategy = self.grad_path
+        self._balancer = Balancer(self.weighting, grad_path=self.grad_path)
         check_mode(self.core, self.weighting, self.mode)
 
     @property
     def core(self) -> MultiTaskModel:
         """The model under any DistributedDataParallel / compile wrapper."""
         m = dist.unwrap_ddp(self.model)
-        return getattr(m, "_orig_mod", m)
+        return cast(MultiTaskModel, getattr(m, "_orig_mod", m))
 
     @property
     def plain(self) -> nn.Module:
         """The model without DDP (compiled if it was): gradient methods call it, bypassing DDP's hooks."""
         return dist.unwrap_ddp(self.model)
 
-    def _autocast(self, device: torch.device):
+    def _autocast(self, device: torch.device) -> AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
+    def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> list[Tensor]:
+        """The K task losses, each with its own graph; tasks absent from the batch count 0 (constant)."""
+        return [t.loss(preds[t.name], batch[t.name]) if t.name in present
+                else torch.zeros((), device=batch["image"].device) for t in self.tasks]
+
     def losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> Tensor:
-        """The K-vector of task losses; tasks absent from the batch count 0 (constant)."""
-        out = []
-        for t in self.tasks:
-            if t.name in present:
-                out.append(t.loss(preds[t.name], batch[t.name]))
-            else:
-                out.append(torch.zeros((), device=batch["image"].device))
-        return torch.stack(out)
+        """The K-vector of task losses (what a loss-level method combines)."""
+        return torch.stack(self.task_losses(preds, batch, present))
 
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
         x = batch["image"]
         present = [n for n in self._names if n in batch]
+        gradient_level = self.weighting.needs_gradients
+        if gradient_level and len(present) != len(self._names):
+            raise TrainingError(
+                f"{type(self.weighting).__name__} needs every task in every batch; this dataset "
+                "gives one task per batch: use a loss-level weighting such as equal"
+            )
         self.optimizer.zero_grad(set_to_none=True)
-        if self.weighting.needs_gradients:
-            if len(present) != len(self._names):
-                raise TrainingError(
-                    f"{type(self.weighting).__name__} needs every task in every batch; this dataset "
-                    "gives one task per batch: use a loss-level weighting such as equal"
-                )
-            losses = self._gradient_step(x, batch, present)
+        preds, features = self._forward(x, present)
+        shared: list[Tensor] | None = None
+        own: list[Tensor] | None = None
+        if gradient_level:
+            # a gradient-level method differentiates each task's loss on its own
+            losses: list[Tensor] | Tensor = self.task_losses(preds, batch, present)
+            core = self.core
+            shared = [p for p in core.shared_parameters() if p.requires_grad]
+            shared_ids = {id(p) for p in shared}
+            own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
         else:
-            with self._autocast(x.device):
-                preds = self.model(x, present) if len(present) < len(self._names) else self.model(x)
             losses = self.losses(preds, batch, present)
-            shared = dist.globalize(losses)
-            _check_finite(shared, self._names)
-            total = self.weighting.combine(shared)
-            self._backward(total)
+        try:
+            values = self._balancer.backward(losses, shared, features=features, task_params=own, scaler=self.scaler)
+        except NonFiniteLossError as err:
+            raise TrainingError(f"non-finite training loss ({', '.join(err.bad)})") from None
         self._finish()
-        return losses.detach()
+        return values
 
-    def _backward(self, total: Tensor) -> None:
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-        else:
-            total.backward()
+    def _forward(self, x: Tensor, present: list[str]) -> tuple[dict[str, Tensor], FeatureCut | None]:
+        """The predictions, and the cut of the shared representation the method differentiates against.
+
+        Loss-level methods run the (DDP-wrapped) model; gradient-level ones bypass DDP's hooks
+        (:attr:`plain`), and in representation mode ``decode`` reads a :class:`FeatureCut` of
+        ``encode``'s tensors (detached copies), so per-task gradients are partial derivatives.
+        """
+        with self._autocast(x.device):
+            if not self.weighting.needs_gradients:
+                return (self.model(x, present) if len(present) < len(self._names) else self.model(x)), None
+            if self.mode == "representation":
+                core = self.core
+                features = FeatureCut(core.encode(x))
+                return core.decode(features), features
+            return self.plain(x), None
 
     def _finish(self) -> None:
         if self.scaler is not None:
@@ -118,28 +140,6 @@ class StepRunner:
             self.scaler.update()
         else:
             self.optimizer.step()
-
-    def _gradient_step(self, x: Tensor, batch: dict[str, Tensor], present: list[str]) -> Tensor:
-        """Per-task gradients aggregated by the method (:class:`mtlkit.balance.Balancer`, as users call it)."""
-        core = self.core
-        with self._autocast(x.device):
-            if self.mode == "representation":
-                # the decoders read detached copies, so per-task gradients are partial derivatives
-                features: FeatureCut | None = FeatureCut(core.encode(x))
-                preds = core.decode(features)
-            else:
-                features = None
-                preds = self.plain(x)
-        per_task = [t.loss(preds[t.name], batch[t.name]) for t in self.tasks]
-        losses = torch.stack([loss.detach() for loss in per_task])
-        shared_losses = dist.all_reduce_mean(losses)
-        _check_finite(shared_losses, self._names)
-        shared = [p for p in core.shared_parameters() if p.requires_grad]
-        shared_ids = {id(p) for p in shared}
-        own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
-        self._balancer.backward(per_task, shared, features=features, task_params=own, scaler=self.scaler,
-                                shared_losses=shared_losses)
-        return losses
 
 
 def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
@@ -168,8 +168,3 @@ def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
             "use weighting.mode=parameters"
         )
 
-
-def _check_finite(losses: Tensor, names: list[str]) -> None:
-    if not torch.isfinite(losses).all():
-        bad = [f"{n}={v:.4g}" for n, v in zip(names, losses.detach().tolist()) if not torch.isfinite(torch.tensor(v))]
-        raise TrainingError(f"non-finite training loss ({', '.join(bad)})")

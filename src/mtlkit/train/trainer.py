@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from mtlkit._deprecation import pop_renamed
 from mtlkit.config import Config, load_config
 from mtlkit.data import sampling
 from mtlkit.data.base import DatasetBuilder
@@ -32,8 +34,9 @@ from mtlkit.train.checkpoint import (
     resume_changes,
     resume_state,
 )
-from mtlkit.train.evaluate import best_fields, protocol_args, protocol_record
+from mtlkit.train.evaluate import Evaluation
 from mtlkit.train.guards import preflight
+from mtlkit.train.hooks import Hook, MetaStep
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Loggers, run_logging
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import (
@@ -151,6 +154,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, run_dir: 
                 raise plan
             cfg, run_path, finished = plan
             if finished:
+                assert run_path is not None  # only a resumed run can have finished
                 return run_path
             with failures_recorded(), run_logging() as logs:
                 return _train(cfg, run_path, logs, resuming=resume is not None)
@@ -173,8 +177,8 @@ def _resolve_run(
         lock_run_dir(run_path)
         done = read_results_safely(run_path)
         saved = load_config(run_path / "config.yaml")
-        finished = bool(done and done.get("status") == "finished")
-        if finished and done.get("config_hash") not in (None, saved.hash()):
+        finished = done is not None and done.get("status") == "finished"
+        if done is not None and finished and done.get("config_hash") not in (None, saved.hash()):
             raise ConfigError(f"{run_path}: the run finished, and its config.yaml was edited since (config hash "
                               f"{saved.hash()}, results.json says {done.get('config_hash')}); a finished run is "
                               "never trained again: start a new run with the edited config (--run-dir NEW)")
@@ -196,12 +200,17 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
     dist.check_weighting(weighting)
     check_mode(setup.model, weighting, cfg.weighting.mode)
-    model = dist.convert_sync_batchnorm(setup.model, device) if _sync_bn(cfg) else setup.model
+    # BatchNorm over the global batch under torchrun (always: there is no setting); a no-op in one process
+    model = dist.convert_sync_batchnorm(setup.model, device)
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it
         train_ds = setup.builder.dataset("train", train=True)
         val_ds = setup.builder.dataset("val", train=False)
-    train_ds, bilevel = meta_split(weighting, train_ds, cfg.seed, cfg.train.batch_size,
-                                   setup.builder.batch_sampler is not None)  # bilevel methods only
+    hooks: list[Hook] = []
+    if weighting.needs_meta_step:  # a bilevel method: its meta batches come from a split of the training set
+        train_ds, split = meta_split(weighting, train_ds, cfg.seed, cfg.train.batch_size,
+                                     setup.builder.batch_sampler is not None)
+        if split is not None:
+            hooks.append(MetaStep(split))
     optimizer = make_optimizer(cfg, model, weighting)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.optim.step_size, gamma=cfg.optim.gamma)
     from mtlkit.train.speed import speed_settings
@@ -210,21 +219,22 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     scaler = torch.amp.GradScaler(device.type) if speed.autocast_dtype == torch.float16 else None
     meta = checkpoint_meta(cfg, tasks)
     # rank 0 reads the checkpoint and shares it: any world size resumes the same run
-    ckpt = resume_state(run_path / "checkpoints" / "last.pt" if run_path is not None else None, meta)
+    last = run_path / "checkpoints" / "last.pt" if run_path is not None else None
+    ckpt = resume_state(last, meta)
     state = None
     if ckpt is not None:
-        last = run_path / "checkpoints" / "last.pt"
+        assert run_path is not None and last is not None
         restore_training_state(last, ckpt, model, weighting, optimizer, scheduler, scaler)
         state = RunState.from_checkpoint(ckpt, last)
         state.config_changes += resume_changes(run_path, ckpt.get("meta"), cfg, state.epoch)
     loop = Loop(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
                 train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
                 val_loader=make_loader(setup.builder, val_ds, cfg, train=False), device=device,
-                epochs=cfg.train.epochs, scheduler=scheduler, mode=cfg.weighting.mode, grad_clip=cfg.train.grad_clip,
-                max_steps=cfg.train.max_steps_per_epoch, speed=speed, scaler=scaler, progress=cfg.train.progress,
-                partial_batches=setup.builder.batch_sampler is not None, grad_path=cfg.weighting.grad_path,
-                meta=meta, bilevel=bilevel, eval_args=protocol_args(cfg), select_best=cfg.eval.select_best,
-                results_extra=_results_extra(cfg, bilevel))
+                epochs=cfg.train.epochs, scheduler=scheduler, mode=cfg.weighting.mode,
+                grad_path=cfg.weighting.grad_path, grad_clip=cfg.train.grad_clip,
+                max_steps_per_epoch=cfg.train.max_steps_per_epoch, speed=speed, scaler=scaler,
+                progress=cfg.train.progress, partial_batches=setup.builder.batch_sampler is not None, meta=meta,
+                evaluation=Evaluation.from_config(cfg), hooks=hooks)
     preflight(model, tasks, {"train": train_ds, "val": val_ds}, device)
     run_path = dist.broadcast_object(open_run_dir(run_path, cfg, resume=resuming) if main else None)
     info = RunInfo(name=cfg.name, arch=cfg.model.arch, weighting=cfg.weighting.name, dataset=cfg.dataset.name,
@@ -239,33 +249,24 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     return run(loop, run_path, info, [logs], state)
 
 
-def _results_extra(cfg: Config, bilevel: object | None) -> dict[str, object]:
-    """results.json fields beyond the schema's: the evaluation protocol, why there is no best epoch, the meta split."""
-    extra: dict[str, object] = {"eval": protocol_record(cfg)}
-    if not cfg.eval.select_best:
-        extra["best_note"] = best_fields(cfg, {})["best_note"]
-    if bilevel is not None:
-        extra["meta_split"] = bilevel.describe()
-    return extra
-
-
-def _sync_bn(cfg: Config) -> bool:
-    """Synchronised BatchNorm under DDP: ``train.sync_bn`` when the config has it, else on."""
-    value = getattr(cfg.train, "sync_bn", None)
-    return True if value is None else bool(value)
-
-
 def load_run(
-    run_dir: str | Path, which: str = "best", device: str = "cpu"
+    run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", **deprecated: Any
 ) -> tuple[Config, MultiTaskModel, list[Task], DatasetBuilder]:
-    """Config, trained model (``best`` or ``last`` weights), tasks and dataset builder of a run folder."""
+    """Config, trained model (the ``best`` or ``last`` checkpoint's weights), tasks and dataset builder of a run.
+
+    ``checkpoint`` is ``mtlkit evaluate --checkpoint`` (its old name ``which=`` still works, with a warning).
+    """
+    if "which" in deprecated:
+        checkpoint = pop_renamed(deprecated, "which", "checkpoint", "load_run")
+    if deprecated:
+        raise TypeError(f"load_run() got an unexpected keyword argument {next(iter(deprecated))!r}")
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
     cfg = load_config(run_dir / "config.yaml")
     setup = build(cfg, torch.device(device))
-    ckpt = run_dir / "checkpoints" / f"{which}.pt"
-    if which == "best" and not ckpt.is_file() and ckpt.with_name("last.pt").is_file():
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    if checkpoint == "best" and not ckpt.is_file() and ckpt.with_name("last.pt").is_file():
         raise TrainingError(f"{ckpt}: not found (the run saved no best checkpoint); "
                             "use --checkpoint last to evaluate its last epoch")
     expect = {k: v for k, v in checkpoint_meta(cfg, setup.tasks).items() if k in MODEL_KEYS}
