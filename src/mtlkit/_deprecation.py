@@ -5,6 +5,11 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+
+class MtlkitDeprecationWarning(DeprecationWarning):
+    """An old mtlkit name or config key that still works for one release; ``mtlkit`` prints these."""
+
+
 #: the release that removes the names deprecated now
 REMOVED_IN = "0.2"
 
@@ -12,7 +17,7 @@ REMOVED_IN = "0.2"
 def renamed(old: str, new: str, stacklevel: int = 3) -> None:
     """Warn that ``old`` is now ``new`` (``stacklevel``: 3 points at the caller of the function that warns)."""
     warnings.warn(f"{old} is deprecated and will be removed in mtlkit {REMOVED_IN}; use {new}",
-                  DeprecationWarning, stacklevel=stacklevel)
+                  MtlkitDeprecationWarning, stacklevel=stacklevel)
 
 
 def pop_renamed(kwargs: dict[str, Any], old: str, new: str, where: str, stacklevel: int = 4) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from mtlkit._deprecation import MtlkitDeprecationWarning
 from mtlkit.errors import ConfigError, shorten
 from mtlkit.readers import load_yaml, read_yaml_file
 
@@ -189,7 +190,7 @@ class TrainConfig(_Strict):
             instead = ("train.loggers without tensorboard (train.loggers: [] for none)" if value is False else
                        "nothing: TensorBoard is on when train.loggers names it, as by default")
             warnings.warn(f"train.tensorboard is deprecated and goes in the next release: use {instead}",
-                          DeprecationWarning, stacklevel=2)
+                          MtlkitDeprecationWarning, stacklevel=2)
         return value
 
 

@@ -11,9 +11,11 @@ import importlib
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from mtlkit import __version__
+from mtlkit._deprecation import MtlkitDeprecationWarning
 from mtlkit.errors import MtlkitError, warn
 from mtlkit.registry import PLUGINS
 
@@ -190,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with warnings.catch_warnings():  # restored on return: main() may run inside another program
+        warnings.simplefilter("default", MtlkitDeprecationWarning)  # hidden by Python's defaults outside __main__
+        show = warnings.showwarning
+        warnings.showwarning = lambda message, category, *rest: (
+            print(f"mtlkit: warning: {message}", file=sys.stderr) if issubclass(category, MtlkitDeprecationWarning)
+            else show(message, category, *rest))
+        return _run(argv)
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
