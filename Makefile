@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 #   make demo TORCH_SPEC="torch>=2.2"   (pyproject.toml itself asks for torch>=2.2,<3)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint format bench browser wheel-check docs clean
+.PHONY: install demo test test-fast lint format bench browser wheel-check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q
 
+# The edit loop's tier: the unit tests of every package (tests/<package>/), without the tests marked
+# slow and without tests/integration/ and tests/e2e/ (their marker comes from the folder: tests/conftest.py).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not integration and not e2e"
+
 # The Python files ruff checks and formats; mypy reads its file list from [tool.mypy] in pyproject.toml.
 LINT_PATHS := src tests bench docs/gen_pages.py docs/hooks.py .ci/check_extras.py
 
@@ -61,11 +66,11 @@ format: install
 	$(BIN)/ruff format $(LINT_PATHS)
 
 # The documentation site into site/ (reference pages generated from the code by docs/gen_pages.py),
-# then the checks of the built site in tests/test_docs.py (no SUMMARY page, offline math, widths);
+# then the checks of the built site in tests/e2e/test_docs.py (no SUMMARY page, offline math, widths);
 # --strict: a broken link or reference fails the build.
 docs: $(VENV)/.docs-installed browser
 	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
-	$(BIN)/python -m pytest -q tests/test_docs.py -k site_
+	$(BIN)/python -m pytest -q tests/e2e/test_docs.py -k site_
 
 # Build the sdist and the wheel, install the wheel in a fresh venv outside the checkout and use it
 # from an empty folder (CLI, one tiny training, a report, the public API, every extra's imports).

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtlkit.config import Config, config_from_dict
+from helpers.runs import tiny_config
+from mtlkit.config import Config
 
 # Tiny test models run fastest single-threaded, and several test processes (gloo, CLI subprocesses)
 # share the 2 cores: one thread each avoids oversubscription (seen: 20x slower steps with 2 threads).
@@ -19,28 +20,23 @@ os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 torch.set_num_threads(THREADS)
 
 
+#: test folders whose tests carry the marker of the same name (make test-fast leaves them out)
+TIER_FOLDERS = ("integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test under tests/integration/ or tests/e2e/ with its folder's name."""
+    tests = Path(__file__).parent
+    for item in items:
+        folder = Path(item.path).relative_to(tests).parts[0]
+        if folder in TIER_FOLDERS:
+            item.add_marker(getattr(pytest.mark, folder))
+
+
 @pytest.fixture(scope="session")
 def scenes_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One scene cache folder shared by every test (generation is deterministic)."""
     return tmp_path_factory.mktemp("scenes-cache")
-
-
-def tiny_config(root: Path, out: Path, **sections) -> Config:
-    """A run that takes seconds: 32x64 scenes, 16 train / 8 val samples, width-0.125 MTAN."""
-    data = {
-        "name": "tiny",
-        "out_dir": str(out),
-        "seed": 0,
-        "dataset": {"name": "scenes", "root": str(root), "num_classes": 7, "height": 32, "width": 64,
-                    "n_train": 16, "n_val": 8},
-        "model": {"arch": "mtan", "width": 0.125},
-        "weighting": {"name": "equal"},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 4, "progress": False, "loggers": []},
-    }
-    for key, value in sections.items():
-        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
-    return config_from_dict(data)
 
 
 @pytest.fixture
@@ -51,31 +47,3 @@ def tiny_cfg(scenes_cache: Path, tmp_path: Path):
         return tiny_config(scenes_cache, tmp_path / "runs", **sections)
 
     return make
-
-
-class Killed(BaseException):
-    """Raised inside a training step to simulate a run killed mid-epoch.
-
-    A BaseException, like the KeyboardInterrupt of Ctrl-C: a killed process records nothing, while
-    an Exception is a failure the trainer records in results.json.
-    """
-
-
-def train_until_killed(cfg: Config, run_dir: Path, monkeypatch: pytest.MonkeyPatch, at_step: int) -> None:
-    """Start ``cfg`` in ``run_dir`` and die (``Killed``) at the ``at_step``-th training step (1-based)."""
-    from mtlkit.train import step as step_module
-    from mtlkit.train.trainer import train
-
-    calls = {"n": 0}
-    original = step_module.StepRunner.__call__
-
-    def dying(self, batch):
-        calls["n"] += 1
-        if calls["n"] == at_step:
-            raise Killed
-        return original(self, batch)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(step_module.StepRunner, "__call__", dying)
-        with pytest.raises(Killed):
-            train(cfg, run_dir=run_dir)

@@ -6,7 +6,7 @@ exactly: a unit after every stage but the last (the pooled output of each encode
 output of decoder stages 4 to 1, i.e. before every unpooling: 9 stitch points, as in the official
 MTAN code; each network unpools with its own indices), the parameters named as the paper model's
 (``nets.<task>.enc.*``, ``stitches.enc0`` ... ``stitches.dec1``; pinned by
-``tests/test_segnet_checksums.py``). On the other backbones there is a unit after every stage, the
+``tests/models/test_segnet_checksums.py``). On the other backbones there is a unit after every stage, the
 last included (dilated ResNets: after layer1..layer4, 4 units, the heads read the stitched layer4
 features; ``wrn28``: after the stem and stage1..stage3), the list ``stitches[0]`` ... Two variants
 (``variant`` option):

@@ -20,7 +20,7 @@ head reads ``finish(â_last)``. What the backbone sets (its *design*):
   channels. ``finish`` is the identity. Widths follow the official code, which reproduces the
   paper's #P (1.77 on NYUv2); the gates' middle width is their output's. Parameters keep the
   paper model's names (``trunk``, ``enc_f``, ``dec_f``, ``enc_att``, ``dec_att``, ``heads``, as
-  ``tests/test_segnet_checksums.py`` pins) and ``shared_parameters()`` is the trunk.
+  ``tests/models/test_segnet_checksums.py`` pins) and ``shared_parameters()`` is the trunk.
 * Dilated ResNets (the authors' later ``model_resnet_mtan``): ``u_j`` is stage j without its last
   block, ``p_j`` its output; the gate's middle width is a quarter of ``p_j``'s channels ("a
   similar bottleneck design"); the carry is a Bottleneck ``c_j -> c_{j+1}`` (planes ``c_{j+1}/4``,

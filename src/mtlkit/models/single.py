@@ -7,7 +7,7 @@ them one at a time. There is no shared representation and no shared parameter:
 On ``segnet`` (``Backbone.paper_segnet``) each task's network is the MTAN paper's one-task
 SegNet, :class:`~mtlkit.models.segnet.SegNet`, heads inside it (``nets.<task>.trunk.*``,
 ``nets.<task>.heads.<task>.*``: the paper model's parameter names, pinned by
-``tests/test_segnet_checksums.py``). On the other backbones ``nets.<task>`` is the backbone and
+``tests/models/test_segnet_checksums.py``). On the other backbones ``nets.<task>`` is the backbone and
 ``heads.<task>`` its head (``Backbone.make_head``).
 """
 

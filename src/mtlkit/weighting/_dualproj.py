@@ -40,7 +40,7 @@ class DualProj(GramianWeighting):
 
     (GEM's projection), found from the $K \times K$ Gramian with an exact active set
     (`_solvers.nonneg_qp`; worst conflict below $10^{-13} \max_k \lVert g_k \rVert^2$ on float64 rows,
-    $10^{-9}$ on float32 rows over `tests/test_weighting_solvers.py`'s cases).
+    $10^{-9}$ on float32 rows over `tests/weighting/test_weighting_solvers.py`'s cases).
 
     Options: none (TorchJD's mean preference; its QP ridge is not needed).
 

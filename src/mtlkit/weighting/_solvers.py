@@ -48,7 +48,7 @@ def nonneg_qp(q: np.ndarray, c: np.ndarray, tol: float = 1e-13, max_iter: int = 
     rank-deficient float32 matrix): the entering variable first takes its exact line-search step,
     and the solve on P returns the solution nearest to z, not the least-norm one. At the end
     (q z + c)_P = 0 up to rounding and (q z + c)_j >= -tol x scale elsewhere (the KKT conditions):
-    over the 300 random cases of tests/test_weighting_solvers.py the KKT residual is below 3e-15
+    over the 300 random cases of tests/weighting/test_weighting_solvers.py the KKT residual is below 3e-15
     x scale, and below 1e-9 on float32 rows of rank-deficient matrices.
     """
     k = c.shape[0]

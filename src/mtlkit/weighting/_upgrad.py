@@ -49,7 +49,7 @@ class UPGrad(GramianWeighting):
     Options: none (TorchJD's defaults: mean preference; its QP ridge $G G^\top / \mathrm{tr} + 10^{-4} I$ is
     not needed, the active-set solve handles singular Gramians exactly).
 
-    Optimality reached (`tests/test_weighting_solvers.py`, 300 random cases, rank-deficient and
+    Optimality reached (`tests/weighting/test_weighting_solvers.py`, 300 random cases, rank-deficient and
     near-duplicate rows included): worst conflict $-\min_k g_k^\top d$ below $10^{-13} \max_k \lVert g_k \rVert^2$
     on float64 rows, $10^{-9}$ on float32 rows (Gramian accumulated in float64, rows combined in float64).
 

@@ -48,7 +48,7 @@ class Weighting(nn.Module):
     #: (``mtlkit.report.table.method_label`` reads it, the one place a method name is displayed).
     display_name: str = ""
     #: The guarantees the method declares, checked by the property harness
-    #: (tests/test_weighting_properties.py); names in ``PROPERTIES``. Every method must declare some.
+    #: (tests/weighting/test_weighting_properties.py); names in ``PROPERTIES``. Every method must declare some.
     properties: frozenset[str] = frozenset()
     #: The fewest tasks the method accepts with its default options (robust aggregators need 3).
     min_tasks: int = 1

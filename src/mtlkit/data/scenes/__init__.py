@@ -79,7 +79,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-# "x as x": re-exported pieces of the renderer, still reached as mtlkit.data.scenes.<name> (tests/test_scenes.py
+# "x as x": re-exported pieces of the renderer, still reached as mtlkit.data.scenes.<name> (tests/data/test_scenes.py
 # builds and traces scenes by hand)
 from mtlkit.data.scenes.classes import _MERGE, CLASS_NAMES
 from mtlkit.data.scenes.classes import BED as BED
