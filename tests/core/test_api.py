@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import mtlkit
+from helpers.folders import write_folder
 from mtlkit.cli.main import main
 from mtlkit.config import DatasetConfig
 from mtlkit.data.check import check_dataset
@@ -21,7 +22,6 @@ from mtlkit.errors import ConfigError, DataError
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "own-data.md"
 FOLDER_SECTION = "1. A folder of images and targets: `dataset.name=folder`"
-SIZES = [(40, 56), (48, 48), (36, 60), (44, 52), (64, 64), (40, 40)]
 
 
 def _section(title: str) -> str:
@@ -33,29 +33,6 @@ def _section(title: str) -> str:
 
 def _blocks(text: str, lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", text, re.S)
-
-
-def write_folder(root: Path, tasks_yaml: str, n_train: int = 6, n_val: int = 3) -> None:
-    """A tiny folder dataset: images of different sizes, 3-class labels (255 = ignore), 0/255 masks."""
-    rng = np.random.default_rng(0)
-    (root).mkdir(parents=True, exist_ok=True)
-    (root / "tasks.yaml").write_text(tasks_yaml)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for sub in ("images", "seg", "fg"):
-            (root / split / sub).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            h, w = SIZES[(i + (split == "val")) % len(SIZES)]
-            seg = np.zeros((h, w), np.uint8)
-            seg[: h // 3] = 1  # wall on top
-            cy, cx = rng.integers(h // 3, h - 8), rng.integers(4, w - 12)
-            seg[cy:cy + 8, cx:cx + 10] = 2  # a thing
-            seg[0, :4] = 255
-            image = np.stack([seg * 90, (seg == 1) * 160, (seg == 2) * 200], -1).astype(np.float64)
-            image = np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
-            stem = f"{split}{i:03d}"
-            Image.fromarray(image).save(root / split / "images" / f"{stem}.png")
-            Image.fromarray(seg).save(root / split / "seg" / f"{stem}.png")
-            Image.fromarray(((seg == 2) * 255).astype(np.uint8)).save(root / split / "fg" / f"{stem}.png")
 
 
 @pytest.fixture

@@ -110,8 +110,8 @@ def extension(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 def test_one_file_each_then_train_by_name(extension, tmp_path: Path) -> None:
+    from helpers.folders import write_folder
     from mtlkit.cli.main import main
-    from test_api import write_folder
 
     assert "smooth_l1" in TASK_KINDS and "tiny_hps" in ARCHITECTURES and "fixed" in WEIGHTINGS
     write_folder(tmp_path / "data", "tasks:\n  - {name: seg, kind: segmentation, channels: 3, "

@@ -10,6 +10,7 @@ import torch
 import yaml
 
 import mtlkit
+from helpers.folders import write_folder
 from mtlkit.config import DatasetConfig, config_from_dict, load_config
 from mtlkit.data.folder import FolderBuilder
 from mtlkit.models import build_model
@@ -17,7 +18,6 @@ from mtlkit.report.runs import collect
 from mtlkit.report.table import build_tables
 from mtlkit.train.trainer import train
 from mtlkit.weighting import DWA
-from test_api import write_folder
 
 TASKS_YAML = "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n" \
              "  - {name: fg, kind: binary}\n"

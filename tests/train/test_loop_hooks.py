@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import mtlkit
+from helpers.folders import write_folder
 from mtlkit.balance import Balancer
 from mtlkit.config import DatasetConfig, load_config
 from mtlkit.data.folder import FolderBuilder
@@ -24,7 +25,6 @@ from mtlkit.train.hooks import Hook
 from mtlkit.train.loop import Loop
 from mtlkit.train.step import StepRunner
 from mtlkit.weighting.base import Weighting
-from test_api import write_folder
 
 TASKS_YAML = "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n" \
              "  - {name: fg, kind: binary}\n"

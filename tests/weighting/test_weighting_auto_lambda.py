@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from helpers.nets import TinyNet, _batch
 from helpers.runs import train_until_killed
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
@@ -19,7 +20,6 @@ from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.trainer import train
 from mtlkit.weighting import AutoLambda, meta_split
 from mtlkit.weighting.functional import meta_gradient
-from test_weighting import TinyNet, _batch
 
 TASKS = [segmentation_task(3, "seg"), depth_task("depth"), normal_task("normal")]
 NAMES = [t.name for t in TASKS]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.nets import TinyNet, _batch
 from mtlkit.registry import WEIGHTINGS
 from mtlkit.tasks import depth_task, normal_task, segmentation_task
 from mtlkit.train.step import StepRunner
-from test_weighting import TinyNet, _batch
 
 TASKS = [segmentation_task(3, "seg"), depth_task("depth"), normal_task("normal")]
 

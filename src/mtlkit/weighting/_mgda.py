@@ -80,7 +80,8 @@ class MGDA(GramianWeighting):
     step), which left the point off the optimum by more than $10^{-6}$ relative in 10 % of random cases.
     Optimality reached: KKT residual and duality gap $w^\top M w - \min_k (M w)_k$ below
     $3 \cdot 10^{-15} \max_k \lVert g_k \rVert^2$ over 300 random cases ($K = 3..20$, rank-deficient, strongly
-    and weakly stationary, near-duplicate rows; float32 and float64 inputs; `tests/weighting/test_weighting_solvers.py`).
+    and weakly stationary, near-duplicate rows; float32 and float64 inputs;
+    `tests/weighting/test_weighting_solvers.py`).
 
     Guarantees: $d$ has a non-negative inner product with every task gradient
     ($d^\top g_k \ge \lVert d \rVert^2 n_k \ge 0$), and $d = 0$ exactly when some convex combination of the
