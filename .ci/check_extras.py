@@ -39,8 +39,11 @@ def extras(wheel: Path) -> dict[str, list[str]]:
 def top_level_modules(dist: str) -> list[str]:
     """Public top-level modules that an installed distribution provides."""
     key = re.sub(r"[-_.]+", "-", dist).lower()
-    mods = [mod for mod, dists in md.packages_distributions().items()
-            if any(re.sub(r"[-_.]+", "-", d).lower() == key for d in dists)]
+    mods = [
+        mod
+        for mod, dists in md.packages_distributions().items()
+        if any(re.sub(r"[-_.]+", "-", d).lower() == key for d in dists)
+    ]
     return sorted(m for m in mods if not m.startswith("_") and m.isidentifier())
 
 
@@ -56,8 +59,12 @@ def main() -> int:
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-compile", f"mtlkit[{extra}] @ {wheel.as_uri()}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         noise = "WARNING: Location "  # this machine's pip config names local index folders that may be absent
-        print("".join(line for line in (proc.stdout + proc.stderr).splitlines(keepends=True)
-                      if not line.startswith(noise)), end="")
+        print(
+            "".join(
+                line for line in (proc.stdout + proc.stderr).splitlines(keepends=True) if not line.startswith(noise)
+            ),
+            end="",
+        )
         if proc.returncode != 0:
             failed.append(f"[{extra}] pip install failed (exit {proc.returncode})")
             continue

@@ -51,8 +51,13 @@ def render_room(back: float, pitch: float, yaw: float, k: Intrinsics) -> tuple[n
     ray = np.stack([(u - k.cx) / k.fx, (v - k.cy) / k.fy, np.ones_like(u)], -1)  # z = 1: t is depth
     d = ray @ rot.T  # ray directions in room coordinates (x right, y down, z forward)
     # room planes: (axis, coordinate, inward normal in room coordinates, id)
-    planes = [(1, 1.2, (0, -1, 0), 0), (1, -1.4, (0, 1, 0), 1), (2, back, (0, 0, -1), 2),
-              (0, -2.0, (1, 0, 0), 3), (0, 2.2, (-1, 0, 0), 4)]
+    planes = [
+        (1, 1.2, (0, -1, 0), 0),
+        (1, -1.4, (0, 1, 0), 1),
+        (2, back, (0, 0, -1), 2),
+        (0, -2.0, (1, 0, 0), 3),
+        (0, 2.2, (-1, 0, 0), 4),
+    ]
     depth = np.full((H, W), np.inf)
     ids = np.full((H, W), -1)
     normal_room = np.zeros((H, W, 3))
@@ -98,7 +103,7 @@ def power_iteration(cov: np.ndarray, iterations: int = 6) -> np.ndarray:
     c00, c11, c22 = cov[..., 0, 0], cov[..., 1, 1], cov[..., 2, 2]
     c01, c02, c12 = cov[..., 0, 1], cov[..., 0, 2], cov[..., 1, 2]
     adj = np.empty_like(cov)
-    adj[..., 0, 0], adj[..., 1, 1], adj[..., 2, 2] = c11 * c22 - c12 ** 2, c00 * c22 - c02 ** 2, c00 * c11 - c01 ** 2
+    adj[..., 0, 0], adj[..., 1, 1], adj[..., 2, 2] = c11 * c22 - c12**2, c00 * c22 - c02**2, c00 * c11 - c01**2
     adj[..., 0, 1] = adj[..., 1, 0] = c02 * c12 - c01 * c22
     adj[..., 0, 2] = adj[..., 2, 0] = c01 * c12 - c02 * c11
     adj[..., 1, 2] = adj[..., 2, 1] = c01 * c02 - c00 * c12
@@ -138,7 +143,7 @@ def robust_normals(depth: np.ndarray, k: Intrinsics, window: int = 15, iteration
     step = torch.from_numpy(np.maximum(quantisation_step(depth.astype(np.float64)), 1e-3))
     for r0 in range(0, h, 32):
         r1 = min(h, r0 + 32)
-        patch = F.unfold(grid[:, :, r0:r1 + 2 * r], window)  # 1 x (4 * window^2) x (rows * w)
+        patch = F.unfold(grid[:, :, r0 : r1 + 2 * r], window)  # 1 x (4 * window^2) x (rows * w)
         patch = patch.view(4, window * window, -1).permute(2, 1, 0)  # pixels x points x (xyz, valid)
         p, wt = patch[..., :3], patch[..., 3].clone()
         s = step[r0:r1].reshape(-1, 1)
@@ -150,7 +155,7 @@ def robust_normals(depth: np.ndarray, k: Intrinsics, window: int = 15, iteration
             vec = torch.linalg.eigh(cov)[1][:, :, 0]
             if it < iterations:
                 res = (d * vec[:, None, :]).sum(-1) / s
-                wt = patch[..., 3] / (1 + res ** 2)
+                wt = patch[..., 3] / (1 + res**2)
         out[r0:r1] = vec.view(r1 - r0, w, 3).numpy()
     count, _ = window_moments(pts, valid.astype(np.float64), window)
     return _orient(out, pts, valid & (count >= window + 1))
@@ -219,8 +224,12 @@ def main() -> None:
         row["seconds"] = secs
         row["undetermined"] = undetermined
         results[name] = row
-        print(f"{name:30s} " + "  ".join(f"{r} {row[r][0]:5.1f}/{row[r][1]:5.1f}" for r in regions)
-              + f"  {secs:5.2f} s/frame", flush=True)
+        print(
+            f"{name:30s} "
+            + "  ".join(f"{r} {row[r][0]:5.1f}/{row[r][1]:5.1f}" for r in regions)
+            + f"  {secs:5.2f} s/frame",
+            flush=True,
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "results": results}, f, indent=2)

@@ -30,15 +30,20 @@ VGG_LAYERS = [2, 2, 3, 3, 3]
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def attention(cin: int, cout: int) -> nn.Sequential:
     """The paper's attention module: [1x1 conv, BN, ReLU], [1x1 conv, BN, sigmoid]."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.Sigmoid(),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.Sigmoid(),
     )
 
 
@@ -54,13 +59,15 @@ class ReferenceMTAN(nn.Module):
         self.encoder = nn.ModuleList()
         for i in range(5):
             cin = in_channels if i == 0 else ch[i - 1]
-            self.encoder.append(nn.ModuleList(
-                [conv_bn_relu(cin if n == 0 else ch[i], ch[i]) for n in range(VGG_LAYERS[i])]))
+            self.encoder.append(
+                nn.ModuleList([conv_bn_relu(cin if n == 0 else ch[i], ch[i]) for n in range(VGG_LAYERS[i])])
+            )
         dec_out = [ch[0], ch[0], ch[1], ch[2], ch[3]]  # decoder block i maps ch[i] to ch[i-1]
         self.decoder = nn.ModuleList()
         for i in range(5):
-            self.decoder.append(nn.ModuleList(
-                [conv_bn_relu(ch[i] if n == 0 else dec_out[i], dec_out[i]) for n in range(VGG_LAYERS[i])]))
+            self.decoder.append(
+                nn.ModuleList([conv_bn_relu(ch[i] if n == 0 else dec_out[i], dec_out[i]) for n in range(VGG_LAYERS[i])])
+            )
         # --- shared 3x3 blocks of the attention path (f in the paper)
         enc_f_out = [ch[1], ch[2], ch[3], ch[4], ch[4]]
         self.encoder_block_att = nn.ModuleList([conv_bn_relu(ch[i], enc_f_out[i]) for i in range(5)])
@@ -71,12 +78,13 @@ class ReferenceMTAN(nn.Module):
         self.decoder_att = nn.ModuleList()
         self.heads = nn.ModuleList()
         for name in self.task_names:
-            self.encoder_att.append(nn.ModuleList(
-                [attention(ch[0] if i == 0 else ch[i] + enc_f_out[i - 1], ch[i]) for i in range(5)]))
-            self.decoder_att.append(nn.ModuleList(
-                [attention(ch[i] + dec_out[i], dec_out[i]) for i in range(5)]))
-            self.heads.append(nn.Sequential(nn.Conv2d(ch[0], ch[0], 3, padding=1),
-                                            nn.Conv2d(ch[0], task_channels[name], 1)))
+            self.encoder_att.append(
+                nn.ModuleList([attention(ch[0] if i == 0 else ch[i] + enc_f_out[i - 1], ch[i]) for i in range(5)])
+            )
+            self.decoder_att.append(nn.ModuleList([attention(ch[i] + dec_out[i], dec_out[i]) for i in range(5)]))
+            self.heads.append(
+                nn.Sequential(nn.Conv2d(ch[0], ch[0], 3, padding=1), nn.Conv2d(ch[0], task_channels[name], 1))
+            )
         init_weights(self)  # the same initialisation as mtlkit's (weights are usually copied in anyway)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -137,8 +145,13 @@ def task_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
     raise ValueError(f"unknown task kind {kind!r}")
 
 
-def reference_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-                   kinds: dict[str, str], autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+def reference_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    kinds: dict[str, str],
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """One training step with equal weighting: forward, the task losses, backward, optimizer step.
 
     ``autocast_dtype``: run the forward under autocast (the losses are computed in float32).

@@ -77,10 +77,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed rounds (median per case; default: 8 CPU, 20 CUDA)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per case first (default: 1 CPU, 3 CUDA)")
     p.add_argument("--archs", nargs="*", default=list(PAPER_ARCHS), help="architectures (default: the paper's 7)")
-    p.add_argument("--backbone", default=None,
-                   help="build the architectures on this backbone (e.g. resnet50_dilated; default: their own)")
-    p.add_argument("--compile", action="store_true",
-                   help="add torch.compile of the default setting (cold compile of SegNet on CPU: ~10 min per case)")
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="build the architectures on this backbone (e.g. resnet50_dilated; default: their own)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="add torch.compile of the default setting (cold compile of SegNet on CPU: ~10 min per case)",
+    )
     p.add_argument("--no-reference", action="store_true", help="skip the reference MTAN")
     p.add_argument("--no-loader", action="store_true", help="skip the data loader timing")
     p.add_argument("--loader-samples", type=int, default=None, help="scenes rendered for the loader (default: 64)")
@@ -88,8 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="scenes cache folder (default: mtlkit's cache)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 32x64 images, width 0.125, batch 2, 2 timed steps, 16 loader samples")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 32x64 images, width 0.125, batch 2, 2 timed steps, 16 loader samples",
+    )
     p.add_argument("--json", default=str(Path(__file__).parent / "results" / "train_step.json"))
     return p.parse_args(argv)
 
@@ -146,8 +155,9 @@ def variants(device: torch.device, with_compile: bool) -> tuple[list[Variant], s
     out = [Variant("fp32"), Variant("channels_last", channels_last=True)]
     if device.type == "cuda" and default.autocast_dtype is not None:
         out.append(Variant("bf16+channels_last", default.autocast_dtype, default.channels_last))
-    default_name = next(v.name for v in out
-                        if (v.autocast, v.channels_last) == (default.autocast_dtype, default.channels_last))
+    default_name = next(
+        v.name for v in out if (v.autocast, v.channels_last) == (default.autocast_dtype, default.channels_last)
+    )
     if with_compile:
         base = next(v for v in out if v.name == default_name)
         out.append(Variant(f"compile({base.name})", base.autocast, base.channels_last, compile=True))
@@ -199,8 +209,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def mtlkit_case(arch: str, v: Variant, tasks: list[Task], args, device, batch, *, fused: bool = True,
-                label: str = "") -> Case:
+def mtlkit_case(
+    arch: str, v: Variant, tasks: list[Task], args, device, batch, *, fused: bool = True, label: str = ""
+) -> Case:
     """The trainer's step for ``arch`` in setting ``v`` (its optimizer builder, unless ``fused=False``)."""
     cfg = config_from_dict({"optim": {"name": "adam", "lr": LR}})
     torch.manual_seed(args.seed)
@@ -306,8 +317,12 @@ def step_flops(build: Callable[[], torch.nn.Module], tasks: list[Task], h: int, 
     with torch.device("meta"):
         model = build()
         # two images: training-mode BatchNorm after a global pooling (DeepLabV3's ASPP) needs more than one
-        batch = {"image": torch.rand(2, 3, h, w), tasks[0].name: torch.randint(0, tasks[0].channels, (2, h, w)),
-                 tasks[1].name: torch.rand(2, 1, h, w), tasks[2].name: torch.rand(2, 3, h, w)}
+        batch = {
+            "image": torch.rand(2, 3, h, w),
+            tasks[0].name: torch.randint(0, tasks[0].channels, (2, h, w)),
+            tasks[1].name: torch.rand(2, 1, h, w),
+            tasks[2].name: torch.rand(2, 3, h, w),
+        }
     counter = FlopCounterMode(display=False)
     with counter:
         stack_losses(tasks, model(batch["image"]), batch).sum().backward()
@@ -319,29 +334,40 @@ def step_flops(build: Callable[[], torch.nn.Module], tasks: list[Task], h: int, 
 
 def time_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Images/s of the scenes dataset alone and through the trainer's loader (0 and 2 workers)."""
-    data = {"name": "scenes", "num_classes": args.classes, "height": args.height, "width": args.width,
-            "n_train": args.loader_samples, "n_val": 1, "options": {"progress": False}}
+    data = {
+        "name": "scenes",
+        "num_classes": args.classes,
+        "height": args.height,
+        "width": args.width,
+        "n_train": args.loader_samples,
+        "n_val": 1,
+        "options": {"progress": False},
+    }
     if args.data_root:
         data["root"] = args.data_root
     rows = []
     for workers in (None, 0, 2):
-        cfg = config_from_dict({"dataset": data, "seed": args.seed,
-                                "train": {"batch_size": args.batch, "num_workers": workers or 0}})
+        cfg = config_from_dict(
+            {"dataset": data, "seed": args.seed, "train": {"batch_size": args.batch, "num_workers": workers or 0}}
+        )
         builder = DATASETS.get("scenes")(cfg.dataset)
         start = time.perf_counter()
         ds = builder.dataset("train", train=True)
         prepare_s = time.perf_counter() - start
         if workers is None:
+
             def one_pass(ds=ds) -> int:
                 for i in range(len(ds)):
                     ds[i]
                 return len(ds)
+
             name = "dataset[i] (no loader)"
         else:
             loader = make_loader(builder, ds, cfg, train=True)
 
             def one_pass(loader=loader) -> int:
                 return sum(len(b["image"]) for b in loader)
+
             name = f"make_loader, {workers} workers"
         start = time.perf_counter()
         one_pass()  # warm-up: starts persistent workers, reads the files once
@@ -354,10 +380,20 @@ def time_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
             n = one_pass()
             times.append(time.perf_counter() - start)
         med = statistics.median(times)
-        rows.append({"loader": name, "workers": workers, "samples": n, "median_s": med,
-                     "images_per_s": n / med, "first_pass_s": first_s, "prepare_s": prepare_s,
-                     "times_s": times, "pin_memory": device.type == "cuda" and workers is not None,
-                     "augment": cfg.dataset.augment})
+        rows.append(
+            {
+                "loader": name,
+                "workers": workers,
+                "samples": n,
+                "median_s": med,
+                "images_per_s": n / med,
+                "first_pass_s": first_s,
+                "prepare_s": prepare_s,
+                "times_s": times,
+                "pin_memory": device.type == "cuda" and workers is not None,
+                "augment": cfg.dataset.augment,
+            }
+        )
         if workers:
             del loader  # stops the persistent workers
     return rows
@@ -369,13 +405,20 @@ def time_loader(args: argparse.Namespace, device: torch.device) -> list[dict]:
 def _row(case: Case, batch: int, flops: int | None, default_name: str) -> dict:
     med, best = statistics.median(case.times), min(case.times)
     return {
-        "group": case.group, "arch": case.arch, "variant": case.variant.name,
+        "group": case.group,
+        "arch": case.arch,
+        "variant": case.variant.name,
         "default": case.variant.name == default_name and case.group == "arch" and not case.label,
         "label": case.label or None,
-        "median_s": med, "min_s": best, "images_per_s": batch / med, "images_per_s_best": batch / best,
+        "median_s": med,
+        "min_s": best,
+        "images_per_s": batch / med,
+        "images_per_s_best": batch / best,
         "gflop_per_image": flops / 1e9 if flops else None,
         "achieved_gflop_s": flops * batch / med / 1e9 if flops else None,
-        "peak_mib": case.peak_mib, "first_call_s": case.first_call_s, "times_s": case.times,
+        "peak_mib": case.peak_mib,
+        "first_call_s": case.first_call_s,
+        "times_s": case.times,
     }
 
 
@@ -396,8 +439,7 @@ def _cases(args, tasks, vs: list, default_name: str, device, batch) -> list[Case
             cases.append(mtlkit_case(arch, v, tasks, args, device, batch))
     if not args.no_reference:
         default_v = next(v for v in vs if v.name == default_name)
-        cases.append(mtlkit_case("mtan", default_v, tasks, args, device, batch, fused=False,
-                                 label="default Adam"))
+        cases.append(mtlkit_case("mtan", default_v, tasks, args, device, batch, fused=False, label="default Adam"))
         for v in vs:
             cases.append(reference_case(v, tasks, args, device, batch))
     return cases
@@ -407,12 +449,17 @@ def _flops(args, tasks) -> dict:
     """FLOPs of one step of each architecture (and of the reference network)."""
     flops = {}
     for arch in args.archs:
-        flops[arch] = step_flops(lambda arch=arch: build_model(arch, tasks, args.model_width, backbone=args.backbone),
-                                 tasks, args.height, args.width)
+        flops[arch] = step_flops(
+            lambda arch=arch: build_model(arch, tasks, args.model_width, backbone=args.backbone),
+            tasks,
+            args.height,
+            args.width,
+        )
     if not args.no_reference:
         channels = {t.name: t.channels for t in tasks}
-        flops["reference"] = step_flops(lambda: ReferenceMTAN(channels, args.model_width), tasks,
-                                        args.height, args.width)
+        flops["reference"] = step_flops(
+            lambda: ReferenceMTAN(channels, args.model_width), tasks, args.height, args.width
+        )
     return flops
 
 
@@ -426,16 +473,19 @@ def _reference_comparison(args, vs: list, by_key: dict, default_name: str, flops
     for v in vs:
         mc, mr = by_key[f"arch:mtan:{v.name}"]
         rc, rr = by_key[f"reference:mtan:{v.name}"]
-        entries.append({
-            "variant": v.name,
-            "mtlkit_images_per_s": mr["images_per_s"], "reference_images_per_s": rr["images_per_s"],
-            "ratio_same_settings": mr["images_per_s"] / rr["images_per_s"],
-            "ratio_same_settings_paired": _paired(rc, mc),
-            "ratio_vs_reference_fp32": mr["images_per_s"] / ref_fp32["images_per_s"],
-            "ratio_vs_reference_fp32_paired": _paired(ref_fp32_case, mc),
-            "ratio_same_settings_best": mr["images_per_s_best"] / rr["images_per_s_best"],
-            "first_step_loss_rel_diff": _rel(mc.first_losses, rc.first_losses),
-        })
+        entries.append(
+            {
+                "variant": v.name,
+                "mtlkit_images_per_s": mr["images_per_s"],
+                "reference_images_per_s": rr["images_per_s"],
+                "ratio_same_settings": mr["images_per_s"] / rr["images_per_s"],
+                "ratio_same_settings_paired": _paired(rc, mc),
+                "ratio_vs_reference_fp32": mr["images_per_s"] / ref_fp32["images_per_s"],
+                "ratio_vs_reference_fp32_paired": _paired(ref_fp32_case, mc),
+                "ratio_same_settings_best": mr["images_per_s_best"] / rr["images_per_s_best"],
+                "first_step_loss_rel_diff": _rel(mc.first_losses, rc.first_losses),
+            }
+        )
     plain_adam_case, plain_adam = by_key[f"arch:mtan:{default_name}:default Adam"]
     return {
         "definition": "images/s of mtlkit's MTAN step / images/s of the reference's step (> 1: mtlkit faster)",
@@ -444,8 +494,8 @@ def _reference_comparison(args, vs: list, by_key: dict, default_name: str, flops
         "ratio_default_vs_reference_fp32": mt_default["images_per_s"] / ref_fp32["images_per_s"],
         "ratio_default_vs_reference_fp32_paired": _paired(ref_fp32_case, mt_default_case),
         "ratio_default_vs_reference_fp32_best": mt_default["images_per_s_best"] / ref_fp32["images_per_s_best"],
-        "ratio_default_vs_reference_same_settings":
-            mt_default["images_per_s"] / by_key[f"reference:mtan:{default_name}"][1]["images_per_s"],
+        "ratio_default_vs_reference_same_settings": mt_default["images_per_s"]
+        / by_key[f"reference:mtan:{default_name}"][1]["images_per_s"],
         "fused_adam_gain": mt_default["images_per_s"] / plain_adam["images_per_s"],
         "fused_adam_gain_paired": _paired(plain_adam_case, mt_default_case),
         "flops_equal": flops.get("mtan") == flops.get("reference"),
@@ -458,15 +508,19 @@ def _compile_checks(cases: list[Case], by_key: dict) -> list[dict]:
     checks = []
     for c in cases:
         if c.variant.compile and c.group == "arch":
-            base_name = c.variant.name[len("compile("):-1]
+            base_name = c.variant.name[len("compile(") : -1]
             eager = by_key.get(f"arch:{c.arch}:{base_name}")
             if eager and eager[0].first_grads is not None and c.first_grads is not None:
                 e = eager[0]
-                checks.append({
-                    "arch": c.arch, "variant": c.variant.name, "compile_s": c.first_call_s,
-                    "loss_rel_diff": _rel(c.first_losses, e.first_losses),
-                    "grad_rel_diff": _rel(c.first_grads, e.first_grads),
-                })
+                checks.append(
+                    {
+                        "arch": c.arch,
+                        "variant": c.variant.name,
+                        "compile_s": c.first_call_s,
+                        "loss_rel_diff": _rel(c.first_losses, e.first_losses),
+                        "grad_rel_diff": _rel(c.first_grads, e.first_grads),
+                    }
+                )
     return checks
 
 
@@ -497,9 +551,11 @@ def _setup(argv: list[str] | None):
     tasks = make_tasks(args.classes)
     batch = make_batch(args, tasks)
     vs, default_name = variants(device, args.compile)
-    print(f"device {device}, {args.height}x{args.width}, batch {args.batch}, model width {args.model_width}, "
-          f"threads {torch.get_num_threads()}, settings {', '.join(v.name for v in vs)} (default: {default_name})",
-          flush=True)
+    print(
+        f"device {device}, {args.height}x{args.width}, batch {args.batch}, model width {args.model_width}, "
+        f"threads {torch.get_num_threads()}, settings {', '.join(v.name for v in vs)} (default: {default_name})",
+        flush=True,
+    )
     return args, device, tasks, batch, vs, default_name
 
 
@@ -514,8 +570,9 @@ def main(argv: list[str] | None = None) -> dict:
     time_cases(cases, args.steps, device, args.seed)
     bench_s = time.perf_counter() - t0
 
-    rows = [_row(c, args.batch, flops.get("reference" if c.group == "reference" else c.arch), default_name)
-            for c in cases]
+    rows = [
+        _row(c, args.batch, flops.get("reference" if c.group == "reference" else c.arch), default_name) for c in cases
+    ]
     by_key = {c.key: (c, r) for c, r in zip(cases, rows)}
     comparison = _reference_comparison(args, vs, by_key, default_name, flops)
     compile_checks = _compile_checks(cases, by_key)
@@ -526,8 +583,9 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "train_step",
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -552,8 +610,10 @@ def main(argv: list[str] | None = None) -> dict:
 def format_report(result: dict) -> str:
     """Fixed-width tables: the steps, the reference comparison, compile checks, the loader."""
     cuda = result["device"].startswith("cuda")
-    head = (f"{'arch':<13} {'setting':<26} {'ms/step':>9} {'img/s':>8} {'(best)':>8} {'GFLOP/img':>10} "
-            f"{'GFLOP/s':>9}" + (f" {'peak MiB':>9}" if cuda else ""))
+    head = (
+        f"{'arch':<13} {'setting':<26} {'ms/step':>9} {'img/s':>8} {'(best)':>8} {'GFLOP/img':>10} "
+        f"{'GFLOP/s':>9}" + (f" {'peak MiB':>9}" if cuda else "")
+    )
     lines = [head, "-" * len(head)]
     for r in result["results"]:
         arch = r["arch"] if r["group"] == "arch" else "reference"
@@ -561,32 +621,47 @@ def format_report(result: dict) -> str:
         gf = f"{r['gflop_per_image']:>10.2f}" if r["gflop_per_image"] else f"{'':>10}"
         ach = f"{r['achieved_gflop_s']:>9.1f}" if r["achieved_gflop_s"] else f"{'':>9}"
         mem = (f" {r['peak_mib']:>9.0f}" if r["peak_mib"] is not None else f" {'':>9}") if cuda else ""
-        lines.append(f"{arch:<13} {setting:<26} {r['median_s'] * 1e3:>9.1f} {r['images_per_s']:>8.2f} "
-                     f"{r['images_per_s_best']:>8.2f} {gf} {ach}{mem}")
-    lines.append("* = the trainer's default setting on this device; img/s from the median step, "
-                 "(best) from the fastest")
+        lines.append(
+            f"{arch:<13} {setting:<26} {r['median_s'] * 1e3:>9.1f} {r['images_per_s']:>8.2f} "
+            f"{r['images_per_s_best']:>8.2f} {gf} {ach}{mem}"
+        )
+    lines.append(
+        "* = the trainer's default setting on this device; img/s from the median step, (best) from the fastest"
+    )
     ref = result["reference"]
     if ref:
-        lines += ["", "MTAN: mtlkit / reference (images/s ratio, > 1 = mtlkit faster; paired = median of "
-                  "per-round ratios, both run back to back)",
-                  f"{'setting':<26} {'mtlkit img/s':>13} {'ref img/s':>10} {'same settings':>14} {'(paired)':>9} "
-                  f"{'vs ref fp32':>12} {'(paired)':>9} {'1st-step loss diff':>19}"]
+        lines += [
+            "",
+            "MTAN: mtlkit / reference (images/s ratio, > 1 = mtlkit faster; paired = median of "
+            "per-round ratios, both run back to back)",
+            f"{'setting':<26} {'mtlkit img/s':>13} {'ref img/s':>10} {'same settings':>14} {'(paired)':>9} "
+            f"{'vs ref fp32':>12} {'(paired)':>9} {'1st-step loss diff':>19}",
+        ]
         for e in ref["by_setting"]:
-            lines.append(f"{e['variant']:<26} {e['mtlkit_images_per_s']:>13.2f} {e['reference_images_per_s']:>10.2f} "
-                         f"{e['ratio_same_settings']:>14.3f} {e['ratio_same_settings_paired']:>9.3f} "
-                         f"{e['ratio_vs_reference_fp32']:>12.3f} {e['ratio_vs_reference_fp32_paired']:>9.3f} "
-                         f"{e['first_step_loss_rel_diff']:>19.1e}")
+            lines.append(
+                f"{e['variant']:<26} {e['mtlkit_images_per_s']:>13.2f} {e['reference_images_per_s']:>10.2f} "
+                f"{e['ratio_same_settings']:>14.3f} {e['ratio_same_settings_paired']:>9.3f} "
+                f"{e['ratio_vs_reference_fp32']:>12.3f} {e['ratio_vs_reference_fp32_paired']:>9.3f} "
+                f"{e['first_step_loss_rel_diff']:>19.1e}"
+            )
         r = ref
-        lines.append(f"mtlkit default settings ({r['default_settings']}) vs reference fp32: "
-                     f"{r['ratio_default_vs_reference_fp32']:.3f}x (paired "
-                     f"{r['ratio_default_vs_reference_fp32_paired']:.3f}x, best steps "
-                     f"{r['ratio_default_vs_reference_fp32_best']:.3f}x; target {r['target']}x); "
-                     f"vs reference in the same settings: {r['ratio_default_vs_reference_same_settings']:.3f}x")
-        lines.append(f"fused Adam (trainer) vs default Adam, same model and settings: {r['fused_adam_gain']:.3f}x "
-                     f"(paired {r['fused_adam_gain_paired']:.3f}x); same FLOPs as the reference: {r['flops_equal']}")
+        lines.append(
+            f"mtlkit default settings ({r['default_settings']}) vs reference fp32: "
+            f"{r['ratio_default_vs_reference_fp32']:.3f}x (paired "
+            f"{r['ratio_default_vs_reference_fp32_paired']:.3f}x, best steps "
+            f"{r['ratio_default_vs_reference_fp32_best']:.3f}x; target {r['target']}x); "
+            f"vs reference in the same settings: {r['ratio_default_vs_reference_same_settings']:.3f}x"
+        )
+        lines.append(
+            f"fused Adam (trainer) vs default Adam, same model and settings: {r['fused_adam_gain']:.3f}x "
+            f"(paired {r['fused_adam_gain_paired']:.3f}x); same FLOPs as the reference: {r['flops_equal']}"
+        )
     if result.get("ratio_to_hps"):
-        lines += ["", f"relative to hps ({result['settings'].get('backbone') or 'own backbone'}, default setting): "
-                  "images/s ratio (paired), peak memory ratio"]
+        lines += [
+            "",
+            f"relative to hps ({result['settings'].get('backbone') or 'own backbone'}, default setting): "
+            "images/s ratio (paired), peak memory ratio",
+        ]
         for arch, r in result["ratio_to_hps"].items():
             mem = f"{r['peak_mib_ratio']:.2f}" if r["peak_mib_ratio"] else "-"
             ratio, paired = r["images_per_s_ratio"], r["images_per_s_ratio_paired"]
@@ -594,8 +669,10 @@ def format_report(result: dict) -> str:
     if result["compile_checks"]:
         lines += ["", "torch.compile vs eager, first step from the same weights and batch:"]
         for c in result["compile_checks"]:
-            lines.append(f"  {c['arch']:<13} compile {c['compile_s']:.0f} s, loss rel diff {c['loss_rel_diff']:.1e}, "
-                         f"gradient rel diff {c['grad_rel_diff']:.1e}")
+            lines.append(
+                f"  {c['arch']:<13} compile {c['compile_s']:.0f} s, loss rel diff {c['loss_rel_diff']:.1e}, "
+                f"gradient rel diff {c['grad_rel_diff']:.1e}"
+            )
     if result["loader"]:
         lines += ["", f"{'data (scenes, same size)':<28} {'img/s':>9} {'first pass s':>13}"]
         for r in result["loader"]:

@@ -92,9 +92,11 @@ def make_batch(args: argparse.Namespace, tasks: list[Task], device: torch.device
     """A random but valid batch for the tasks."""
     gen = torch.Generator().manual_seed(args.seed)
     b, h, w = args.batch_size, args.height, args.image_width
-    batch = {"image": torch.randn(b, 3, h, w, generator=gen),
-             "segmentation": torch.randint(0, args.classes, (b, h, w), generator=gen),
-             "normal": F.normalize(torch.randn(b, 3, h, w, generator=gen), dim=1)}
+    batch = {
+        "image": torch.randn(b, 3, h, w, generator=gen),
+        "segmentation": torch.randint(0, args.classes, (b, h, w), generator=gen),
+        "normal": F.normalize(torch.randn(b, 3, h, w, generator=gen), dim=1),
+    }
     for t in tasks:
         if t.name.startswith("depth"):
             batch[t.name] = torch.rand(b, 1, h, w, generator=gen) + 0.1
@@ -116,7 +118,13 @@ class GramianOnlyStep:
 
     def __init__(self, model, method: GramianWeighting, tasks: list[Task], optimizer, mode: str, block: int) -> None:
         self.model, self.method, self.tasks, self.optimizer, self.mode, self.block = (
-            model, method, tasks, optimizer, mode, block)
+            model,
+            method,
+            tasks,
+            optimizer,
+            mode,
+            block,
+        )
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
@@ -172,8 +180,10 @@ def build_runners(args: argparse.Namespace, k: int, device: torch.device, method
     torch.manual_seed(args.seed)
     base_model = build_model("mtan", tasks, width=args.width).to(device)
     batch = make_batch(args, tasks, device)
-    dims = {"parameters": sum(p.numel() for p in base_model.shared_parameters()),
-            "representation": sum(r.numel() for r in base_model.encode(batch["image"]))}
+    dims = {
+        "parameters": sum(p.numel() for p in base_model.shared_parameters()),
+        "representation": sum(r.numel() for r in base_model.encode(batch["image"])),
+    }
     runners, unsupported = {}, {}
     for mode in args.modes:
         for name in methods:
@@ -225,20 +235,43 @@ def run_k(args: argparse.Namespace, k: int, device: torch.device, methods: list[
         ref_t = statistics.median(times[("equal", mode, "step")]) if args.steps else None
         ref_m = memory[("equal", mode, "step")]
         kd = k * dims[mode] * 4
-        for key in sorted({key for key in list(runners) + list(unsupported) if key[1] == mode},
-                          key=lambda key: (methods.index(key[0]), key[2])):
+        for key in sorted(
+            {key for key in list(runners) + list(unsupported) if key[1] == mode},
+            key=lambda key: (methods.index(key[0]), key[2]),
+        ):
             name, _, path = key
             kind = "gradient" if WEIGHTINGS.get(name).needs_gradients else "loss"
             if key in unsupported:
-                rows.append({"method": name, "kind": kind, "mode": mode, "path": path, "tasks": k,
-                             "supported": False, "note": unsupported[key]})
+                rows.append(
+                    {
+                        "method": name,
+                        "kind": kind,
+                        "mode": mode,
+                        "path": path,
+                        "tasks": k,
+                        "supported": False,
+                        "note": unsupported[key],
+                    }
+                )
                 continue
             med = statistics.median(times[key]) if times[key] else None
-            rows.append({"method": name, "kind": kind, "mode": mode, "path": path, "tasks": k, "supported": True,
-                         "median_s": med, "ratio": med / ref_t if med is not None else None,
-                         "peak_bytes": memory[key],
-                         "memory_ratio": memory[key] / max(ref_m, 1), "kd_bytes": kd,
-                         "within_memory_target": memory[key] <= 1.1 * (ref_m + kd), "times_s": times[key]})
+            rows.append(
+                {
+                    "method": name,
+                    "kind": kind,
+                    "mode": mode,
+                    "path": path,
+                    "tasks": k,
+                    "supported": True,
+                    "median_s": med,
+                    "ratio": med / ref_t if med is not None else None,
+                    "peak_bytes": memory[key],
+                    "memory_ratio": memory[key] / max(ref_m, 1),
+                    "kd_bytes": kd,
+                    "within_memory_target": memory[key] <= 1.1 * (ref_m + kd),
+                    "times_s": times[key],
+                }
+            )
     return rows, dims
 
 
@@ -261,8 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
         "arch": "mtan",
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "memory": "peak bytes the torch allocator held during one step beyond its start "
-                  + ("(torch.cuda.max_memory_allocated)" if device.type == "cuda"
-                     else "(torch profiler memory events, CPU)"),
+        + ("(torch.cuda.max_memory_allocated)" if device.type == "cuda" else "(torch profiler memory events, CPU)"),
         "shared_dims": {str(k): v for k, v in dims.items()},
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -282,16 +314,20 @@ def main(argv: list[str] | None = None) -> dict:
 
 def format_table(rows: list[dict]) -> str:
     """A markdown table: per method, path, K and mode, the time and peak memory relative to equal."""
-    lines = ["| method | kind | path | K | mode | step ms | x equal | peak MiB | x equal | <= equal + KD + 10 % |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | kind | path | K | mode | step ms | x equal | peak MiB | x equal | <= equal + KD + 10 % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if not r["supported"]:
             lines.append(f"| {r['method']} | {r['kind']} | {r['path']} | {r['tasks']} | {r['mode']} | n/a | | | | |")
             continue
-        lines.append(f"| {r['method']} | {r['kind']} | {r['path']} | {r['tasks']} | {r['mode']} | "
-                     + (f"{r['median_s'] * 1e3:.1f} | {r['ratio']:.2f} | " if r["median_s"] is not None else "- | - | ")
-                     + f"{r['peak_bytes'] / 2**20:.1f} | "
-                     f"{r['memory_ratio']:.2f} | {'yes' if r['within_memory_target'] else 'no'} |")
+        lines.append(
+            f"| {r['method']} | {r['kind']} | {r['path']} | {r['tasks']} | {r['mode']} | "
+            + (f"{r['median_s'] * 1e3:.1f} | {r['ratio']:.2f} | " if r["median_s"] is not None else "- | - | ")
+            + f"{r['peak_bytes'] / 2**20:.1f} | "
+            f"{r['memory_ratio']:.2f} | {'yes' if r['within_memory_target'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 

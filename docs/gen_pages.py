@@ -29,39 +29,48 @@ NAV = [
     ("Home", "index.md"),
     ("Getting started", "getting-started.md"),
     ("Concepts", "concepts.md"),
-    ("Guides", [
-        ("Train on your own data", "own-data.md"),
-        ("Use it in your own training loop", "training-loop.md"),
-        ("Runs, presets and trackers", "usage.md"),
-        ("Reproducing the paper", "reproducing.md"),
-        ("Running a grid on a cluster", "cluster.md"),
-        ("Scaling to GPUs", "scaling.md"),
-        ("Visual Decathlon", "decathlon.md"),
-    ]),
-    ("Reference", [
-        ("Python API", "api.md"),
-        ("Architectures", "@architectures"),
-        ("Architectures, backbones and #P", "models.md"),
-        ("Weighting methods", "@weighting"),
-        ("Weighting methods compared", "methods.md"),
-        ("Datasets", "datasets.md"),
-        ("Built-in datasets in detail", "data.md"),
-        ("Presets", "presets.md"),
-        ("Command line", "cli.md"),
-        ("How the pieces fit", "ARCHITECTURE.md"),
-        ("Differences from LibMTL and the authors' code", "differences.md"),
-        ("Development and dependencies", "development.md"),
-    ]),
-    ("Results", [
-        ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
-        ("Paper grid on the scenes (30 epochs)", "results/scenes_paper_cpu_long/report.md"),
-        ("Paper protocol, 3 seeds (tiny CPU size)", "results/scenes_paper_cpu_seeds/report.md"),
-        ("Task complexity, 3 seeds (tiny CPU size)", "results/complexity_scenes_seeds/report.md"),
-        ("Every architecture on resnet18_dilated (CPU size)", "results/scenes_resnet18_cpu/report.md"),
-        ("Every weighting method with MTAN (CPU size)", "results/scenes_weighting_cpu/report.md"),
-        ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
-        ("NYUv2 normals from Kinect depth", "results/nyuv2_normals/README.md"),
-    ]),
+    (
+        "Guides",
+        [
+            ("Train on your own data", "own-data.md"),
+            ("Use it in your own training loop", "training-loop.md"),
+            ("Runs, presets and trackers", "usage.md"),
+            ("Reproducing the paper", "reproducing.md"),
+            ("Running a grid on a cluster", "cluster.md"),
+            ("Scaling to GPUs", "scaling.md"),
+            ("Visual Decathlon", "decathlon.md"),
+        ],
+    ),
+    (
+        "Reference",
+        [
+            ("Python API", "api.md"),
+            ("Architectures", "@architectures"),
+            ("Architectures, backbones and #P", "models.md"),
+            ("Weighting methods", "@weighting"),
+            ("Weighting methods compared", "methods.md"),
+            ("Datasets", "datasets.md"),
+            ("Built-in datasets in detail", "data.md"),
+            ("Presets", "presets.md"),
+            ("Command line", "cli.md"),
+            ("How the pieces fit", "ARCHITECTURE.md"),
+            ("Differences from LibMTL and the authors' code", "differences.md"),
+            ("Development and dependencies", "development.md"),
+        ],
+    ),
+    (
+        "Results",
+        [
+            ("Paper grid on the scenes (10 epochs)", "results/scenes_paper_cpu/report.md"),
+            ("Paper grid on the scenes (30 epochs)", "results/scenes_paper_cpu_long/report.md"),
+            ("Paper protocol, 3 seeds (tiny CPU size)", "results/scenes_paper_cpu_seeds/report.md"),
+            ("Task complexity, 3 seeds (tiny CPU size)", "results/complexity_scenes_seeds/report.md"),
+            ("Every architecture on resnet18_dilated (CPU size)", "results/scenes_resnet18_cpu/report.md"),
+            ("Every weighting method with MTAN (CPU size)", "results/scenes_weighting_cpu/report.md"),
+            ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
+            ("NYUv2 normals from Kinect depth", "results/nyuv2_normals/README.md"),
+        ],
+    ),
     ("Changelog", "changelog.md"),
 ]
 #: constructor arguments that are not user options (an architecture's backbone, pretrained and
@@ -117,14 +126,24 @@ def member_page(kind: str, name: str, cls: type, key: str, extra: list[str]) -> 
         package = sys.modules[cls.__module__.rpartition(".")[0]]
         exported = getattr(package, cls.__name__, None) is cls
         public = f" (`from {package.__name__} import {cls.__name__}`)" if exported else ""
-        lines += [f"## {title}", "", f"`{cls.__module__}`, class `{cls.__qualname__}`{public}.", "",
-                  f"::: {cls.__module__}", "    options:", "      show_root_heading: false",
-                  "      show_root_toc_entry: false", "      members: false", ""]
+        lines += [
+            f"## {title}",
+            "",
+            f"`{cls.__module__}`, class `{cls.__qualname__}`{public}.",
+            "",
+            f"::: {cls.__module__}",
+            "    options:",
+            "      show_root_heading: false",
+            "      show_root_toc_entry: false",
+            "      members: false",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def registry_pages(kind: str, folder: str, registry, key: str,
-                   extra: Callable[[type], list[str]]) -> Iterator[tuple[str, str]]:
+def registry_pages(
+    kind: str, folder: str, registry, key: str, extra: Callable[[type], list[str]]
+) -> Iterator[tuple[str, str]]:
     """(path, text) of one page per registered entry and of the folder's index."""
     rows = []
     for name, cls in registry.items():
@@ -133,11 +152,11 @@ def registry_pages(kind: str, folder: str, registry, key: str,
     title = {"architecture": "Architectures", "weighting method": "Weighting methods"}[kind]
     intro = {
         "architecture": "Every architecture takes the task list of the dataset and a width multiplier "
-                        "(`model.width`); `mtlkit params --dataset nyuv2 --arch NAME` counts its parameters. "
-                        "Any architecture runs with any weighting method.",
+        "(`model.width`); `mtlkit params --dataset nyuv2 --arch NAME` counts its parameters. "
+        "Any architecture runs with any weighting method.",
         "weighting method": "Loss-level methods combine the K task losses into the scalar to back-propagate; "
-                            "gradient-level methods combine the K x D matrix of task gradients into the shared "
-                            "update (`weighting.mode` picks parameters or the shared representation).",
+        "gradient-level methods combine the K x D matrix of task gradients into the shared "
+        "update (`weighting.mode` picks parameters or the shared representation).",
     }[kind]
     index = [f"# {title}", "", intro, "", f"| `{key}` | what |", "|---|---|", *rows, ""]
     yield f"{folder}/index.md", "\n".join(index)
@@ -154,17 +173,31 @@ def weighting_extra(cls: type) -> list[str]:
 def datasets_page() -> str:
     """An index of the registered datasets."""
     rows = [f"| `{name}` | {cell(first_line(cls))} | `{path_of(cls)}` |" for name, cls in DATASETS.items()]
-    return "\n".join(["# Datasets", "", "Select one with `dataset.name=NAME`.", "",
-                      "| `dataset.name` | what | class |", "|---|---|---|", *rows, ""])
+    return "\n".join(
+        [
+            "# Datasets",
+            "",
+            "Select one with `dataset.name=NAME`.",
+            "",
+            "| `dataset.name` | what | class |",
+            "|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def presets_page() -> str:
     """Every config and sweep preset with its description and full YAML."""
-    lines = ["# Presets", "",
-             "Named configs and sweeps shipped inside the package (`src/mtlkit/presets/`). Use the name "
-             "wherever a file is expected: `mtlkit train demo`, `mtlkit sweep nyuv2_paper`. An existing "
-             "file wins over a preset of the same name. `mtlkit config show NAME [key=value ...]` prints "
-             "a config preset resolved, with every key.", ""]
+    lines = [
+        "# Presets",
+        "",
+        "Named configs and sweeps shipped inside the package (`src/mtlkit/presets/`). Use the name "
+        "wherever a file is expected: `mtlkit train demo`, `mtlkit sweep nyuv2_paper`. An existing "
+        "file wins over a preset of the same name. `mtlkit config show NAME [key=value ...]` prints "
+        "a config preset resolved, with every key.",
+        "",
+    ]
     for kind, title in (("config", "Config presets"), ("sweep", "Sweep presets")):
         lines += [f"## {title}", ""]
         for name, path in presets(kind).items():
@@ -185,9 +218,13 @@ def cli_page() -> str:
     """The CLI reference: the help of every command, as `mtlkit ... --help` prints it."""
     from mtlkit.cli.main import build_parser
 
-    lines = ["# Command line", "",
-             "Generated from the parsers: each section is what `--help` prints. Bad input is one line "
-             "`mtlkit: error: ...` and exit code 2.", ""]
+    lines = [
+        "# Command line",
+        "",
+        "Generated from the parsers: each section is what `--help` prints. Bad input is one line "
+        "`mtlkit: error: ...` and exit code 2.",
+        "",
+    ]
     for command, parser in _subcommands(build_parser(), "mtlkit"):
         level = "#" * min(2 + command.count(" "), 4) if command != "mtlkit" else "##"
         lines += [f"{level} `{command}`", "", "```text", parser.format_help().rstrip(), "```", ""]

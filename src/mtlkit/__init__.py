@@ -9,8 +9,12 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_LAZY = {"fit": "mtlkit.train.fit", "backward": "mtlkit.balance", "Balancer": "mtlkit.balance",
-         "FeatureCut": "mtlkit.balance"}
+_LAZY = {
+    "fit": "mtlkit.train.fit",
+    "backward": "mtlkit.balance",
+    "Balancer": "mtlkit.balance",
+    "FeatureCut": "mtlkit.balance",
+}
 __all__ = ["Balancer", "FeatureCut", "__version__", "backward", "fit"]
 
 

@@ -16,8 +16,11 @@ REMOVED_IN = "0.2"
 
 def renamed(old: str, new: str, stacklevel: int = 3) -> None:
     """Warn that ``old`` is now ``new`` (``stacklevel``: 3 points at the caller of the function that warns)."""
-    warnings.warn(f"{old} is deprecated and will be removed in mtlkit {REMOVED_IN}; use {new}",
-                  MtlkitDeprecationWarning, stacklevel=stacklevel)
+    warnings.warn(
+        f"{old} is deprecated and will be removed in mtlkit {REMOVED_IN}; use {new}",
+        MtlkitDeprecationWarning,
+        stacklevel=stacklevel,
+    )
 
 
 def pop_renamed(kwargs: dict[str, Any], old: str, new: str, where: str, stacklevel: int = 4) -> Any:

@@ -57,13 +57,22 @@ class Balancer:
     (``"loop"``: K backward passes, ``"batched"``: one vmapped pass; same values up to rounding).
     """
 
-    def __init__(self, weighting: str | Weighting = "equal", tasks: Sequence[str] | int | None = None, *,
-                 mode: str | None = None, grad_path: str = "loop", **options: Any) -> None:
+    def __init__(
+        self,
+        weighting: str | Weighting = "equal",
+        tasks: Sequence[str] | int | None = None,
+        *,
+        mode: str | None = None,
+        grad_path: str = "loop",
+        **options: Any,
+    ) -> None:
         if "method" in options:  # the name before 0.1
             weighting = pop_renamed(options, "method", "weighting", "Balancer")
         if isinstance(tasks, (str, bytes)) or tasks is not None and not isinstance(tasks, (int, Sequence)):
-            raise TypeError(f"tasks: expected a list of task names or a number of tasks, got {type(tasks).__name__}"
-                            + (f" {tasks!r} (one task: tasks=[{tasks!r}])" if isinstance(tasks, str) else ""))
+            raise TypeError(
+                f"tasks: expected a list of task names or a number of tasks, got {type(tasks).__name__}"
+                + (f" {tasks!r} (one task: tasks=[{tasks!r}])" if isinstance(tasks, str) else "")
+            )
         if not isinstance(weighting, (str, Weighting)):
             raise TypeError(f"weighting: expected a method name or a Weighting, got {type(weighting).__name__}")
         if isinstance(weighting, Weighting):
@@ -142,8 +151,9 @@ class Balancer:
             seen = dist.all_reduce_mean(values) if shared_losses is None else shared_losses
         _check_finite(seen, self.weighting.task_names)  # the mean over processes: every rank stops together
         shared = _checked_params(shared_params, "shared_params")
-        feats = features if features is None or isinstance(features, FeatureCut) else _checked_tensors(
-            features, "features")
+        feats = (
+            features if features is None or isinstance(features, FeatureCut) else _checked_tensors(features, "features")
+        )
         if task_params is not None:
             _checked_params(task_params, "task_params")
         if combined is not None:
@@ -154,8 +164,12 @@ class Balancer:
             raise ValueError(f"{type(self.weighting).__name__} needs shared_params (or features)")
         shared = [p for p in shared if p.requires_grad]
         # with features, a loss that reaches the shared parameters only around them is _cut_inputs's to name
-        _check_reach(items, shared if feats is None else [*feats, *shared], self.weighting.task_names,
-                     "shared_params" if feats is None else "features or shared_params")
+        _check_reach(
+            items,
+            shared if feats is None else [*feats, *shared],
+            self.weighting.task_names,
+            "shared_params" if feats is None else "features or shared_params",
+        )
         self._gradient_backward(items, seen, shared, feats, task_params, scaler)
         return values
 
@@ -166,32 +180,43 @@ class Balancer:
             unknown = [k for k in losses if k not in names]
             missing = [n for n in names if n not in losses]
             if unknown or missing:
-                raise ValueError(f"losses: keys {sorted(map(str, losses))} are not the Balancer's tasks {names}"
-                                 + (f" (unknown: {unknown})" if unknown else "")
-                                 + (f" (missing: {missing})" if missing else ""))
+                raise ValueError(
+                    f"losses: keys {sorted(map(str, losses))} are not the Balancer's tasks {names}"
+                    + (f" (unknown: {unknown})" if unknown else "")
+                    + (f" (missing: {missing})" if missing else "")
+                )
             items = [losses[n] for n in names]
         elif isinstance(losses, Tensor):
             items = list(losses.reshape(-1).unbind(0))
         elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
             items = list(losses)
         else:
-            raise TypeError(f"losses: expected a list, a tensor or a mapping of task losses, got "
-                            f"{type(losses).__name__}")
+            raise TypeError(
+                f"losses: expected a list, a tensor or a mapping of task losses, got {type(losses).__name__}"
+            )
         for name, loss in zip(names, items):
             if not isinstance(loss, Tensor):
                 raise TypeError(f"losses: the loss of task {name!r} is a {type(loss).__name__}, not a tensor")
             if loss.numel() != 1:
                 raise ValueError(f"losses: the loss of task {name!r} has shape {tuple(loss.shape)}, expected a scalar")
             if not loss.requires_grad:
-                raise ValueError(f"losses: the loss of task {name!r} does not require grad (computed under "
-                                 "torch.no_grad(), detached, or from no trainable parameter)")
+                raise ValueError(
+                    f"losses: the loss of task {name!r} does not require grad (computed under "
+                    "torch.no_grad(), detached, or from no trainable parameter)"
+                )
         if len(items) != len(names):
             raise ValueError(f"losses: {len(items)} losses for the Balancer's {len(names)} tasks {names}")
         return items
 
-    def _gradient_backward(self, items: list[Tensor], seen: Tensor, shared: list[Tensor],
-                           features: list[Tensor] | None, task_params: Sequence[Tensor] | None,
-                           scaler: torch.amp.GradScaler | None) -> None:
+    def _gradient_backward(
+        self,
+        items: list[Tensor],
+        seen: Tensor,
+        shared: list[Tensor],
+        features: list[Tensor] | None,
+        task_params: Sequence[Tensor] | None,
+        scaler: torch.amp.GradScaler | None,
+    ) -> None:
         from mtlkit.train import distributed as dist
         from mtlkit.weighting.gradients import per_task_gradients, write_gradients
 
@@ -208,8 +233,12 @@ class Balancer:
         # and the task-specific parameters get sum_k dL_k/dtheta in the same pass. With a FeatureCut
         # that part is the decoder alone (the shared graph hangs off the sources), so it need not be kept.
         keep = features is not None and not isinstance(features, FeatureCut)
-        grads = per_task_gradients([loss * scale for loss in items], inputs, retain_graph=keep,
-                                   accumulate=own, strategy=self.grad_path) / scale
+        grads = (
+            per_task_gradients(
+                [loss * scale for loss in items], inputs, retain_graph=keep, accumulate=own, strategy=self.grad_path
+            )
+            / scale
+        )
         if own:
             dist.average_grads(own)
         if features is not None:
@@ -228,7 +257,7 @@ class Balancer:
             chunks, offset = [], 0
             for f in sources:
                 n = f.numel()
-                chunks.append(local[offset:offset + n].view_as(f).to(f.dtype) * scale)
+                chunks.append(local[offset : offset + n].view_as(f).to(f.dtype) * scale)
                 offset += n
             # one backward through the shared part: sum_i J_i^T chunk_i, each path from the shared
             # parameters to a loss crossing exactly one feature (the cut), so counted once
@@ -237,7 +266,6 @@ class Balancer:
             dist.average_grads(shared)
         else:
             write_gradients(shared, update * scale)
-
 
 
 def backward(
@@ -274,8 +302,10 @@ def _checked_tensors(values: Sequence[Tensor] | Tensor, what: str) -> list[Tenso
     if isinstance(values, Tensor):
         return [values]
     if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
-        raise TypeError(f"{what}: expected tensors, got {type(values).__name__}"
-                        + (f" {values!r} (method names go in weighting=...)" if isinstance(values, str) else ""))
+        raise TypeError(
+            f"{what}: expected tensors, got {type(values).__name__}"
+            + (f" {values!r} (method names go in weighting=...)" if isinstance(values, str) else "")
+        )
     out = list(values)
     for i, v in enumerate(out):
         if not isinstance(v, Tensor):
@@ -288,13 +318,16 @@ def _checked_params(params: Sequence[Tensor] | None, what: str) -> list[Tensor]:
     if params is None:
         return []
     if isinstance(params, torch.nn.Module):
-        raise TypeError(f"{what}: expected parameters, got the module {type(params).__name__} "
-                        "(pass module.parameters())")
+        raise TypeError(
+            f"{what}: expected parameters, got the module {type(params).__name__} (pass module.parameters())"
+        )
     out = _checked_tensors(params, what)
     for i, p in enumerate(out):
         if not p.is_leaf:
-            raise ValueError(f"{what}[{i}] is not a leaf tensor (it was computed from other tensors, so its "
-                             ".grad would not reach the parameters): pass the parameters themselves")
+            raise ValueError(
+                f"{what}[{i}] is not a leaf tensor (it was computed from other tensors, so its "
+                ".grad would not reach the parameters): pass the parameters themselves"
+            )
     return out
 
 
@@ -382,8 +415,9 @@ def _cut_inputs(features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     return live, live
 
 
-def _task_parameters(items: list[Tensor], shared: list[Tensor], features: list[Tensor] | None,
-                     task_params: Sequence[Tensor] | None) -> list[Tensor]:
+def _task_parameters(
+    items: list[Tensor], shared: list[Tensor], features: list[Tensor] | None, task_params: Sequence[Tensor] | None
+) -> list[Tensor]:
     """The non-shared parameters the losses reach (``task_params`` when given), found from the graph.
 
     With ``features``, also a ValueError when a loss reaches a shared parameter other than through
@@ -430,8 +464,10 @@ def check_cut(features: Sequence[Tensor]) -> None:
         if key in where:
             raise ValueError(f"features[{i}] is features[{where[key]}] again: each feature must be given once")
         where[key] = i
-    hint = ("gradients w.r.t. both count the paths between them twice; pass mtlkit.FeatureCut(features) "
-            "and compute the losses from its detached copies")
+    hint = (
+        "gradients w.r.t. both count the paths between them twice; pass mtlkit.FeatureCut(features) "
+        "and compute the losses from its detached copies"
+    )
     seen: dict[int, object] = {}  # holds the nodes, so their ids stay theirs during the walk
     for i, start in enumerate(nodes):
         stack = [start] if start is not None else []

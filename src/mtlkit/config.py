@@ -81,14 +81,16 @@ class DatasetConfig(_Strict):
 
     name: str = "scenes"
     root: str | None = None
-    num_classes: int | None = Field(default=None, ge=2, le=MAX_CLASSES,
-                                    description="segmentation classes; None = dataset default")
+    num_classes: int | None = Field(
+        default=None, ge=2, le=MAX_CLASSES, description="segmentation classes; None = dataset default"
+    )
     height: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="input height; None = dataset default")
     width: int | None = Field(default=None, ge=8, le=MAX_SIDE, description="input width; None = dataset default")
     n_train: int | None = Field(default=None, ge=1, description="training samples (scenes: generated; else a cap)")
     n_val: int | None = Field(default=None, ge=1, description="validation samples (scenes: generated; else a cap)")
-    tasks: list[str] | None = Field(default=None, min_length=1,
-                                    description="subset of the dataset's tasks to train; None = all")
+    tasks: list[str] | None = Field(
+        default=None, min_length=1, description="subset of the dataset's tasks to train; None = all"
+    )
     augment: bool = False
     seed: int = Field(default=0, description="seed of the scene generator")
     options: dict[str, Any] = Field(default_factory=dict)
@@ -96,13 +98,18 @@ class DatasetConfig(_Strict):
 
 class ModelConfig(_Strict):
     arch: str = "mtan"
-    backbone: str | None = Field(default=None,
-                                 description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own")
+    backbone: str | None = Field(
+        default=None, description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own"
+    )
     pretrained: str = Field(default="none", description="backbone weights: none | imagenet | path to a state dict")
-    width: float = Field(default=1.0, gt=0, le=MAX_WIDTH, allow_inf_nan=False,
-                         description="channel multiplier of every layer")
-    align_corners: bool = Field(default=False, description="ResNet DeepLabV3 heads upsample with align_corners=True "
-                                "(the MTAN authors' and LibMTL's setting); false = torchvision's")
+    width: float = Field(
+        default=1.0, gt=0, le=MAX_WIDTH, allow_inf_nan=False, description="channel multiplier of every layer"
+    )
+    align_corners: bool = Field(
+        default=False,
+        description="ResNet DeepLabV3 heads upsample with align_corners=True "
+        "(the MTAN authors' and LibMTL's setting); false = torchvision's",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("options")
@@ -134,8 +141,10 @@ class WeightingConfig(_Strict):
     name: str = "equal"
     mode: Literal["parameters", "representation"] = "parameters"
     grad_path: Literal["loop", "batched"] = Field(
-        default="loop", description="how per-task gradients are computed: K backward passes or one vmapped pass "
-        "(same values up to float rounding; fixed so results never depend on timing)")
+        default="loop",
+        description="how per-task gradients are computed: K backward passes or one vmapped pass "
+        "(same values up to float rounding; fixed so results never depend on timing)",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -169,12 +178,15 @@ class TrainConfig(_Strict):
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap on steps per epoch (smoke tests)")
     grad_clip: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     progress: bool = True
-    tensorboard: bool | None = Field(None, description="deprecated: TensorBoard is on when train.loggers "
-                                     "names it; false here leaves it out")
+    tensorboard: bool | None = Field(
+        None, description="deprecated: TensorBoard is on when train.loggers names it; false here leaves it out"
+    )
     loggers: list[LoggerName] = Field(
-        default_factory=_default_loggers, description="experiment trackers (mlflow, wandb: mtlkit[trackers])")
+        default_factory=_default_loggers, description="experiment trackers (mlflow, wandb: mtlkit[trackers])"
+    )
     tracker_options: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per tracker, e.g. {mlflow: {tracking_uri: ..., experiment: ...}}")
+        default_factory=dict, description="per tracker, e.g. {mlflow: {tracking_uri: ..., experiment: ...}}"
+    )
 
     @field_validator("amp", mode="before")
     @classmethod
@@ -187,10 +199,16 @@ class TrainConfig(_Strict):
     def _deprecated_tensorboard(cls, value: bool | None) -> bool | None:
         """The old switch still works for one release: false leaves tensorboard out of ``train.loggers``."""
         if value is not None:
-            instead = ("train.loggers without tensorboard (train.loggers: [] for none)" if value is False else
-                       "nothing: TensorBoard is on when train.loggers names it, as by default")
-            warnings.warn(f"train.tensorboard is deprecated and goes in the next release: use {instead}",
-                          MtlkitDeprecationWarning, stacklevel=2)
+            instead = (
+                "train.loggers without tensorboard (train.loggers: [] for none)"
+                if value is False
+                else "nothing: TensorBoard is on when train.loggers names it, as by default"
+            )
+            warnings.warn(
+                f"train.tensorboard is deprecated and goes in the next release: use {instead}",
+                MtlkitDeprecationWarning,
+                stacklevel=2,
+            )
         return value
 
 
@@ -198,10 +216,14 @@ class EvalConfig(_Strict):
     """How validation metrics are computed and reported (see ``mtlkit.metrics.protocols``)."""
 
     protocol: Literal["pooled", "mtan_official", "mtan_paper"] = "pooled"
-    batch_size: int | None = Field(default=None, ge=1, description="images per batch of the MTAN protocols' batch "
-                                   "means; None = train.batch_size")
-    select_best: bool = Field(default=True, description="keep a best epoch (checkpoints/best.pt, results' best); "
-                              "false when the validation split is the one the table reports")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="images per batch of the MTAN protocols' batch means; None = train.batch_size"
+    )
+    select_best: bool = Field(
+        default=True,
+        description="keep a best epoch (checkpoints/best.pt, results' best); "
+        "false when the validation split is the one the table reports",
+    )
     report_last: int = Field(default=1, ge=1, description="reports average the last K epochs' metrics by default")
 
 
@@ -336,15 +358,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Load ``path`` (or the defaults when None), apply overrides, validate."""
     if path is not None and Path(path).is_dir():
-        raise ConfigError(f"{path}: is a folder, not a config file (to continue a run in it: "
-                          "mtlkit train --resume FOLDER)")
+        raise ConfigError(
+            f"{path}: is a folder, not a config file (to continue a run in it: mtlkit train --resume FOLDER)"
+        )
     data = read_yaml(path) if path is not None else {}
     empty = path is not None and not data
     apply_overrides(data, list(overrides or []))
     if empty:
-        raise ConfigError(f"{path}: empty config file; it would train every default for "
-                          f"{TrainConfig().epochs} epochs. Put settings in it (see configs/demo.yaml), or give "
-                          "no file and only key=value overrides")
+        raise ConfigError(
+            f"{path}: empty config file; it would train every default for "
+            f"{TrainConfig().epochs} epochs. Put settings in it (see configs/demo.yaml), or give "
+            "no file and only key=value overrides"
+        )
     return config_from_dict(data, source=str(path) if path is not None else "overrides")
 
 

@@ -40,8 +40,9 @@ def _short_container(value: Any, limit: int) -> str:
     parts, size = [], 0
     items = value.items() if isinstance(value, dict) else value
     for item in items:
-        part = (f"{shorten(item[0], limit)}: {shorten(item[1], limit)}" if isinstance(value, dict)
-                else shorten(item, limit))
+        part = (
+            f"{shorten(item[0], limit)}: {shorten(item[1], limit)}" if isinstance(value, dict) else shorten(item, limit)
+        )
         parts.append(part)
         size += len(part) + 2
         if size > limit:

@@ -40,8 +40,11 @@ class _BoundedLoader(yaml.SafeLoader):
                 continue
             if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {shorten(key)} (YAML keeps only the last; give each key once)",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"duplicate key {shorten(key)} (YAML keeps only the last; give each key once)",
+                    key_node.start_mark,
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -86,8 +89,9 @@ def load_yaml(text: str, source: str | Path) -> Any:
         except RecursionError:
             raise ConfigError(f"{source}: YAML nested too deeply") from None
         if expanded > MAX_YAML_NODES:
-            raise ConfigError(f"{source}: YAML expands to more than {MAX_YAML_NODES:,} values "
-                              "(aliases of aliases?); refused")
+            raise ConfigError(
+                f"{source}: YAML expands to more than {MAX_YAML_NODES:,} values (aliases of aliases?); refused"
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -111,8 +115,9 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); "
-                          "save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
 
 
 def read_yaml_file(path: str | Path) -> Any:

@@ -18,9 +18,19 @@ R = TypeVar("R", bound="Record")
 
 #: config keys that do not change a run's results (where files go, hardware, display): a sweep's run
 #: with only these edited is not stale, and a resumed run may have them edited in its config.yaml
-HASH_IGNORED = ("out_dir", "dataset.root", "train.progress", "train.tensorboard", "train.num_workers",
-                "train.device", "train.eval_batch_size", "train.compile", "train.channels_last", "train.loggers",
-                "train.tracker_options")
+HASH_IGNORED = (
+    "out_dir",
+    "dataset.root",
+    "train.progress",
+    "train.tensorboard",
+    "train.num_workers",
+    "train.device",
+    "train.eval_batch_size",
+    "train.compile",
+    "train.channels_last",
+    "train.loggers",
+    "train.tracker_options",
+)
 
 
 class Record:
@@ -76,8 +86,9 @@ def _matches(value: Any, annotation: Any) -> bool:
         return isinstance(value, str)
     if origin is dict:
         key_type, value_type = get_args(annotation)
-        return isinstance(value, dict) and all(_matches(k, key_type) and _matches(v, value_type)
-                                               for k, v in value.items())
+        return isinstance(value, dict) and all(
+            _matches(k, key_type) and _matches(v, value_type) for k, v in value.items()
+        )
     if origin is list:
         (item_type,) = get_args(annotation)
         return isinstance(value, list) and all(_matches(v, item_type) for v in value)
@@ -125,4 +136,3 @@ class RunResults(Record):
     machine: Any = None
     status: str = "finished"
     extra: dict[str, Any] = field(default_factory=dict)
-

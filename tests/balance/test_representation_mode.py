@@ -57,7 +57,6 @@ SIZES = {None: (0.0625, 32, 32), "resnet18_dilated": (0.125, 24, 32), "wrn28": (
 SEED = 5  # re-seeded before every forward: the heads' dropout draws the same masks in each
 
 
-
 def _build(arch: str, backbone: str | None) -> tuple[MultiTaskModel, list[Task]] | None:
     """A tiny float64 ``arch`` on ``backbone`` with tasks it accepts; None when the pair does not exist."""
     try:
@@ -102,8 +101,9 @@ def _batch(tasks: list[Task], backbone: str | None) -> dict[str, Tensor]:
         elif t.kind == "depth":
             batch[t.name] = torch.rand(2, 1, h, w, generator=g, dtype=torch.float64) + 0.5
         elif t.kind == "normal":
-            batch[t.name] = torch.nn.functional.normalize(torch.randn(2, 3, h, w, generator=g, dtype=torch.float64),
-                                                          dim=1)
+            batch[t.name] = torch.nn.functional.normalize(
+                torch.randn(2, 3, h, w, generator=g, dtype=torch.float64), dim=1
+            )
         else:
             batch[t.name] = torch.randint(0, t.channels, (2,), generator=g)
     return batch
@@ -161,8 +161,10 @@ def _split(model: MultiTaskModel, grads: list[Tensor]) -> tuple[list[Tensor], li
     """(shared parameters' gradients, the others')."""
     shared = {id(p) for p in model.shared_parameters()}
     params = list(model.parameters())
-    return ([g for p, g in zip(params, grads) if id(p) in shared],
-            [g for p, g in zip(params, grads) if id(p) not in shared])
+    return (
+        [g for p, g in zip(params, grads) if id(p) in shared],
+        [g for p, g in zip(params, grads) if id(p) not in shared],
+    )
 
 
 def _case_id(pair: tuple[str, str | None]) -> str:
@@ -207,8 +209,9 @@ def _through_encoder(model: MultiTaskModel, batch: dict[str, Tensor], update: Te
     reps = model.encode(batch["image"])
     chunks = list(update.split([r.numel() for r in reps]))
     shared = list(model.shared_parameters())
-    grads = torch.autograd.grad(reps, shared, grad_outputs=[c.view_as(r) for c, r in zip(chunks, reps)],
-                                allow_unused=True)
+    grads = torch.autograd.grad(
+        reps, shared, grad_outputs=[c.view_as(r) for c, r in zip(chunks, reps)], allow_unused=True
+    )
     return [torch.zeros_like(p) if g is None else g for p, g in zip(shared, grads)]
 
 

@@ -55,8 +55,9 @@ def test_folder_dataset_samples(my_data: Path) -> None:
     assert set(sample["seg"].unique().tolist()) <= {0, 1, 2, 255}
     assert set(sample["fg"].unique().tolist()) <= {0, 1}  # 0/255 masks read as 0/1
     assert torch.equal(sample["fg"] == 1, sample["seg"] == 2)  # both targets resampled at the same pixels
-    crop = FolderBuilder(DatasetConfig(name="folder", root=str(my_data), height=32, width=32,
-                                       options={"fit": "crop"})).dataset("train", train=False)[0]
+    crop = FolderBuilder(
+        DatasetConfig(name="folder", root=str(my_data), height=32, width=32, options={"fit": "crop"})
+    ).dataset("train", train=False)[0]
     assert crop["seg"].shape == (32, 32)
     aug = FolderBuilder(DatasetConfig(name="folder", root=str(my_data), height=32, width=32, augment=True))
     a, b = aug.dataset("train", train=True)[1], aug.dataset("train", train=True)[1]
@@ -88,9 +89,13 @@ def test_folder_problems_are_one_line_naming_the_file(my_data: Path) -> None:
 
 
 def test_nan_regression_target_is_named(tmp_path: Path) -> None:
-    write_folder(tmp_path, "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n"
-                           "  - {name: fg, kind: binary}\n  - {name: height, kind: regression, channels: 2}\n",
-                 n_train=1, n_val=1)
+    write_folder(
+        tmp_path,
+        "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n"
+        "  - {name: fg, kind: binary}\n  - {name: height, kind: regression, channels: 2}\n",
+        n_train=1,
+        n_val=1,
+    )
     for split in ("train", "val"):
         (tmp_path / split / "height").mkdir()
         stem = f"{split}000"
@@ -99,8 +104,10 @@ def test_nan_regression_target_is_named(tmp_path: Path) -> None:
         value[1, 3, 3] = np.nan if split == "val" else 0
         np.save(tmp_path / split / "height" / f"{stem}.npy", value)
     problems = check_dataset("folder", tmp_path).problems
-    assert problems == [f"{tmp_path / 'val' / 'height' / 'val000.npy'}: target holds NaN/inf "
-                        "(set the task's invalid_value to mark missing values)"]
+    assert problems == [
+        f"{tmp_path / 'val' / 'height' / 'val000.npy'}: target holds NaN/inf "
+        "(set the task's invalid_value to mark missing values)"
+    ]
 
 
 @pytest.mark.slow
@@ -202,6 +209,10 @@ def test_backward_fills_every_parameter_and_equals_the_sum_for_equal() -> None:
     for p in (*trunk.parameters(), *heads.parameters()):
         p.grad = None
     feats = trunk(x)
-    mtlkit.backward([h(feats).pow(2).mean() for h in heads], shared_params=list(trunk.parameters()),
-                    features=feats, weighting="mgda")
+    mtlkit.backward(
+        [h(feats).pow(2).mean() for h in heads],
+        shared_params=list(trunk.parameters()),
+        features=feats,
+        weighting="mgda",
+    )
     assert all(p.grad is not None for p in (*trunk.parameters(), *heads.parameters()))

@@ -40,8 +40,9 @@ def test_method_name_in_the_third_position_is_refused() -> None:
     with pytest.raises(TypeError):
         mtlkit.backward(_losses(trunk, heads, x), list(trunk.parameters()), "pcgrad")  # type: ignore[misc]
     with pytest.raises(TypeError, match="features: expected tensors, got str 'pcgrad'"):
-        mtlkit.Balancer("equal", tasks=2).backward(_losses(trunk, heads, x), list(trunk.parameters()),
-                                                   features="pcgrad")
+        mtlkit.Balancer("equal", tasks=2).backward(
+            _losses(trunk, heads, x), list(trunk.parameters()), features="pcgrad"
+        )
     with pytest.raises(TypeError, match="weighting: expected a method name"):
         mtlkit.backward(_losses(trunk, heads, x), list(trunk.parameters()), weighting=torch.zeros(1))
     assert _no_grads(trunk, heads)
@@ -80,8 +81,9 @@ def test_losses_without_grad_or_not_reaching_the_shared_params_are_refused() -> 
         mtlkit.backward(losses, list(trunk.parameters()), weighting="mgda")
     feats = trunk(x)
     with pytest.raises(ValueError, match="the loss of task 'task1' does not depend on features or shared_params"):
-        mtlkit.backward([heads[0](feats).pow(2).mean(), other(x).sum()], list(trunk.parameters()),
-                        features=feats, weighting="mgda")
+        mtlkit.backward(
+            [heads[0](feats).pow(2).mean(), other(x).sum()], list(trunk.parameters()), features=feats, weighting="mgda"
+        )
     assert _no_grads(trunk, heads, other)
 
 
@@ -114,8 +116,12 @@ class _Samples(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         g = torch.Generator().manual_seed(i)
-        full = {"image": torch.rand(3, 32, 32, generator=g), "seg": torch.randint(0, 3, (32, 32), generator=g),
-                "sgm": torch.randint(0, 3, (32, 32), generator=g), "depth": torch.rand(1, 32, 32, generator=g) + .5}
+        full = {
+            "image": torch.rand(3, 32, 32, generator=g),
+            "seg": torch.randint(0, 3, (32, 32), generator=g),
+            "sgm": torch.randint(0, 3, (32, 32), generator=g),
+            "depth": torch.rand(1, 32, 32, generator=g) + 0.5,
+        }
         return {k: full[k] for k in self.keys}
 
 
@@ -132,13 +138,24 @@ class _TwoHeads(nn.Module):
 
 def _fit(tmp: Path, train_keys=("image", "seg", "depth"), model: nn.Module | None = None, **kwargs) -> Path:
     tasks = [segmentation_task(3, name="seg"), depth_task("depth")]
-    return mtlkit.fit(model or _TwoHeads(), tasks, _Samples(train_keys), _Samples(("image", "seg", "depth")),
-                      batch_size=2, device="cpu", run_dir=kwargs.pop("run_dir", tmp / "run"), **kwargs)
+    return mtlkit.fit(
+        model or _TwoHeads(),
+        tasks,
+        _Samples(train_keys),
+        _Samples(("image", "seg", "depth")),
+        batch_size=2,
+        device="cpu",
+        run_dir=kwargs.pop("run_dir", tmp / "run"),
+        **kwargs,
+    )
 
 
 def test_fit_refuses_a_task_no_batch_carries(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"the first batch has no target for task\(s\) 'seg' "
-                                          r"\(its keys: \['depth', 'image', 'sgm'\]\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the first batch has no target for task\(s\) 'seg' "
+        r"\(its keys: \['depth', 'image', 'sgm'\]\)",
+    ):
         _fit(tmp_path, train_keys=("image", "sgm", "depth"))
     with pytest.raises(ConfigError, match="the first batch has no 'image'"):
         _fit(tmp_path, train_keys=("seg", "depth"))
@@ -191,8 +208,13 @@ def test_positional_mix_ups_elsewhere_in_the_api_are_errors() -> None:
     with pytest.raises(ConfigError, match="task name must be a non-empty string"):
         classification_task(10, "digits")  # type: ignore[arg-type]  (name comes first)
     with pytest.raises(TypeError):
-        mtlkit.fit(_TwoHeads(), [segmentation_task(3, name="seg")], _Samples(("image", "seg")),
-                   _Samples(("image", "seg")), "pcgrad")  # type: ignore[misc]  everything after val_data: keywords
+        mtlkit.fit(
+            _TwoHeads(),
+            [segmentation_task(3, name="seg")],
+            _Samples(("image", "seg")),
+            _Samples(("image", "seg")),
+            "pcgrad",
+        )  # type: ignore[misc]  everything after val_data: keywords
 
 
 def test_fit_trains_a_dataset_that_declares_partial_labels(tmp_path: Path) -> None:
@@ -207,9 +229,22 @@ def test_fit_trains_a_dataset_that_declares_partial_labels(tmp_path: Path) -> No
 
     tasks = [segmentation_task(3, name="seg"), depth_task("depth")]
     loader = torch.utils.data.DataLoader(OneTaskPerBatch(("image", "seg", "depth")), batch_size=2)
-    run = mtlkit.fit(_TwoHeads(), tasks, loader, _Samples(("image", "seg", "depth")), batch_size=2,
-                     device="cpu", run_dir=tmp_path / "run")
+    run = mtlkit.fit(
+        _TwoHeads(),
+        tasks,
+        loader,
+        _Samples(("image", "seg", "depth")),
+        batch_size=2,
+        device="cpu",
+        run_dir=tmp_path / "run",
+    )
     assert (run / "results.json").is_file()
     with pytest.raises(ConfigError, match=r"has no target for task\(s\) 'depth'"):  # undeclared: refused
-        mtlkit.fit(_TwoHeads(), tasks, torch.utils.data.DataLoader(_Samples(("image", "seg")), batch_size=2),
-                   _Samples(("image", "seg", "depth")), device="cpu", run_dir=tmp_path / "other")
+        mtlkit.fit(
+            _TwoHeads(),
+            tasks,
+            torch.utils.data.DataLoader(_Samples(("image", "seg")), batch_size=2),
+            _Samples(("image", "seg", "depth")),
+            device="cpu",
+            run_dir=tmp_path / "other",
+        )

@@ -32,9 +32,17 @@ def test_paper_settings_in_shipped_configs() -> None:
 
 
 def test_overrides_are_typed(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, "train:\n  epochs: 3\n"),
-                      ["optim.lr=1e-3", "train.epochs=5", "model.arch=split_wide", "weighting.options.temperature=3",
-                       "dataset.tasks=[segmentation, depth]", "train.compile=true"])
+    cfg = load_config(
+        write(tmp_path, "train:\n  epochs: 3\n"),
+        [
+            "optim.lr=1e-3",
+            "train.epochs=5",
+            "model.arch=split_wide",
+            "weighting.options.temperature=3",
+            "dataset.tasks=[segmentation, depth]",
+            "train.compile=true",
+        ],
+    )
     assert cfg.optim.lr == pytest.approx(1e-3)
     assert cfg.train.epochs == 5
     assert cfg.model.arch == "split_wide"

@@ -135,8 +135,11 @@ def test_report_markdown_escapes_names_as_the_html_does(tmp_path: Path) -> None:
     from mtlkit.report.markdown import render
 
     evil = "<img src=x onerror=alert(1)>"
-    doc = Document(title=f"runs of {evil}", intro=[Paragraph(f"task {evil} and `code <kept>`")],
-                   sections=[Section(f"Task {evil}", [Table(headers=[evil], rows=[[Cell(evil)]])])])
+    doc = Document(
+        title=f"runs of {evil}",
+        intro=[Paragraph(f"task {evil} and `code <kept>`")],
+        sections=[Section(f"Task {evil}", [Table(headers=[evil], rows=[[Cell(evil)]])])],
+    )
     text = render(doc)
     assert "<img" not in text
     assert text.count("&lt;img src=x onerror=alert(1)&gt;") == 5  # title, paragraph, heading, header, cell

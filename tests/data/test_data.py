@@ -40,12 +40,17 @@ def make_nyuv2(root: Path, counts: dict[str, int] | None = None, seed: int = 0) 
         for i in range(n):
             depth = rng.uniform(0.5, 10, (H, W, 1)).astype(np.float32)
             depth[1, :4] = 0
-            save_sample(root, split, i, {
-                "image": rng.random((H, W, 3)).astype(np.float32),
-                "label": rng.integers(-1, 13, (H, W)).astype(np.float32),
-                "depth": depth,
-                "normal": _normals(rng),
-            })
+            save_sample(
+                root,
+                split,
+                i,
+                {
+                    "image": rng.random((H, W, 3)).astype(np.float32),
+                    "label": rng.integers(-1, 13, (H, W)).astype(np.float32),
+                    "depth": depth,
+                    "normal": _normals(rng),
+                },
+            )
     return root
 
 
@@ -54,12 +59,17 @@ def make_cityscapes(root: Path, counts: dict[str, int] | None = None, seed: int 
     rng = np.random.default_rng(seed)
     for split, n in (counts or {"train": 3, "val": 2}).items():
         for i in range(n):
-            save_sample(root, split, i, {
-                "image": rng.random((H, W, 3)).astype(np.float32),
-                "label_7": rng.integers(-1, 7, (H, W)).astype(np.float32),
-                "label_19": rng.integers(-1, 19, (H, W)).astype(np.int64),
-                "depth": rng.uniform(0, 0.3, (H, W, 1)).astype(np.float32),
-            })
+            save_sample(
+                root,
+                split,
+                i,
+                {
+                    "image": rng.random((H, W, 3)).astype(np.float32),
+                    "label_7": rng.integers(-1, 7, (H, W)).astype(np.float32),
+                    "label_19": rng.integers(-1, 19, (H, W)).astype(np.int64),
+                    "depth": rng.uniform(0, 0.3, (H, W, 1)).astype(np.float32),
+                },
+            )
     return root
 
 
@@ -175,8 +185,7 @@ def _break(root: Path, case: str) -> tuple[str, str]:
     raise AssertionError(case)
 
 
-CASES = ["missing", "shape", "hw", "nan", "range", "fraction", "truncated", "garbage", "dtype", "unit",
-         "image_range"]
+CASES = ["missing", "shape", "hw", "nan", "range", "fraction", "truncated", "garbage", "dtype", "unit", "image_range"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -231,8 +240,12 @@ def test_scale_crop_is_nearest_zoom_with_depth_divided() -> None:
     out = aug(s, np.random.default_rng(3))
     # scale 2 on 12x16: a 6x8 window, each source pixel repeated 2x2 (nearest)
     code = torch.arange(12 * 16).reshape(1, 12, 16).float()
-    coded = DenseAugment({"c": "depth"}, scales=[2.0], flip=False)(
-        {"image": s["image"], "c": code}, np.random.default_rng(3))["c"] * 2
+    coded = (
+        DenseAugment({"c": "depth"}, scales=[2.0], flip=False)(
+            {"image": s["image"], "c": code}, np.random.default_rng(3)
+        )["c"]
+        * 2
+    )
     top, left = divmod(int(coded[0, 0, 0]), 16)
     window = (slice(top, top + 6), slice(left, left + 8))
     up = lambda t: t.repeat_interleave(2, -2).repeat_interleave(2, -1)  # noqa: E731
@@ -259,8 +272,11 @@ def test_scale_crop_invariants_over_many_draws() -> None:
         d = out["depth"].double()
         valid = d != 0
         # every valid depth is a source depth divided by one scale drawn for the whole sample
-        match = [k for k in (1.0, 1.2, 1.5)
-                 if torch.isclose((d[valid] * k)[:, None], src_depth[None], rtol=1e-6).any(1).all()]
+        match = [
+            k
+            for k in (1.0, 1.2, 1.5)
+            if torch.isclose((d[valid] * k)[:, None], src_depth[None], rtol=1e-6).any(1).all()
+        ]
         assert len(match) >= 1
         seen_scales.add(match[0])
         # missing depth stays exactly 0 (no blending with neighbours): nothing between 0 and the minimum
@@ -321,8 +337,7 @@ def test_augmentation_deterministic_per_epoch_and_index_across_workers(tmp_path:
 
 @pytest.mark.skipif(importlib.util.find_spec("mtlkit.data.scenes") is None, reason="renderer not present")
 def test_scenes_builder_renders_into_layout(tmp_path: Path) -> None:
-    cfg = dict(root=str(tmp_path), n_train=2, n_val=1, height=32, width=48, num_classes=7,
-               options={"progress": False})
+    cfg = dict(root=str(tmp_path), n_train=2, n_val=1, height=32, width=48, num_classes=7, options={"progress": False})
     builder = _builder("scenes", **cfg)
     kinds = [(t.name, t.channels) for t in builder.tasks()]
     assert kinds == [("segmentation", 7), ("depth", 1), ("normal", 3)]
@@ -381,8 +396,12 @@ def test_check_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["data", "check", "cityscapes", str(tmp_path / "none"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "dataset folder not found" in err
-    proc = subprocess.run([sys.executable, "-m", "mtlkit", "data", "check", "cityscapes", str(root), "--quiet"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlkit", "data", "check", "cityscapes", str(root), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "val/label_19/1.npy: label values 19" in proc.stdout
 
 
@@ -396,8 +415,10 @@ def test_train_runs_on_real_layouts(tmp_path: Path, name: str) -> None:
     h, w = 32, 32
     for split in ("train", "val"):
         for i in range(2):
-            arrays = {"image": rng.random((h, w, 3), np.float32), "depth": rng.uniform(0, 5, (h, w, 1)).astype(
-                np.float32)}
+            arrays = {
+                "image": rng.random((h, w, 3), np.float32),
+                "depth": rng.uniform(0, 5, (h, w, 1)).astype(np.float32),
+            }
             if name == "nyuv2":
                 arrays["label"] = rng.integers(-1, 13, (h, w)).astype(np.float32)
                 arrays["normal"] = _normals(rng, h, w)
@@ -405,10 +426,22 @@ def test_train_runs_on_real_layouts(tmp_path: Path, name: str) -> None:
                 arrays["label_7"] = rng.integers(-1, 7, (h, w)).astype(np.float32)
             save_sample(tmp_path / "data", split, i, arrays)
     run = tmp_path / "run"
-    args = ["train", f"dataset.name={name}", f"dataset.root={tmp_path / 'data'}", "dataset.augment=true",
-            "model.arch=mtan", "model.width=0.125", "train.epochs=1", "train.batch_size=2",
-            "train.max_steps_per_epoch=1", "train.progress=false", "train.loggers=[]",
-            f"out_dir={tmp_path}", "--run-dir", str(run)]
+    args = [
+        "train",
+        f"dataset.name={name}",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.augment=true",
+        "model.arch=mtan",
+        "model.width=0.125",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.max_steps_per_epoch=1",
+        "train.progress=false",
+        "train.loggers=[]",
+        f"out_dir={tmp_path}",
+        "--run-dir",
+        str(run),
+    ]
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
     tasks = ["segmentation", "depth", "normal"] if name == "nyuv2" else ["segmentation", "depth"]

@@ -35,20 +35,20 @@ def _write(root: Path) -> dict[str, int]:
             image = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
             Image.fromarray(image).save(root / split / "images" / f"{stem}.png")
             seg = rng.integers(0, 3, H * W).astype(np.uint8)
-            seg[flat[:holes["seg"]]] = 255
+            seg[flat[: holes["seg"]]] = 255
             Image.fromarray(seg.reshape(H, W)).save(root / split / "seg" / f"{stem}.png")
             fg = rng.integers(0, 2, H * W).astype(np.uint8)
-            fg[flat[:holes["fg"]]] = 7
+            fg[flat[: holes["fg"]]] = 7
             Image.fromarray(fg.reshape(H, W)).save(root / split / "fg" / f"{stem}.png")
             depth = rng.uniform(0.5, 5.0, H * W).astype(np.float32)
-            depth[flat[:holes["depth"]]] = 0
+            depth[flat[: holes["depth"]]] = 0
             np.save(root / split / "depth" / f"{stem}.npy", depth.reshape(1, H, W))
             normal = rng.normal(size=(3, H * W)).astype(np.float32)
             normal /= np.linalg.norm(normal, axis=0, keepdims=True)
-            normal[:, flat[:holes["normal"]]] = 0
+            normal[:, flat[: holes["normal"]]] = 0
             np.save(root / split / "normal" / f"{stem}.npy", normal.reshape(3, H, W))
             height = rng.uniform(0, 1, (2, H * W)).astype(np.float32)
-            height[:, flat[:holes["height"]]] = -1.0  # both channels: the pixel has no value
+            height[:, flat[: holes["height"]]] = -1.0  # both channels: the pixel has no value
             height[0, flat[holes["height"]]] = -1.0  # one channel only: the pixel still has one
             np.save(root / split / "height" / f"{stem}.npy", height.reshape(2, H, W))
     return holes
@@ -63,8 +63,11 @@ def test_folder_check_counts_each_kinds_holes(tmp_path: Path, capsys) -> None:
             stats = report.stats[split][task]
             assert (stats.special, stats.pixels) == (n * k, n * H * W), (split, task)
     assert main(["data", "check", "folder", str(tmp_path / "data")]) == 0
-    rows = {tuple(line.split()[:2]): line.split()[-1] for line in capsys.readouterr().out.splitlines()
-            if line.startswith(("train", "val"))}
+    rows = {
+        tuple(line.split()[:2]): line.split()[-1]
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith(("train", "val"))
+    }
     assert rows[("train", "seg")] == f"{20 / 400:.1%}" == "5.0%"
     assert rows[("val", "normal")] == "25.0%"
     assert rows[("train", "images")] == "-"

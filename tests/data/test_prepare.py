@@ -48,20 +48,28 @@ def write_meta(folder: Path) -> Path:
     shapes; the loader reads mapClass and classMapping13): raw id r -> 40-class ((r-1) % 40)+1 -> 13."""
     folder.mkdir(parents=True, exist_ok=True)
     map_class = ((np.arange(894) % 40) + 1).astype(np.uint8)[None]
-    scipy.io.savemat(folder / "classMapping40.mat", {
-        "className": _names(40, "class40_"), "mapClass": map_class, "allClassName": _names(894, "raw"),
-        "mapToNYUSuperClass": ((np.arange(40) % 4) + 1).astype(np.uint8)[None],
-        "mapToNYUSuperClassMat": (np.arange(160).reshape(4, 40) % 4 == 0).astype(np.uint8)})
+    scipy.io.savemat(
+        folder / "classMapping40.mat",
+        {
+            "className": _names(40, "class40_"),
+            "mapClass": map_class,
+            "allClassName": _names(894, "raw"),
+            "mapToNYUSuperClass": ((np.arange(40) % 4) + 1).astype(np.uint8)[None],
+            "mapToNYUSuperClassMat": (np.arange(160).reshape(4, 40) % 4 == 0).astype(np.uint8),
+        },
+    )
     labels13 = ((np.arange(40) % 13) + 1).astype(np.uint8)[None]
-    scipy.io.savemat(folder / "class13Mapping.mat",
-                     {"classMapping13": {"labels13": labels13, "classNames": _names(13, "class")}})
+    scipy.io.savemat(
+        folder / "class13Mapping.mat", {"classMapping13": {"labels13": labels13, "classNames": _names(13, "class")}}
+    )
     return folder
 
 
 def write_splits(path: Path, train: list[int], test: list[int]) -> Path:
     """A splits.mat with 1-based trainNdxs/testNdxs column vectors, like the public one."""
-    scipy.io.savemat(path, {"trainNdxs": np.array(train, np.uint16)[:, None],
-                            "testNdxs": np.array(test, np.uint16)[:, None]})
+    scipy.io.savemat(
+        path, {"trainNdxs": np.array(train, np.uint16)[:, None], "testNdxs": np.array(test, np.uint16)[:, None]}
+    )
     return path
 
 
@@ -135,8 +143,9 @@ def test_plane_fit_eigenvector_is_exact_also_when_poorly_determined() -> None:
     assert not smallest_eigenvector(line)[1][0]
 
 
-def kinect_plane(normal: np.ndarray, offset: float, rows: slice, cols: slice, noise: float,
-                 seed: int = 0) -> tuple[np.ndarray, object]:
+def kinect_plane(
+    normal: np.ndarray, offset: float, rows: slice, cols: slice, noise: float, seed: int = 0
+) -> tuple[np.ndarray, object]:
     """A crop of the full 640x480 view of the plane n . P = offset, depth through the Kinect's integer disparity.
 
     ``round(k / z + noise)`` with ``k = 1 / 2.85e-3``: depth steps of 2.85e-3 z^2 (66 mm at 4.9 m);
@@ -170,8 +179,9 @@ def _median_angle(est: np.ndarray, true: np.ndarray, margin: int = 16) -> float:
         ("floor", np.array([0.0, -np.cos(0.26), -np.sin(0.26)]), -1.2, slice(300, 460), 5.0),
     ],
 )
-def test_normals_on_kinect_quantised_planes(name: str, normal: np.ndarray, offset: float, rows: slice,
-                                            limit: float) -> None:
+def test_normals_on_kinect_quantised_planes(
+    name: str, normal: np.ndarray, offset: float, rows: slice, limit: float
+) -> None:
     """The default (bilateral + depth-adaptive window) within ``limit`` degrees (median), the 5-pixel fit not."""
     normal = normal / np.linalg.norm(normal)
     depth, k = kinect_plane(normal, offset, rows, slice(200, 440), noise=0.4)
@@ -234,8 +244,9 @@ def test_prepare_converts_release(tmp_path: Path) -> None:
     meta = write_meta(tmp_path / "meta")
     splits = write_splits(tmp_path / "splits.mat", [1, 3], [2])
     out = tmp_path / "nyu"
-    counts = prepare_nyuv2(tmp_path / "labeled.mat", [meta], out, splits=splits, height=OUT_H, width=OUT_W,
-                           progress=False)
+    counts = prepare_nyuv2(
+        tmp_path / "labeled.mat", [meta], out, splits=splits, height=OUT_H, width=OUT_W, progress=False
+    )
     assert counts == {"train": 2, "val": 1}
     img = np.load(out / "train/image/1.npy")  # release image 3 (index 2)
     assert img.shape == (OUT_H, OUT_W, 3) and img.dtype == np.float32
@@ -258,8 +269,7 @@ def test_prepare_converts_release(tmp_path: Path) -> None:
     report = check_dataset("nyuv2", out)
     assert report.ok, report.problems
     with pytest.raises(DataError, match="not empty"):
-        prepare_nyuv2(tmp_path / "labeled.mat", [meta], out, splits=splits, height=OUT_H, width=OUT_W,
-                      progress=False)
+        prepare_nyuv2(tmp_path / "labeled.mat", [meta], out, splits=splits, height=OUT_H, width=OUT_W, progress=False)
 
 
 def test_prepare_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -269,8 +279,23 @@ def test_prepare_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -
     np.save(direct, (np.arange(894) % 14) - 1)  # raw r -> ((r - 1) % 14) - 1
     write_splits(meta / "splits.mat", [2], [1])
     out = tmp_path / "out"
-    args = ["data", "prepare", "nyuv2", "--labeled-mat", str(tmp_path / "labeled.mat"), "--class-map",
-            str(direct), str(meta / "splits.mat"), "--out", str(out), "--height", "12", "--width", "16", "--quiet"]
+    args = [
+        "data",
+        "prepare",
+        "nyuv2",
+        "--labeled-mat",
+        str(tmp_path / "labeled.mat"),
+        "--class-map",
+        str(direct),
+        str(meta / "splits.mat"),
+        "--out",
+        str(out),
+        "--height",
+        "12",
+        "--width",
+        "16",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "train 1, val 1" in capsys.readouterr().out
     lab = np.load(out / "train/label/0.npy")
@@ -279,8 +304,18 @@ def test_prepare_cli_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -
     assert main([*args, "--overwrite"]) == 0
 
     (tmp_path / "bad.mat").write_bytes(b"MATLAB 5.0 MAT-file, not hdf5")
-    bad = ["data", "prepare", "nyuv2", "--labeled-mat", str(tmp_path / "bad.mat"), "--class-map", str(meta),
-           "--out", str(tmp_path / "o2"), "--quiet"]
+    bad = [
+        "data",
+        "prepare",
+        "nyuv2",
+        "--labeled-mat",
+        str(tmp_path / "bad.mat"),
+        "--class-map",
+        str(meta),
+        "--out",
+        str(tmp_path / "o2"),
+        "--quiet",
+    ]
     assert main(bad) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "bad.mat" in err and "HDF5" in err

@@ -175,12 +175,26 @@ def test_annotation_structure_errors(tmp_path: Path) -> None:
     cases = [
         ({"images": [], "annotations": []}, "'categories' is missing"),
         ({"images": [{"id": 1}], "categories": [], "annotations": []}, r"images\[0\] has no valid 'file_name'"),
-        ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 5}],
-          "annotations": [{"image_id": 2, "category_id": 5}]}, "unknown image id 2"),
-        ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 5}],
-          "annotations": [{"image_id": 1, "category_id": 6}]}, "unknown category id 6"),
-        ({"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 5}], "annotations": []},
-         "image id 1 has no annotation"),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.png"}],
+                "categories": [{"id": 5}],
+                "annotations": [{"image_id": 2, "category_id": 5}],
+            },
+            "unknown image id 2",
+        ),
+        (
+            {
+                "images": [{"id": 1, "file_name": "a.png"}],
+                "categories": [{"id": 5}],
+                "annotations": [{"image_id": 1, "category_id": 6}],
+            },
+            "unknown category id 6",
+        ),
+        (
+            {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 5}], "annotations": []},
+            "image id 1 has no annotation",
+        ),
     ]
     for doc, message in cases:
         path.write_text(json.dumps(doc))
@@ -211,7 +225,12 @@ def test_round_robin_batches_hold_one_domain() -> None:
     assert owners == [0, 0, 1, 1, 2, 2, 0, 0, 2, 2]
     assert owners[0::2] == owners[1::2]
     assert domain_batches(ds, 4, shuffle=False, seed=0, epoch=0) == [
-        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9], [10, 11, 12], [13, 14, 15, 16], [17, 18, 19]
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+        [10, 11, 12],
+        [13, 14, 15, 16],
+        [17, 18, 19],
     ]
 
 
@@ -310,8 +329,12 @@ def test_mtan_attention_and_shared_parameters() -> None:
         model(torch.randn(2, 3, 72, 72), tasks=["aircraft"])
     shapes = {k: tuple(v.shape) for k, v in rec.items()}
     # width 0.125: channels 2, 8, 16, 32 at 72, 36, 18, 9 pixels
-    assert shapes == {"attention/aircraft/stem": (2, 2, 72, 72), "attention/aircraft/stage1": (2, 8, 36, 36),
-                      "attention/aircraft/stage2": (2, 16, 18, 18), "attention/aircraft/stage3": (2, 32, 9, 9)}
+    assert shapes == {
+        "attention/aircraft/stem": (2, 2, 72, 72),
+        "attention/aircraft/stage1": (2, 8, 36, 36),
+        "attention/aircraft/stage2": (2, 16, 18, 18),
+        "attention/aircraft/stage3": (2, 32, 9, 9),
+    }
     assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in rec.values())
     shared = {id(p) for p in model.shared_parameters()}
     assert shared == {id(p) for p in [*model.backbone.parameters(), *model.blocks.parameters()]}
@@ -327,16 +350,31 @@ def test_mtan_attention_and_shared_parameters() -> None:
 # ----------------------------------------------------------------------------- training
 
 
-def test_wrn_mtan_trains_on_the_tiny_folder_through_the_cli(tiny_root: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_wrn_mtan_trains_on_the_tiny_folder_through_the_cli(
+    tiny_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run_dir = tmp_path / "run"
-    rc = main([
-        "train", "dataset.name=decathlon", f"dataset.root={tiny_root}", f"dataset.tasks=[{','.join(TINY_DOMAINS)}]",
-        "dataset.height=32", "dataset.width=32", "model.arch=wrn_mtan", "model.width=0.125",
-        "model.options.depth=10", "model.options.variant=clean", "train.epochs=2", "train.batch_size=4",
-        "train.progress=false",
-        "train.loggers=[]", "optim.lr=1e-3", "--run-dir", str(run_dir),
-    ])
+    rc = main(
+        [
+            "train",
+            "dataset.name=decathlon",
+            f"dataset.root={tiny_root}",
+            f"dataset.tasks=[{','.join(TINY_DOMAINS)}]",
+            "dataset.height=32",
+            "dataset.width=32",
+            "model.arch=wrn_mtan",
+            "model.width=0.125",
+            "model.options.depth=10",
+            "model.options.variant=clean",
+            "train.epochs=2",
+            "train.batch_size=4",
+            "train.progress=false",
+            "train.loggers=[]",
+            "optim.lr=1e-3",
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     assert rc == 0
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2
@@ -357,7 +395,8 @@ def test_wrn_mtan_trains_on_the_tiny_folder_through_the_cli(tiny_root: Path, tmp
     assert main(["evaluate", str(run_dir), "--checkpoint", "last", "--device", "cpu", "--refresh-bn"]) == 0
     refreshed = json.loads((run_dir / "eval-val-last-refresh-bn.json").read_text())
     assert set(refreshed) == {f"{k}/{d}" for d in TINY_DOMAINS for k in ("loss",)} | {
-        f"{d}/accuracy" for d in TINY_DOMAINS}
+        f"{d}/accuracy" for d in TINY_DOMAINS
+    }
 
 
 def test_cpu_config_builds() -> None:
@@ -365,8 +404,9 @@ def test_cpu_config_builds() -> None:
     from mtlkit.train.trainer import build
 
     root = PRESET_DIR
-    setup = build(load_config(root / "decathlon_cpu.yaml", ["dataset.n_train=4", "dataset.n_val=4"]),
-                  torch.device("cpu"))
+    setup = build(
+        load_config(root / "decathlon_cpu.yaml", ["dataset.n_train=4", "dataset.n_val=4"]), torch.device("cpu")
+    )
     assert [t.name for t in setup.tasks] == list(SYNTHETIC_CLASSES)
     assert type(setup.model).__name__ == "WRNMTAN" and hasattr(setup.builder, "batch_sampler")
     full = load_config(root / "decathlon.yaml")

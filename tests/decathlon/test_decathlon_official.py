@@ -80,9 +80,10 @@ def _reference(model: WRNMTAN, x: Tensor, domain: str) -> Tensor:
 
 # regression lock for the seeded model at 72x72: float64 sum of all logits, and logits[0] of each domain
 CHECKSUMS = {
-    "aircraft": (0.2379261532322164,
-                 [-0.013276560166267541, 0.19845686331539864, 0.10311805547120165, -0.27323626269161577,
-                  0.061607565158065564]),
+    "aircraft": (
+        0.2379261532322164,
+        [-0.013276560166267541, 0.19845686331539864, 0.10311805547120165, -0.27323626269161577, 0.061607565158065564],
+    ),
     "svhn": (0.1300473550021169, [-0.09844299801254242, 0.07999383445196945, 0.06249833187319261]),
 }
 
@@ -175,11 +176,22 @@ def test_params_count_the_official_biases() -> None:
 
 
 def _synthetic(size: int = 64):
-    cfg = load_config(None, [
-        "dataset.name=decathlon_synthetic", f"dataset.height={size}", f"dataset.width={size}", "dataset.n_train=12",
-        "dataset.n_val=6", "model.arch=wrn_mtan", "model.width=0.125", "model.options.depth=10",
-        "train.batch_size=4", "train.eval_batch_size=3", "train.num_workers=0",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "dataset.name=decathlon_synthetic",
+            f"dataset.height={size}",
+            f"dataset.width={size}",
+            "dataset.n_train=12",
+            "dataset.n_val=6",
+            "model.arch=wrn_mtan",
+            "model.width=0.125",
+            "model.options.depth=10",
+            "train.batch_size=4",
+            "train.eval_batch_size=3",
+            "train.num_workers=0",
+        ],
+    )
     builder = DATASETS.get("decathlon_synthetic")(DatasetConfig(**cfg.dataset.model_dump()))
     torch.manual_seed(0)
     model = WRNMTAN(builder.tasks(), 0.125, 10, variant="official")
@@ -218,9 +230,15 @@ def test_evaluate_refresh_bn_tests_each_domain_with_its_own_statistics() -> None
     out = evaluate_refresh_bn(model, builder.tasks(), builder, cfg, device)
     after = bn_buffers(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # the checkpoint's statistics are restored
-    plain = evaluate(model, builder.tasks(), torch.utils.data.DataLoader(
-        builder.dataset("val", train=False), batch_sampler=builder.batch_sampler(
-            builder.dataset("val", train=False), 3, False, 0, 0)), device)
+    plain = evaluate(
+        model,
+        builder.tasks(),
+        torch.utils.data.DataLoader(
+            builder.dataset("val", train=False),
+            batch_sampler=builder.batch_sampler(builder.dataset("val", train=False), 3, False, 0, 0),
+        ),
+        device,
+    )
     assert set(out) == set(plain)
     # by hand, for the last domain: refresh on its training split from the saved statistics, then evaluate
     task = builder.tasks()[-1]
@@ -228,14 +246,19 @@ def test_evaluate_refresh_bn_tests_each_domain_with_its_own_statistics() -> None
     pick = lambda ds: type(ds)([(task.name, ds.parts[ds.domains.index(task.name)])])  # noqa: E731
     from mtlkit.decathlon.data import domain_batches
 
-    refresh_bn(model, task.name, torch.utils.data.DataLoader(
-        pick(train_ds), batch_sampler=domain_batches(pick(train_ds), 4, True, cfg.seed, 0)), device)
+    refresh_bn(
+        model,
+        task.name,
+        torch.utils.data.DataLoader(pick(train_ds), batch_sampler=domain_batches(pick(train_ds), 4, True, cfg.seed, 0)),
+        device,
+    )
     by_hand = evaluate(model, [task], torch.utils.data.DataLoader(pick(val_ds), batch_size=3), device)
     assert out[f"loss/{task.name}"] == pytest.approx(by_hand[f"loss/{task.name}"], rel=1e-6)
     assert out[f"loss/{task.name}"] != pytest.approx(plain[f"loss/{task.name}"], rel=1e-3)
 
 
 # ----------------------------------------------------------------------------- wrn_mtan = mtan on wrn28
+
 
 def _seed_bn(model: nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
@@ -270,10 +293,12 @@ def test_wrn_mtan_is_mtan_built_on_the_wrn28_backbone() -> None:
         torch.testing.assert_close(out_g[d], _reference(generic, x, d), rtol=1e-12, atol=1e-12)
     assert rec_g.keys() == rec_o.keys() and len(rec_g) == 8
     assert [id(p) for p in own.shared_parameters()] == [id(p) for p in own.backbone.parameters()] + [
-        id(p) for p in own.blocks.parameters()]
+        id(p) for p in own.blocks.parameters()
+    ]
     assert len(generic.shared_parameters()) == len(own.shared_parameters())
     assert parameter_report(_tasks(), "mtan", 0.125, backbone="wrn28")["params"] == sum(
-        p.numel() for p in generic.parameters())
+        p.numel() for p in generic.parameters()
+    )
 
 
 def test_wrn_mtan_refuses_another_backbone() -> None:

@@ -22,9 +22,12 @@ KIND_NAMES = ("segmentation", "depth", "normal", "classification", "binary", "ed
 #: (equal to the kinds' names) as keys of the arrays the generators write and of the scenes cache's
 #: meta.json (written in data/scenes/__init__.py)
 _ALLOWED = {
-    ("data/prepare_nyuv2.py", "depth"), ("data/prepare_nyuv2.py", "normal"),
-    ("data/scenes/render.py", "depth"), ("data/scenes/render.py", "normal"),
-    ("data/scenes/__init__.py", "depth"), ("data/scenes/__init__.py", "normal"),
+    ("data/prepare_nyuv2.py", "depth"),
+    ("data/prepare_nyuv2.py", "normal"),
+    ("data/scenes/render.py", "depth"),
+    ("data/scenes/render.py", "normal"),
+    ("data/scenes/__init__.py", "depth"),
+    ("data/scenes/__init__.py", "normal"),
 }
 
 
@@ -79,8 +82,11 @@ def _violations(packages: tuple[str, ...] | None = None) -> list[str]:
                 if any(_is_kind_attribute(s) for s in sides) and not any(_is_parameter_kind(s) for s in sides):
                     out.append(f"{rel}:{node.lineno}: compares .kind: {ast.unparse(node)}")
             for operand in _operands(node):
-                if (isinstance(operand, ast.Constant) and operand.value in KIND_NAMES
-                        and (rel, operand.value) not in _ALLOWED):
+                if (
+                    isinstance(operand, ast.Constant)
+                    and operand.value in KIND_NAMES
+                    and (rel, operand.value) not in _ALLOWED
+                ):
                     out.append(f"{rel}:{operand.lineno}: kind name {operand.value!r} as a key or operand")
     return out
 
@@ -96,15 +102,18 @@ def test_no_kind_switch_outside_tasks() -> None:
 
 def test_the_scan_finds_a_kind_switch(tmp_path: Path) -> None:
     """The checks above would catch the patterns they forbid (and pass NumPy's dtype.kind)."""
-    code = ("def f(task, d, arr):\n"
-            "    if task.kind == 'x': pass\n"
-            "    if arr.dtype.kind == 'f': pass\n"
-            "    return {'depth': 1}, d['normal'], task.name in ('edge', 'y')\n")
+    code = (
+        "def f(task, d, arr):\n"
+        "    if task.kind == 'x': pass\n"
+        "    if arr.dtype.kind == 'f': pass\n"
+        "    return {'depth': 1}, d['normal'], task.name in ('edge', 'y')\n"
+    )
     tree = ast.parse(code)
     compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
     assert [any(_is_kind_attribute(s) for s in (c.left, *c.comparators)) for c in compares] == [True, False, False]
-    literals = [o.value for n in ast.walk(tree) for o in _operands(n)
-                if isinstance(o, ast.Constant) and o.value in KIND_NAMES]
+    literals = [
+        o.value for n in ast.walk(tree) for o in _operands(n) if isinstance(o, ast.Constant) and o.value in KIND_NAMES
+    ]
     assert sorted(literals) == ["depth", "edge", "normal"]
 
 
@@ -116,8 +125,11 @@ def _tree_block() -> str:
 
 def test_the_map_names_every_package_and_every_entry_exists() -> None:
     """Each subpackage and top-level module of src/mtlkit is on the map, and everything the map names exists."""
-    named = {line.split()[0].rstrip("/") for line in _tree_block().splitlines()[2:]
-             if line.startswith("  ") and not line.startswith("   ")}
+    named = {
+        line.split()[0].rstrip("/")
+        for line in _tree_block().splitlines()[2:]
+        if line.startswith("  ") and not line.startswith("   ")
+    }
     packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()}
     modules = {p.name for p in SRC.glob("*.py") if not p.name.startswith("_")} - {"__init__.py"}
     assert packages - {"presets"} <= named, sorted(packages - named)

@@ -18,7 +18,6 @@ TASKS = [segmentation_task(5), depth_task()]
 BACKBONE = "resnet18_dilated"
 
 
-
 def row(choice: str) -> str:
     """The table row whose first cell is ``choice``."""
     rows = [line for line in PAGE.splitlines() if line.startswith(f"| {choice} |")]
@@ -33,7 +32,8 @@ def test_page_is_in_the_navigation() -> None:
 
 def test_cross_stitch_mixes_after_every_resnet_stage_the_last_included() -> None:
     assert "after layer1, layer2, layer3 and layer4 (4 units; the heads read stitched features)" in row(
-        "Cross-stitch: stitch points on the ResNets")
+        "Cross-stitch: stitch points on the ResNets"
+    )
     torch.manual_seed(0)
     model = build_model("cross_stitch", TASKS, 0.125, backbone=BACKBONE).eval()
     assert len(model.stitches) == 4 == next(iter(model.nets.values())).num_stages

@@ -92,23 +92,43 @@ def test_python_blocks_are_found_and_exempt_only_with_a_reason() -> None:
         assert marks == len(SKIP_MARK.findall(text)), f"{path.name}: a skip mark without a reason or a block"
 
 
-@pytest.mark.parametrize("page", [pytest.param(p, id=p.name) for p in [ROOT / "README.md", *PAGES]
-                                  if python_blocks(p)])
+@pytest.mark.parametrize("page", [pytest.param(p, id=p.name) for p in [ROOT / "README.md", *PAGES] if python_blocks(p)])
 def test_page_examples_run_standalone(page: Path, tmp_path: Path) -> None:
     """Each block runs alone, as a reader would copy it: no names or files from the block before."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MTLKIT_CACHE": str(tmp_path / "cache"),
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(python_blocks(page)), text=True,
-                          capture_output=True, env=env, cwd=tmp_path, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "MTLKIT_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=json.dumps(python_blocks(page)),
+        text=True,
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
 
 
 def test_runner_reports_a_block_that_needs_the_one_before(tmp_path: Path) -> None:
     """The runner isolates blocks: a name defined by an earlier block is a NameError in the next."""
-    blocks = [["first", "x = 1\nopen('made_here', 'w').close()"], ["second", "print(x)"],
-              ["third", "import os\nassert not os.path.exists('made_here')"]]
-    proc = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), text=True,
-                          capture_output=True, cwd=tmp_path, timeout=60)
+    blocks = [
+        ["first", "x = 1\nopen('made_here', 'w').close()"],
+        ["second", "print(x)"],
+        ["third", "import os\nassert not os.path.exists('made_here')"],
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER],
+        input=json.dumps(blocks),
+        text=True,
+        capture_output=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode != 0 and "NameError" in proc.stderr
     assert "failed: second" in proc.stderr and "third failed" not in proc.stderr
 
@@ -128,9 +148,19 @@ def api_public_objects() -> dict[str, object]:
     from mtlkit.weighting.base import Weighting
 
     objects = {name: getattr(mtlkit, name) for name in mtlkit.__all__ if name != "__version__"}
-    objects.update(build_model=build_model, MultiTaskModel=MultiTaskModel, Backbone=Backbone, Task=Task,
-                   TaskKind=TaskKind, make_task=make_task, DatasetBuilder=DatasetBuilder,
-                   FolderBuilder=FolderBuilder, FolderDataset=FolderDataset, Weighting=Weighting, Registry=Registry)
+    objects.update(
+        build_model=build_model,
+        MultiTaskModel=MultiTaskModel,
+        Backbone=Backbone,
+        Task=Task,
+        TaskKind=TaskKind,
+        make_task=make_task,
+        DatasetBuilder=DatasetBuilder,
+        FolderBuilder=FolderBuilder,
+        FolderDataset=FolderDataset,
+        Weighting=Weighting,
+        Registry=Registry,
+    )
     import mtlkit.tasks as tasks
 
     for kind in TASK_KINDS.names():  # one factory per built-in kind: segmentation_task, depth_task, ...
@@ -236,8 +266,13 @@ def test_no_page_promises_what_is_not_there(generated: dict[str, str]) -> None:
 @pytest.mark.slow
 def test_generator_runs_as_a_script(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.run([sys.executable, str(DOCS / "gen_pages.py"), str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(DOCS / "gen_pages.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "architectures" / "mtan.md").is_file() and (tmp_path / "cli.md").is_file()
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.md"))
@@ -265,9 +300,11 @@ CHROMIUM = next((p for p in (shutil.which(n) for n in ("chromium", "chromium-bro
 DRIVER = shutil.which("chromedriver")
 #: pages whose width is checked in the browser: every hand-written page, every results page, and
 #: generated pages with the widest content (CLI help, a weighting page with display formulas)
-WIDTH_PAGES = ([p.relative_to(DOCS).with_suffix("").as_posix() for p in PAGES if p.name != "index.md"]
-               + [p.relative_to(DOCS).parent.as_posix() + ("/report" if p.name == "report.md" else "") for p in RESULTS]
-               + ["cli", "presets", "weighting/nash_mtl", "weighting", "architectures"])
+WIDTH_PAGES = (
+    [p.relative_to(DOCS).with_suffix("").as_posix() for p in PAGES if p.name != "index.md"]
+    + [p.relative_to(DOCS).parent.as_posix() + ("/report" if p.name == "report.md" else "") for p in RESULTS]
+    + ["cli", "presets", "weighting/nash_mtl", "weighting", "architectures"]
+)
 
 
 @pytest.fixture(scope="module")
@@ -276,10 +313,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("mkdocs", reason="the docs extras are not installed (pip install -e '.[docs]')")
     pytest.importorskip("mkdocstrings", reason="the docs extras are not installed (pip install -e '.[docs]')")
     out = tmp_path_factory.mktemp("site")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "DISABLE_MKDOCS_2_WARNING": "true",
-           "NO_MKDOCS_2_WARNING": "1"}
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "DISABLE_MKDOCS_2_WARNING": "true",
+        "NO_MKDOCS_2_WARNING": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -297,8 +344,10 @@ def test_site_has_no_stray_summary_page_and_renders_math_offline(site: Path) -> 
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                    reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
+)
 def test_site_content_fits_1400px_and_formulas_render(site: Path) -> None:
     """No table, code block or formula wider than its box at a 1400 px window; KaTeX typesets the math."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
@@ -306,15 +355,24 @@ def test_site_content_fits_1400px_and_formulas_render(site: Path) -> None:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--window-size=1400,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--window-size=1400,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     # Material wraps each table in a scrolling div: the table may be wider than the page inside it
-    overflow = "return Array.from(document.querySelectorAll('.md-content .md-typeset__scrollwrap, " \
-               ".md-content table, .md-content pre > code, .md-content div.arithmatex'))" \
-               ".filter(e => e.scrollWidth > e.clientWidth + 1)" \
-               ".map(e => e.tagName + ' ' + e.scrollWidth + '>' + e.clientWidth + ': ' + e.textContent.slice(0, 60));"
+    overflow = (
+        "return Array.from(document.querySelectorAll('.md-content .md-typeset__scrollwrap, "
+        ".md-content table, .md-content pre > code, .md-content div.arithmatex'))"
+        ".filter(e => e.scrollWidth > e.clientWidth + 1)"
+        ".map(e => e.tagName + ' ' + e.scrollWidth + '>' + e.clientWidth + ': ' + e.textContent.slice(0, 60));"
+    )
     try:
         wide = {}
         for page in WIDTH_PAGES:
@@ -324,8 +382,10 @@ def test_site_content_fits_1400px_and_formulas_render(site: Path) -> None:
                 wide[page] = found
         assert not wide, wide
         driver.get((site / "weighting" / "nash_mtl" / "index.html").as_uri())
-        rendered = driver.execute_script("return [document.querySelectorAll('.arithmatex .katex').length,"
-                                         " document.querySelectorAll('.katex-error').length];")
+        rendered = driver.execute_script(
+            "return [document.querySelectorAll('.arithmatex .katex').length,"
+            " document.querySelectorAll('.katex-error').length];"
+        )
         assert rendered[0] >= 5 and rendered[1] == 0, rendered
     finally:
         driver.quit()

@@ -114,22 +114,41 @@ def test_one_file_each_then_train_by_name(extension, tmp_path: Path) -> None:
     from mtlkit.cli.main import main
 
     assert "smooth_l1" in TASK_KINDS and "tiny_hps" in ARCHITECTURES and "fixed" in WEIGHTINGS
-    write_folder(tmp_path / "data", "tasks:\n  - {name: seg, kind: segmentation, channels: 3, "
-                 "options: {ignore_index: 255}}\n  - {name: height, kind: smooth_l1, channels: 1}\n",
-                 n_train=4, n_val=2)
+    write_folder(
+        tmp_path / "data",
+        "tasks:\n  - {name: seg, kind: segmentation, channels: 3, "
+        "options: {ignore_index: 255}}\n  - {name: height, kind: smooth_l1, channels: 1}\n",
+        n_train=4,
+        n_val=2,
+    )
     for split in ("train", "val"):
         (tmp_path / "data" / split / "height").mkdir()
         for img in sorted((tmp_path / "data" / split / "images").iterdir()):
             from PIL import Image
 
             h, w = np.asarray(Image.open(img)).shape[:2]
-            np.save(tmp_path / "data" / split / "height" / f"{img.stem}.npy",
-                    np.linspace(0, 1, h * w, dtype=np.float32).reshape(1, h, w))
+            np.save(
+                tmp_path / "data" / split / "height" / f"{img.stem}.npy",
+                np.linspace(0, 1, h * w, dtype=np.float32).reshape(1, h, w),
+            )
     run = tmp_path / "run"
-    args = ["train", "dataset.name=folder", f"dataset.root={tmp_path / 'data'}", "dataset.height=32",
-            "dataset.width=32", "model.arch=tiny_hps", "weighting.name=fixed", "weighting.options.weights=[1.0, 0.5]",
-            "train.epochs=1", "train.batch_size=2", "train.progress=false", "train.loggers=[]",
-            f"out_dir={tmp_path}", "--run-dir", str(run)]
+    args = [
+        "train",
+        "dataset.name=folder",
+        f"dataset.root={tmp_path / 'data'}",
+        "dataset.height=32",
+        "dataset.width=32",
+        "model.arch=tiny_hps",
+        "weighting.name=fixed",
+        "weighting.options.weights=[1.0, 0.5]",
+        "train.epochs=1",
+        "train.batch_size=2",
+        "train.progress=false",
+        "train.loggers=[]",
+        f"out_dir={tmp_path}",
+        "--run-dir",
+        str(run),
+    ]
     assert main(args) == 0
     results = json.loads((run / "results.json").read_text())
     assert results["arch"] == "tiny_hps" and results["weighting"] == "fixed"

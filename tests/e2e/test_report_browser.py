@@ -49,15 +49,18 @@ def _chrome():
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
-@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                    reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
+)
 def test_html_report_renders_in_chromium_via_selenium(report, tmp_path: Path) -> None:
     driver = _chrome()
     try:
         driver.get(report.html.resolve().as_uri())
         assert driver.title == "Browser test report"
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);")
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);"
+        )
         assert len(images) == len(report.figures) >= 4
         assert all(done and w > 100 and h > 100 for done, w, h in images), images
         bold = driver.execute_script("return Array.from(document.querySelectorAll('td b')).map(b => b.textContent);")
@@ -74,8 +77,12 @@ def test_html_report_renders_in_chromium_via_selenium(report, tmp_path: Path) ->
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_html_report_screenshot_with_chromium_cli(report, tmp_path: Path) -> None:
     shot = tmp_path / "cli.png"
-    subprocess.run([CHROMIUM, *FLAGS, f"--screenshot={shot}", "--window-size=1200,1600",
-                    report.html.resolve().as_uri()], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [CHROMIUM, *FLAGS, f"--screenshot={shot}", "--window-size=1200,1600", report.html.resolve().as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     image = imread(shot)
     assert image.shape[:2] == (1600, 1200)
     assert _nonblank(shot) > 0.02
@@ -90,19 +97,23 @@ def reference_report(tmp_path_factory: pytest.TempPathFactory):
     return make_report([root / "runs"], root / "report", opts, loader=fake_loader)
 
 
-@pytest.mark.skipif(CHROMIUM is None or DRIVER is None,
-                    reason="headless Chromium not installed (apt-get install chromium chromium-driver)")
+@pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="headless Chromium not installed (apt-get install chromium chromium-driver)",
+)
 def test_reference_rows_render_greyed_in_chromium(reference_report, tmp_path: Path) -> None:
     driver = _chrome()
     try:
         driver.get(reference_report.html.resolve().as_uri())
         assert driver.title == "Reference rows"
         colors = driver.execute_script(
-            "return Array.from(document.querySelectorAll('td.muted')).map(td => getComputedStyle(td).color);")
+            "return Array.from(document.querySelectorAll('td.muted')).map(td => getComputedStyle(td).color);"
+        )
         assert colors and len(colors) % 17 == 0  # the 17 published rows, every cell greyed
         assert set(colors) == {"rgb(138, 138, 138)"}
         rows = driver.execute_script(
-            "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.textContent);")
+            "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.textContent);"
+        )
         assert any("One Task" in r and "[mtan_paper]" in r and "0.1510" in r for r in rows)
         assert [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"] == []
         shot = tmp_path / "reference.png"

@@ -24,7 +24,7 @@ def write_folder(root: Path, tasks_yaml: str, n_train: int = 6, n_val: int = 3) 
             seg = np.zeros((h, w), np.uint8)
             seg[: h // 3] = 1  # wall on top
             cy, cx = rng.integers(h // 3, h - 8), rng.integers(4, w - 12)
-            seg[cy:cy + 8, cx:cx + 10] = 2  # a thing
+            seg[cy : cy + 8, cx : cx + 10] = 2  # a thing
             seg[0, :4] = 255
             image = np.stack([seg * 90, (seg == 1) * 160, (seg == 2) * 200], -1).astype(np.float64)
             image = np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)

@@ -71,6 +71,7 @@ def die_at_write(run_dir: Path, index: int, mode: str, first: Callable[[], None]
         if count["n"] != index:
             return original(path, write)
         if mode == "during":
+
             def half(fh) -> None:
                 write(fh)
                 fh.flush()
@@ -117,9 +118,17 @@ def outcome(run_dir: Path) -> dict[str, Any]:
     res = json.loads((run_dir / "results.json").read_text())
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    return {"epochs": epochs_of(run_dir), "status": res["status"], "final": res["final"], "best": res["best"],
-            "best_epoch": res["best_epoch"], "n_epochs": res["epochs"], "best_pt_epoch": best["epoch"],
-            "last_pt_epoch": last["epoch"], "config_changes": res.get("config_changes")}
+    return {
+        "epochs": epochs_of(run_dir),
+        "status": res["status"],
+        "final": res["final"],
+        "best": res["best"],
+        "best_epoch": res["best_epoch"],
+        "n_epochs": res["epochs"],
+        "best_pt_epoch": best["epoch"],
+        "last_pt_epoch": last["epoch"],
+        "config_changes": res.get("config_changes"),
+    }
 
 
 def same_weights(a: Path, b: Path) -> bool:

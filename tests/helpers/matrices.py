@@ -93,8 +93,9 @@ def random_cases(count: int, seed: int) -> list[tuple[str, Tensor]]:
             g = torch.randn(m, n, generator=gen, dtype=torch.float64)
             g = g * torch.exp(2 * torch.randn(m, 1, generator=gen, dtype=torch.float64))
         elif kind == "low_rank":
-            g = torch.randn(m, rank, generator=gen, dtype=torch.float64) @ torch.randn(rank, n, generator=gen,
-                                                                                        dtype=torch.float64)
+            g = torch.randn(m, rank, generator=gen, dtype=torch.float64) @ torch.randn(
+                rank, n, generator=gen, dtype=torch.float64
+            )
         elif kind == "normal":
             g = normal(m, n, rank, gen)
         elif kind == "strong":

@@ -35,7 +35,9 @@ class TinyNet(MultiTaskModel):
 def _batch():
     gen = torch.Generator().manual_seed(0)
     normal = F.normalize(torch.randn(2, 3, 8, 8, generator=gen), dim=1)
-    return {"image": torch.randn(2, 3, 8, 8, generator=gen),
-            "seg": torch.randint(0, 3, (2, 8, 8), generator=gen),
-            "depth": torch.rand(2, 1, 8, 8, generator=gen) + 0.1,
-            "normal": normal}
+    return {
+        "image": torch.randn(2, 3, 8, 8, generator=gen),
+        "seg": torch.randint(0, 3, (2, 8, 8), generator=gen),
+        "depth": torch.rand(2, 1, 8, 8, generator=gen) + 0.1,
+        "normal": normal,
+    }

@@ -51,7 +51,7 @@ def test_list_shows_task_kinds_and_backbones(capsys: pytest.CaptureFixture) -> N
     assert main(["list"]) == 0
     text = capsys.readouterr().out
     for section, names in (("task kinds", TASK_KINDS.names()), ("backbones", BACKBONES.names())):
-        block = text.split(f"\n{section}:\n", 1)[1].splitlines()[:len(names)]
+        block = text.split(f"\n{section}:\n", 1)[1].splitlines()[: len(names)]
         assert [line.split()[0] for line in block] == names
 
 
@@ -61,15 +61,20 @@ def test_list_shows_task_kinds_and_backbones(capsys: pytest.CaptureFixture) -> N
         (["train", "demo", "model.arch=mtna"], "unknown architecture 'mtna'; did you mean 'mtan'?"),
         (["train", "demo", "weighting.name=nash_mt"], "unknown weighting method 'nash_mt'; did you mean 'nash_mtl'?"),
         (["train", "demo", "dataset.name=NYU"], "unknown dataset 'NYU'; did you mean 'nyuv2'?"),
-        (["train", "demo", "model.arch=hps", "model.backbone=resnet50"],
-         "unknown backbone 'resnet50'; did you mean 'resnet50_dilated'?"),
-        (["data", "check", "folder", "d"],
-         "d/tasks.yaml: unknown task kind 'segmentaton'; did you mean 'segmentation'?"),
+        (
+            ["train", "demo", "model.arch=hps", "model.backbone=resnet50"],
+            "unknown backbone 'resnet50'; did you mean 'resnet50_dilated'?",
+        ),
+        (
+            ["data", "check", "folder", "d"],
+            "d/tasks.yaml: unknown task kind 'segmentaton'; did you mean 'segmentation'?",
+        ),
         (["params", "--dataset", "nyuv2", "--arch", "zzzz"], "unknown architecture 'zzzz' (choose one of: cgc, "),
     ],
 )
-def test_misspelled_names_suggest_the_nearest(args: list[str], needle: str, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_misspelled_names_suggest_the_nearest(
+    args: list[str], needle: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """Every registry lookup (architecture, method, dataset, backbone, task kind) names the closest entry."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d").mkdir()

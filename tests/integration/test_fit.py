@@ -19,8 +19,10 @@ from mtlkit.report.table import build_tables
 from mtlkit.train.trainer import train
 from mtlkit.weighting import DWA
 
-TASKS_YAML = "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n" \
-             "  - {name: fg, kind: binary}\n"
+TASKS_YAML = (
+    "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n"
+    "  - {name: fg, kind: binary}\n"
+)
 
 
 @pytest.fixture
@@ -34,14 +36,30 @@ def _fit(folder: Path, run_dir: Path, **kwargs) -> Path:
     tasks = data.tasks()
     torch.manual_seed(0)
     model = build_model("mtan", tasks, width=0.125)
-    return mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False),
-                      epochs=1, batch_size=2, run_dir=run_dir, name="mine", **kwargs)
+    return mtlkit.fit(
+        model,
+        tasks,
+        data.dataset("train", train=True),
+        data.dataset("val", train=False),
+        epochs=1,
+        batch_size=2,
+        run_dir=run_dir,
+        name="mine",
+        **kwargs,
+    )
 
 
 def _train(folder: Path, out: Path) -> Path:
-    cfg = config_from_dict({"name": "mine", "out_dir": str(out), "dataset": {"name": "folder", "root": str(folder),
-                            "height": 32, "width": 32}, "model": {"arch": "mtan", "width": 0.125},
-                            "optim": {"lr": 1e-3}, "train": {"epochs": 1, "batch_size": 2, "progress": False}})
+    cfg = config_from_dict(
+        {
+            "name": "mine",
+            "out_dir": str(out),
+            "dataset": {"name": "folder", "root": str(folder), "height": 32, "width": 32},
+            "model": {"arch": "mtan", "width": 0.125},
+            "optim": {"lr": 1e-3},
+            "train": {"epochs": 1, "batch_size": 2, "progress": False},
+        }
+    )
     return train(cfg)
 
 
@@ -58,37 +76,45 @@ def test_fit_and_train_write_the_same_run_folder(folder: Path, tmp_path: Path) -
     assert {"config.yaml", "tb", "tb/*", "metrics.jsonl", "results.json"} <= _layout(fitted)
     a, b = (json.loads((r / "results.json").read_text()) for r in (fitted, trained))
     assert set(a) == set(b)
-    assert (a["arch"], a["weighting"], a["dataset"]) == (b["arch"], b["weighting"], b["dataset"]) == \
-        ("mtan", "equal", "folder")
+    assert (
+        (a["arch"], a["weighting"], a["dataset"])
+        == (b["arch"], b["weighting"], b["dataset"])
+        == ("mtan", "equal", "folder")
+    )
     assert a["params"] == b["params"]
     assert a["params_ratio"] == b["params_ratio"] is not None
     assert a["eval"] == b["eval"]
     # config.yaml: a valid config naming what ran; the same sections as mtlkit train's
     cfg = load_config(fitted / "config.yaml")
-    assert (cfg.model.arch, cfg.model.width, cfg.dataset.name, cfg.dataset.root) == ("mtan", 0.125, "folder",
-                                                                                     str(folder))
+    assert (cfg.model.arch, cfg.model.width, cfg.dataset.name, cfg.dataset.root) == (
+        "mtan",
+        0.125,
+        "folder",
+        str(folder),
+    )
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.optim.name, cfg.optim.gamma) == (1, 2, "adam", 1.0)
     assert a["config_hash"] == cfg.hash()
-    assert set(yaml.safe_load((fitted / "config.yaml").read_text())) == \
-        set(yaml.safe_load((trained / "config.yaml").read_text()))
+    assert set(yaml.safe_load((fitted / "config.yaml").read_text())) == set(
+        yaml.safe_load((trained / "config.yaml").read_text())
+    )
     # one report: both runs are rows of one table (one dataset, one task set)
     tables = build_tables(collect([fitted, trained]).runs)
     assert len(tables) == 1
 
 
-def test_fit_prints_the_run_folder_and_sizes_first(folder: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_fit_prints_the_run_folder_and_sizes_first(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = _fit(folder, tmp_path / "fit", progress=True, loggers=[], max_steps_per_epoch=1)
     out = capsys.readouterr().out.splitlines()
     n_params = json.loads((run / "results.json").read_text())["params"]
-    assert out[0] == (f"run folder: {run} | model: mtan, {n_params / 1e6:.2f} M parameters | "
-                      "data: 4 train / 2 val samples, 1 steps per epoch")
+    assert out[0] == (
+        f"run folder: {run} | model: mtan, {n_params / 1e6:.2f} M parameters | "
+        "data: 4 train / 2 val samples, 1 steps per epoch"
+    )
     assert out[1].startswith("epoch   1 | seg loss ")
     assert not (run / "tb").exists()
 
 
-def test_fit_loggers_take_names_and_objects_and_the_old_tensorboard_keyword_warns(folder: Path,
-                                                                                  tmp_path: Path) -> None:
+def test_fit_loggers_take_names_and_objects_and_the_old_tensorboard_keyword_warns(folder: Path, tmp_path: Path) -> None:
     """``loggers``: registered names and Logger objects (which get the config, each epoch, the run's files and
     the status); the old ``tensorboard=False`` warns and means ``loggers`` without tensorboard."""
     from mtlkit.train.logging import Logger
@@ -112,15 +138,22 @@ def test_fit_loggers_take_names_and_objects_and_the_old_tensorboard_keyword_warn
     mine = Mine()
     run = _fit(folder, tmp_path / "on", progress=False, loggers=["tensorboard", mine], max_steps_per_epoch=1)
     assert any((run / "tb").iterdir())
-    assert mine.calls == ["params ['tensorboard']", "epoch 1", "results.json", "config.yaml", "metrics.jsonl",
-                          "finished"]
+    assert mine.calls == [
+        "params ['tensorboard']",
+        "epoch 1",
+        "results.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "finished",
+    ]
     with pytest.warns(DeprecationWarning, match=r"fit\(tensorboard=...\) is deprecated"):
         run = _fit(folder, tmp_path / "off", progress=False, tensorboard=False, max_steps_per_epoch=1)
     assert not (run / "tb").exists() and load_config(run / "config.yaml").train.loggers == []
 
 
-def test_fit_progress_follows_the_terminal(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fit_progress_follows_the_terminal(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``progress=None`` (the default): on where stderr is a terminal, off where it is not (a log file, CI)."""
     import sys
 
@@ -136,9 +169,20 @@ def test_fit_names_registered_classes_by_their_registered_names(folder: Path, tm
     tasks = data.tasks()
     model = build_model("hps", tasks, width=0.125)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.5)
-    run = mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False),
-                     weighting=DWA([t.name for t in tasks]), optimizer=optimizer, epochs=1, batch_size=2,
-                     run_dir=tmp_path / "fit", progress=False, loggers=[], max_steps_per_epoch=1)
+    run = mtlkit.fit(
+        model,
+        tasks,
+        data.dataset("train", train=True),
+        data.dataset("val", train=False),
+        weighting=DWA([t.name for t in tasks]),
+        optimizer=optimizer,
+        epochs=1,
+        batch_size=2,
+        run_dir=tmp_path / "fit",
+        progress=False,
+        loggers=[],
+        max_steps_per_epoch=1,
+    )
     results = json.loads((run / "results.json").read_text())
     assert (results["arch"], results["weighting"], results["dataset"]) == ("hps", "dwa", "folder")
     cfg = load_config(run / "config.yaml")
@@ -152,12 +196,28 @@ def test_fit_config_names_what_the_schema_cannot_hold(folder: Path, tmp_path: Pa
     model = build_model("hps", tasks, width=0.125)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=0.002)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=3)
-    run = mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False),
-                     optimizer=optimizer, scheduler=scheduler, epochs=1, batch_size=2, run_dir=tmp_path / "fit",
-                     progress=False, loggers=[], max_steps_per_epoch=1)
+    run = mtlkit.fit(
+        model,
+        tasks,
+        data.dataset("train", train=True),
+        data.dataset("val", train=False),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        epochs=1,
+        batch_size=2,
+        run_dir=tmp_path / "fit",
+        progress=False,
+        loggers=[],
+        max_steps_per_epoch=1,
+    )
     written = yaml.safe_load((run / "config.yaml").read_text())
-    assert written["optim"] == {"name": "rmsprop", "lr": 0.002, "weight_decay": 0, "momentum": 0,
-                                "scheduler": "CosineAnnealingLR"}
+    assert written["optim"] == {
+        "name": "rmsprop",
+        "lr": 0.002,
+        "weight_decay": 0,
+        "momentum": 0,
+        "scheduler": "CosineAnnealingLR",
+    }
     assert json.loads((run / "results.json").read_text())["config_hash"] is None
 
 
@@ -176,12 +236,28 @@ class _TwoHeads(torch.nn.Module):
 
 def test_fit_of_a_plain_module_claims_no_build_arguments(folder: Path, tmp_path: Path) -> None:
     data = FolderBuilder(DatasetConfig(name="folder", root=str(folder), height=32, width=32))
-    run = mtlkit.fit(_TwoHeads(), data.tasks(), data.dataset("train", train=True), data.dataset("val", train=False),
-                     epochs=1, batch_size=2, run_dir=tmp_path / "fit", progress=False, loggers=[],
-                     max_steps_per_epoch=1)
+    run = mtlkit.fit(
+        _TwoHeads(),
+        data.tasks(),
+        data.dataset("train", train=True),
+        data.dataset("val", train=False),
+        epochs=1,
+        batch_size=2,
+        run_dir=tmp_path / "fit",
+        progress=False,
+        loggers=[],
+        max_steps_per_epoch=1,
+    )
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["model"] == {"arch": "_TwoHeads"}  # no width or backbone a default would make up
-    assert written["dataset"] == {"name": "folder", "tasks": ["seg", "fg"], "root": str(folder), "height": 32,
-                                  "width": 32, "n_train": 4, "n_val": 2}
+    assert written["dataset"] == {
+        "name": "folder",
+        "tasks": ["seg", "fg"],
+        "root": str(folder),
+        "height": 32,
+        "width": 32,
+        "n_train": 4,
+        "n_val": 2,
+    }
     results = json.loads((run / "results.json").read_text())
     assert (results["arch"], results["params_ratio"], results["config_hash"]) == ("_TwoHeads", None, None)

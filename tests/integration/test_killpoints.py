@@ -38,8 +38,9 @@ EPOCHS = 3
 
 def _cfg(cache: Path, out: Path, seed: int = 0) -> Config:
     """3 epochs of 2 steps on 8 tiny scenes: every epoch improves, so every epoch writes best.pt."""
-    return tiny_config(cache, out, seed=seed, train={"epochs": EPOCHS, "batch_size": 4},
-                       dataset={"n_train": 8, "n_val": 4})
+    return tiny_config(
+        cache, out, seed=seed, train={"epochs": EPOCHS, "batch_size": 4}, dataset={"n_train": 8, "n_val": 4}
+    )
 
 
 def _straight(cfg: Config, run: Path) -> list[str]:
@@ -92,8 +93,7 @@ def test_every_epoch_writes_each_record(reference) -> None:
         assert writes == _expected_writes()
 
 
-def test_train_killed_at_every_write_resumes_to_the_same_records(reference, scenes_cache: Path,
-                                                                  tmp_path: Path) -> None:
+def test_train_killed_at_every_write_resumes_to_the_same_records(reference, scenes_cache: Path, tmp_path: Path) -> None:
     ref, writes = reference[0]
     cfg = _cfg(scenes_cache, tmp_path)
     points = [(i, "during") for i in range(1, len(writes) + 1)] + [(len(writes), "after")]
@@ -142,16 +142,14 @@ def _sweep(cache: Path) -> sweeps.Sweep:
     base.pop("out_dir")
     base.pop("name")
     base.pop("seed")
-    return sweeps.sweep_from_dict({"name": "kp", "base": base, "grid": {"seed": [0, 1]},
-                                   "run_name": "s{seed}"})
+    return sweeps.sweep_from_dict({"name": "kp", "base": base, "grid": {"seed": [0, 1]}, "run_name": "s{seed}"})
 
 
 PARALLEL = sweeps.ExecutorOptions(local={"parallel": 2, "threads_per_run": 1})
 
 
 @pytest.mark.slow
-def test_parallel_sweep_killed_at_every_write_and_rerun_at_once(reference, scenes_cache: Path,
-                                                                tmp_path: Path) -> None:
+def test_parallel_sweep_killed_at_every_write_and_rerun_at_once(reference, scenes_cache: Path, tmp_path: Path) -> None:
     """Kill cycle c: run s0 dies at write 2c+1 and s1 at write 2c+2 (both after the write), the first
     death kills the driver; the other worker goes on as an orphan until its own point. The sweep is
     run again at once: it waits for an orphan still training (never a second worker on its run),
@@ -164,8 +162,9 @@ def test_parallel_sweep_killed_at_every_write_and_rerun_at_once(reference, scene
         where = f"cycle {cycle} (kills {kills})"
 
         def driver(out: Path = out, kills: dict[str, int] = kills) -> None:
-            sweeps.run_sweep(sw, out, train_fn=DyingTrainer(kills), progress=False, log=lambda m: None,
-                             options=PARALLEL)
+            sweeps.run_sweep(
+                sw, out, train_fn=DyingTrainer(kills), progress=False, log=lambda m: None, options=PARALLEL
+            )
 
         assert in_killed_child(driver) == KILLED, f"{where}: the driver was not killed"
         said: list[str] = []
@@ -202,8 +201,7 @@ class DriverKiller:
 
 
 @pytest.mark.slow
-def test_rerun_waits_for_the_orphaned_workers_of_a_killed_driver(reference, scenes_cache: Path,
-                                                                  tmp_path: Path) -> None:
+def test_rerun_waits_for_the_orphaned_workers_of_a_killed_driver(reference, scenes_cache: Path, tmp_path: Path) -> None:
     """The driver dies after s0's first checkpoint; both workers go on. The sweep run again at once
     starts no second worker on their runs: it waits for them, and each run is trained once, by its
     first worker, to the records of the uninterrupted reference."""
@@ -211,8 +209,7 @@ def test_rerun_waits_for_the_orphaned_workers_of_a_killed_driver(reference, scen
     sw = _sweep(scenes_cache)
 
     def driver() -> None:
-        sweeps.run_sweep(sw, out, train_fn=DriverKiller(at=2), progress=False, log=lambda m: None,
-                         options=PARALLEL)
+        sweeps.run_sweep(sw, out, train_fn=DriverKiller(at=2), progress=False, log=lambda m: None, options=PARALLEL)
 
     assert in_killed_child(driver) == KILLED
     said: list[str] = []

@@ -67,13 +67,16 @@ def test_a_file_wins_over_a_preset_of_the_same_name(tmp_path: Path, monkeypatch:
     assert load_config(catalog.resolve("demo")).name == "mine"
 
 
-@pytest.mark.parametrize(("arg", "kind", "needle"), [
-    ("nope", "config", "nope: config file not found, nor a config preset of this name (config presets: "),
-    ("configs/demo.yaml", "config", "did you mean the config preset `demo`?"),
-    ("nope", "sweep", "nope: sweep file not found, nor a sweep preset of this name (sweep presets: "),
-    ("nyuv2_paper", "config", "nyuv2_paper: not a config preset but a sweep preset"),
-    ("demo", "sweep", "demo: not a sweep preset but a config preset"),
-])
+@pytest.mark.parametrize(
+    ("arg", "kind", "needle"),
+    [
+        ("nope", "config", "nope: config file not found, nor a config preset of this name (config presets: "),
+        ("configs/demo.yaml", "config", "did you mean the config preset `demo`?"),
+        ("nope", "sweep", "nope: sweep file not found, nor a sweep preset of this name (sweep presets: "),
+        ("nyuv2_paper", "config", "nyuv2_paper: not a config preset but a sweep preset"),
+        ("demo", "sweep", "demo: not a sweep preset but a config preset"),
+    ],
+)
 def test_unknown_name_is_a_config_error_listing_presets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arg: str, kind: str, needle: str
 ) -> None:
@@ -91,8 +94,9 @@ def test_sweep_base_may_name_a_preset(tmp_path: Path) -> None:
     assert runs[0].config.dataset.height == load_config(CONFIGS["demo"]).dataset.height
 
 
-def test_config_show_prints_the_resolved_config(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_show_prints_the_resolved_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["config", "show", "demo", "train.epochs=2", "model.arch=split_wide"]) == 0
     out = capsys.readouterr().out
@@ -139,16 +143,28 @@ def test_package_data_covers_every_preset() -> None:
 #: every preset's config hash as mtlkit 0.1 computes it (a sweep: of its runs' hashes in order); a change here
 #: changes what results.json and reports say a run was, so it needs a CHANGELOG line
 PRESET_HASHES = {
-    "cityscapes_mtan": "b5181086e05e", "cityscapes_resnet50": "ef50456055c0", "decathlon": "dd2c49c5c75f",
-    "decathlon_cpu": "cab36b6ac9e0", "demo": "9a8ce0f66121", "nyuv2_mtan": "04dfb84b2dda",
+    "cityscapes_mtan": "b5181086e05e",
+    "cityscapes_resnet50": "ef50456055c0",
+    "decathlon": "dd2c49c5c75f",
+    "decathlon_cpu": "cab36b6ac9e0",
+    "demo": "9a8ce0f66121",
+    "nyuv2_mtan": "04dfb84b2dda",
     "nyuv2_resnet50": "c375e8572da0",
 }
 SWEEP_HASHES = {
-    "cityscapes_paper": "e83efbe1b9af", "complexity_cityscapes": "502ea4cba700", "complexity_scenes": "2ac5361cdcc5",
-    "complexity_scenes_seeds": "af1219b40a21", "decathlon": "33bb7964a5d7", "decathlon_cpu": "5ce579eab822",
-    "nyuv2_paper": "c1a1697e39d4", "nyuv2_resnet50": "9e61e9f9a9aa", "scenes_paper_cpu": "3fc88921d190",
-    "scenes_paper_cpu_long": "4dda0df30a23", "scenes_paper_cpu_seeds": "5546c9d65135",
-    "scenes_resnet18_cpu": "ebc7b93953a0", "scenes_weighting_cpu": "bb71b18af30b",
+    "cityscapes_paper": "e83efbe1b9af",
+    "complexity_cityscapes": "502ea4cba700",
+    "complexity_scenes": "2ac5361cdcc5",
+    "complexity_scenes_seeds": "af1219b40a21",
+    "decathlon": "33bb7964a5d7",
+    "decathlon_cpu": "5ce579eab822",
+    "nyuv2_paper": "c1a1697e39d4",
+    "nyuv2_resnet50": "9e61e9f9a9aa",
+    "scenes_paper_cpu": "3fc88921d190",
+    "scenes_paper_cpu_long": "4dda0df30a23",
+    "scenes_paper_cpu_seeds": "5546c9d65135",
+    "scenes_resnet18_cpu": "ebc7b93953a0",
+    "scenes_weighting_cpu": "bb71b18af30b",
 }
 
 
@@ -159,7 +175,8 @@ def test_preset_hashes_stay() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # no shipped preset uses a deprecated key
         configs = {name: load_config(path).hash() for name, path in CONFIGS.items()}
-        runs = {name: " ".join(r.config.hash() for r in sweeps.load_sweep(path).runs())
-                for name, path in SWEEPS.items()}
+        runs = {
+            name: " ".join(r.config.hash() for r in sweeps.load_sweep(path).runs()) for name, path in SWEEPS.items()
+        }
     assert {n: configs[n] for n in PRESET_HASHES} == PRESET_HASHES
     assert {n: hashlib.sha256(runs[n].encode()).hexdigest()[:12] for n in SWEEP_HASHES} == SWEEP_HASHES

@@ -24,8 +24,9 @@ def _val(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "path"), [("pcgrad", "loop"), ("mgda", "batched")])
-def test_resume_in_fresh_process_equals_uninterrupted(tiny_cfg, monkeypatch: pytest.MonkeyPatch,
-                                                      method: str, path: str) -> None:
+def test_resume_in_fresh_process_equals_uninterrupted(
+    tiny_cfg, monkeypatch: pytest.MonkeyPatch, method: str, path: str
+) -> None:
     cfg = tiny_cfg(weighting={"name": method, "grad_path": path})
     straight = train(cfg, run_dir=Path(cfg.out_dir) / "straight")
     killed = Path(cfg.out_dir) / "killed"
@@ -33,8 +34,13 @@ def test_resume_in_fresh_process_equals_uninterrupted(tiny_cfg, monkeypatch: pyt
     assert len(_val(killed)) == 1
     src = str(Path(mtlkit.__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "mtlkit", "train", "--resume", str(killed)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlkit", "train", "--resume", str(killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _val(killed) == _val(straight)
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["model"]

@@ -38,14 +38,18 @@ def _cfg(cache: Path, out: Path, epochs: int = 2) -> Config:
 
 def _snapshot(run: Path) -> dict[str, tuple[bytes, int]]:
     """Every file of a run folder: its bytes and modification time (ns)."""
-    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*")) if p.is_file()
+    }
 
 
 def _env() -> dict[str, str]:
     src = str(Path(mtlkit.__file__).resolve().parents[1])
-    return {**os.environ, "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _one_line_error(err: str) -> str:
@@ -97,16 +101,22 @@ def test_run_dir_of_a_finished_run_is_refused_and_nothing_replaced(finished: Pat
     cfg_text = (run / "config.yaml").read_text()
     config.write_text(cfg_text)
     before = _snapshot(run)
-    proc = subprocess.run([sys.executable, "-m", "mtlkit", "train", str(config), "--run-dir", str(run)],
-                          env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mtlkit", "train", str(config), "--run-dir", str(run)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = _one_line_error(proc.stderr)
     assert str(run) in line and "finished" in line
     assert _snapshot(run) == before
 
 
-def test_run_dir_of_an_interrupted_run_is_refused_naming_resume(interrupted: Path, scenes_cache: Path,
-                                                                tmp_path: Path) -> None:
+def test_run_dir_of_an_interrupted_run_is_refused_naming_resume(
+    interrupted: Path, scenes_cache: Path, tmp_path: Path
+) -> None:
     run = _copy(interrupted, tmp_path)
     before = _snapshot(run)
     with pytest.raises(ConfigError, match="--resume") as err:
@@ -137,8 +147,9 @@ def test_fit_into_a_finished_run_is_refused(scenes_cache: Path, tmp_path: Path) 
 # ----------------------------------------------------------------------------- one trainer per run
 
 
-def test_a_run_in_training_refuses_a_second_trainer(interrupted: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_run_in_training_refuses_a_second_trainer(
+    interrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While ``--resume RUN`` trains, a second ``--resume RUN`` (another process) is a one-line refusal."""
     run = _copy(interrupted, tmp_path)
     seen: dict[str, subprocess.CompletedProcess] = {}
@@ -146,8 +157,13 @@ def test_a_run_in_training_refuses_a_second_trainer(interrupted: Path, tmp_path:
 
     def step_and_try_a_second_trainer(self, batch):
         if not seen:
-            seen["proc"] = subprocess.run([sys.executable, "-m", "mtlkit", "train", "--resume", str(run)],
-                                          env=_env(), capture_output=True, text=True, timeout=300)
+            seen["proc"] = subprocess.run(
+                [sys.executable, "-m", "mtlkit", "train", "--resume", str(run)],
+                env=_env(),
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
         return original(self, batch)
 
     monkeypatch.setattr(step_module.StepRunner, "__call__", step_and_try_a_second_trainer)
@@ -159,15 +175,22 @@ def test_a_run_in_training_refuses_a_second_trainer(interrupted: Path, tmp_path:
     assert [r["epoch"] for r in epochs_of(run)] == [1, 2]
 
 
-def test_a_lock_held_on_another_host_refuses_and_its_holders_death_frees_it(interrupted: Path,
-                                                                           tmp_path: Path) -> None:
+def test_a_lock_held_on_another_host_refuses_and_its_holders_death_frees_it(interrupted: Path, tmp_path: Path) -> None:
     """The refusal names the holder the lock file names; once the holder is killed (kill -9) the
     kernel has dropped the flock and the folder resumes at once, no stale lock to delete by hand."""
     run = _copy(interrupted, tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
-                               f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
-                               "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242 elsewhere'); "
-                               "print('locked', flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; "
+            f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'4242 elsewhere'); "
+            "print('locked', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputError, match="being trained by process 4242 on elsewhere"):
@@ -181,8 +204,9 @@ def test_a_lock_held_on_another_host_refuses_and_its_holders_death_frees_it(inte
 # ----------------------------------------------------------------------------- resume with an edited config
 
 
-@pytest.mark.parametrize(("key", "value"), [("optim.lr", 0.01), ("seed", 5), ("dataset.n_train", 12),
-                                            ("weighting.grad_path", "batched")])
+@pytest.mark.parametrize(
+    ("key", "value"), [("optim.lr", 0.01), ("seed", 5), ("dataset.n_train", 12), ("weighting.grad_path", "batched")]
+)
 def test_resume_refuses_an_edited_result_affecting_key(interrupted: Path, tmp_path: Path, key: str, value) -> None:
     run = _copy(interrupted, tmp_path)
     _edit(run, key, value)
@@ -243,11 +267,11 @@ def _zero_inside_largest_tensor(path: Path, n: int = 4096) -> str:
     assert info.file_size >= 2 * n, "no tensor large enough to damage"
     raw = bytearray(path.read_bytes())
     header = info.header_offset
-    name_len = int.from_bytes(raw[header + 26:header + 28], "little")
-    extra_len = int.from_bytes(raw[header + 28:header + 30], "little")
+    name_len = int.from_bytes(raw[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(raw[header + 28 : header + 30], "little")
     start = header + 30 + name_len + extra_len + info.file_size // 2 - n // 2
-    assert any(raw[start:start + n]), "the bytes were zero already"
-    raw[start:start + n] = bytes(n)
+    assert any(raw[start : start + n]), "the bytes were zero already"
+    raw[start : start + n] = bytes(n)
     path.write_bytes(bytes(raw))
     return info.filename
 

@@ -24,12 +24,27 @@ from mtlkit.sweep.progress import eta_seconds, fmt_seconds
 
 def tiny4(cache: Path, epochs: int = 2) -> sweeps.Sweep:
     """4 runs (split_wide, mtan) x (equal, dwa) of seconds each: 32x64 scenes, 8 train / 4 val, width 0.125."""
-    base = {"dataset": {"name": "scenes", "root": str(cache), "num_classes": 7, "height": 32, "width": 64,
-                        "n_train": 8, "n_val": 4},
-            "model": {"width": 0.125}, "optim": {"lr": 1e-3},
-            "train": {"epochs": epochs, "batch_size": 4, "progress": False, "loggers": []}}
-    return sweeps.sweep_from_dict({"name": "tiny4", "base": base,
-                                   "grid": {"model.arch": ["split_wide", "mtan"], "weighting.name": ["equal", "dwa"]}})
+    base = {
+        "dataset": {
+            "name": "scenes",
+            "root": str(cache),
+            "num_classes": 7,
+            "height": 32,
+            "width": 64,
+            "n_train": 8,
+            "n_val": 4,
+        },
+        "model": {"width": 0.125},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": epochs, "batch_size": 4, "progress": False, "loggers": []},
+    }
+    return sweeps.sweep_from_dict(
+        {
+            "name": "tiny4",
+            "base": base,
+            "grid": {"model.arch": ["split_wide", "mtan"], "weighting.name": ["equal", "dwa"]},
+        }
+    )
 
 
 def metrics_of(sweep_dir: Path) -> dict[str, tuple]:
@@ -60,8 +75,9 @@ class ExitingTrainer:
         if cfg.name in self.die:
             os._exit(3)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "results.json").write_text(json.dumps({"status": "finished", "name": cfg.name,
-                                                          "threads": os.environ.get("OMP_NUM_THREADS")}))
+        (run_dir / "results.json").write_text(
+            json.dumps({"status": "finished", "name": cfg.name, "threads": os.environ.get("OMP_NUM_THREADS")})
+        )
         return run_dir
 
 
@@ -69,8 +85,13 @@ class ExitingTrainer:
 def test_parallel_two_equals_sequential(reference_sweep: Path, scenes_cache: Path, tmp_path: Path) -> None:
     """local --parallel 2: two child processes with one thread each; same metrics as one after another."""
     out = tmp_path / "tiny4"
-    outcome = sweeps.run_sweep(tiny4(scenes_cache), out, progress=False, log=lambda m: None,
-                               options=sweeps.ExecutorOptions(local={"parallel": 2}))
+    outcome = sweeps.run_sweep(
+        tiny4(scenes_cache),
+        out,
+        progress=False,
+        log=lambda m: None,
+        options=sweeps.ExecutorOptions(local={"parallel": 2}),
+    )
     assert outcome.ok
     assert metrics_of(out) == metrics_of(reference_sweep)
     pids = {r["where"]["pid"] for r in outcome.state["runs"]}
@@ -86,8 +107,14 @@ def test_parallel_two_equals_sequential(reference_sweep: Path, scenes_cache: Pat
 def test_parallel_dead_worker_is_recorded_and_the_rest_finish(tmp_path: Path) -> None:
     sw = sweeps.sweep_from_dict({"name": "d", "grid": {"model.arch": ["single", "mtan"]}})
     out = tmp_path / "d"
-    outcome = sweeps.run_sweep(sw, out, train_fn=ExitingTrainer({"mtan"}), progress=False, log=lambda m: None,
-                               options=sweeps.ExecutorOptions(local={"parallel": 2, "threads_per_run": 1}))
+    outcome = sweeps.run_sweep(
+        sw,
+        out,
+        train_fn=ExitingTrainer({"mtan"}),
+        progress=False,
+        log=lambda m: None,
+        options=sweeps.ExecutorOptions(local={"parallel": 2, "threads_per_run": 1}),
+    )
     by = {r["name"]: r for r in outcome.state["runs"]}
     assert by["single"]["status"] == "finished"
     assert by["mtan"]["status"] == "failed" and by["mtan"]["error"].endswith("exited with code 3")
@@ -98,8 +125,11 @@ def test_parallel_dead_worker_is_recorded_and_the_rest_finish(tmp_path: Path) ->
 
 def test_placements_pin_gpus_round_robin_else_share_cores() -> None:
     assert placements(2, 0, 16, None) == [{"gpu": None, "threads": 8}] * 2
-    assert placements(3, 2, 16, None) == [{"gpu": "0", "threads": 5}, {"gpu": "1", "threads": 5},
-                                          {"gpu": "0", "threads": 5}]
+    assert placements(3, 2, 16, None) == [
+        {"gpu": "0", "threads": 5},
+        {"gpu": "1", "threads": 5},
+        {"gpu": "0", "threads": 5},
+    ]
     assert placements(4, 0, 2, None)[0]["threads"] == 1 and placements(2, 0, 8, 3)[1]["threads"] == 3
 
 
@@ -107,22 +137,45 @@ def test_status_lines_say_pending_running_where_finished_failed(tmp_path: Path) 
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "results.json").write_text(json.dumps({"status": "finished"}))
     host = socket.gethostname()
-    state = {"name": "s", "runs": [
-        {"name": "a", "status": "pending", "attempts": 0},
-        {"name": "b", "status": "finished", "wall_time": 125.0, "run_dir": "b", "attempts": 1},
-        {"name": "c", "status": "failed", "error": "TrainingError: loss is NaN\nmore", "attempts": 2},
-        {"name": "d", "status": "running", "started": "T0", "attempts": 1,
-         "where": {"executor": "ray", "host": host, "pid": os.getpid(), "threads": 2}},
-        {"name": "e", "status": "running", "attempts": 1,
-         "where": {"executor": "slurm", "host": host, "pid": 999999999, "job_id": "42"}},
-    ]}
+    state = {
+        "name": "s",
+        "runs": [
+            {"name": "a", "status": "pending", "attempts": 0},
+            {"name": "b", "status": "finished", "wall_time": 125.0, "run_dir": "b", "attempts": 1},
+            {"name": "c", "status": "failed", "error": "TrainingError: loss is NaN\nmore", "attempts": 2},
+            {
+                "name": "d",
+                "status": "running",
+                "started": "T0",
+                "attempts": 1,
+                "where": {"executor": "ray", "host": host, "pid": os.getpid(), "threads": 2},
+            },
+            {
+                "name": "e",
+                "status": "running",
+                "attempts": 1,
+                "where": {"executor": "slurm", "host": host, "pid": 999999999, "job_id": "42"},
+            },
+        ],
+    }
     lines = sweeps.status_lines(state, tmp_path)
     assert lines[0] == "sweep s: 5 runs, 1 pending, 1 running, 1 finished, 1 failed, 1 interrupted (no driver running)"
     assert lines[1].split() == ["a", "pending"]
     assert lines[2].split() == ["b", "finished", "in", "2m05s"]
     assert lines[3].split() == ["c", "failed", "TrainingError:", "loss", "is", "NaN", "attempts", "2"]
-    assert lines[4].split() == ["d", "running", "on", "ray", host, "pid", str(os.getpid()), "2", "threads",
-                                "since", "T0"]
+    assert lines[4].split() == [
+        "d",
+        "running",
+        "on",
+        "ray",
+        host,
+        "pid",
+        str(os.getpid()),
+        "2",
+        "threads",
+        "since",
+        "T0",
+    ]
     assert lines[5].split()[:2] == ["e", "interrupted"]  # its process is gone
 
 
@@ -161,8 +214,12 @@ def test_sweep_progress_text(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_executor_options_from_the_file_and_flags(tmp_path: Path) -> None:
-    sw = sweeps.sweep_from_dict({"grid": {"seed": [0]}, "executors": {
-        "slurm": {"partition": "gpu", "gpus_per_node": 4}, "ray": {"num_gpus": 1}}})
+    sw = sweeps.sweep_from_dict(
+        {
+            "grid": {"seed": [0]},
+            "executors": {"slurm": {"partition": "gpu", "gpus_per_node": 4}, "ray": {"num_gpus": 1}},
+        }
+    )
     assert sw.executors.slurm.partition == "gpu" and sw.executors.ray.num_gpus == 1
     merged = sweeps.with_flags(sw.executors, "slurm", {"partition": "long", "time_min": None})
     assert merged.slurm.partition == "long" and merged.slurm.gpus_per_node == 4
@@ -174,8 +231,9 @@ def test_executor_options_from_the_file_and_flags(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("executor, module", [("ray", "ray"), ("slurm", "submitit")])
-def test_missing_extra_is_refused_in_one_line(executor: str, module: str, monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
+def test_missing_extra_is_refused_in_one_line(
+    executor: str, module: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
@@ -227,16 +285,23 @@ class Stopper:
 
 
 @pytest.mark.slow
-def test_slurm_local_requeue_resumes_and_equals_sequential(reference_sweep: Path, scenes_cache: Path,
-                                                           tmp_path: Path) -> None:
+def test_slurm_local_requeue_resumes_and_equals_sequential(
+    reference_sweep: Path, scenes_cache: Path, tmp_path: Path
+) -> None:
     """submitit's local executor (the SLURM code path without sbatch); one run preempted (USR2) mid-run."""
     import signal
 
     pytest.importorskip("submitit", reason="needs the slurm extra: pip install 'mtlkit[slurm]'")
     out = tmp_path / "tiny4"
     stopper = Stopper(out, "mtan-dwa", signal.SIGUSR2)
-    outcome = sweeps.run_sweep(tiny4(scenes_cache), out, progress=False, log=lambda m: None, executor="slurm",
-                               options=sweeps.ExecutorOptions(slurm={"cluster": "local", "time_min": 30}))
+    outcome = sweeps.run_sweep(
+        tiny4(scenes_cache),
+        out,
+        progress=False,
+        log=lambda m: None,
+        executor="slurm",
+        options=sweeps.ExecutorOptions(slurm={"cluster": "local", "time_min": 30}),
+    )
     stopper.join()
     assert stopper.sent_to is not None and stopper.epoch_at_kill == 1
     by = {r["name"]: r for r in outcome.state["runs"]}
@@ -250,8 +315,9 @@ def test_slurm_local_requeue_resumes_and_equals_sequential(reference_sweep: Path
 
 
 @pytest.mark.slow
-def test_ray_worker_killed_mid_run_is_retried_and_equals_sequential(reference_sweep: Path, scenes_cache: Path,
-                                                                     tmp_path: Path) -> None:
+def test_ray_worker_killed_mid_run_is_retried_and_equals_sequential(
+    reference_sweep: Path, scenes_cache: Path, tmp_path: Path
+) -> None:
     """A local Ray instance (2 CPUs): one run's worker is SIGKILLed after its first epoch; Ray retries it."""
     import signal
 
@@ -261,8 +327,14 @@ def test_ray_worker_killed_mid_run_is_retried_and_equals_sequential(reference_sw
         for trial in range(3):  # again only when the signal came after the run had finished (Stopper.late)
             out = tmp_path / f"tiny4-{trial}"
             stopper = Stopper(out, "mtan-dwa", signal.SIGKILL)
-            outcome = sweeps.run_sweep(tiny4(scenes_cache), out, progress=False, log=lambda m: None, executor="ray",
-                                       options=sweeps.ExecutorOptions(ray={"num_cpus": 1, "max_retries": 2}))
+            outcome = sweeps.run_sweep(
+                tiny4(scenes_cache),
+                out,
+                progress=False,
+                log=lambda m: None,
+                executor="ray",
+                options=sweeps.ExecutorOptions(ray={"num_cpus": 1, "max_retries": 2}),
+            )
             stopper.join()
             if not stopper.late:
                 break
@@ -279,15 +351,22 @@ def test_ray_worker_killed_mid_run_is_retried_and_equals_sequential(reference_sw
 
 
 @pytest.mark.slow
-def test_slurm_local_ddp_job_per_run_matches_one_process(reference_sweep: Path, scenes_cache: Path,
-                                                         tmp_path: Path) -> None:
+def test_slurm_local_ddp_job_per_run_matches_one_process(
+    reference_sweep: Path, scenes_cache: Path, tmp_path: Path
+) -> None:
     """gpus_per_node 2: the run is one job of 2 processes (torchrun-style env from submitit, gloo on CPU)."""
     pytest.importorskip("submitit", reason="needs the slurm extra: pip install 'mtlkit[slurm]'")
     sw = tiny4(scenes_cache)
     sw.grid = {"model.arch": ["mtan"], "weighting.name": ["equal"]}
     out = tmp_path / "ddp"
-    outcome = sweeps.run_sweep(sw, out, progress=False, log=lambda m: None, executor="slurm",
-                               options=sweeps.ExecutorOptions(slurm={"cluster": "local", "gpus_per_node": 2}))
+    outcome = sweeps.run_sweep(
+        sw,
+        out,
+        progress=False,
+        log=lambda m: None,
+        executor="slurm",
+        options=sweeps.ExecutorOptions(slurm={"cluster": "local", "gpus_per_node": 2}),
+    )
     rec = outcome.state["runs"][0]
     assert outcome.ok and rec["where"]["rank_count"] == 2 and rec["attempts"] == 1
     assert len(list((out / "slurm").rglob("*_1_log.out"))) == 1  # a second process (rank 1) ran

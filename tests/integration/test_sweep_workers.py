@@ -18,14 +18,20 @@ from mtlkit.sweep import state as st
 
 
 def _running(pid: int, host: str | None = None, **where) -> dict:
-    return {"name": "r", "status": "running",
-            "where": {"executor": "local", "host": host or socket.gethostname(), "pid": pid, **where}}
+    return {
+        "name": "r",
+        "status": "running",
+        "where": {"executor": "local", "host": host or socket.gethostname(), "pid": pid, **where},
+    }
 
 
 def _sleeper(code: str = "pass") -> subprocess.Popen:
     """A process that runs ``code``, prints ``ready`` and sleeps until killed."""
-    proc = subprocess.Popen([sys.executable, "-c", f"import time; {code}; print('ready', flush=True); time.sleep(600)"],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", f"import time; {code}; print('ready', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -33,9 +39,11 @@ def _sleeper(code: str = "pass") -> subprocess.Popen:
 def test_a_held_run_lock_means_alive_whatever_the_record_says(tmp_path: Path) -> None:
     run = tmp_path / "r"
     run.mkdir()
-    holder = _sleeper("import fcntl, os; "
-                      f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
-                      "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'31337 node7')")
+    holder = _sleeper(
+        "import fcntl, os; "
+        f"fd = os.open({str(run / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, b'31337 node7')"
+    )
     try:
         assert st.worker_alive({"name": "r", "status": "interrupted"}, run) == "process 31337 on node7"
     finally:
@@ -61,8 +69,9 @@ def test_a_pid_on_another_host_alone_is_not_taken_as_alive(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("listed", "alive"), [("RUNNING", True), ("PENDING", True), ("", False)])
-def test_a_slurm_job_is_alive_while_squeue_lists_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    listed: str, alive: bool) -> None:
+def test_a_slurm_job_is_alive_while_squeue_lists_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listed: str, alive: bool
+) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     squeue = bin_dir / "squeue"
@@ -78,9 +87,11 @@ def test_dry_run_says_wait_for_a_run_whose_worker_is_alive(tmp_path: Path) -> No
 
     sw = sweeps.sweep_from_dict({"name": "w", "grid": {"seed": [0, 1]}, "run_name": "s{seed}"})
     (tmp_path / "s0").mkdir()
-    holder = _sleeper("import fcntl, os; "
-                      f"fd = os.open({str(tmp_path / 's0' / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
-                      "fcntl.flock(fd, fcntl.LOCK_EX)")
+    holder = _sleeper(
+        "import fcntl, os; "
+        f"fd = os.open({str(tmp_path / 's0' / '.lock')!r}, os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX)"
+    )
     try:
         assert [(r["name"], r["action"]) for r in sweeps.plan(sw, tmp_path)] == [("s0", "wait"), ("s1", "train")]
     finally:

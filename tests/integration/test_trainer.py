@@ -30,8 +30,16 @@ def test_run_folder_contents(tiny_cfg) -> None:
     assert [h["epoch"] for h in history] == [1, 2]
     for h in history:
         assert set(h["train"]) == {"loss/segmentation", "loss/depth", "loss/normal"}
-        for key in ("segmentation/miou", "segmentation/pix_acc", "depth/abs_err", "depth/rel_err",
-                    "normal/mean", "normal/median", "normal/within_11.25", "loss/depth"):
+        for key in (
+            "segmentation/miou",
+            "segmentation/pix_acc",
+            "depth/abs_err",
+            "depth/rel_err",
+            "normal/mean",
+            "normal/median",
+            "normal/within_11.25",
+            "loss/depth",
+        ):
             assert key in h["val"]
         assert h["weights"] == {"segmentation": 1.0, "depth": 1.0, "normal": 1.0}
         assert h["epoch_time"] > 0

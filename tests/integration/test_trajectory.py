@@ -61,9 +61,17 @@ from mtlkit.train import step as step_module
 from mtlkit.train import trainer as trainer_module
 
 #: the demo preset at a tiny size: 2 epochs of 2 steps, the step schedule halving lr after epoch 1
-TINY = ["dataset.height=32", "dataset.width=64", "dataset.n_train=8", "dataset.n_val=4",
-        "train.batch_size=4", "train.epochs=2", "optim.step_size=1", "train.progress=false",
-        "train.loggers=[]"]
+TINY = [
+    "dataset.height=32",
+    "dataset.width=64",
+    "dataset.n_train=8",
+    "dataset.n_val=4",
+    "train.batch_size=4",
+    "train.epochs=2",
+    "optim.step_size=1",
+    "train.progress=false",
+    "train.loggers=[]",
+]
 STEPS = 3  # pinned steps (see the module docstring for why not more)
 TASKS = ("segmentation", "depth", "normal")
 
@@ -177,7 +185,8 @@ def test_float64_trajectory_is_pinned(scenes_cache, tmp_path, monkeypatch, n_thr
         for name, value, expected in zip(TASKS, got.losses[k], EXPECTED_LOSSES[k]):
             assert _rel(value, expected) <= RTOL_STEP[k], (
                 f"step {k + 1} {name} loss {value!r} != pinned {expected!r} (rtol {RTOL_STEP[k]:.1e}): "
-                "what the demo trains changed")
+                "what the demo trains changed"
+            )
     for name in TASKS:
         value, expected = got.val_losses[0][name], EXPECTED_VAL_EPOCH1[name]
         assert _rel(value, expected) <= RTOL_VAL, f"epoch 1 validation {name} loss {value!r} != {expected!r}"
@@ -200,7 +209,6 @@ def test_a_small_change_to_training_is_caught(scenes_cache, tmp_path, monkeypatc
     # the first step has no update yet
     assert got.losses[0] == pytest.approx(list(EXPECTED_LOSSES[0]), rel=RTOL_STEP[0])
     assert max(_rel(v, e) for v, e in zip(got.losses[1], EXPECTED_LOSSES[1])) > 100 * RTOL_STEP[1]
-
 
 
 def data_fingerprint(cfg: Config) -> dict[str, list[float]]:

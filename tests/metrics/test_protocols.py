@@ -30,8 +30,14 @@ def _data(n: int = 7, h: int = 6, w: int = 5, seed: int = 0) -> dict[str, torch.
     normal_t = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g), dim=1)
     normal_t[:, :, torch.rand(h, w, generator=g) < 0.25] = 0
     normal_p = torch.nn.functional.normalize(torch.randn(n, 3, h, w, generator=g) + normal_t, dim=1)
-    return {"seg_p": seg_p, "seg_t": seg_t, "depth_p": depth_p, "depth_t": depth_t,
-            "normal_p": normal_p, "normal_t": normal_t}
+    return {
+        "seg_p": seg_p,
+        "seg_t": seg_t,
+        "depth_p": depth_p,
+        "depth_t": depth_t,
+        "normal_p": normal_p,
+        "normal_t": normal_t,
+    }
 
 
 # ---------------------------------------------------------------- slow references, pixel by pixel
@@ -73,7 +79,7 @@ def ref_batch_depth(pred: np.ndarray, target: np.ndarray, b: int) -> tuple[float
     """Mean over batches of b images of each batch's pixel-mean abs and rel error."""
     abs_, rel = [], []
     for i in range(0, len(pred), b):
-        p, t = pred[i:i + b], target[i:i + b]
+        p, t = pred[i : i + b], target[i : i + b]
         m = t != 0
         abs_.append(np.abs(p[m] - t[m]).mean())
         rel.append((np.abs(p[m] - t[m]) / t[m]).mean())
@@ -90,7 +96,7 @@ def ref_batch_normal(pred: np.ndarray, target: np.ndarray, b: int) -> dict[str, 
     """Mean over batches of: mean angle, median angle, fraction of angles below 11.25/22.5/30."""
     rows = []
     for i in range(0, len(pred), b):
-        a = ref_angles(pred[i:i + b], target[i:i + b])
+        a = ref_angles(pred[i : i + b], target[i : i + b])
         rows.append([a.mean(), np.median(a), (a < 11.25).mean(), (a < 22.5).mean(), (a < 30).mean()])
     mean = np.mean(rows, axis=0)
     return dict(zip(["mean", "median", "within_11.25", "within_22.5", "within_30"], mean.tolist()))
@@ -103,7 +109,7 @@ def _score(protocol: str, d: dict, chunk: int, feed: int) -> dict[str, dict[str,
     for key, task in tasks.items():
         meter = protocol_meter(task, protocol, chunk)
         for i in range(0, d[f"{key}_p"].shape[0], feed):
-            meter.update(task.postprocess(d[f"{key}_p"][i:i + feed]), d[f"{key}_t"][i:i + feed])
+            meter.update(task.postprocess(d[f"{key}_p"][i : i + feed]), d[f"{key}_t"][i : i + feed])
         out[key] = meter.compute()
     return out
 
@@ -117,8 +123,9 @@ def test_mtan_paper_matches_the_formulas(feed: int) -> None:
     assert got["seg"]["pix_acc"] == pytest.approx(acc, abs=1e-12)
     a, r = ref_batch_depth(d["depth_p"].double().numpy(), d["depth_t"].double().numpy(), 2)
     assert got["depth"] == pytest.approx({"abs_err": a, "rel_err": r}, abs=1e-12)
-    assert got["normal"] == pytest.approx(ref_batch_normal(d["normal_p"].double().numpy(),
-                                                           d["normal_t"].double().numpy(), 2), abs=1e-5)
+    assert got["normal"] == pytest.approx(
+        ref_batch_normal(d["normal_p"].double().numpy(), d["normal_t"].double().numpy(), 2), abs=1e-5
+    )
 
 
 @pytest.mark.parametrize("chunk", [2, 3])
@@ -182,13 +189,19 @@ def test_evaluate_and_config_use_the_protocol() -> None:
         def forward(self, x, tasks=None):
             return {"segmentation": d["seg_p"][x[:, 0, 0, 0].long()]}
 
-    batches = [{"image": torch.arange(i, min(i + 3, 7)).float().view(-1, 1, 1, 1).expand(-1, 3, 1, 1),
-                "segmentation": d["seg_t"][i:i + 3]} for i in range(0, 7, 3)]
+    batches = [
+        {
+            "image": torch.arange(i, min(i + 3, 7)).float().view(-1, 1, 1, 1).expand(-1, 3, 1, 1),
+            "segmentation": d["seg_t"][i : i + 3],
+        }
+        for i in range(0, 7, 3)
+    ]
     for protocol in PROTOCOLS:
         out = evaluate(Fixed(), tasks, batches, torch.device("cpu"), protocol=protocol, protocol_batch=2)
         ref = ref_per_image_seg if protocol == "mtan_paper" else ref_pooled_seg
-        assert out["segmentation/miou"] == pytest.approx(ref(d["seg_p"].argmax(1).numpy(),
-                                                             d["seg_t"].numpy())[0], abs=1e-12)
+        assert out["segmentation/miou"] == pytest.approx(
+            ref(d["seg_p"].argmax(1).numpy(), d["seg_t"].numpy())[0], abs=1e-12
+        )
 
 
 def test_training_records_the_protocol_and_evaluate_cli_switches_it(tiny_cfg, tmp_path) -> None:
@@ -198,8 +211,10 @@ def test_training_records_the_protocol_and_evaluate_cli_switches_it(tiny_cfg, tm
     from mtlkit.cli.main import main
     from mtlkit.train.trainer import train
 
-    cfg = tiny_cfg(train={"epochs": 1, "batch_size": 4, "progress": False, "loggers": [], "amp": False},
-                   eval={"protocol": "mtan_paper", "batch_size": 2, "select_best": False, "report_last": 10})
+    cfg = tiny_cfg(
+        train={"epochs": 1, "batch_size": 4, "progress": False, "loggers": [], "amp": False},
+        eval={"protocol": "mtan_paper", "batch_size": 2, "select_best": False, "report_last": 10},
+    )
     assert cfg.train.amp == "off"  # YAML's bare `off` is false
     run = train(cfg, run_dir=tmp_path / "r")
     results = json.loads((run / "results.json").read_text())

@@ -22,7 +22,6 @@ REPRESENTATION = ("hps", "mtan", "mmoe", "cgc", "dselect_k")
 PAIRS = [(b, a) for b in SMALL for a in ARCHS]
 
 
-
 def small(backbone: str, arch: str, tasks=NYUV2, **options):
     width, h, w = SMALL[backbone]
     model = build_model(arch, tasks, width, backbone=backbone, **options)
@@ -210,10 +209,12 @@ def test_paper_layout_on_segnet():
     """On ``segnet`` the three architectures keep the MTAN paper's parameter names (the checksums pin the rest)."""
     keys = {a: list(build_model(a, NYUV2, 0.0625).state_dict()) for a in ("single", "mtan", "cross_stitch")}
     assert keys["single"][0].startswith("nets.segmentation.trunk.") and any(
-        k.startswith("nets.depth.heads.depth.") for k in keys["single"])
+        k.startswith("nets.depth.heads.depth.") for k in keys["single"]
+    )
     assert {k.split(".")[0] for k in keys["mtan"]} == {"trunk", "enc_f", "dec_f", "enc_att", "dec_att", "heads"}
     assert [k for k in keys["cross_stitch"] if k.startswith("stitches.")] == [
-        f"stitches.{p}.alpha" for p in ("enc0", "enc1", "enc2", "enc3", "enc4", "dec4", "dec3", "dec2", "dec1")]
+        f"stitches.{p}.alpha" for p in ("enc0", "enc1", "enc2", "enc3", "enc4", "dec4", "dec3", "dec2", "dec1")
+    ]
     resnet = build_model("cross_stitch", NYUV2, 0.125, backbone="resnet18_dilated")
     assert [k for k in resnet.state_dict() if k.startswith("stitches.")] == [f"stitches.{i}.alpha" for i in range(4)]
     assert list(resnet.stitch_alphas()) == [f"stage{i}" for i in range(4)]
@@ -238,6 +239,7 @@ def test_hps_on_segnet_is_the_paper_split():
 
 
 # ---- parameter counts by hand ---------------------------------------------------------------------
+
 
 def conv(i: int, o: int, k: int = 1, bias: bool = False, bn: bool = True) -> int:
     return i * o * k * k + (o if bias else 0) + (2 * o if bn else 0)
@@ -269,23 +271,29 @@ def test_resnet50_counts_by_hand():
     small_heads = sum(deeplab_by_hand(128, t.channels, 16) for t in NYUV2)
     grid_gate = 3 * 16 * 2 + 2  # image pooled to 4x4, two experts
     assert count_model_parameters("mmoe", NYUV2, 0.0625, backbone="resnet50_dilated") == (
-        2 * backbone + 3 * grid_gate + small_heads)
+        2 * backbone + 3 * grid_gate + small_heads
+    )
     assert count_model_parameters("cross_stitch", NYUV2, 0.0625, backbone="resnet50_dilated") == (
-        3 * backbone + 4 * 9 + small_heads)
+        3 * backbone + 4 * 9 + small_heads
+    )
     assert count_model_parameters("ltb", NYUV2, 0.0625, backbone="resnet50_dilated") == (
-        3 * backbone + 3 * 9 + small_heads)
+        3 * backbone + 3 * 9 + small_heads
+    )
     gate = 3 * 16 * 2 + 2  # one task expert + one shared
     assert count_model_parameters("cgc", NYUV2, 0.0625, backbone="resnet50_dilated") == (
-        4 * backbone + 3 * gate + small_heads)
+        4 * backbone + 3 * gate + small_heads
+    )
     level_in = (3, 16, 32, 64)
     task_gates = sum(level_in[i] * 16 * 2 + 2 for i in range(4))
     shared_gates = sum(level_in[i] * 16 * 4 + 4 for i in range(3))
     assert count_model_parameters("ple", NYUV2, 0.0625, backbone="resnet50_dilated") == (
-        4 * backbone + 3 * task_gates + shared_gates + small_heads)
+        4 * backbone + 3 * task_gates + shared_gates + small_heads
+    )
     # DSelect-k, 4 experts, k = 2: z (k * 2 bits) and w (k) per task
     dsk = (48 + 1) * (2 * 2) + (48 + 1) * 2
     assert count_model_parameters("dselect_k", NYUV2, 0.0625, backbone="resnet50_dilated") == (
-        4 * backbone + 3 * dsk + small_heads)
+        4 * backbone + 3 * dsk + small_heads
+    )
 
 
 def test_libmtl_settings_in_shipped_configs():
@@ -350,8 +358,12 @@ def test_trainer_runs_ltb_on_a_resnet_with_its_schedule(tiny_cfg, monkeypatch):
     seen = []
     original = LTB.set_epoch
     monkeypatch.setattr(LTB, "set_epoch", lambda self, e, n: (seen.append((e, n)), original(self, e, n)))
-    run = train(tiny_cfg(model={"arch": "ltb", "backbone": "resnet18_dilated", "width": 0.125},
-                         train={"epochs": 2, "max_steps_per_epoch": 2}))
+    run = train(
+        tiny_cfg(
+            model={"arch": "ltb", "backbone": "resnet18_dilated", "width": 0.125},
+            train={"epochs": 2, "max_steps_per_epoch": 2},
+        )
+    )
     assert seen == [(0, 2), (1, 2)]
     results = json.loads((run / "results.json").read_text())
     # three ResNet columns and heads (the scenes' three tasks) + 27 branch logits

@@ -16,8 +16,12 @@ from mtlkit.models.heads import DeepLabHead
 from mtlkit.tasks import classification_task, depth_task
 
 #: torchvision's published parameter counts (``weights.meta["num_params"]``), classifier included
-TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
-                      "deeplabv3_resnet50": 42_004_074}
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "deeplabv3_resnet50": 42_004_074,
+}
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -75,8 +79,9 @@ def test_dilation_replaces_strides_in_layer3_and_layer4():
     assert b.layer2[0].conv2.stride == (2, 2) and b.layer2[0].downsample[0].stride == (2, 2)
     assert [blk.conv2.dilation for blk in b.layer3] == [(1, 1)] + [(2, 2)] * 5
     assert [blk.conv2.dilation for blk in b.layer4] == [(2, 2), (4, 4), (4, 4)]
-    assert all(m.stride == (1, 1) for layer in (b.layer3, b.layer4) for m in layer.modules()
-               if isinstance(m, torch.nn.Conv2d))
+    assert all(
+        m.stride == (1, 1) for layer in (b.layer3, b.layer4) for m in layer.modules() if isinstance(m, torch.nn.Conv2d)
+    )
     r18 = build_backbone("resnet18_dilated", 0.125)
     assert [(blk.conv1.dilation, blk.conv2.dilation) for blk in r18.layer4] == [((2, 2), (4, 4)), ((4, 4), (4, 4))]
     x = torch.randn(2, 3, 40, 56)
@@ -214,4 +219,8 @@ def test_a_new_backbone_declares_its_capabilities_on_its_class(monkeypatch):
     assert any(k.startswith("heads.depth.") for k in generic.state_dict())  # the generic layout
     assert any(k.startswith("nets.depth.heads.depth.") for k in paper.state_dict())  # the paper's
     assert build_model("hps", tasks, 0.0625, backbone="plain_segnet")(torch.randn(1, 3, 32, 32))["depth"].shape == (
-        1, 1, 32, 32)
+        1,
+        1,
+        32,
+        32,
+    )

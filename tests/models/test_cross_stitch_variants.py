@@ -81,15 +81,19 @@ def test_param_groups_learning_rates() -> None:
     assert sum(p.numel() for g in groups for p in g["params"]) == n_all
     misra = build_model("cross_stitch", TASKS, W, variant="misra")
     assert misra.param_groups(1e-4)[1]["lr"] == pytest.approx(1e-2)
-    assert build_model("cross_stitch", TASKS, W, variant="mtan", alpha_lr_mult=10).param_groups(1e-4)[1]["lr"] \
-        == pytest.approx(1e-3)
+    assert build_model("cross_stitch", TASKS, W, variant="mtan", alpha_lr_mult=10).param_groups(1e-4)[1][
+        "lr"
+    ] == pytest.approx(1e-3)
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"variant": "paper"}, "variant must be one of misra, mtan"),
-    ({"variant": "mtan", "alpha_s": 0.9}, "belong to variant 'misra'"),
-    ({"variant": "mtan", "per_channel": True}, "belong to variant 'misra'"),
-])
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"variant": "paper"}, "variant must be one of misra, mtan"),
+        ({"variant": "mtan", "alpha_s": 0.9}, "belong to variant 'misra'"),
+        ({"variant": "mtan", "per_channel": True}, "belong to variant 'misra'"),
+    ],
+)
 def test_bad_options(options: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build_model("cross_stitch", TASKS, W, **options)

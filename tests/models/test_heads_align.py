@@ -30,7 +30,6 @@ ARCHS = ("single", "hps", "mtan", "cross_stitch", "mmoe", "cgc", "ple", "dselect
 ULPS = 8 * torch.finfo(torch.float32).eps
 
 
-
 def source_coords(n_in: int, n_out: int, align_corners: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per output index: the lower and upper source index and the upper one's weight."""
     d = torch.arange(n_out, dtype=torch.float64)
@@ -71,8 +70,9 @@ def test_head_upsamples_as_the_definition(align_corners: bool) -> None:
     ref = bilinear(logits, (40, 56), align_corners)
     tol = ULPS * float(logits.abs().max())
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=tol)
-    torch.testing.assert_close(out, F.interpolate(logits, size=(40, 56), mode="bilinear",
-                                                  align_corners=align_corners), rtol=0, atol=tol)
+    torch.testing.assert_close(
+        out, F.interpolate(logits, size=(40, 56), mode="bilinear", align_corners=align_corners), rtol=0, atol=tol
+    )
 
 
 def test_default_is_torchvision_and_the_two_differ() -> None:
@@ -114,15 +114,18 @@ def test_config_key_reaches_the_model() -> None:
         assert {h.align_corners for h in model.modules() if isinstance(h, DeepLabHead)} == {value}
 
 
-@pytest.mark.parametrize(("arch", "backbone", "needle"), [
-    ("hps", "segnet", "the segnet backbone's heads do not upsample"),
-    ("mtan", "wrn28", "the wrn28 backbone's heads do not upsample"),
-    ("mtan", None, "the segnet backbone's heads do not upsample"),
-    ("cross_stitch", None, "the segnet backbone's heads do not upsample"),
-    ("single", "segnet", "the segnet backbone's heads do not upsample"),
-    ("dense", None, "on its own backbone has no upsampling head"),
-    ("stan", "segnet", "model.arch 'stan' on the segnet backbone has no upsampling head"),
-])
+@pytest.mark.parametrize(
+    ("arch", "backbone", "needle"),
+    [
+        ("hps", "segnet", "the segnet backbone's heads do not upsample"),
+        ("mtan", "wrn28", "the wrn28 backbone's heads do not upsample"),
+        ("mtan", None, "the segnet backbone's heads do not upsample"),
+        ("cross_stitch", None, "the segnet backbone's heads do not upsample"),
+        ("single", "segnet", "the segnet backbone's heads do not upsample"),
+        ("dense", None, "on its own backbone has no upsampling head"),
+        ("stan", "segnet", "model.arch 'stan' on the segnet backbone has no upsampling head"),
+    ],
+)
 def test_refused_where_no_head_upsamples(arch: str, backbone: str | None, needle: str) -> None:
     tasks = [classification_task("a", 10), classification_task("b", 10)] if backbone == "wrn28" else TASKS
     with pytest.raises(ConfigError, match="model.align_corners") as err:
@@ -135,8 +138,10 @@ def test_not_a_bool_or_under_options_is_refused() -> None:
         build_model("hps", TASKS, 0.125, backbone="resnet18_dilated", align_corners=1)
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.options={align_corners: true}"])
-    assert str(err.value) == "overrides: model.options: align_corners is set as model.align_corners, not under " \
-                             "model.options"
+    assert (
+        str(err.value) == "overrides: model.options: align_corners is set as model.align_corners, not under "
+        "model.options"
+    )
 
 
 def test_libmtl_presets_use_their_upsampling() -> None:

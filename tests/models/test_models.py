@@ -29,7 +29,6 @@ W = 0.125
 REPRESENTATION_ARCHS = ("split_wide", "split_deep", "dense", "mtan")
 
 
-
 def make_batch(tasks, h=32, w=64, b=2, seed=0):
     """A fixed random image batch with a valid target for every task."""
     g = torch.Generator().manual_seed(seed)
@@ -199,7 +198,8 @@ def test_stan_equals_mtan_with_one_task(task):
     n_mtan = sum(p.numel() for p in mtan.parameters())
     assert sum(p.numel() for p in stan.nets[task.name].parameters()) == n_mtan
     assert sum(p.numel() for p in stan.parameters()) == sum(
-        sum(p.numel() for p in MTAN([t], W).parameters()) for t in NYUV2)
+        sum(p.numel() for p in MTAN([t], W).parameters()) for t in NYUV2
+    )
     stan.load_state_dict({**stan.state_dict(), **{f"nets.{task.name}.{k}": v for k, v in mtan.state_dict().items()}})
     x = torch.randn(2, 3, 32, 64)
     with torch.no_grad(), mtan.recording() as m_rec, stan.recording() as s_rec:

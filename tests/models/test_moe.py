@@ -17,7 +17,6 @@ from mtlkit.tasks import depth_task, normal_task, segmentation_task
 TASKS = [segmentation_task(5), depth_task(), normal_task()]
 
 
-
 def test_smooth_step_by_hand():
     g = 2.0
     t = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0])

@@ -41,12 +41,9 @@ def test_single_task_segnet_matches_hand_count_and_official_figure():
     # the official MTAN code's SegNet has 24,981,069 parameters; its 7,168 conv biases before a BN
     # (redundant, with zero gradient in training) are left out here
     assert segnet_by_hand() == 24_981_069 - 7_168
-    assert count_model_parameters("single", [depth_task()], 0.125) == segnet_by_hand(
-        (8, 16, 32, 64, 64), head_out=1)
-    assert count_model_parameters("split_deep", [depth_task()]) == segnet_by_hand(
-        depths=(4, 4, 6, 6, 6), head_out=1)
-    assert count_model_parameters("split_wide", [depth_task()]) == segnet_by_hand(
-        (64, 128, 256, 512, 1024), head_out=1)
+    assert count_model_parameters("single", [depth_task()], 0.125) == segnet_by_hand((8, 16, 32, 64, 64), head_out=1)
+    assert count_model_parameters("split_deep", [depth_task()]) == segnet_by_hand(depths=(4, 4, 6, 6, 6), head_out=1)
+    assert count_model_parameters("split_wide", [depth_task()]) == segnet_by_hand((64, 128, 256, 512, 1024), head_out=1)
 
 
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
@@ -113,15 +110,21 @@ def test_resnet_reports_are_relative_to_one_resnet50_deeplabv3(capsys):
 
     from mtlkit.cli.main import main
 
-    one_net = 23_508_032 + sum(  # ResNet-50 without classifier + one DeepLabV3 head per task, averaged
-        count_model_parameters("hps", [t], backbone="resnet50_dilated") - 23_508_032 for t in NYUV2) / 3
+    one_net = (
+        23_508_032
+        + sum(  # ResNet-50 without classifier + one DeepLabV3 head per task, averaged
+            count_model_parameters("hps", [t], backbone="resnet50_dilated") - 23_508_032 for t in NYUV2
+        )
+        / 3
+    )
     report = parameter_report(NYUV2, "hps", backbone="resnet50_dilated")
     assert report["single_task_params"] == round(one_net) and report["backbone"] == "resnet50_dilated"
     assert report["ratio"] == pytest.approx(report["params"] / one_net) and report["paper_ratio"] is None
     assert parameter_report(NYUV2, "single", backbone="resnet50_dilated")["ratio"] == pytest.approx(3.0)
     # SegNet-generic architectures are relative to one single-task SegNet
     assert parameter_report(NYUV2, "hps")["ratio"] == pytest.approx(
-        count_model_parameters("hps", NYUV2) / single_task_parameters("mtan", NYUV2))
+        count_model_parameters("hps", NYUV2) / single_task_parameters("mtan", NYUV2)
+    )
     assert main(["params", "--dataset", "nyuv2", "--arch", "mtan", "--backbone", "resnet50_dilated", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["params"] == 92_333_521 and out["backbone"] == "resnet50_dilated"
@@ -133,8 +136,15 @@ def test_paper_ratios_come_from_the_shipped_reference_table():
 
     from mtlkit.models import params
 
-    want = {"single": 3.0, "stan": 4.56, "split_wide": 1.75, "split_deep": 2.0, "dense": 4.95, "cross_stitch": 3.0,
-            "mtan": 1.77}
+    want = {
+        "single": 3.0,
+        "stan": 4.56,
+        "split_wide": 1.75,
+        "split_deep": 2.0,
+        "dense": 4.95,
+        "cross_stitch": 3.0,
+        "mtan": 1.77,
+    }
     assert {a: paper_ratio(a) for a in PAPER_ARCHS} == want
     assert paper_ratio("hps") is None and paper_ratio("not_an_arch") is None
     with warnings.catch_warnings(record=True) as caught:

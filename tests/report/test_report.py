@@ -31,7 +31,12 @@ def test_table_rows_means_and_hand_checked_delta_m(runs_dir: Path) -> None:
     """Single-task baseline = seed mean (0.40, 0.60, 0.50, 0.20); each delta below worked out by hand."""
     (table,) = build_tables(collect([runs_dir]).runs)
     assert [(r.arch, r.weighting) for r in table.rows] == [
-        ("single", "equal"), ("stan", "equal"), ("split_wide", "dwa"), ("cross_stitch", "equal"), ("mtan", "equal")]
+        ("single", "equal"),
+        ("stan", "equal"),
+        ("split_wide", "dwa"),
+        ("cross_stitch", "equal"),
+        ("mtan", "equal"),
+    ]
     single, stan, split, stitch, mtan = table.rows
     assert single.mean == pytest.approx(dict(zip(KEYS, [0.40, 0.60, 0.50, 0.20])))
     assert single.std["segmentation/miou"] == pytest.approx(0.0282842712)  # std(0.38, 0.42), ddof=1
@@ -91,10 +96,24 @@ def test_no_baseline_means_no_delta_column_and_a_note(tmp_path: Path) -> None:
 def test_settings_split_rows_and_baseline_matches_setting(tmp_path: Path) -> None:
     """Runs differing in optim.lr become separate rows; each is compared with the baseline of its lr."""
     for lr, miou in ((1e-3, 0.4), (1e-2, 0.5)):
-        write_run(tmp_path, f"single-{lr}", "single", "equal", 0, dict(zip(KEYS, [miou, 0.6, 0.5, 0.2])),
-                  extra_config={"optim": {"lr": lr}})
-        write_run(tmp_path, f"mtan-{lr}", "mtan", "equal", 0, dict(zip(KEYS, [miou * 1.2, 0.6, 0.5, 0.2])),
-                  extra_config={"optim": {"lr": lr}})
+        write_run(
+            tmp_path,
+            f"single-{lr}",
+            "single",
+            "equal",
+            0,
+            dict(zip(KEYS, [miou, 0.6, 0.5, 0.2])),
+            extra_config={"optim": {"lr": lr}},
+        )
+        write_run(
+            tmp_path,
+            f"mtan-{lr}",
+            "mtan",
+            "equal",
+            0,
+            dict(zip(KEYS, [miou * 1.2, 0.6, 0.5, 0.2])),
+            extra_config={"optim": {"lr": lr}},
+        )
     (table,) = build_tables(collect([tmp_path]).runs)
     assert len(table.rows) == 4 and table.has_setting
     assert {r.setting_text for r in table.rows} == {"optim.lr=0.001", "optim.lr=0.01"}
@@ -113,7 +132,7 @@ def test_average_of_last_epochs(tmp_path: Path) -> None:
 def test_formatting_helpers() -> None:
     assert fmt_value(0.123456) == "0.1235" and fmt_value(31.756) == "31.76" and fmt_value(None) == "–"
     assert fmt_delta(-1.234, None) == "-1.23" and fmt_delta(2.0, 0.5) == "+2.00 ± 0.50"
-    assert sample_std([1.0, 3.0]) == pytest.approx(2 ** 0.5) and sample_std([1.0]) == 0.0
+    assert sample_std([1.0, 3.0]) == pytest.approx(2**0.5) and sample_std([1.0]) == 0.0
 
 
 def test_collect_errors(tmp_path: Path) -> None:
@@ -127,8 +146,9 @@ def test_collect_errors(tmp_path: Path) -> None:
 def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     write_run(runs_dir, "dense-s0", "dense", "equal", 0, dict(zip(KEYS, [0.3, 0.5, 0.6, 0.3])), finished=False)
     out = tmp_path / "report"
-    files = make_report([runs_dir], out, ReportOptions(title="Test report", argv=["mtlkit", "report"]),
-                        loader=fake_loader)
+    files = make_report(
+        [runs_dir], out, ReportOptions(title="Test report", argv=["mtlkit", "report"]), loader=fake_loader
+    )
     md = files.markdown.read_text()
     # the table in the paper layout, best in bold, delta_m with its spread over seeds
     assert "| #P | Architecture | Weighting | Seeds | Segmentation: mIoU ↑ |" in md
@@ -137,8 +157,16 @@ def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     assert "| 2.00 | Single-Task | n.a. | 2 | 0.4000 ± 0.0283 | 0.6000 ± 0.0000 |" in md
     assert "Best Δm: **MTAN / Equal** (+3.12 %, 1.20x parameters)." in md
     # sections and figures
-    for title in ("## Results", "## Training curves", "## Task weights", "## Cross-stitch alphas",
-                  "## Attention masks", "## Unfinished and failed runs", "## Provenance", "## Files"):
+    for title in (
+        "## Results",
+        "## Training curves",
+        "## Task weights",
+        "## Cross-stitch alphas",
+        "## Attention masks",
+        "## Unfinished and failed runs",
+        "## Provenance",
+        "## Files",
+    ):
         assert title in md
     assert "dense-s0" in md and "interrupted" in md  # unfinished: has last.pt, no results
     names = sorted(p.name for p in files.figures)
@@ -161,16 +189,22 @@ def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     assert not re.search(r'(src|href)="(https?:)?//', page) and "<link" not in page and "<script" not in page
     assert '<th colspan="2">Segmentation</th>' in page
     # the spread over seeds beside the mean; † and the Welch p-value: 2 seeds each cannot tell 0.43 from 0.40
-    assert '<td class="r" title="Welch p = 0.35 vs the baseline row"><b>0.4300</b> ' \
-           '<span class="extra">± 0.0141†</span></td>' in page
+    assert (
+        '<td class="r" title="Welch p = 0.35 vs the baseline row"><b>0.4300</b> '
+        '<span class="extra">± 0.0141†</span></td>' in page
+    )
     assert page.count("<table>") == 3  # results, unfinished runs, provenance
     # tables as CSV and JSON
     rows = list(csv.DictReader((out / "tables.csv").open()))
     assert [r["arch"] for r in rows] == ["single", "stan", "split_wide", "cross_stitch", "mtan"]
     assert float(rows[4]["delta_m"]) == pytest.approx(3.125)
     data = json.loads((out / "tables.json").read_text())
-    assert data["tables"][0]["columns"][2] == {"key": "depth/abs_err", "task": "depth", "metric": "abs_err",
-                                               "higher_is_better": False}
+    assert data["tables"][0]["columns"][2] == {
+        "key": "depth/abs_err",
+        "task": "depth",
+        "metric": "abs_err",
+        "higher_is_better": False,
+    }
     assert [r["delta_m"] for r in data["tables"][0]["rows"][4]["per_run"]] == pytest.approx([5.0, 1.25])
 
 
@@ -190,8 +224,15 @@ def test_complexity_section_and_sweep_dir(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     for classes, miou in ((2, 0.8), (7, 0.4)):
         for arch, gain in (("single", 1.0), ("mtan", 1.1)):
-            write_run(sweep, f"c{classes}-{arch}", arch, "equal", 0,
-                      dict(zip(KEYS, [miou * gain, 0.7, 0.5, 0.2])), classes=classes)
+            write_run(
+                sweep,
+                f"c{classes}-{arch}",
+                arch,
+                "equal",
+                0,
+                dict(zip(KEYS, [miou * gain, 0.7, 0.5, 0.2])),
+                classes=classes,
+            )
     runs = [{"name": p.name, "status": "finished", "run_dir": p.name} for p in sorted(sweep.iterdir())]
     runs.append({"name": "c7-dense", "status": "failed", "run_dir": "c7-dense", "error": "RuntimeError: boom"})
     (sweep / "sweep.json").write_text(json.dumps({"name": "complexity", "runs": runs}))
@@ -209,8 +250,9 @@ def test_cli_report(runs_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
 
     parser = argparse.ArgumentParser(prog="mtlkit")
     report_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(runs_dir), "--out", str(tmp_path / "o"), "--no-models",
-                              "--average-last", "2"])
+    args = parser.parse_args(
+        ["report", str(runs_dir), "--out", str(tmp_path / "o"), "--no-models", "--average-last", "2"]
+    )
     assert args.func(args) == 0
     assert "report.html" in capsys.readouterr().out
     md = (tmp_path / "o" / "report.md").read_text()
@@ -232,5 +274,9 @@ def test_column_groups_are_named_by_the_task_kind_not_the_task_name() -> None:
         return [label for label, _ in ResultsTable("k", "folder", dicts, columns, [], "final").document_table().groups]
 
     assert groups([segmentation_task(13, name="seg"), depth_task(name="z"), make_task("binary", "fg")]) == [
-        "", "Segmentation", "Depth", "fg"]
+        "",
+        "Segmentation",
+        "Depth",
+        "fg",
+    ]
     assert groups([segmentation_task(3, name="a"), segmentation_task(5, name="b")]) == ["", "a", "b"]

@@ -30,13 +30,18 @@ def _logged_epoch_time(run: Path) -> float:
 
 def test_total_training_time_counts_the_unfinished_runs(tmp_path: Path) -> None:
     runs = list(paper_like_runs(tmp_path / "runs").values())
-    runs.append(write_run(tmp_path / "runs", "dense-s0", "dense", "equal", 0, _vals(0.3, 0.5, 0.6, 0.3),
-                          epochs=2, finished=False))
+    runs.append(
+        write_run(
+            tmp_path / "runs", "dense-s0", "dense", "equal", 0, _vals(0.3, 0.5, 0.6, 0.3), epochs=2, finished=False
+        )
+    )
     md = make_report([tmp_path / "runs"], tmp_path / "report", NO_MODELS).markdown.read_text()
     # the fixture's wall time equals its logged epoch times, finished or not
     total = sum(_logged_epoch_time(r) for r in runs)
-    assert f"total training time {fmt_duration(total)} ({fmt_duration(_logged_epoch_time(runs[-1]))} of it in " \
-           "unfinished runs)." in md
+    assert (
+        f"total training time {fmt_duration(total)} ({fmt_duration(_logged_epoch_time(runs[-1]))} of it in "
+        "unfinished runs)." in md
+    )
 
 
 def test_an_interrupted_run_gets_its_curve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,8 +54,7 @@ def test_an_interrupted_run_gets_its_curve(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(build_module.plots, "plot_curves", recording)
     write_run(tmp_path / "runs", "mtan-s0", "mtan", "equal", 0, _vals(0.4, 0.6, 0.5, 0.2))
-    write_run(tmp_path / "runs", "dense-s0", "dense", "equal", 0, _vals(0.3, 0.5, 0.6, 0.3), epochs=2,
-              finished=False)
+    write_run(tmp_path / "runs", "dense-s0", "dense", "equal", 0, _vals(0.3, 0.5, 0.6, 0.3), epochs=2, finished=False)
     write_run(tmp_path / "other", "alone", "mtan", "dwa", 0, _vals(0.3, 0.5, 0.6, 0.3), epochs=2, finished=False)
     make_report([tmp_path / "runs"], tmp_path / "report", NO_MODELS)
     assert drawn == [["MTAN / Equal", "dense-s0 (interrupted, 2 epochs)"]]  # in the table of its tasks
@@ -62,14 +66,15 @@ def test_an_interrupted_run_gets_its_curve(tmp_path: Path, monkeypatch: pytest.M
 
 def test_one_epoch_runs_are_a_table_not_plots_of_one_dot(tmp_path: Path) -> None:
     write_run(tmp_path / "runs", "mtan-s0", "mtan", "equal", 0, _vals(0.4, 0.6, 0.5, 0.2), epochs=1)
-    write_run(tmp_path / "runs", "dense-s0", "dense", "equal", 0, _vals(0.3, 0.5, 0.6, 0.3), epochs=1,
-              finished=False)
+    write_run(tmp_path / "runs", "dense-s0", "dense", "equal", 0, _vals(0.3, 0.5, 0.6, 0.3), epochs=1, finished=False)
     files = make_report([tmp_path / "runs"], tmp_path / "report", NO_MODELS)
     assert not any(p.name.startswith("curves_") for p in files.figures)
     md = files.markdown.read_text()
-    section = md[md.index("## Training curves"):md.index("## Task weights")]
-    assert "| Row | Epoch | segmentation: train loss | segmentation: val mIoU | depth: train loss | " \
-           "depth: val Abs Err |" in section
+    section = md[md.index("## Training curves") : md.index("## Task weights")]
+    assert (
+        "| Row | Epoch | segmentation: train loss | segmentation: val mIoU | depth: train loss | "
+        "depth: val Abs Err |" in section
+    )
     # write_run's one epoch: train loss 2.0 / 0.8, val = final (f = 1)
     assert "| MTAN / Equal | 1 | 2.0000 | 0.4000 | 0.8000 | 0.5000 |" in section
     assert "| dense-s0 (interrupted, 1 epoch) | 1 | 2.0000 | 0.3000 | 0.8000 | 0.6000 |" in section
@@ -101,13 +106,19 @@ def test_a_column_has_one_number_of_decimals(tmp_path: Path) -> None:
 
 
 def test_seventeen_curves_are_seventeen_distinct_lines() -> None:
-    lines = [{"label": f"run {i}", "series": {"loss/segmentation": [(1, 1.0 + i), (2, 0.5 + i)]}}
-             for i in range(17)]
+    lines = [{"label": f"run {i}", "series": {"loss/segmentation": [(1, 1.0 + i), (2, 0.5 + i)]}} for i in range(17)]
     fig = curves_figure(lines, [SEG, DEPTH])
     drawn = fig.axes[0].get_lines()
     assert len(drawn) == 17
-    assert len({(ln.get_color() if isinstance(ln.get_color(), str) else tuple(ln.get_color()), ln.get_linestyle())
-                for ln in drawn}) == 17
+    assert (
+        len(
+            {
+                (ln.get_color() if isinstance(ln.get_color(), str) else tuple(ln.get_color()), ln.get_linestyle())
+                for ln in drawn
+            }
+        )
+        == 17
+    )
     styles = line_styles(45)  # beyond colours x line styles, markers tell them apart
     assert len(set(styles)) == 45
     assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())  # whole epochs

@@ -21,24 +21,53 @@ from mtlkit.report.runs import collect
 from mtlkit.report.table import build_tables
 
 NYU_TASKS = [
-    {"name": "segmentation", "kind": "segmentation", "channels": 13, "metrics": {"miou": True, "pix_acc": True},
-     "main_metric": "miou"},
-    {"name": "depth", "kind": "depth", "channels": 1, "metrics": {"abs_err": False, "rel_err": False},
-     "main_metric": "abs_err"},
-    {"name": "normal", "kind": "normal", "channels": 3,
-     "metrics": {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True},
-     "main_metric": "mean"},
+    {
+        "name": "segmentation",
+        "kind": "segmentation",
+        "channels": 13,
+        "metrics": {"miou": True, "pix_acc": True},
+        "main_metric": "miou",
+    },
+    {
+        "name": "depth",
+        "kind": "depth",
+        "channels": 1,
+        "metrics": {"abs_err": False, "rel_err": False},
+        "main_metric": "abs_err",
+    },
+    {
+        "name": "normal",
+        "kind": "normal",
+        "channels": 3,
+        "metrics": {"mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True},
+        "main_metric": "mean",
+    },
 ]
 #: the MTAN paper's "One Task" row as published (percent for mIoU, pixel accuracy, within-t)
-ONE_TASK = {"segmentation/miou": 15.10, "segmentation/pix_acc": 51.54, "depth/abs_err": 0.7508,
-            "depth/rel_err": 0.3266, "normal/mean": 31.76, "normal/median": 25.51, "normal/within_11.25": 22.12,
-            "normal/within_22.5": 45.33, "normal/within_30": 57.13}
-MTAN_EQUAL = {"segmentation/miou": 17.72, "segmentation/pix_acc": 55.32, "depth/abs_err": 0.5906,
-              "depth/rel_err": 0.2577, "normal/mean": 31.44, "normal/median": 25.37, "normal/within_11.25": 23.17,
-              "normal/within_22.5": 45.65, "normal/within_30": 57.48}
+ONE_TASK = {
+    "segmentation/miou": 15.10,
+    "segmentation/pix_acc": 51.54,
+    "depth/abs_err": 0.7508,
+    "depth/rel_err": 0.3266,
+    "normal/mean": 31.76,
+    "normal/median": 25.51,
+    "normal/within_11.25": 22.12,
+    "normal/within_22.5": 45.33,
+    "normal/within_30": 57.13,
+}
+MTAN_EQUAL = {
+    "segmentation/miou": 17.72,
+    "segmentation/pix_acc": 55.32,
+    "depth/abs_err": 0.5906,
+    "depth/rel_err": 0.2577,
+    "normal/mean": 31.44,
+    "normal/median": 25.37,
+    "normal/within_11.25": 23.17,
+    "normal/within_22.5": 45.65,
+    "normal/within_30": 57.48,
+}
 LOWER = {"depth/abs_err", "depth/rel_err", "normal/mean", "normal/median"}
-PERCENT = {"segmentation/miou", "segmentation/pix_acc", "normal/within_11.25", "normal/within_22.5",
-           "normal/within_30"}
+PERCENT = {"segmentation/miou", "segmentation/pix_acc", "normal/within_11.25", "normal/within_22.5", "normal/within_30"}
 
 
 def ref_delta(values: dict[str, float], base: dict[str, float]) -> float:
@@ -47,21 +76,47 @@ def ref_delta(values: dict[str, float], base: dict[str, float]) -> float:
     return 100 * sum(terms) / len(terms)
 
 
-def fake_run(root: Path, name: str, arch: str, seed: int, values: dict[str, float], protocol: str,
-             epochs: int = 3, report_last: int = 1) -> Path:
+def fake_run(
+    root: Path,
+    name: str,
+    arch: str,
+    seed: int,
+    values: dict[str, float],
+    protocol: str,
+    epochs: int = 3,
+    report_last: int = 1,
+) -> Path:
     """A finished NYUv2-layout run folder whose every epoch reports ``values`` (in the protocol's units)."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"name": name, "seed": seed, "dataset": {"name": "nyuv2"}, "model": {"arch": arch},
-              "weighting": {"name": "equal"}, "eval": {"protocol": protocol, "report_last": report_last,
-                                                      "select_best": False}}
+    config = {
+        "name": name,
+        "seed": seed,
+        "dataset": {"name": "nyuv2"},
+        "model": {"arch": arch},
+        "weighting": {"name": "equal"},
+        "eval": {"protocol": protocol, "report_last": report_last, "select_best": False},
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / "metrics.jsonl").write_text("".join(json.dumps(EpochRecord(epoch=e, val=values).to_dict()) + "\n"
-                                               for e in range(1, epochs + 1)))
-    results = RunResults(name=name, arch=arch, weighting="equal", dataset="nyuv2", tasks=NYU_TASKS, params=100,
-                         params_ratio=1.77, final=values, best=None, best_epoch=None, epochs=epochs,
-                         wall_time=1.0 * epochs, status="finished",
-                         extra={"best_note": "no best epoch: test", "eval": {"protocol": protocol, "batch_size": 2}})
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(EpochRecord(epoch=e, val=values).to_dict()) + "\n" for e in range(1, epochs + 1))
+    )
+    results = RunResults(
+        name=name,
+        arch=arch,
+        weighting="equal",
+        dataset="nyuv2",
+        tasks=NYU_TASKS,
+        params=100,
+        params_ratio=1.77,
+        final=values,
+        best=None,
+        best_epoch=None,
+        epochs=epochs,
+        wall_time=1.0 * epochs,
+        status="finished",
+        extra={"best_note": "no best epoch: test", "eval": {"protocol": protocol, "batch_size": 2}},
+    )
     (run / "results.json").write_text(json.dumps(results.to_dict()))
     return run
 
@@ -97,8 +152,9 @@ def test_paper_table_from_reference_data_and_a_fake_run(tmp_path: Path, protocol
     """The MTAN paper's table (17 greyed rows) + a run; Δm vs the published One Task row, per protocol."""
     run_values = in_units({k: v * (1.05 if k not in LOWER else 0.9) for k, v in ONE_TASK.items()}, protocol)
     fake_run(tmp_path / "runs", "mtan-s0", "mtan", 0, run_values, protocol)
-    [table] = build_tables(collect([tmp_path / "runs"]).runs, baseline="reference:mtan_paper/One Task",
-                           references=["mtan_paper"])
+    [table] = build_tables(
+        collect([tmp_path / "runs"]).runs, baseline="reference:mtan_paper/One Task", references=["mtan_paper"]
+    )
     assert len(table.references) == 17
     base = in_units(ONE_TASK, protocol)
     assert table.references[0].values == pytest.approx(base)
@@ -118,8 +174,9 @@ def test_paper_table_from_reference_data_and_a_fake_run(tmp_path: Path, protocol
 
 def test_reference_rows_render_greyed_in_markdown_and_html(tmp_path: Path) -> None:
     fake_run(tmp_path / "runs", "mtan-s0", "mtan", 0, in_units(MTAN_EQUAL, "mtan_paper"), "mtan_paper")
-    files = make_report([tmp_path / "runs"], tmp_path / "report",
-                        ReportOptions(references=["mtan_paper"], models=False))
+    files = make_report(
+        [tmp_path / "runs"], tmp_path / "report", ReportOptions(references=["mtan_paper"], models=False)
+    )
     md, page = files.markdown.read_text(), files.html.read_text()
     assert "| *1.77* | *MTAN* | *Equal [mtan_paper]* |" in md
     assert page.count('muted"') == 17 * 12 and "0.1772" in page  # 3 name cells + 9 metrics per row
@@ -127,15 +184,38 @@ def test_reference_rows_render_greyed_in_markdown_and_html(tmp_path: Path) -> No
 
 
 def _seed_runs(root: Path) -> None:
-    base = {"segmentation/miou": 0.30, "segmentation/pix_acc": 0.6, "depth/abs_err": 0.5, "depth/rel_err": 0.2,
-            "normal/mean": 30.0, "normal/median": 25.0, "normal/within_11.25": 0.2, "normal/within_22.5": 0.45,
-            "normal/within_30": 0.55}
+    base = {
+        "segmentation/miou": 0.30,
+        "segmentation/pix_acc": 0.6,
+        "depth/abs_err": 0.5,
+        "depth/rel_err": 0.2,
+        "normal/mean": 30.0,
+        "normal/median": 25.0,
+        "normal/within_11.25": 0.2,
+        "normal/within_22.5": 0.45,
+        "normal/within_30": 0.55,
+    }
     for s, eps in enumerate([-0.01, 0.0, 0.012]):
-        fake_run(root, f"single-s{s}", "single", s, {**base, "segmentation/miou": 0.30 + eps}, "mtan_paper",
-                 epochs=12, report_last=10)
-        fake_run(root, f"mtan-s{s}", "mtan", s, {**base, "segmentation/miou": 0.40 + eps,
-                                                  "depth/abs_err": 0.5 + (0.05 if s == 0 else -0.03)},
-                 "mtan_paper", epochs=12, report_last=10)
+        fake_run(
+            root,
+            f"single-s{s}",
+            "single",
+            s,
+            {**base, "segmentation/miou": 0.30 + eps},
+            "mtan_paper",
+            epochs=12,
+            report_last=10,
+        )
+        fake_run(
+            root,
+            f"mtan-s{s}",
+            "mtan",
+            s,
+            {**base, "segmentation/miou": 0.40 + eps, "depth/abs_err": 0.5 + (0.05 if s == 0 else -0.03)},
+            "mtan_paper",
+            epochs=12,
+            report_last=10,
+        )
 
 
 def test_welch_significance_marks_and_spread(tmp_path: Path) -> None:
@@ -171,8 +251,18 @@ def test_use_best_without_model_selection_says_why(tmp_path: Path) -> None:
 
 def test_cli_reference_and_bad_baseline(tmp_path: Path) -> None:
     fake_run(tmp_path / "runs", "mtan-s0", "mtan", 0, in_units(MTAN_EQUAL, "mtan_paper"), "mtan_paper")
-    cmd = [sys.executable, "-m", "mtlkit", "report", str(tmp_path / "runs"), "--out", str(tmp_path / "r"),
-           "--no-models", "--reference", "mtan_paper"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtlkit",
+        "report",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-models",
+        "--reference",
+        "mtan_paper",
+    ]
     ok = subprocess.run(cmd + ["--baseline", "reference:mtan_paper/One Task"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "0.1510" in (tmp_path / "r" / "report.md").read_text()
@@ -190,7 +280,9 @@ LIBMTL_R50 = {
 }
 #: the runs the PDF marks OOM: no row is shipped for them
 LIBMTL_R50_OOM = {f"{a}/GradDrop" for a in ("Cross-stitch", "MMoE", "MTAN", "CGC", "PLE", "LTB", "DSelect-k")} | {
-    "CGC/Nash-MTL", "LTB/Nash-MTL"}
+    "CGC/Nash-MTL",
+    "LTB/Nash-MTL",
+}
 NYU_COLUMNS = [f"{t['name']}/{m}" for t in NYU_TASKS for m in t["metrics"]]
 
 
@@ -239,8 +331,20 @@ def test_cli_libmtl_resnet50_reference_and_baseline(tmp_path: Path) -> None:
     hps_ew = dict(zip(NYU_COLUMNS, LIBMTL_R50["HPS/EW"]))
     mtan_dwa = dict(zip(NYU_COLUMNS, LIBMTL_R50["MTAN/DWA"]))
     fake_run(tmp_path / "runs", "mtan-s0", "mtan", 0, in_units(mtan_dwa, "pooled"), "pooled")
-    cmd = [sys.executable, "-m", "mtlkit", "report", str(tmp_path / "runs"), "--out", str(tmp_path / "r"),
-           "--no-models", "--reference", "libmtl_resnet50", "--baseline", "reference:libmtl_resnet50/HPS/EW"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mtlkit",
+        "report",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-models",
+        "--reference",
+        "libmtl_resnet50",
+        "--baseline",
+        "reference:libmtl_resnet50/HPS/EW",
+    ]
     ok = subprocess.run(cmd, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     md = (tmp_path / "r" / "report.md").read_text()

@@ -18,8 +18,11 @@ from mtlkit.sweep import worker as sweep_worker
 
 
 def _sweep(tmp_path: Path, **extra) -> sweeps.Sweep:
-    data = {"name": "t", "base": {"train": {"epochs": 2}, "model": {"width": 0.125}},
-            "grid": {"model.arch": ["single", "mtan"], "weighting.name": ["equal", "dwa"], "seed": [0, 1]}}
+    data = {
+        "name": "t",
+        "base": {"train": {"epochs": 2}, "model": {"width": 0.125}},
+        "grid": {"model.arch": ["single", "mtan"], "weighting.name": ["equal", "dwa"], "seed": [0, 1]},
+    }
     data.update(extra)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -48,12 +51,21 @@ class FakeTrainer:
 
 
 def test_grid_exclude_include_and_names(tmp_path: Path) -> None:
-    sw = _sweep(tmp_path, exclude=[{"model.arch": "single", "weighting.name": ["dwa"]}],
-                include=[{"model.arch": "mtan", "weighting.name": "uncertainty", "seed": 0}])
+    sw = _sweep(
+        tmp_path,
+        exclude=[{"model.arch": "single", "weighting.name": ["dwa"]}],
+        include=[{"model.arch": "mtan", "weighting.name": "uncertainty", "seed": 0}],
+    )
     runs = sw.runs()
     assert [r.name for r in runs] == [
-        "single-equal-s0", "single-equal-s1", "mtan-equal-s0", "mtan-equal-s1", "mtan-dwa-s0", "mtan-dwa-s1",
-        "mtan-uncertainty-s0"]
+        "single-equal-s0",
+        "single-equal-s1",
+        "mtan-equal-s0",
+        "mtan-equal-s1",
+        "mtan-dwa-s0",
+        "mtan-dwa-s1",
+        "mtan-uncertainty-s0",
+    ]
     r = runs[-1]
     assert (r.config.model.arch, r.config.weighting.name, r.config.seed) == ("mtan", "uncertainty", 0)
     assert r.config.train.epochs == 2 and r.config.model.width == 0.125 and r.config.name == "mtan-uncertainty-s0"
@@ -62,8 +74,11 @@ def test_grid_exclude_include_and_names(tmp_path: Path) -> None:
     names = [r.name for r in sw2.runs()]
     assert len(names) == 8 + 4 and len(set(names)) == len(names) and "stan-dwa-s1" in names
     # a template; fixed overrides (mapping values set as they are, then key=value strings)
-    sw3 = _sweep(tmp_path, run_name="{model.arch}_{weighting.name}_seed{seed}",
-                 overrides={"dataset.tasks": ["segmentation", "depth"], "weighting.options": {}, "optim.lr": 0.01})
+    sw3 = _sweep(
+        tmp_path,
+        run_name="{model.arch}_{weighting.name}_seed{seed}",
+        overrides={"dataset.tasks": ["segmentation", "depth"], "weighting.options": {}, "optim.lr": 0.01},
+    )
     cfg = sw3.runs()[0].config
     assert sw3.runs()[0].name == "single_equal_seed0"
     assert cfg.dataset.tasks == ["segmentation", "depth"] and cfg.optim.lr == 0.01 and cfg.model.width == 0.125
@@ -100,7 +115,10 @@ def test_finished_skipped_interrupted_resumed_rest_trained(tmp_path: Path) -> No
     assert trainer.calls == [("mtan", out / "mtan"), ("stan", None)]
     state = json.loads((out / "sweep.json").read_text())
     assert [(r["name"], r["status"], r["last_action"]) for r in state["runs"]] == [
-        ("single", "finished", "skipped"), ("mtan", "finished", "resumed"), ("stan", "finished", "trained")]
+        ("single", "finished", "skipped"),
+        ("mtan", "finished", "resumed"),
+        ("stan", "finished", "trained"),
+    ]
     assert outcome.ok and not (out / "sweep.lock").exists()
     # a second invocation trains nothing
     again = FakeTrainer()
@@ -140,8 +158,9 @@ def test_interrupt_is_recorded_then_resumed(tmp_path: Path) -> None:
 
 def test_changed_sweep_does_not_reuse_runs_of_the_old_config(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sweeps.run_sweep(_sweep(tmp_path, grid={"model.arch": ["mtan"]}), out, train_fn=FakeTrainer(),
-                     progress=False, log=lambda m: None)
+    sweeps.run_sweep(
+        _sweep(tmp_path, grid={"model.arch": ["mtan"]}), out, train_fn=FakeTrainer(), progress=False, log=lambda m: None
+    )
     harmless = _sweep(tmp_path, grid={"model.arch": ["mtan"]}, overrides={"train.num_workers": 2})
     assert [r["action"] for r in sweeps.plan(harmless, out)] == ["skip"]
     changed = _sweep(tmp_path, grid={"model.arch": ["mtan"]}, base={"train": {"epochs": 9}})
@@ -161,8 +180,9 @@ def test_lock_refuses_a_second_live_process(tmp_path: Path) -> None:
     assert sweeps.run_sweep(_sweep(tmp_path), out, train_fn=FakeTrainer(), progress=False, log=lambda m: None).ok
 
 
-def test_cli_dry_run_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                   capsys: pytest.CaptureFixture) -> None:
+def test_cli_dry_run_and_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from mtlkit.cli import sweep as sweep_cli
 
     parser = argparse.ArgumentParser(prog="mtlkit")
@@ -183,26 +203,41 @@ def test_cli_dry_run_and_exit_code(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert yaml.safe_load((out / "mtan" / "config.yaml").read_text())["train"]["epochs"] == 3
 
 
-@pytest.mark.parametrize("name, n, key, values", [
-    ("nyuv2_paper", 17 * 3, "weighting.name", {"equal", "uncertainty", "dwa"}),
-    ("cityscapes_paper", 17 * 3, "weighting.name", {"equal", "uncertainty", "dwa"}),
-    ("scenes_paper_cpu", 17, "weighting.name", {"equal", "uncertainty", "dwa"}),
-    ("complexity_cityscapes", 21, "dataset.num_classes", {2, 7, 19}),
-    ("complexity_scenes", 21, "dataset.num_classes", {2, 7, 13}),
-])
+@pytest.mark.parametrize(
+    "name, n, key, values",
+    [
+        ("nyuv2_paper", 17 * 3, "weighting.name", {"equal", "uncertainty", "dwa"}),
+        ("cityscapes_paper", 17 * 3, "weighting.name", {"equal", "uncertainty", "dwa"}),
+        ("scenes_paper_cpu", 17, "weighting.name", {"equal", "uncertainty", "dwa"}),
+        ("complexity_cityscapes", 21, "dataset.num_classes", {2, 7, 19}),
+        ("complexity_scenes", 21, "dataset.num_classes", {2, 7, 13}),
+    ],
+)
 def test_shipped_sweeps_expand(name: str, n: int, key: str, values: set) -> None:
     """The paper grids: 5 multi-task archs x 3 weightings + single/STAN with equal; complexity 3 x 7."""
     runs = sweeps.load_sweep(presets("sweep")[name]).runs()
     assert len(runs) == n and {r.assignment[key] for r in runs} == values
     assert {r.config.model.arch for r in runs} == {
-        "single", "stan", "split_wide", "split_deep", "dense", "cross_stitch", "mtan"}
+        "single",
+        "stan",
+        "split_wide",
+        "split_deep",
+        "dense",
+        "cross_stitch",
+        "mtan",
+    }
     assert all(r.config.weighting.name == "equal" for r in runs if r.config.model.arch in ("single", "stan"))
     assert all(r.config.weighting.options == {} for r in runs)
     if name.endswith("_paper"):  # the GPU paper grids: 3 seeds, the authors' cross-stitch, fp32, paper protocol
         assert {r.config.seed for r in runs} == {0, 1, 2}
         assert all(r.config.model.options == {"variant": "mtan"} for r in runs if r.config.model.arch == "cross_stitch")
-        assert all(r.config.train.amp == "off" and r.config.eval.protocol == "mtan_paper"
-                   and not r.config.eval.select_best and r.config.eval.report_last == 10 for r in runs)
+        assert all(
+            r.config.train.amp == "off"
+            and r.config.eval.protocol == "mtan_paper"
+            and not r.config.eval.select_best
+            and r.config.eval.report_last == 10
+            for r in runs
+        )
 
 
 @pytest.mark.slow
@@ -210,10 +245,20 @@ def test_real_tiny_sweep_end_to_end_then_report(scenes_cache: Path, tmp_path: Pa
     """Two tiny real trainings through the sweep runner, a re-run that skips both, and their report."""
     from mtlkit.report import ReportOptions, make_report
 
-    base = {"dataset": {"name": "scenes", "root": str(scenes_cache), "num_classes": 7, "height": 32, "width": 64,
-                        "n_train": 8, "n_val": 4},
-            "model": {"width": 0.125}, "optim": {"lr": 1e-3},
-            "train": {"epochs": 2, "batch_size": 4, "progress": False, "loggers": []}}
+    base = {
+        "dataset": {
+            "name": "scenes",
+            "root": str(scenes_cache),
+            "num_classes": 7,
+            "height": 32,
+            "width": 64,
+            "n_train": 8,
+            "n_val": 4,
+        },
+        "model": {"width": 0.125},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": 2, "batch_size": 4, "progress": False, "loggers": []},
+    }
     sw = sweeps.sweep_from_dict({"name": "e2e", "base": base, "grid": {"model.arch": ["single", "mtan"]}})
     out = tmp_path / "sweep"
     assert sweeps.run_sweep(sw, out, progress=False, log=lambda m: None).ok

@@ -33,8 +33,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def test_builtin_kinds_are_registered() -> None:
-    assert set(TASK_KINDS.names()) >= {"segmentation", "depth", "normal", "classification", "binary", "edge",
-                                       "regression"}
+    assert set(TASK_KINDS.names()) >= {
+        "segmentation",
+        "depth",
+        "normal",
+        "classification",
+        "binary",
+        "edge",
+        "regression",
+    }
 
 
 def test_options_are_checked_and_round_trip() -> None:
@@ -136,7 +143,7 @@ def test_binary_metrics_match_reference_and_stream() -> None:
     assert got["iou"] == pytest.approx(ref["iou"]) and got["max_f"] == pytest.approx(ref["max_f"])
     meter = binary_task("fg").new_meter()
     for i in range(4):  # one image at a time: the same set-level numbers
-        meter.update(torch.from_numpy(prob[i:i + 1, None]), torch.from_numpy(target[i:i + 1]))
+        meter.update(torch.from_numpy(prob[i : i + 1, None]), torch.from_numpy(target[i : i + 1]))
     assert meter.compute() == pytest.approx(got)
 
 
@@ -247,8 +254,7 @@ def test_kinds_own_their_augmentation() -> None:
     rows, cols = torch.tensor([1, 0]), torch.tensor([2, 1, 0])
     depth = torch.arange(6.0).reshape(1, 2, 3) + 1
     d = depth_task()
-    assert torch.equal(d.spec.zoom(d, d.spec.resize(d, depth, rows, cols), 2.0),
-                       depth[:, [1, 0]][:, :, [2, 1, 0]] / 2)
+    assert torch.equal(d.spec.zoom(d, d.spec.resize(d, depth, rows, cols), 2.0), depth[:, [1, 0]][:, :, [2, 1, 0]] / 2)
     inv = d.with_options(inverse=True)
     assert torch.equal(inv.spec.zoom(inv, depth, 2.0), depth * 2)
     n = normal_task()

@@ -56,8 +56,12 @@ RECORD = EpochRecord(epoch=1, lr=0.1, train={"loss/a": 2.0}, val={"a/acc": 0.5},
 
 
 def test_flatten_and_epoch_scalars() -> None:
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": {},
-                                                                              "f": None}
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": None}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": {},
+        "f": None,
+    }
     assert epoch_scalars(RECORD) == {"train/loss/a": 2.0, "val/a/acc": 0.5, "weights/a": 1.0, "lr": 0.1}
     assert epoch_scalars(RECORD.to_dict()) == epoch_scalars(RECORD)  # a metrics.jsonl line gives the same
 
@@ -74,8 +78,14 @@ def test_slow_tracker_never_blocks_and_gets_everything_in_order(tmp_path: Path) 
     trackers.log_artifact(tmp_path / "missing.json")  # skipped
     assert time.perf_counter() - start < 0.1  # 5 calls of 0.3 s each queued, none waited for
     trackers.finish("finished")
-    assert slow.calls == [("log_params", {"x": 1}), ("log_epoch", 1), ("log_epoch", 2), ("log_epoch", 3),
-                          ("log_artifact", "results.json"), ("finish", "finished")]
+    assert slow.calls == [
+        ("log_params", {"x": 1}),
+        ("log_epoch", 1),
+        ("log_epoch", 2),
+        ("log_epoch", 3),
+        ("log_artifact", "results.json"),
+        ("finish", "finished"),
+    ]
     assert trackers.errors == {}
 
 
@@ -121,8 +131,9 @@ def test_unknown_or_missing_tracker_is_refused_in_one_line(monkeypatch: pytest.M
 
 
 @pytest.mark.slow
-def test_mlflow_file_store_read_back_and_resume_continues_the_run(tiny_cfg, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_file_store_read_back_and_resume_continues_the_run(
+    tiny_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run killed in epoch 2, then resumed: one MLflow run with both epochs, params, artifacts, FINISHED."""
     pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
     from mlflow.tracking import MlflowClient
@@ -130,8 +141,12 @@ def test_mlflow_file_store_read_back_and_resume_continues_the_run(tiny_cfg, tmp_
     from mtlkit.train.trainer import train
 
     uri = (tmp_path / "mlruns").resolve().as_uri()
-    cfg = tiny_cfg(train={"loggers": ["tensorboard", "mlflow"],
-                          "tracker_options": {"mlflow": {"tracking_uri": uri, "experiment": "tiny"}}})
+    cfg = tiny_cfg(
+        train={
+            "loggers": ["tensorboard", "mlflow"],
+            "tracker_options": {"mlflow": {"tracking_uri": uri, "experiment": "tiny"}},
+        }
+    )
     run_dir = tmp_path / "run"
     train_until_killed(cfg, run_dir, monkeypatch, at_step=6)  # 4 steps per epoch: dies in epoch 2
     client = MlflowClient(tracking_uri=uri)
@@ -155,13 +170,13 @@ def test_mlflow_file_store_read_back_and_resume_continues_the_run(tiny_cfg, tmp_
     assert any((run_dir / "tb").iterdir())
 
 
-def test_unreachable_mlflow_server_warns_once_and_never_blocks(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_mlflow_server_warns_once_and_never_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tracking server that refuses connections: the calls return at once, one warning, the rest dropped."""
     pytest.importorskip("mlflow", reason="needs the trackers extra: pip install 'mtlkit[trackers]'")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    trackers = Loggers(open_loggers(["mlflow"], tmp_path / "run",
-                                    {"mlflow": {"tracking_uri": "http://127.0.0.1:9", "timeout": 2}}))
+    trackers = Loggers(
+        open_loggers(["mlflow"], tmp_path / "run", {"mlflow": {"tracking_uri": "http://127.0.0.1:9", "timeout": 2}})
+    )
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "results.json").write_text("{}")
     with warnings.catch_warnings(record=True) as caught:
@@ -192,8 +207,8 @@ def wandb_records(path: Path) -> list:
         if 32768 - pos % 32768 < 7:  # block trailer too short for a chunk header
             pos += 32768 - pos % 32768
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         if kind == 0:
             continue
         buf = chunk if kind in (1, 2) else buf + chunk
@@ -212,8 +227,7 @@ def test_wandb_offline_writes_its_run_files(tiny_cfg, tmp_path: Path, monkeypatc
     from mtlkit.train.trainer import train
 
     monkeypatch.setenv("WANDB_SILENT", "true")
-    cfg = tiny_cfg(train={"loggers": ["wandb"],
-                          "tracker_options": {"wandb": {"mode": "offline", "project": "tiny"}}})
+    cfg = tiny_cfg(train={"loggers": ["wandb"], "tracker_options": {"wandb": {"mode": "offline", "project": "tiny"}}})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = train(cfg, run_dir=tmp_path / "run")
@@ -233,8 +247,11 @@ def test_wandb_offline_writes_its_run_files(tiny_cfg, tmp_path: Path, monkeypatc
         time.sleep(0.5)
     config = {u.key: json.loads(u.value_json) for r in records if r.HasField("config") for u in r.config.update}
     assert config["model"]["arch"] == "mtan" and config["train"]["loggers"] == ["wandb"]
-    rows = [{i.nested_key[0] if i.nested_key else i.key: json.loads(i.value_json) for i in r.history.item}
-            for r in records if r.HasField("history")]
+    rows = [
+        {i.nested_key[0] if i.nested_key else i.key: json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.HasField("history")
+    ]
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
     for row, rec in zip(rows, history):
@@ -309,8 +326,13 @@ def test_wandb_with_a_key_and_no_server_costs_seconds_and_warns_once(tmp_path: P
         "t.log_params({'a': 1}); t.log_epoch(EpochRecord(epoch=1, train={'loss/x': 1.0}))\n"
         "t.finish('finished')\n"
     )
-    env = {**os.environ, "WANDB_API_KEY": "a" * 40, "WANDB_BASE_URL": "http://127.0.0.1:1", "WANDB_MODE": "online",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "WANDB_API_KEY": "a" * 40,
+        "WANDB_BASE_URL": "http://127.0.0.1:1",
+        "WANDB_MODE": "online",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     took = time.perf_counter() - start
@@ -337,11 +359,17 @@ def test_one_logger_interface_and_one_registry() -> None:
             continue
         cls = logger_class(name)
         assert issubclass(cls, Logger) and cls.name == name, name
-    modules = ["mtlkit.train.logging"] + [f"mtlkit.trackers.{m.name}" for m in pkgutil.iter_modules(
-        mtlkit.trackers.__path__) if not m.name.startswith("_")]
+    modules = ["mtlkit.train.logging"] + [
+        f"mtlkit.trackers.{m.name}"
+        for m in pkgutil.iter_modules(mtlkit.trackers.__path__)
+        if not m.name.startswith("_")
+    ]
     for module in modules:
-        if module.rsplit(".", 1)[1] in LOGGERS and LOGGERS[module.rsplit(".", 1)[1]].package is not None \
-                and importlib.util.find_spec(LOGGERS[module.rsplit(".", 1)[1]].package) is None:
+        if (
+            module.rsplit(".", 1)[1] in LOGGERS
+            and LOGGERS[module.rsplit(".", 1)[1]].package is not None
+            and importlib.util.find_spec(LOGGERS[module.rsplit(".", 1)[1]].package) is None
+        ):
             continue
         for _, cls in inspect.getmembers(importlib.import_module(module), inspect.isclass):
             if cls.__module__ == module and hasattr(cls, "log_epoch"):
@@ -414,8 +442,12 @@ def test_an_old_run_folder_config_keeps_its_hash(tmp_path: Path) -> None:
 
     from mtlkit.config import load_config
 
-    for tensorboard, loggers, expected in ((True, ["tensorboard"], "8db0444c30c1"), (False, ["tensorboard"],
-                                           "58aef6da43c7"), (True, [], "19deecc6362d"), (False, [], "775bb6215d32")):
+    for tensorboard, loggers, expected in (
+        (True, ["tensorboard"], "8db0444c30c1"),
+        (False, ["tensorboard"], "58aef6da43c7"),
+        (True, [], "19deecc6362d"),
+        (False, [], "775bb6215d32"),
+    ):
         data = load_config(None).to_dict()
         data["train"].update(tensorboard=tensorboard, loggers=loggers)
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))

@@ -50,25 +50,38 @@ def write_npy_set(root: Path, n_train: int = 8, n_val: int = 5, size: int = 32, 
     for split, n in (("train", n_train), ("val", n_val)):
         for i in range(n):
             normal = rng.normal(size=(size, size, 3)).astype(np.float32)
-            save_sample(root, split, i, {
-                "image": rng.random((size, size, 3), dtype=np.float32),
-                "label": rng.integers(0, 13, (size, size)).astype(np.int64),
-                "depth": rng.uniform(0.5, 3.0, (size, size, 1)).astype(np.float32),
-                "normal": normal / np.linalg.norm(normal, axis=2, keepdims=True),
-            })
+            save_sample(
+                root,
+                split,
+                i,
+                {
+                    "image": rng.random((size, size, 3), dtype=np.float32),
+                    "label": rng.integers(0, 13, (size, size)).astype(np.int64),
+                    "depth": rng.uniform(0.5, 3.0, (size, size, 1)).astype(np.float32),
+                    "normal": normal / np.linalg.norm(normal, axis=2, keepdims=True),
+                },
+            )
     return root
 
 
 def run_config(data: Path, out: Path, **sections) -> dict:
     """A seconds-long run config: width-0.125 MTAN on 32x32 images, SGD, global batch 4, one step per epoch."""
     cfg = {
-        "name": "ddp", "out_dir": str(out), "seed": 0,
+        "name": "ddp",
+        "out_dir": str(out),
+        "seed": 0,
         "dataset": {"name": "nyuv2", "root": str(data)},
         "model": {"arch": "mtan", "width": 0.125},
         "weighting": {"name": "equal"},
         "optim": {"name": "sgd", "lr": 2e-3, "momentum": 0.0},
-        "train": {"epochs": 2, "batch_size": 4, "max_steps_per_epoch": 1, "device": "cpu", "progress": False,
-                  "loggers": []},
+        "train": {
+            "epochs": 2,
+            "batch_size": 4,
+            "max_steps_per_epoch": 1,
+            "device": "cpu",
+            "progress": False,
+            "loggers": [],
+        },
     }
     for key, value in sections.items():
         cfg[key] = {**cfg[key], **value}
@@ -94,8 +107,14 @@ def history(run: Path) -> list[dict]:
 
 
 #: absolute tolerances of metrics that count pixels (0.5% of the 5 x 32 x 32 validation pixels, in each unit)
-COUNT_TOLERANCE = {"miou": 5e-3, "pix_acc": 5e-3, "median": 0.5, "within_11.25": 0.5, "within_22.5": 0.5,
-                   "within_30": 0.5}
+COUNT_TOLERANCE = {
+    "miou": 5e-3,
+    "pix_acc": 5e-3,
+    "median": 0.5,
+    "within_11.25": 0.5,
+    "within_22.5": 0.5,
+    "within_30": 0.5,
+}
 
 
 #: relative drift between two runs that differ only in float rounding, after 1, 2, 3 SGD steps (above)
@@ -138,7 +157,7 @@ def test_train_sampler_ranks_together_give_the_single_process_batches(monkeypatc
         one.set_epoch(epoch)
         order = list(one)
         assert (bs, drop) == (4, True) and sorted(order) == data
-        single = [order[i:i + 4] for i in range(0, 8, 4)]  # 11 samples: the last partial batch dropped
+        single = [order[i : i + 4] for i in range(0, 8, 4)]  # 11 samples: the last partial batch dropped
         gen = torch.Generator().manual_seed(5 * dist.EPOCH_SEED_STRIDE + epoch)
         assert order == torch.randperm(11, generator=gen).tolist()  # = RandomSampler with that generator
         per_rank = []
@@ -148,7 +167,7 @@ def test_train_sampler_ranks_together_give_the_single_process_batches(monkeypatc
             sampler.set_epoch(epoch)
             idx = list(sampler)
             assert local == 2 and drop
-            per_rank.append([idx[i:i + 2] for i in range(0, len(idx) - len(idx) % 2, 2)])
+            per_rank.append([idx[i : i + 2] for i in range(0, len(idx) - len(idx) % 2, 2)])
         assert len(per_rank[0]) == len(per_rank[1]) == len(single) == 2
         for step, batch in enumerate(single):
             assert sorted(per_rank[0][step] + per_rank[1][step]) == sorted(batch)
@@ -227,8 +246,17 @@ def _bn_worker(r: int, init_file: str, out_dir: str) -> None:
     xr = x[part].clone().requires_grad_(True)
     y = bn(xr)
     (y * w[part]).sum().backward()
-    torch.save({"y": y.detach(), "x_grad": xr.grad, "w_grad": bn.weight.grad, "b_grad": bn.bias.grad,
-                "running_mean": bn.running_mean, "running_var": bn.running_var}, f"{out_dir}/{r}.pt")
+    torch.save(
+        {
+            "y": y.detach(),
+            "x_grad": xr.grad,
+            "w_grad": bn.weight.grad,
+            "b_grad": bn.bias.grad,
+            "running_mean": bn.running_mean,
+            "running_var": bn.running_var,
+        },
+        f"{out_dir}/{r}.pt",
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -299,4 +327,3 @@ def test_gradient_method_under_two_processes_matches_one(data: Path, tmp_path: P
     # (1.5e-6 measured for MGDA): compared at the three-step drift
     assert_same_records(ref[0], got[0], drift=DRIFT[3])
     assert not all(v == 1.0 for v in ref[0]["weights"].values())  # the method really reweighted
-

@@ -26,8 +26,10 @@ from mtlkit.train.loop import Loop
 from mtlkit.train.step import StepRunner
 from mtlkit.weighting.base import Weighting
 
-TASKS_YAML = "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n" \
-             "  - {name: fg, kind: binary}\n"
+TASKS_YAML = (
+    "tasks:\n  - {name: seg, kind: segmentation, channels: 3, options: {ignore_index: 255}}\n"
+    "  - {name: fg, kind: binary}\n"
+)
 SRC = Path(__file__).resolve().parents[2] / "src" / "mtlkit"
 
 
@@ -67,11 +69,29 @@ def test_fit_calls_hooks_in_order_and_writes_their_results(tmp_path: Path) -> No
     torch.manual_seed(0)
     model = build_model("hps", tasks, width=0.125)
     hook = Recorder()
-    run = mtlkit.fit(model, tasks, data.dataset("train", train=True), data.dataset("val", train=False), epochs=2,
-                     batch_size=2, run_dir=tmp_path / "run", progress=False, tensorboard=False, hooks=[hook])
+    run = mtlkit.fit(
+        model,
+        tasks,
+        data.dataset("train", train=True),
+        data.dataset("val", train=False),
+        epochs=2,
+        batch_size=2,
+        run_dir=tmp_path / "run",
+        progress=False,
+        tensorboard=False,
+        hooks=[hook],
+    )
     epoch = ["before_step", "after_step"] * 2
-    assert hook.calls == ["before_train", "before_epoch 0", *epoch, "after_epoch 1",
-                          "before_epoch 1", *epoch, "after_epoch 2", "after_train"]
+    assert hook.calls == [
+        "before_train",
+        "before_epoch 0",
+        *epoch,
+        "after_epoch 1",
+        "before_epoch 1",
+        *epoch,
+        "after_epoch 2",
+        "after_train",
+    ]
     results = json.loads((run / "results.json").read_text())
     assert results["recorded"] == len(hook.calls)
     assert results["eval"] == {"protocol": "pooled", "batch_size": 2, "select_best": True, "report_last": 1}
@@ -97,8 +117,11 @@ def test_every_step_reaches_the_method_through_the_balancer(name: str, monkeypat
     monkeypatch.setattr(Balancer, "backward", counted)
     model, tasks = _net()
     method = WEIGHTINGS.get(name)([t.name for t in tasks])
-    batch = {"image": torch.rand(2, 3, 32, 32), "segmentation": torch.randint(0, 3, (2, 32, 32)),
-             "depth": torch.rand(2, 1, 32, 32) + 0.1}
+    batch = {
+        "image": torch.rand(2, 3, 32, 32),
+        "segmentation": torch.randint(0, 3, (2, 32, 32)),
+        "depth": torch.rand(2, 1, 32, 32) + 0.1,
+    }
     losses = StepRunner(model, method, tasks, torch.optim.SGD(model.parameters(), lr=0.1))(batch)
     assert calls == [method.needs_gradients] and losses.shape == (2,) and torch.isfinite(losses).all()
 
@@ -107,8 +130,11 @@ def test_the_trainer_holds_no_method_specific_code() -> None:
     """Capabilities are class attributes read as such: no isinstance on a method, no probing getattr."""
     for path in (SRC / "train").glob("*.py"):
         text = path.read_text()
-        calls = {n.func.attr for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call)
-                 and isinstance(n.func, ast.Attribute)}
+        calls = {
+            n.func.attr
+            for n in ast.walk(ast.parse(text))
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+        }
         assert not calls & {"combine", "aggregate"}, f"{path}: a method is reached only through the Balancer"
         assert not re.search(r"isinstance\([^)]*AutoLambda", text), path
         assert 'getattr(weighting, "supports_distributed"' not in text, path
@@ -156,8 +182,10 @@ def test_old_keyword_names_warn_and_still_work(tmp_path: Path) -> None:
     assert Balancer("pcgrad", 2, grad_path="batched").grad_path == "batched"
     from mtlkit.train.trainer import load_run
 
-    with pytest.warns(DeprecationWarning, match=r"load_run\(which=...\)"), pytest.raises(ConfigError,
-                                                                                        match="not a run folder"):
+    with (
+        pytest.warns(DeprecationWarning, match=r"load_run\(which=...\)"),
+        pytest.raises(ConfigError, match="not a run folder"),
+    ):
         load_run(tmp_path, which="last")
     with pytest.raises(TypeError, match="unexpected keyword argument 'checkpont'"):
         load_run(tmp_path, checkpont="last")
@@ -173,7 +201,14 @@ def test_report_rows_ignore_every_key_that_cannot_change_results(tmp_path: Path)
     assert set(IGNORED_KEYS) == {"name", "seed", *HASH_IGNORED}
     vals = {"segmentation/miou": 0.5, "segmentation/pix_acc": 0.6, "depth/abs_err": 0.5, "depth/rel_err": 0.2}
     write_run(tmp_path, "a", "mtan", "equal", 0, vals, extra_config={"train": {"loggers": []}})
-    write_run(tmp_path, "b", "mtan", "equal", 1, vals, extra_config={
-        "train": {"loggers": ["mlflow"], "tracker_options": {"mlflow": {"experiment": "x"}}}})
+    write_run(
+        tmp_path,
+        "b",
+        "mtan",
+        "equal",
+        1,
+        vals,
+        extra_config={"train": {"loggers": ["mlflow"], "tracker_options": {"mlflow": {"experiment": "x"}}}},
+    )
     (table,) = build_tables(collect([tmp_path]).runs)
     assert len(table.rows) == 1 and len(table.rows[0].runs) == 2

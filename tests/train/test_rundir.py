@@ -59,8 +59,12 @@ def _strict(line: str) -> dict:
 
 
 def test_history_is_strict_json_and_flags_non_finite_values(tmp_path: Path) -> None:
-    record = {"epoch": 1, "train": {"loss/depth": 0.5}, "val": {"loss/depth": float("inf")},
-              "weights": {"depth": float("nan")}}
+    record = {
+        "epoch": 1,
+        "train": {"loss/depth": 0.5},
+        "val": {"loss/depth": float("inf")},
+        "weights": {"depth": float("nan")},
+    }
     write_history(tmp_path, [record])
     (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
     written = _strict(line)

@@ -30,9 +30,12 @@ def _cfg(**train):
 def _batch(seed: int = 0, n: int = 2, size: int = 32) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     normal = torch.nn.functional.normalize(torch.randn(n, 3, size, size, generator=g), dim=1)
-    return {"image": torch.rand(n, 3, size, size, generator=g),
-            "segmentation": torch.randint(0, 7, (n, size, size), generator=g),
-            "depth": torch.rand(n, 1, size, size, generator=g) + 0.5, "normal": normal}
+    return {
+        "image": torch.rand(n, 3, size, size, generator=g),
+        "segmentation": torch.randint(0, 7, (n, size, size), generator=g),
+        "depth": torch.rand(n, 1, size, size, generator=g) + 0.5,
+        "normal": normal,
+    }
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -126,7 +129,7 @@ def _bf16_loss_rtol(model: nn.Module) -> float:
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     trunk = sum(isinstance(m, nn.Conv2d) for m in model.trunk.modules())
     path = trunk + (len(convs) - trunk) / len(TASKS)
-    return 3 * 2.0 ** -8 * path ** 0.5
+    return 3 * 2.0**-8 * path**0.5
 
 
 def test_bf16_autocast_is_close_to_float32() -> None:

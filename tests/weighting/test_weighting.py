@@ -155,8 +155,12 @@ def test_gradnorm_weight_gradient_and_renormalisation_by_hand():
     # r = (0.5, 1) / 0.75; targets = mean(2 w0, w1) r^1.5
     mean = (2 * w[0] + w[1]) / 2
     targets = [mean * (0.5 / 0.75) ** 1.5, mean * (1 / 0.75) ** 1.5]
-    got = gradnorm_targets(torch.tensor([2 * w[0], w[1]], dtype=torch.float64),
-                           torch.tensor([0.5, 1.0], dtype=torch.float64), torch.ones(2, dtype=torch.float64), 1.5)
+    got = gradnorm_targets(
+        torch.tensor([2 * w[0], w[1]], dtype=torch.float64),
+        torch.tensor([0.5, 1.0], dtype=torch.float64),
+        torch.ones(2, dtype=torch.float64),
+        1.5,
+    )
     assert got.tolist() == pytest.approx(targets, rel=1e-9)
     expected = [2.0 * math.copysign(1, 2 * w[0] - targets[0]), math.copysign(1, w[1] - targets[1])]
     assert gn.weights.grad.tolist() == pytest.approx(expected)
@@ -185,7 +189,7 @@ def test_nash_class_follows_authors_normalisation_and_clip():
         alpha = nash.last_weights.double()
         # alpha_k (G G^T alpha)_k = 1 (float32 weights: rounding 6e-8 relative, times K terms)
         torch.testing.assert_close(alpha * (m @ alpha), torch.ones(3, dtype=torch.float64), rtol=1e-6, atol=0)
-        assert float(d.double().norm()) == pytest.approx(3 ** 0.5, rel=1e-6)
+        assert float(d.double().norm()) == pytest.approx(3**0.5, rel=1e-6)
         assert float(NashMTL(NAMES).aggregate(gs, torch.ones(3)).double().norm()) == pytest.approx(1.0, rel=1e-6)
     variant = NashMTL(NAMES, normalize=True, max_norm=0.0)
     variant.aggregate(g, torch.ones(3))
@@ -202,9 +206,16 @@ def test_gradient_methods_reject_wrong_matrix_shape():
 
 
 def test_option_errors_are_config_errors():
-    for name, options in [("dwa", {"temperature": 0}), ("cagrad", {"c": -1}), ("cagrad", {"rescale": 5}),
-                          ("graddrop", {"leak": 2}), ("gradvac", {"beta": 0}), ("rlw", {"seed": "x"}),
-                          ("db_mtl", {"beta": 1.0}), ("gradnorm", {"alpha": -1})]:
+    for name, options in [
+        ("dwa", {"temperature": 0}),
+        ("cagrad", {"c": -1}),
+        ("cagrad", {"rescale": 5}),
+        ("graddrop", {"leak": 2}),
+        ("gradvac", {"beta": 0}),
+        ("rlw", {"seed": "x"}),
+        ("db_mtl", {"beta": 1.0}),
+        ("gradnorm", {"alpha": -1}),
+    ]:
         with pytest.raises(ConfigError, match="weighting.options"):
             WEIGHTINGS.get(name)(NAMES, **options)
 

@@ -33,8 +33,9 @@ class SmoothNet(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.Tanh(),
-                                         torch.nn.Conv2d(5, 5, 3, padding=1), torch.nn.Tanh())
+        self.trunk = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 5, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(5, 5, 3, padding=1), torch.nn.Tanh()
+        )
         self.heads = torch.nn.ModuleDict({t.name: torch.nn.Conv2d(5, t.channels, 1) for t in SMOOTH_TASKS})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -45,13 +46,13 @@ class SmoothNet(torch.nn.Module):
 def _look_ahead_loss(model, lam: torch.Tensor, train_batch, meta_batch, lr: float) -> float:
     """L_meta(theta - lr grad sum_k lam_k L_k(theta)), the slow way (float64 model)."""
     params = {n: p for n, p in model.named_parameters()}
-    preds = functional_call(model, ({**params, **{n: b.clone() for n, b in model.named_buffers()}}),
-                            (train_batch["image"],))
+    preds = functional_call(
+        model, ({**params, **{n: b.clone() for n, b in model.named_buffers()}}), (train_batch["image"],)
+    )
     total = sum(w * t.loss(preds[t.name], train_batch[t.name]) for w, t in zip(lam, SMOOTH_TASKS))
     grads = torch.autograd.grad(total, list(params.values()))
     new = {n: p.detach() - lr * g for (n, p), g in zip(params.items(), grads)}
-    out = functional_call(model, ({**new, **{n: b.clone() for n, b in model.named_buffers()}}),
-                          (meta_batch["image"],))
+    out = functional_call(model, ({**new, **{n: b.clone() for n, b in model.named_buffers()}}), (meta_batch["image"],))
     return float(sum(t.loss(out[t.name], meta_batch[t.name]) for t in SMOOTH_TASKS))
 
 
@@ -60,8 +61,10 @@ def test_meta_gradient_matches_second_order_autograd_and_finite_differences():
     model = SmoothNet().double()
     batch = {k: v.double() if v.is_floating_point() else v for k, v in _batch().items() if k != "depth"}
     gen = torch.Generator().manual_seed(1)
-    meta = {k: (v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype)) if v.is_floating_point() else v
-            for k, v in batch.items()}
+    meta = {
+        k: (v + 0.1 * torch.randn(v.shape, generator=gen, dtype=v.dtype)) if v.is_floating_point() else v
+        for k, v in batch.items()
+    }
     lam, lr, eps = torch.tensor([0.3, 1.0], dtype=torch.float64), 0.5, 1e-3
     grad = meta_gradient(model, SMOOTH_TASKS, lam, batch, meta, lr)
     # exact reference: differentiate the look-ahead through the virtual step (second-order autograd)
@@ -78,8 +81,10 @@ def test_meta_gradient_matches_second_order_autograd_and_finite_differences():
     for k in range(2):
         e = torch.zeros(2, dtype=torch.float64)
         e[k] = eps
-        fd.append((_look_ahead_loss(model, lam + e, batch, meta, lr)
-                   - _look_ahead_loss(model, lam - e, batch, meta, lr)) / (2 * eps))
+        fd.append(
+            (_look_ahead_loss(model, lam + e, batch, meta, lr) - _look_ahead_loss(model, lam - e, batch, meta, lr))
+            / (2 * eps)
+        )
     torch.testing.assert_close(grad, torch.tensor(fd, dtype=torch.float64), rtol=1e-2, atol=1e-6)
 
 
@@ -128,8 +133,9 @@ def _history(run: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_auto_lambda_trains_records_its_split_and_resumes_exactly(tiny_cfg, monkeypatch):
-    cfg = tiny_cfg(weighting={"name": "auto_lambda", "options": {"autol_lr": 1e-2, "meta_fraction": 0.25}},
-                   train={"epochs": 2})
+    cfg = tiny_cfg(
+        weighting={"name": "auto_lambda", "options": {"autol_lr": 1e-2, "meta_fraction": 0.25}}, train={"epochs": 2}
+    )
     straight = train(cfg, run_dir=Path(cfg.out_dir) / "straight")
     results = json.loads((straight / "results.json").read_text())
     assert results["meta_split"]["source"] == "train" and results["meta_split"]["fraction"] == 0.25

@@ -54,8 +54,9 @@ def _reference(losses: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor
     rows = []
     for k in range(losses.numel()):
         grads = torch.autograd.grad(losses[k], inputs, retain_graph=True, allow_unused=True)
-        rows.append(torch.cat([(g if g is not None else torch.zeros_like(t)).reshape(-1)
-                               for g, t in zip(grads, inputs)]))
+        rows.append(
+            torch.cat([(g if g is not None else torch.zeros_like(t)).reshape(-1) for g, t in zip(grads, inputs)])
+        )
     return torch.stack(rows)
 
 
@@ -112,7 +113,7 @@ def test_unused_inputs_and_constant_losses_give_zero_rows():
 
 def test_single_task_and_graph_kept_when_asked():
     w = torch.randn(4, requires_grad=True)
-    loss = (w ** 3).sum()
+    loss = (w**3).sum()
     got = per_task_gradients(loss.reshape(1), [w], retain_graph=True)
     torch.testing.assert_close(got, 3 * w.detach().pow(2).reshape(1, 4))
     (g,) = torch.autograd.grad(loss, [w])  # the graph is still there

@@ -41,8 +41,9 @@ def random_grads(seed: int, k: int = 3, d: int = 6) -> torch.Tensor:
 
 
 def close(a, b, tol=1e-8):
-    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
-                               rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64), rtol=tol, atol=tol
+    )
 
 
 # ---------------------------------------------------------------- MGDA
@@ -90,8 +91,14 @@ def test_mgda_is_min_norm_point_and_nonconflicting(k, seed):
     value = float(d @ d)
     assert value <= brute + 1e-9
     # exact convex QP (scipy) as a second reference
-    res = minimize(lambda x: x @ m @ x, np.full(k, 1 / k), method="SLSQP", bounds=[(0, 1)] * k,
-                   constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-15})
+    res = minimize(
+        lambda x: x @ m @ x,
+        np.full(k, 1 / k),
+        method="SLSQP",
+        bounds=[(0, 1)] * k,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+        options={"ftol": 1e-15},
+    )
     assert value <= res.fun + 1e-9 and value >= res.fun - 1e-7
     dots = g @ d
     assert torch.all(dots >= value - 1e-9)  # KKT: g_k . d >= ||d||^2 >= 0
@@ -198,7 +205,8 @@ def _gradvac_vectors(g, targets, beta, gen):
             t = float(new[i, j])
             if phi < t:
                 gi = gi + g[j] * gi.norm() * (t * math.sqrt(1 - phi**2) - phi * math.sqrt(1 - t**2)) / (
-                    g[j].norm() * math.sqrt(1 - t**2))
+                    g[j].norm() * math.sqrt(1 - t**2)
+                )
             new[i, j] = (1 - beta) * t + beta * phi
         out.append(gi)
     return torch.stack(out).sum(0), new
@@ -354,8 +362,13 @@ def test_aligned_hand_cases():
 def _project_dual_cone(g: np.ndarray, v: np.ndarray) -> np.ndarray:
     """argmin_x ||x - v|| s.t. G x >= 0 (scipy, in D space): the slow reference."""
     cons = [{"type": "ineq", "fun": lambda x, r=row: r @ x} for row in g]
-    res = minimize(lambda x: ((x - v) ** 2).sum(), v.copy(), constraints=cons, method="SLSQP",
-                   options={"ftol": 1e-14, "maxiter": 500})
+    res = minimize(
+        lambda x: ((x - v) ** 2).sum(),
+        v.copy(),
+        constraints=cons,
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
     return res.x
 
 

@@ -60,8 +60,13 @@ def test_public_list_is_short_unique_and_resolves():
     assert W.WEIGHTINGS is WEIGHTINGS and W.Weighting is Weighting
     for name in W.__all__:  # no function name in the package list: they live in functional
         obj = getattr(W, name)
-        assert not inspect.isfunction(obj) or name in {"per_task_gradients", "gramian", "write_gradients",
-                                                       "unflatten_like", "meta_split"}, name
+        assert not inspect.isfunction(obj) or name in {
+            "per_task_gradients",
+            "gramian",
+            "write_gradients",
+            "unflatten_like",
+            "meta_split",
+        }, name
 
 
 def test_functional_holds_the_pure_functions_and_they_resolve():
@@ -71,8 +76,19 @@ def test_functional_holds_the_pure_functions_and_they_resolve():
         assert inspect.isfunction(obj), name
         assert obj.__module__.startswith("mtlkit.weighting."), (name, obj.__module__)
     # every gradient-level class's pure function of G: at least the mechanical cases are present
-    for name in ("pcgrad", "pcgrad_weights", "mgda", "mgda_weights", "upgrad_weights", "cagrad_weights",
-                 "nash_mtl_weights", "aligned_mtl_weights", "dualproj_weights", "config", "gramian"):
+    for name in (
+        "pcgrad",
+        "pcgrad_weights",
+        "mgda",
+        "mgda_weights",
+        "upgrad_weights",
+        "cagrad_weights",
+        "nash_mtl_weights",
+        "aligned_mtl_weights",
+        "dualproj_weights",
+        "config",
+        "gramian",
+    ):
         assert name in functional.__all__
 
 
@@ -80,8 +96,14 @@ def test_every_pure_function_of_a_method_module_is_in_functional():
     """A method module's public functions (not its ``check_*`` option validators) are exported there."""
     for cls in {c for _, c in WEIGHTINGS.items()}:
         module = sys.modules[cls.__module__]
-        defined = [n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == module.__name__
-                   and not n.startswith(("_", "check_")) and n != "meta_split"]
+        defined = [
+            n
+            for n, v in vars(module).items()
+            if inspect.isfunction(v)
+            and v.__module__ == module.__name__
+            and not n.startswith(("_", "check_"))
+            and n != "meta_split"
+        ]
         assert sorted(set(defined) - set(functional.__all__)) == [], module.__name__
 
 
@@ -98,8 +120,11 @@ def test_old_function_names_on_the_package_warn_and_resolve():
 def test_old_module_paths_warn_and_forward_to_the_private_module(old):
     private = importlib.import_module(f"mtlkit.weighting._{old}")
     proxy = importlib.import_module(f"mtlkit.weighting.{old}")
-    classes = [n for n, v in vars(private).items() if inspect.isclass(v) and v.__module__ == private.__name__
-               and issubclass(v, Weighting)]
+    classes = [
+        n
+        for n, v in vars(private).items()
+        if inspect.isclass(v) and v.__module__ == private.__name__ and issubclass(v, Weighting)
+    ]
     for name in classes:
         with pytest.warns(DeprecationWarning, match=f"mtlkit.weighting.{old}.{name} is deprecated"):
             assert getattr(proxy, name) is getattr(private, name)

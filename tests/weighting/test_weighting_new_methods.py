@@ -37,6 +37,7 @@ def _g(k: int, d: int, seed: int) -> torch.Tensor:
 
 # ---------------------------------------------------------------- loss level
 
+
 def test_gls_by_hand_and_autograd_weights():
     losses = torch.tensor([1.0, 4.0, 2.0], requires_grad=True)
     method = GLS(NAMES)
@@ -84,8 +85,7 @@ def _sse(v: np.ndarray, lab: np.ndarray) -> float:
 def test_kmeans_1d_matches_brute_force(n, groups):
     v = np.random.default_rng(n).normal(size=n)
     labels = kmeans_1d(v, groups)
-    best = min(_sse(v, np.array(lab)) for lab in itertools.product(range(groups), repeat=n)
-               if len(set(lab)) == groups)
+    best = min(_sse(v, np.array(lab)) for lab in itertools.product(range(groups), repeat=n) if len(set(lab)) == groups)
     assert _sse(v, labels) == pytest.approx(best, abs=1e-12)
 
 
@@ -105,6 +105,7 @@ def test_go4align_weights_by_hand():
 
 
 # ---------------------------------------------------------------- gradient level
+
 
 def test_fairgrad_solves_alpha_fair_condition():
     for alpha in (0.5, 1.0, 2.0, 5.0):
@@ -144,9 +145,14 @@ def test_dualproj_matches_primal_projection(seed):
     d, w = dualproj(g)
     mean = g.mean(0).numpy()
     gn = g.numpy()
-    res = minimize(lambda x: 0.5 * ((x - mean) ** 2).sum(), mean, jac=lambda x: x - mean, method="SLSQP",
-                   constraints=[{"type": "ineq", "fun": lambda x: gn @ x, "jac": lambda x: gn}],
-                   options={"ftol": 1e-14, "maxiter": 500})
+    res = minimize(
+        lambda x: 0.5 * ((x - mean) ** 2).sum(),
+        mean,
+        jac=lambda x: x - mean,
+        method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda x: gn @ x, "jac": lambda x: gn}],
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
     torch.testing.assert_close(d, torch.from_numpy(res.x), rtol=1e-5, atol=1e-6)
     assert bool((w >= 1 / 3 - 1e-12).all())
 
@@ -173,7 +179,7 @@ def test_trimmed_mean_matches_sorted_reference():
     g = _g(5, 7, 1)
     for trim in (0, 1, 2):
         d, w = trimmed_mean(g, trim)
-        ref = [sum(sorted(g[:, j].tolist())[trim:5 - trim]) / (5 - 2 * trim) for j in range(7)]
+        ref = [sum(sorted(g[:, j].tolist())[trim : 5 - trim]) / (5 - 2 * trim) for j in range(7)]
         assert d.tolist() == pytest.approx(ref)
         assert float(w.sum()) == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="trim"):
@@ -192,8 +198,14 @@ def test_sdmgrad_inner_loop_reaches_the_regularised_min_norm_point(seed):
     def objective(x: np.ndarray) -> float:
         return 0.5 * x @ mn @ x + 0.3 * x @ target
 
-    res = minimize(objective, np.full(3, 1 / 3), method="SLSQP", bounds=[(0, 1)] * 3,
-                   constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-15})
+    res = minimize(
+        objective,
+        np.full(3, 1 / 3),
+        method="SLSQP",
+        bounds=[(0, 1)] * 3,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+        options={"ftol": 1e-15},
+    )
     assert objective(w) <= objective(res.x) + 1e-7
     # the authors' first step: w - lr (M w + lam t)
     one = sdmgrad_inner(m, np.full(3, 1 / 3), lam=0.3, n_iter=1, lr=0.05)
@@ -207,8 +219,14 @@ def test_modo_step_by_hand_and_simplex_projection():
     assert lam.tolist() == pytest.approx([0.575, 0.425])  # (0.45, 0.3) + 0.125
     v = np.array([0.2, -1.0, 3.0, 0.4])
     p = project_simplex(v)
-    res = minimize(lambda x: ((x - v) ** 2).sum(), np.full(4, 0.25), method="SLSQP", bounds=[(0, 1)] * 4,
-                   constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}], options={"ftol": 1e-15})
+    res = minimize(
+        lambda x: ((x - v) ** 2).sum(),
+        np.full(4, 0.25),
+        method="SLSQP",
+        bounds=[(0, 1)] * 4,
+        constraints=[{"type": "eq", "fun": lambda x: x.sum() - 1}],
+        options={"ftol": 1e-15},
+    )
     assert p.tolist() == pytest.approx(res.x.tolist(), abs=1e-6)
     method = MoDo(["a", "b"], gamma=0.1, rho=0.0)
     method.aggregate(torch.tensor([[1.0, 0.0], [0.0, 2.0]]), torch.ones(2))
@@ -251,9 +269,17 @@ def test_excess_mtl_two_steps_by_hand_and_gradient_scale_free():
 
 
 def test_new_option_errors_are_config_errors():
-    for name, options in [("stch", {"mu": 0}), ("stch", {"warmup_epochs": 0}), ("go4align", {"groups": 0}),
-                          ("fairgrad", {"alpha": 0}), ("sdmgrad", {"n_iter": 0}), ("modo", {"gamma": -1}),
-                          ("moco", {"beta": 0}), ("excess_mtl", {"step_size": 0}), ("krum", {"n_selected": 4}),
-                          ("trimmed_mean", {"trim": -1})]:
+    for name, options in [
+        ("stch", {"mu": 0}),
+        ("stch", {"warmup_epochs": 0}),
+        ("go4align", {"groups": 0}),
+        ("fairgrad", {"alpha": 0}),
+        ("sdmgrad", {"n_iter": 0}),
+        ("modo", {"gamma": -1}),
+        ("moco", {"beta": 0}),
+        ("excess_mtl", {"step_size": 0}),
+        ("krum", {"n_selected": 4}),
+        ("trimmed_mean", {"trim": -1}),
+    ]:
         with pytest.raises(ConfigError, match="weighting"):
             WEIGHTINGS.get(name)(NAMES, **options)

@@ -186,8 +186,8 @@ def test_krum_against_the_paper_where_torchjd_sums_distances():
     f = 1
     n_near = g.shape[0] - f - 2
     dist = torch.cdist(g, g)
-    nearest = dist.sort(dim=1).values[:, 1:n_near + 1]
-    paper = int((nearest ** 2).sum(1).argmin())
+    nearest = dist.sort(dim=1).values[:, 1 : n_near + 1]
+    paper = int((nearest**2).sum(1).argmin())
     summed = int(nearest.sum(1).argmin())
     assert paper != summed  # the matrix separates the two scores
     w = krum_weights(exact_gramian(g), n_byzantine=f)

@@ -15,8 +15,12 @@ from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
 from mtlkit.weighting.base import PROPERTIES
 
-LOSS_PROPERTIES = {"positive_weights", "loss_scale_invariant", "loss_scale_invariant_at_equilibrium",
-                   "permutation_equivariant"}
+LOSS_PROPERTIES = {
+    "positive_weights",
+    "loss_scale_invariant",
+    "loss_scale_invariant_at_equilibrium",
+    "permutation_equivariant",
+}
 GRADIENT_PROPERTIES = set(PROPERTIES) - {"positive_weights", "loss_scale_invariant_at_equilibrium"}
 
 GRADIENT_METHODS = [n for n, c in WEIGHTINGS.items() if c.needs_gradients]
@@ -42,6 +46,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 # ------------------------------------------------------------------ the matrices
+
 
 def _random(k: int, d: int, seed: int) -> torch.Tensor:
     return torch.randn(k, d, generator=_gen(seed), dtype=torch.float64)
@@ -111,7 +116,7 @@ def _conflict_tolerance(g: torch.Tensor, d: torch.Tensor, weights: torch.Tensor)
     k, dim = g.shape
     gmax = float(g.norm(dim=1).max())
     w_sum = max(float(weights.double().abs().sum()), 1.0)
-    floor = 100 * (1e-13 + (k + dim) * torch.finfo(torch.float64).eps * w_sum) * gmax ** 2
+    floor = 100 * (1e-13 + (k + dim) * torch.finfo(torch.float64).eps * w_sum) * gmax**2
     return 1e-6 * gmax * float(d.norm()) + floor
 
 
@@ -120,6 +125,7 @@ def _close(a: torch.Tensor, b: torch.Tensor, scale: float, rtol: float = 1e-5) -
 
 
 # ------------------------------------------------------------------ declarations
+
 
 @pytest.mark.parametrize("name", WEIGHTINGS.names())
 def test_every_method_declares_known_properties_for_its_kind(name):
@@ -139,6 +145,7 @@ def test_harness_catches_a_method_that_breaks_its_declaration():
 
 
 # ------------------------------------------------------------------ gradient level
+
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("name", GRADIENT_METHODS)
@@ -219,6 +226,7 @@ def test_gradient_method_linear_under_scaling(name):
 
 # ------------------------------------------------------------------ loss level
 
+
 def _run_losses(method, sequence: torch.Tensor, epoch_every: int = 2) -> list[torch.Tensor]:
     """Feed a (T, K) loss sequence; an epoch ends every ``epoch_every`` steps; returns the weights."""
     out = []
@@ -242,8 +250,9 @@ def _sequences(n: int, length: int, k: int, seed: int) -> torch.Tensor:
     per-step noise in [0.5, 2]; about 5 % of the entries are 0 (a task absent from the batch)."""
     gen = _gen(seed)
     scale = torch.exp(torch.empty(n, 1, k, dtype=torch.float64).uniform_(math.log(1e-3), math.log(1e2), generator=gen))
-    noise = torch.exp(torch.empty(n, length, k, dtype=torch.float64).uniform_(math.log(0.5), math.log(2.0),
-                                                                                generator=gen))
+    noise = torch.exp(
+        torch.empty(n, length, k, dtype=torch.float64).uniform_(math.log(0.5), math.log(2.0), generator=gen)
+    )
     absent = torch.rand(n, length, k, generator=gen) < 0.05
     return torch.where(absent, torch.zeros(()), scale * noise)
 
@@ -269,7 +278,7 @@ def test_loss_method_weights_finite_and_positive_over_1000_random_losses(name):
                 assert torch.isfinite(w).all(), (name, row, w)
                 assert bool((w[row != 0] > 0).all()), (name, row, w)
                 if t % 2 == 1:
-                    method.epoch_end(t // 2, seq[t - 1:t + 1].mean(0))
+                    method.epoch_end(t // 2, seq[t - 1 : t + 1].mean(0))
 
 
 @pytest.mark.parametrize("name", [n for n in LOSS_METHODS if "loss_scale_invariant" in WEIGHTINGS.get(n).properties])
@@ -283,8 +292,9 @@ def test_loss_method_scale_invariance(name):
         torch.testing.assert_close(eff / eff.sum(), w / w.sum(), rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("name", [n for n in LOSS_METHODS
-                                  if "loss_scale_invariant_at_equilibrium" in WEIGHTINGS.get(n).properties])
+@pytest.mark.parametrize(
+    "name", [n for n in LOSS_METHODS if "loss_scale_invariant_at_equilibrium" in WEIGHTINGS.get(n).properties]
+)
 def test_loss_method_scale_invariance_at_equilibrium(name):
     losses = torch.tensor([0.7, 2.0, 0.3])
     c = torch.tensor([1.0, 10.0, 0.1])

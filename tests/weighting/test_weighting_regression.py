@@ -32,28 +32,46 @@ TRACES = {
     "imtl_l": ["test_weighting.py::test_imtl_l_formula"],
     "gls": ["test_weighting_new_methods.py::test_gls_by_hand_and_autograd_weights"],
     "stch": ["test_weighting_new_methods.py::test_stch_warm_up_nadir_and_smooth_max_by_hand"],
-    "go4align": ["test_weighting_new_methods.py::test_go4align_weights_by_hand",
-                 "test_weighting_new_methods.py::test_kmeans_1d_matches_brute_force"],
-    "auto_lambda": ["test_weighting_auto_lambda.py::test_lambda_scales_the_base_method_and_adam_moves_it",
-                    "test_weighting_auto_lambda.py::test_meta_gradient_matches_second_order_autograd_and_finite_differences"],
+    "go4align": [
+        "test_weighting_new_methods.py::test_go4align_weights_by_hand",
+        "test_weighting_new_methods.py::test_kmeans_1d_matches_brute_force",
+    ],
+    "auto_lambda": [
+        "test_weighting_auto_lambda.py::test_lambda_scales_the_base_method_and_adam_moves_it",
+        "test_weighting_auto_lambda.py::test_meta_gradient_matches_second_order_autograd_and_finite_differences",
+    ],
     "gradnorm": ["test_weighting.py::test_gradnorm_weight_gradient_and_renormalisation_by_hand"],
-    "mgda": ["test_weighting_methods.py::test_mgda_hand_cases",
-             "test_weighting_methods.py::test_mgda_is_min_norm_point_and_nonconflicting"],
-    "pcgrad": ["test_weighting_methods.py::test_pcgrad_hand_cases",
-               "test_weighting_methods.py::test_pcgrad_gramian_form_matches_vector_algorithm"],
+    "mgda": [
+        "test_weighting_methods.py::test_mgda_hand_cases",
+        "test_weighting_methods.py::test_mgda_is_min_norm_point_and_nonconflicting",
+    ],
+    "pcgrad": [
+        "test_weighting_methods.py::test_pcgrad_hand_cases",
+        "test_weighting_methods.py::test_pcgrad_gramian_form_matches_vector_algorithm",
+    ],
     "graddrop": ["test_weighting_methods.py::test_graddrop_hand_cases"],
     "gradvac": ["test_weighting_methods.py::test_gradvac_matches_vector_algorithm_and_reaches_targets"],
-    "cagrad": ["test_weighting_methods.py::test_cagrad_hand_cases_and_rescale",
-               "test_weighting_methods.py::test_cagrad_stays_in_ball_and_maximises_worst_case"],
-    "imtl_g": ["test_weighting_methods.py::test_imtl_g_hand_cases",
-               "test_weighting_methods.py::test_imtl_g_equal_projections_on_unit_gradients"],
+    "cagrad": [
+        "test_weighting_methods.py::test_cagrad_hand_cases_and_rescale",
+        "test_weighting_methods.py::test_cagrad_stays_in_ball_and_maximises_worst_case",
+    ],
+    "imtl_g": [
+        "test_weighting_methods.py::test_imtl_g_hand_cases",
+        "test_weighting_methods.py::test_imtl_g_equal_projections_on_unit_gradients",
+    ],
     "imtl": ["test_weighting.py::test_imtl_hybrid_scales_gradients_and_writes_scale_gradient"],
-    "nash_mtl": ["test_weighting_methods.py::test_nash_fixed_point",
-                 "test_weighting.py::test_nash_class_follows_authors_normalisation_and_clip"],
-    "aligned_mtl": ["test_weighting_methods.py::test_aligned_hand_cases",
-                    "test_weighting_methods.py::test_aligned_matrix_has_equal_singular_values"],
-    "upgrad": ["test_weighting_methods.py::test_upgrad_hand_cases",
-               "test_weighting_methods.py::test_upgrad_nonconflicting_and_matches_projection_reference"],
+    "nash_mtl": [
+        "test_weighting_methods.py::test_nash_fixed_point",
+        "test_weighting.py::test_nash_class_follows_authors_normalisation_and_clip",
+    ],
+    "aligned_mtl": [
+        "test_weighting_methods.py::test_aligned_hand_cases",
+        "test_weighting_methods.py::test_aligned_matrix_has_equal_singular_values",
+    ],
+    "upgrad": [
+        "test_weighting_methods.py::test_upgrad_hand_cases",
+        "test_weighting_methods.py::test_upgrad_nonconflicting_and_matches_projection_reference",
+    ],
     "db_mtl": ["test_weighting_methods.py::test_db_mtl_balances_norms_and_ignores_loss_scale"],
     "moco": ["test_weighting_new_methods.py::test_moco_first_steps_by_hand"],
     "sdmgrad": ["test_weighting_new_methods.py::test_sdmgrad_inner_loop_reaches_the_regularised_min_norm_point"],
@@ -72,18 +90,26 @@ def _inputs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(2024)
     return {
         "random": (torch.randn(3, 5, generator=gen, dtype=torch.float64), torch.tensor([0.9, 1.7, 0.4])),
-        "conflict": (torch.tensor([[1.0, 0.0, 0.5], [-0.8, 1.0, 0.0], [0.2, -0.6, 1.0]], dtype=torch.float64),
-                     torch.tensor([2.0, 0.5, 1.0])),
-        "orthogonal_scaled": (torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64),
-                              torch.tensor([1.0, 1.0, 1.0])),
+        "conflict": (
+            torch.tensor([[1.0, 0.0, 0.5], [-0.8, 1.0, 0.0], [0.2, -0.6, 1.0]], dtype=torch.float64),
+            torch.tensor([2.0, 0.5, 1.0]),
+        ),
+        "orthogonal_scaled": (
+            torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64),
+            torch.tensor([1.0, 1.0, 1.0]),
+        ),
     }
 
 
 def compute() -> dict[str, dict[str, dict[str, list[float]]]]:
     """Each method's output (fresh instance, one call) on each fixed input, rounded for the file."""
-    return {name: {case: {key: [round(v, 10) for v in values] for key, values in fields.items()}
-                   for case, fields in compute_one(name).items()}
-            for name in WEIGHTINGS.names()}
+    return {
+        name: {
+            case: {key: [round(v, 10) for v in values] for key, values in fields.items()}
+            for case, fields in compute_one(name).items()
+        }
+        for name in WEIGHTINGS.names()
+    }
 
 
 def test_every_method_has_a_traced_table_entry():
@@ -116,7 +142,7 @@ ORTHOGONAL_UPDATES = {
     "dualproj": [1.0, 1 / 6, 1 / 3],  # no conflict: the mean
     "upgrad": [1.0, 1 / 6, 1 / 3],  # no conflict: the mean
     "fairgrad": [1.0, 1.0, 1.0],  # alpha = 1: w_k n_k^2 = 1 / w_k, d_k = w_k n_k = 1
-    "nash_mtl": [3 ** -0.5] * 3,  # equal components sqrt(||M||_F), clipped to norm 1
+    "nash_mtl": [3**-0.5] * 3,  # equal components sqrt(||M||_F), clipped to norm 1
     "aligned_mtl": [0.5, 0.5, 0.5],  # sigma_min sum_k g_k / ||g_k||
     "krum": [0.0, 0.5, 0.0],  # nearest-neighbour distances 9.25, 1.25, 1.25: tie to the lower index
     "trimmed_mean": [0.0, 0.0, 0.0],  # coordinate-wise median of (3, 0, 0), (0, 0.5, 0), (0, 0, 1)
@@ -150,9 +176,12 @@ def compute_one(name: str) -> dict[str, dict[str, list[float]]]:
 if __name__ == "__main__":
     if "--write" in sys.argv:
         TABLE.parent.mkdir(parents=True, exist_ok=True)
-        data = {"about": "each method's output on fixed inputs (fresh instance, one call); see "
-                         "tests/weighting/test_weighting_regression.py for the inputs and 'traces' for where each "
-                         "method's formula is checked independently",
-                "traces": TRACES, "values": compute()}
+        data = {
+            "about": "each method's output on fixed inputs (fresh instance, one call); see "
+            "tests/weighting/test_weighting_regression.py for the inputs and 'traces' for where each "
+            "method's formula is checked independently",
+            "traces": TRACES,
+            "values": compute(),
+        }
         TABLE.write_text(json.dumps(data, indent=1) + "\n")
         print(f"wrote {TABLE}")

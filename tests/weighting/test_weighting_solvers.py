@@ -91,5 +91,5 @@ def test_permutation_equivariant_on_torchjd_shaped_float32_matrices(name):
         for _ in range(5):
             perm = torch.randperm(k, generator=gen)
             dp = WEIGHTINGS.get(name)(names).aggregate(g[perm].clone(), ones).double()
-            tol = BOUND ** 0.5 * gmax + 4 * torch.finfo(torch.float32).eps * float(d.abs().max())
+            tol = BOUND**0.5 * gmax + 4 * torch.finfo(torch.float32).eps * float(d.abs().max())
             assert float((dp - d).abs().max()) <= tol, (name, tuple(g.shape))

@@ -109,22 +109,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "files, or one .npy/.txt file of 894 class ids in 0..12 (-1 = ignore)",
     )
     p.add_argument("--out", required=True, help="output folder (gets train/ and val/)")
-    p.add_argument(
-        "--splits", default=None, help="splits.mat with trainNdxs/testNdxs (default: from --class-map)"
-    )
+    p.add_argument("--splits", default=None, help="splits.mat with trainNdxs/testNdxs (default: from --class-map)")
     p.add_argument("--height", type=int, default=288, help="output height (default 288)")
     p.add_argument("--width", type=int, default=384, help="output width (default 384)")
     p.add_argument(
-        "--normal-window", type=_window, default="adaptive",
+        "--normal-window",
+        type=_window,
+        default="adaptive",
         help="plane-fit window of the normals: an odd size, or 'adaptive' (default: 4 px per metre of depth, "
         "5 to 31; see bench/nyuv2_normals.py)",
     )
     p.add_argument(
-        "--normal-smoothing", type=int, default=11,
+        "--normal-smoothing",
+        type=int,
+        default=11,
         help="odd window of the bilateral depth smoothing before the normals' plane fit, 0 for none (default 11)",
     )
     p.add_argument(
-        "--depth", choices=["filled", "raw"], default="filled",
+        "--depth",
+        choices=["filled", "raw"],
+        default="filled",
         help="filled: the release's in-painted depths (default; what MTAN's release holds); raw: rawDepths, "
         "with depth 0 and normal 0 where the sensor measured nothing (the losses and metrics skip them)",
     )

@@ -21,8 +21,10 @@ from mtlkit.registry import PLUGINS
 
 #: modules that add command groups through ``register(subparsers)``: the core's under mtlkit.cli, then
 #: each plugin's ``cli`` (``registry.PLUGINS``); a module that is not installed is skipped
-COMMAND_MODULES = [*(f"mtlkit.cli.{name}" for name in ("data", "sweep", "report", "config")),
-                   *(f"{plugin}.cli" for plugin in PLUGINS)]
+COMMAND_MODULES = [
+    *(f"mtlkit.cli.{name}" for name in ("data", "sweep", "report", "config")),
+    *(f"{plugin}.cli" for plugin in PLUGINS),
+]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -75,14 +77,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         ds = builder.dataset(args.split, train=False)
         with torch.no_grad():
-            metrics = evaluate(model.to(device), tasks, make_loader(builder, ds, cfg, train=False, epoch=0), device,
-                               progress=True, **protocol)
+            metrics = evaluate(
+                model.to(device),
+                tasks,
+                make_loader(builder, ds, cfg, train=False, epoch=0),
+                device,
+                progress=True,
+                **protocol,
+            )
         print(f"protocol: {describe(protocol['protocol'], protocol['protocol_batch'])}")
     suffix = custom.suffix if custom is not None else ""
     suffix += f"-{args.protocol}" if args.protocol is not None else ""
     out = Path(args.run_dir) / f"eval-{args.split}-{args.checkpoint}{suffix}.json"
-    record = {} if custom is not None else {"protocol": protocol["protocol"],
-                                            "protocol_batch": protocol["protocol_batch"]}
+    record = (
+        {} if custom is not None else {"protocol": protocol["protocol"], "protocol_batch": protocol["protocol_batch"]}
+    )
     atomic_write_json(out, {**metrics, **record})
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad:
@@ -123,17 +132,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_params(args: argparse.Namespace) -> int:
     from mtlkit.models.params import parameter_report
 
-    report = parameter_report(args.dataset, args.arch, args.width, num_classes=args.num_classes,
-                              backbone=args.backbone)
+    report = parameter_report(args.dataset, args.arch, args.width, num_classes=args.num_classes, backbone=args.backbone)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         ratio = report.get("ratio")
-        rel = (f"{ratio:.3f}x one single-task network ({report['single_task_params']:,.0f})"
-               if ratio is not None else "no single-task reference for this architecture")
+        rel = (
+            f"{ratio:.3f}x one single-task network ({report['single_task_params']:,.0f})"
+            if ratio is not None
+            else "no single-task reference for this architecture"
+        )
         on = f" ({report['backbone']})" if report["backbone"] else ""
-        print(f"{report['arch']}{on} on {report['dataset']} ({', '.join(report['tasks'])}), width {report['width']}: "
-              f"{report['params']:,} parameters, {rel}")
+        print(
+            f"{report['arch']}{on} on {report['dataset']} ({', '.join(report['tasks'])}), width {report['width']}: "
+            f"{report['params']:,} parameters, {rel}"
+        )
     return 0
 
 
@@ -142,36 +155,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"mtlkit {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    t = sub.add_parser("train", help="train a model from a YAML config or a preset",
-                       description="Train from CONFIG.yaml or a preset name (`mtlkit list` shows the presets) "
-                       "with dotted overrides, e.g. `mtlkit train demo optim.lr=1e-3 model.arch=mtan "
-                       "weighting.name=dwa`. An existing file wins over a preset of the same name.")
+    t = sub.add_parser(
+        "train",
+        help="train a model from a YAML config or a preset",
+        description="Train from CONFIG.yaml or a preset name (`mtlkit list` shows the presets) "
+        "with dotted overrides, e.g. `mtlkit train demo optim.lr=1e-3 model.arch=mtan "
+        "weighting.name=dwa`. An existing file wins over a preset of the same name.",
+    )
     t.add_argument("config", nargs="?", help="YAML config file, or a preset name (a file wins over a preset)")
     t.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys: train.epochs=5)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     t.add_argument("--run-dir", help="write into this folder instead of <out_dir>/<name>-<timestamp>")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("evaluate", help="re-evaluate a run's checkpoint",
-                       description="Evaluate the best (or last) checkpoint of RUN_DIR on a split; writes "
-                       "RUN_DIR/eval-<split>-<checkpoint>.json.")
+    e = sub.add_parser(
+        "evaluate",
+        help="re-evaluate a run's checkpoint",
+        description="Evaluate the best (or last) checkpoint of RUN_DIR on a split; writes "
+        "RUN_DIR/eval-<split>-<checkpoint>.json.",
+    )
     e.add_argument("run_dir", help="run folder written by `mtlkit train`")
     e.add_argument("--split", default="val", help="dataset split (default: val)")
     e.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint (default best)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    e.add_argument("--protocol", choices=["pooled", "mtan_official", "mtan_paper"], default=None,
-                   help="evaluation protocol (default: the run's eval.protocol); with it the output is "
-                        "eval-<split>-<checkpoint>-<protocol>.json")
+    e.add_argument(
+        "--protocol",
+        choices=["pooled", "mtan_official", "mtan_paper"],
+        default=None,
+        help="evaluation protocol (default: the run's eval.protocol); with it the output is "
+        "eval-<split>-<checkpoint>-<protocol>.json",
+    )
     e.set_defaults(func=_cmd_evaluate)
 
-    ls = sub.add_parser("list", help="list architectures, weighting methods, datasets, task kinds, backbones and "
-                        "presets")
+    ls = sub.add_parser(
+        "list", help="list architectures, weighting methods, datasets, task kinds, backbones and presets"
+    )
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.set_defaults(func=_cmd_list)
 
-    pa = sub.add_parser("params", help="parameter count and ratio to one single-task network (#P)",
-                        description="Parameter count of an architecture on a dataset's task set, and its ratio "
-                        "to one single-task network of the same backbone and width (the MTAN paper's #P).")
+    pa = sub.add_parser(
+        "params",
+        help="parameter count and ratio to one single-task network (#P)",
+        description="Parameter count of an architecture on a dataset's task set, and its ratio "
+        "to one single-task network of the same backbone and width (the MTAN paper's #P).",
+    )
     pa.add_argument("--dataset", required=True, help="dataset whose tasks size the heads (nyuv2, cityscapes, ...)")
     pa.add_argument("--arch", required=True, help="architecture name (see `mtlkit list`)")
     pa.add_argument("--backbone", default=None, help="segnet, resnet{18,34,50}_dilated (default: the arch's own)")
@@ -196,8 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default", MtlkitDeprecationWarning)  # hidden by Python's defaults outside __main__
         show = warnings.showwarning
         warnings.showwarning = lambda message, category, *rest: (
-            print(f"mtlkit: warning: {message}", file=sys.stderr) if issubclass(category, MtlkitDeprecationWarning)
-            else show(message, category, *rest))
+            print(f"mtlkit: warning: {message}", file=sys.stderr)
+            if issubclass(category, MtlkitDeprecationWarning)
+            else show(message, category, *rest)
+        )
         return _run(argv)
 
 

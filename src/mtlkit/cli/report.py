@@ -21,26 +21,54 @@ sweep.json), or folders holding either."""
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add the ``report`` command to the ``mtlkit`` parser."""
     p = subparsers.add_parser(
-        "report", help="tables, figures and provenance of runs/sweeps as report.md + report.html",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "report",
+        help="tables, figures and provenance of runs/sweeps as report.md + report.html",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR_OR_SWEEP_DIR", help="what to report on")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write the report into")
     p.add_argument("--title", default="mtlkit report", help="the report's title")
-    p.add_argument("--use", choices=["final", "best"], default="final",
-                   help="which validation metrics of each run: last epoch (final, default) or best epoch")
-    p.add_argument("--average-last", type=int, default=None, metavar="K",
-                   help="use the mean of the last K epochs' validation metrics instead (K > 1); default: the "
-                        "runs' eval.report_last (the paper configs: 10), else 1")
-    p.add_argument("--baseline", default="single", metavar="ARCH",
-                   help="architecture of the delta_m baseline rows (default: single), or a published row "
-                        "reference:NAME/ROW, e.g. 'reference:mtan_paper/One Task'")
-    p.add_argument("--reference", action="append", default=[], metavar="NAME",
-                   help="add a published table as greyed rows (repeatable): " + ", ".join(_references()))
-    p.add_argument("--attention-images", type=int, default=2, metavar="N",
-                   help="validation images per MTAN/STAN run in the attention figures (0: none)")
-    p.add_argument("--no-models", action="store_true",
-                   help="do not load trained models (skips attention masks and cross-stitch alphas)")
+    p.add_argument(
+        "--use",
+        choices=["final", "best"],
+        default="final",
+        help="which validation metrics of each run: last epoch (final, default) or best epoch",
+    )
+    p.add_argument(
+        "--average-last",
+        type=int,
+        default=None,
+        metavar="K",
+        help="use the mean of the last K epochs' validation metrics instead (K > 1); default: the "
+        "runs' eval.report_last (the paper configs: 10), else 1",
+    )
+    p.add_argument(
+        "--baseline",
+        default="single",
+        metavar="ARCH",
+        help="architecture of the delta_m baseline rows (default: single), or a published row "
+        "reference:NAME/ROW, e.g. 'reference:mtan_paper/One Task'",
+    )
+    p.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="add a published table as greyed rows (repeatable): " + ", ".join(_references()),
+    )
+    p.add_argument(
+        "--attention-images",
+        type=int,
+        default=2,
+        metavar="N",
+        help="validation images per MTAN/STAN run in the attention figures (0: none)",
+    )
+    p.add_argument(
+        "--no-models",
+        action="store_true",
+        help="do not load trained models (skips attention masks and cross-stitch alphas)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -59,10 +87,16 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--average-last must be at least 1, got {args.average_last}")
     if args.average_last is not None and args.average_last > 1 and args.use != "final":
         raise ConfigError("--average-last averages the last epochs; it cannot be combined with --use best")
-    options = ReportOptions(source=args.use, last=args.average_last, baseline=args.baseline,
-                            references=list(args.reference),
-                            attention_images=args.attention_images, models=not args.no_models,
-                            title=args.title, argv=["mtlkit", *sys.argv[1:]])
+    options = ReportOptions(
+        source=args.use,
+        last=args.average_last,
+        baseline=args.baseline,
+        references=list(args.reference),
+        attention_images=args.attention_images,
+        models=not args.no_models,
+        title=args.title,
+        argv=["mtlkit", *sys.argv[1:]],
+    )
     files = make_report(args.paths, args.out, options)
     print(f"report: {files.markdown}")
     print(f"report: {files.html}")

@@ -82,9 +82,7 @@ class DenseAugment:
         try:
             scales = [float(s) for s in scales]
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"dataset.options.scales: expected a list of numbers (got {scales!r})"
-            ) from None
+            raise ConfigError(f"dataset.options.scales: expected a list of numbers (got {scales!r})") from None
         flip = options.get("flip", True)
         if not isinstance(flip, bool):
             raise ConfigError(f"dataset.options.flip: expected true or false (got {flip!r})")

@@ -44,8 +44,7 @@ class DatasetBuilder:
         unknown = [n for n in self.cfg.tasks if n not in tasks]
         if unknown:
             raise ConfigError(
-                f"dataset.tasks: {', '.join(unknown)} not provided by {self.cfg.name!r} "
-                f"(it has {', '.join(tasks)})"
+                f"dataset.tasks: {', '.join(unknown)} not provided by {self.cfg.name!r} (it has {', '.join(tasks)})"
             )
         return [tasks[n] for n in self.cfg.tasks]
 

@@ -73,11 +73,7 @@ class CheckReport:
                 dtype = ", ".join(sorted(st.dtypes)) or "-"
                 lo = f"{st.vmin:.4g}" if st.files else "-"
                 hi = f"{st.vmax:.4g}" if st.files else "-"
-                frac = (
-                    "-"
-                    if self.kinds.get(folder) == "image" or not st.pixels
-                    else f"{st.special / st.pixels:.1%}"
-                )
+                frac = "-" if self.kinds.get(folder) == "image" or not st.pixels else f"{st.special / st.pixels:.1%}"
                 rows.append((split, folder, str(st.files), shape, dtype, lo, hi, frac))
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -161,8 +157,9 @@ def _present(report: CheckReport, split_dir: Path, folders: dict[str, Task | Non
     return present
 
 
-def _check_split(report: CheckReport, builder: NpyBuilder, split_dir: Path, folders: dict[str, Task | None],
-                 progress: bool) -> int:
+def _check_split(
+    report: CheckReport, builder: NpyBuilder, split_dir: Path, folders: dict[str, Task | None], progress: bool
+) -> int:
     """Check every file of one split folder; returns its number of samples."""
     present = _present(report, split_dir, folders)
     every = set().union(*present.values()) if present else set()
@@ -184,8 +181,9 @@ def _check_split(report: CheckReport, builder: NpyBuilder, split_dir: Path, fold
                 if ref_hw is None:
                     ref_hw = hw
                 elif hw != ref_hw:
-                    report.problems.append(f"{path}: image is {hw[0]}x{hw[1]} but earlier "
-                                           f"images are {ref_hw[0]}x{ref_hw[1]}")
+                    report.problems.append(
+                        f"{path}: image is {hw[0]}x{hw[1]} but earlier images are {ref_hw[0]}x{ref_hw[1]}"
+                    )
         for folder, task in folders.items():
             if task is not None and i in present.get(folder, ()):
                 _check_file(report, stats[folder], task, split_dir / folder / f"{i}.npy", hw, builder.normal_tol)
@@ -199,18 +197,14 @@ def _note_published(report: CheckReport, builder: NpyBuilder) -> None:
         if expected is not None and n != expected:
             report.notes.append(f"{split}: {n} samples (the published {report.name} set has {expected})")
     if builder.published_size is not None and report.stats:
-        sizes = {
-            s[:2] for folders_ in report.stats.values() for s in folders_.get("image", FolderStats()).shapes
-        }
+        sizes = {s[:2] for folders_ in report.stats.values() for s in folders_.get("image", FolderStats()).shapes}
         if sizes and sizes != {builder.published_size}:
             h, w = builder.published_size
             got = ", ".join(f"{a}x{b}" for a, b in sorted(sizes))
             report.notes.append(f"images are {got} (the published {report.name} set is {h}x{w})")
 
 
-def check_dataset(
-    name: str, root: str | Path, num_classes: int | None = None, progress: bool = False
-) -> CheckReport:
+def check_dataset(name: str, root: str | Path, num_classes: int | None = None, progress: bool = False) -> CheckReport:
     """Validate every file of dataset ``name`` stored at ``root``; problems are collected, not raised."""
     builder = _builder(name, root, num_classes)
     own = builder.check_files(progress)
@@ -222,8 +216,7 @@ def check_dataset(
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
     folders = _folders(builder)
-    report = CheckReport(name=name, root=root,
-                         kinds={f: "image" if t is None else t.kind for f, t in folders.items()})
+    report = CheckReport(name=name, root=root, kinds={f: "image" if t is None else t.kind for f, t in folders.items()})
     for split in builder.splits:
         split_dir = root / split
         if not split_dir.is_dir():

@@ -49,9 +49,7 @@ class CityscapesBuilder(NpyBuilder):
         super().__init__(cfg)
         self.num_classes = cfg.num_classes or 7
         if self.num_classes not in SCHEMES:
-            raise ConfigError(
-                f"dataset.num_classes: cityscapes offers 2, 7 or 19 classes (got {cfg.num_classes})"
-            )
+            raise ConfigError(f"dataset.num_classes: cityscapes offers 2, 7 or 19 classes (got {cfg.num_classes})")
 
     def all_tasks(self) -> list[Task]:
         """Segmentation (``num_classes``) and depth."""

@@ -59,8 +59,10 @@ def check_sample_folders(split_dir: Path, folders: Sequence[str], suffix: str = 
     if gaps:
         index, folder = min(gaps, key=lambda g: (g[0], list(folders).index(g[1])))
         counts = ", ".join(f"{f}/ {len(present[f])}" for f in folders)
-        raise DataError(f"{split_dir / folder / f'{index}{suffix}'}: missing file (the split's folders hold "
-                        f"{counts} files, samples 0..{n - 1} expected in each; `mtlkit data check` lists all)")
+        raise DataError(
+            f"{split_dir / folder / f'{index}{suffix}'}: missing file (the split's folders hold "
+            f"{counts} files, samples 0..{n - 1} expected in each; `mtlkit data check` lists all)"
+        )
     return n
 
 

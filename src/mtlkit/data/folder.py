@@ -65,15 +65,19 @@ def read_tasks(root: Path) -> list[Task]:
             raise ConfigError(f"{path}: tasks[{i}] needs at least 'name' and 'kind'")
         extra = set(entry) - {"name", "kind", "channels", "options"}
         if extra:
-            raise ConfigError(f"{path}: tasks[{i}] has unknown key {sorted(extra)[0]!r} "
-                              "(keys: name, kind, channels, options)")
+            raise ConfigError(
+                f"{path}: tasks[{i}] has unknown key {sorted(extra)[0]!r} (keys: name, kind, channels, options)"
+            )
         name, kind = entry["name"], entry["kind"]
         if not isinstance(name, str) or not isinstance(kind, str):
-            raise ConfigError(f"{path}: tasks[{i}]: name and kind must be strings (got name {shorten(name)}, "
-                              f"kind {shorten(kind)})")
+            raise ConfigError(
+                f"{path}: tasks[{i}]: name and kind must be strings (got name {shorten(name)}, kind {shorten(kind)})"
+            )
         if not name or "/" in name or "\\" in name or "." in name or name in ("images", *RESERVED_NAMES):
-            raise ConfigError(f"{path}: task name {shorten(name)} must be a plain folder name other than "
-                              f"'images' and {', '.join(repr(n) for n in RESERVED_NAMES)}")
+            raise ConfigError(
+                f"{path}: task name {shorten(name)} must be a plain folder name other than "
+                f"'images' and {', '.join(repr(n) for n in RESERVED_NAMES)}"
+            )
         options = entry.get("options") or {}
         if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
             raise ConfigError(f"{path}: tasks[{i}].options must be a mapping of option names")
@@ -110,8 +114,9 @@ def read_array(path: Path, image: bool = False) -> np.ndarray:
                 shown = shown.convert("RGB")
             return np.asarray(shown)
     except Exception as err:  # noqa: BLE001  (any reader failure is a bad file)
-        raise DataError(f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                        ) from None
+        raise DataError(
+            f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
 
 
 def image_tensor(array: np.ndarray, path: Path) -> Tensor:
@@ -165,9 +170,17 @@ class FolderDataset(Dataset):
     ``(seed, epoch, index)``; call :meth:`set_epoch` before each epoch.
     """
 
-    def __init__(self, root: str | Path, split: str, tasks: Sequence[Task], size: tuple[int, int] | None = None,
-                 fit: str = "resize", augment: DenseAugment | None = None, max_samples: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        tasks: Sequence[Task],
+        size: tuple[int, int] | None = None,
+        fit: str = "resize",
+        augment: DenseAugment | None = None,
+        max_samples: int | None = None,
+        seed: int = 0,
+    ) -> None:
         self.root, self.split, self.tasks = Path(root), split, list(tasks)
         self.fit, self.augment, self.seed = fit, augment, int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
@@ -185,8 +198,9 @@ class FolderDataset(Dataset):
             missing = [s for s in self.stems if s not in files]
             if missing:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-                raise DataError(f"{split_dir / task.name / missing[0]}.png: missing target of image "
-                                f"{images[missing[0]].name}{more}")
+                raise DataError(
+                    f"{split_dir / task.name / missing[0]}.png: missing target of image {images[missing[0]].name}{more}"
+                )
             self.targets[task.name] = files
         self.resizes = size is not None
         if size is None:
@@ -220,8 +234,10 @@ class FolderDataset(Dataset):
         h, w = sample["image"].shape[-2:]
         if (h, w) != self.size:
             if not self.resizes:
-                raise DataError(f"{self.images[self.stems[index]]}: image is {h}x{w}, earlier ones differ; "
-                                "set dataset.height and dataset.width")
+                raise DataError(
+                    f"{self.images[self.stems[index]]}: image is {h}x{w}, earlier ones differ; "
+                    "set dataset.height and dataset.width"
+                )
             sample = resize_sample(sample, self.tasks, self.size, self.fit)
         if self.augment is not None:
             rng = np.random.default_rng([self.seed % 2**32, int(self._epoch.item()), int(index)])
@@ -246,12 +262,13 @@ def load_target(task: Task, path: Path, hw: tuple[int, int]) -> Tensor:
     return target
 
 
-def resize_sample(sample: dict[str, Tensor], tasks: Sequence[Task], size: tuple[int, int], fit: str
-                  ) -> dict[str, Tensor]:
+def resize_sample(
+    sample: dict[str, Tensor], tasks: Sequence[Task], size: tuple[int, int], fit: str
+) -> dict[str, Tensor]:
     """Bring a sample to ``size``: bilinear image, nearest-neighbour targets (their kind resamples them)."""
     h, w = sample["image"].shape[-2:]
     top, left, ch, cw = fit_window(h, w, size, fit)
-    img = sample["image"][:, top:top + ch, left:left + cw]
+    img = sample["image"][:, top : top + ch, left : left + cw]
     out = {"image": F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]}
     rows, cols = _nearest_index(size[0], ch, top), _nearest_index(size[1], cw, left)
     for task in tasks:
@@ -269,8 +286,9 @@ class FolderBuilder(DatasetBuilder):
         super().__init__(cfg)
         for key in cfg.options:
             if key not in OPTIONS:
-                raise ConfigError(f"dataset.options.{key}: unknown option for dataset 'folder' "
-                                  f"(known: {', '.join(OPTIONS)})")
+                raise ConfigError(
+                    f"dataset.options.{key}: unknown option for dataset 'folder' (known: {', '.join(OPTIONS)})"
+                )
         self.fit = cfg.options.get("fit", "resize")
         if self.fit not in FIT_MODES:
             raise ConfigError(f"dataset.options.fit: expected one of {', '.join(FIT_MODES)} (got {self.fit!r})")
@@ -356,8 +374,9 @@ class FolderBuilder(DatasetBuilder):
             if self.size() is None:
                 shapes = report.stats[split]["images"].shapes
                 if len(shapes) > 1:
-                    report.notes.append(f"{split}: images differ in size; set dataset.height and dataset.width "
-                                        "to train on them")
+                    report.notes.append(
+                        f"{split}: images differ in size; set dataset.height and dataset.width to train on them"
+                    )
         return report
 
 
@@ -365,5 +384,6 @@ def _account(stats, tensor: Tensor, missing: int = 0) -> None:
     """Add one checked tensor to a folder's statistics, with its ``missing`` (ignored / no value) pixels."""
     values = tensor.numpy()
     pixels = values.shape[-2] * values.shape[-1] if values.ndim >= 2 else 1
-    stats.add(values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), missing,
-              pixels)
+    stats.add(
+        values, values.reshape(values.shape[-2], -1) if values.ndim >= 2 else values.reshape(1, -1), missing, pixels
+    )

@@ -85,9 +85,7 @@ def _shape_error(path: Path, what: str, arr: np.ndarray, expected: str) -> DataE
 
 def _check_hw(path: Path, arr: np.ndarray, hw: tuple[int, int] | None, what: str) -> None:
     if hw is not None and tuple(arr.shape[:2]) != tuple(hw):
-        raise DataError(
-            f"{path}: {what} is {arr.shape[0]}x{arr.shape[1]} but the sample's image is {hw[0]}x{hw[1]}"
-        )
+        raise DataError(f"{path}: {what} is {arr.shape[0]}x{arr.shape[1]} but the sample's image is {hw[0]}x{hw[1]}")
 
 
 def _require_float(path: Path, arr: np.ndarray, what: str) -> None:
@@ -307,8 +305,7 @@ class NpyBuilder(DatasetBuilder):
         for key in cfg.options:
             if key not in known:
                 raise ConfigError(
-                    f"dataset.options.{key}: unknown option for dataset {cfg.name!r} "
-                    f"(known: {', '.join(known)})"
+                    f"dataset.options.{key}: unknown option for dataset {cfg.name!r} (known: {', '.join(known)})"
                 )
         tol = cfg.options.get("normal_tol", NORMAL_TOLERANCE)
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or tol <= 0:
@@ -351,9 +348,7 @@ class NpyBuilder(DatasetBuilder):
     def dataset(self, split: str, train: bool) -> NpyDenseDataset:
         """The samples of ``split``; augmented when ``train`` and ``dataset.augment`` are both true."""
         if split not in self.splits:
-            raise ConfigError(
-                f"split {split!r} not provided by {self.cfg.name!r} (it has {', '.join(self.splits)})"
-            )
+            raise ConfigError(f"split {split!r} not provided by {self.cfg.name!r} (it has {', '.join(self.splits)})")
         tasks = self.tasks()
         augment = None
         if train and self.cfg.augment:
@@ -387,8 +382,12 @@ def __getattr__(name: str):
     if name == "KIND_DIRS":  # deprecated in 0.3: a task kind declares its folder (TaskKind.npy_dir)
         import warnings
 
-        warnings.warn("mtlkit.data.npy.KIND_DIRS is deprecated and will be removed: a task kind's npy_dir "
-                      "(task.spec.npy_dir) names its folder in the .npy layout", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "mtlkit.data.npy.KIND_DIRS is deprecated and will be removed: a task kind's npy_dir "
+            "(task.spec.npy_dir) names its folder in the .npy layout",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from mtlkit.registry import TASK_KINDS
 
         return {n: c.npy_dir for n, c in TASK_KINDS.items() if c.npy_dir is not None}

@@ -30,9 +30,7 @@ class NYUv2Builder(NpyBuilder):
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
         if cfg.num_classes not in (None, NYUV2_CLASSES):
-            raise ConfigError(
-                f"dataset.num_classes: nyuv2 has {NYUV2_CLASSES} classes (got {cfg.num_classes})"
-            )
+            raise ConfigError(f"dataset.num_classes: nyuv2 has {NYUV2_CLASSES} classes (got {cfg.num_classes})")
 
     def all_tasks(self) -> list[Task]:
         """Segmentation (13 classes), depth and surface normals."""

@@ -138,9 +138,9 @@ def bilateral_smooth(depth: np.ndarray, window: int = 7, range_steps: float = 2.
     h, w = inv.shape
 
     def weight(dy: int, dx: int) -> tuple[np.ndarray, np.ndarray]:
-        nb = pad[r + dy:r + dy + h, r + dx:r + dx + w]
+        nb = pad[r + dy : r + dy + h, r + dx : r + dx + w]
         z = np.square((nb - inv) / (range_steps * KINECT_STEP))
-        return nb, np.exp(-(dy * dy + dx * dx) / (2 * sigma_px ** 2) - 0.5 * z) * (nb > 0)
+        return nb, np.exp(-(dy * dy + dx * dx) / (2 * sigma_px**2) - 0.5 * z) * (nb > 0)
 
     num, den = inv.copy(), np.ones_like(inv)
     for dy in range(0, r + 1):
@@ -244,9 +244,7 @@ def _mat_file(path: Path) -> dict:
     try:
         return scipy.io.loadmat(path)
     except Exception as err:  # scipy raises several types for a bad file
-        raise DataError(
-            f"{path}: cannot read MATLAB file ({str(err).splitlines()[0] if str(err) else err})"
-        ) from None
+        raise DataError(f"{path}: cannot read MATLAB file ({str(err).splitlines()[0] if str(err) else err})") from None
 
 
 @dataclass
@@ -313,9 +311,7 @@ def load_meta(class_map: list[str | Path], splits: str | Path | None = None) -> 
         table = np.concatenate([[-1], map13[map40 - 1] - 1])
     else:
         lacking = "classMapping40.mat (mapClass)" if map40 is None else "class13Mapping.mat (classMapping13)"
-        raise DataError(
-            f"--class-map: no {lacking} among {', '.join(str(f) for f in files) or 'the given paths'}"
-        )
+        raise DataError(f"--class-map: no {lacking} among {', '.join(str(f) for f in files) or 'the given paths'}")
     return NyuMeta(table, split_idx, names)
 
 
@@ -366,11 +362,14 @@ def convert_sample(
 
 def _check_options(height: int, width: int, window: int | str, depth: str, smoothing: int) -> str:
     """ConfigError for an unusable option; returns the release's dataset name of the ``depth`` source."""
-    if window != "adaptive" and (not isinstance(window, int) or isinstance(window, bool) or window < 3
-                                 or window % 2 == 0):
+    if window != "adaptive" and (
+        not isinstance(window, int) or isinstance(window, bool) or window < 3 or window % 2 == 0
+    ):
         raise ConfigError(f"--normal-window: must be an odd size >= 3 or 'adaptive' (got {window})")
-    if not isinstance(smoothing, int) or isinstance(smoothing, bool) or (
-        smoothing != 0 and (smoothing < 3 or smoothing % 2 == 0)
+    if (
+        not isinstance(smoothing, int)
+        or isinstance(smoothing, bool)
+        or (smoothing != 0 and (smoothing < 3 or smoothing % 2 == 0))
     ):
         raise ConfigError(f"--normal-smoothing: must be 0 or an odd size >= 3 (got {smoothing})")
     if depth not in DEPTH_SOURCES:
@@ -398,8 +397,18 @@ def _release_arrays(h5, src: Path, depth_key: str, splits: dict[str, np.ndarray]
     return images, depths, labels
 
 
-def _write_split(arrays: tuple, src: Path, folder: Path, idx: np.ndarray, meta: NyuMeta, height: int, width: int,
-                 window: int | str, smoothing: int, bar) -> None:
+def _write_split(
+    arrays: tuple,
+    src: Path,
+    folder: Path,
+    idx: np.ndarray,
+    meta: NyuMeta,
+    height: int,
+    width: int,
+    window: int | str,
+    smoothing: int,
+    bar,
+) -> None:
     """Convert the release's images ``idx`` and write them as samples 0.. of the split folder ``folder``."""
     images, depths, labels = arrays
     for j, i in enumerate(idx):
@@ -453,9 +462,7 @@ def prepare_nyuv2(
         raise DataError(f"{out}: output folder exists and is not empty (pass --overwrite to replace it)")
     meta = load_meta(list(class_map), splits)
     if meta.splits is None:
-        raise DataError(
-            "--splits: no splits.mat (trainNdxs/testNdxs) given or found in the --class-map folder"
-        )
+        raise DataError("--splits: no splits.mat (trainNdxs/testNdxs) given or found in the --class-map folder")
     try:
         h5 = h5py.File(src, "r")
     except OSError as err:

@@ -99,8 +99,9 @@ def train_sampler(dataset: Dataset, global_batch: int, seed: int) -> tuple[Sampl
     if world_size() == 1:
         return EpochShuffle(n, seed, shuffle=True), global_batch, drop_last
     local = local_batch_size(global_batch)
-    sampler: Sampler[int] = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True,
-                                 seed=epoch_seed(seed), drop_last=drop_last)
+    sampler: Sampler[int] = DistributedSampler(
+        dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=epoch_seed(seed), drop_last=drop_last
+    )
     return sampler, local, drop_last
 
 
@@ -140,7 +141,7 @@ class EpochBatches:
                 continue
             size, extra = divmod(len(b), n)
             start = r * size + min(r, extra)
-            out.append(b[start:start + size + (1 if r < extra else 0)])
+            out.append(b[start : start + size + (1 if r < extra else 0)])
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -152,8 +153,12 @@ class EpochBatches:
 
 def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
     """Point a long-lived loader's sampler (and its dataset's augmentation) at ``epoch``."""
-    objs: tuple[Any, ...] = (loader.sampler, loader.batch_sampler, getattr(loader.batch_sampler, "sampler", None),
-                             loader.dataset)
+    objs: tuple[Any, ...] = (
+        loader.sampler,
+        loader.batch_sampler,
+        getattr(loader.batch_sampler, "sampler", None),
+        loader.dataset,
+    )
     for obj in objs:
         if hasattr(obj, "set_epoch"):
             obj.set_epoch(epoch)
@@ -162,8 +167,15 @@ def set_epoch(loader: torch.utils.data.DataLoader, epoch: int) -> None:
 BatchMaker = Callable[[int], Iterable[list[int]]]
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int = 0, epoch: int = 0,
-                num_workers: int = 0, batches: BatchMaker | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    num_workers: int = 0,
+    batches: BatchMaker | None = None,
+) -> DataLoader:
     """A loader whose sample order depends only on (seed, epoch), not on the processes or workers.
 
     Build it once and call :func:`set_epoch` before each epoch: the sampler and the dataset's

@@ -87,13 +87,19 @@ def cmd_decathlon_score(args: argparse.Namespace) -> int:
     domains = list(baselines if baselines is not None else default_baselines())
     missing = [d for d in domains if d not in accuracies]
     if args.as_json:
-        print(json.dumps({"total": sum(r.score for r in rows), "domains": {r.domain: r.score for r in rows},
-                          "missing": missing}, indent=2))
+        print(
+            json.dumps(
+                {"total": sum(r.score for r in rows), "domains": {r.domain: r.score for r in rows}, "missing": missing},
+                indent=2,
+            )
+        )
     else:
         print(format_table(rows))
         if missing:
-            print(f"note: the total covers {len(rows)} of {len(domains)} domains; no accuracy for "
-                  f"{', '.join(missing)} (they score 0, so it is not comparable with a {len(domains)}-domain total)")
+            print(
+                f"note: the total covers {len(rows)} of {len(domains)} domains; no accuracy for "
+                f"{', '.join(missing)} (they score 0, so it is not comparable with a {len(domains)}-domain total)"
+            )
     return 0
 
 
@@ -106,8 +112,15 @@ class RefreshBN:
 
     suffix = "-refresh-bn"
 
-    def __call__(self, model: nn.Module, tasks: list[Task], builder: DatasetBuilder, cfg: Config,
-                 device: torch.device, split: str) -> dict[str, float]:
+    def __call__(
+        self,
+        model: nn.Module,
+        tasks: list[Task],
+        builder: DatasetBuilder,
+        cfg: Config,
+        device: torch.device,
+        split: str,
+    ) -> dict[str, float]:
         from mtlkit.decathlon.evaluate import evaluate_refresh_bn
 
         return evaluate_refresh_bn(model, tasks, builder, cfg, device, split)
@@ -117,10 +130,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``decathlon-score`` command and ``evaluate``'s ``--refresh-bn`` option."""
     evaluate = subparsers.choices.get("evaluate")  # the core's command; absent from a parser built without it
     if evaluate is not None:
-        evaluate.add_argument("--refresh-bn", dest="evaluation", action="store_const", const=RefreshBN(), default=None,
-                              help="decathlon: refit the BatchNorm statistics on each domain's training split (one "
-                              "epoch of training-mode forward passes) before testing it, as the MTAN evaluation "
-                              "script does")
+        evaluate.add_argument(
+            "--refresh-bn",
+            dest="evaluation",
+            action="store_const",
+            const=RefreshBN(),
+            default=None,
+            help="decathlon: refit the BatchNorm statistics on each domain's training split (one "
+            "epoch of training-mode forward passes) before testing it, as the MTAN evaluation "
+            "script does",
+        )
     p = subparsers.add_parser(
         "decathlon-score",
         help="Visual Decathlon score of per-domain test accuracies",
@@ -128,13 +147,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(E = 100 - accuracy), against the fine-tuned baselines: 250 per domain at the baseline, 1000 at zero "
         "error. Example: mtlkit decathlon-score --acc imagenet12=63.9 aircraft=61.8",
     )
-    p.add_argument("--acc", nargs="+", action="extend", metavar="DOMAIN=ACC",
-                   help="test accuracy in percent per domain")
-    p.add_argument("--json", metavar="FILE",
-                   help="accuracies: {domain: acc}, an eval-*.json or a run's results.json")
-    p.add_argument("--which", choices=["final", "best"], default="final",
-                   help="section of a results.json (default final)")
-    p.add_argument("--baselines", metavar="FILE",
-                   help="baseline accuracies {domain: acc} (default: the shipped Finetune row)")
+    p.add_argument(
+        "--acc", nargs="+", action="extend", metavar="DOMAIN=ACC", help="test accuracy in percent per domain"
+    )
+    p.add_argument("--json", metavar="FILE", help="accuracies: {domain: acc}, an eval-*.json or a run's results.json")
+    p.add_argument(
+        "--which", choices=["final", "best"], default="final", help="section of a results.json (default final)"
+    )
+    p.add_argument(
+        "--baselines", metavar="FILE", help="baseline accuracies {domain: acc} (default: the shipped Finetune row)"
+    )
     p.add_argument("--as-json", action="store_true", help="print {total, domains} as JSON instead of a table")
     p.set_defaults(func=cmd_decathlon_score)

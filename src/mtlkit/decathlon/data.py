@@ -142,7 +142,7 @@ def domain_batches(
         if shuffle:
             rng = np.random.default_rng([seed, epoch, k])
             idx = idx[rng.permutation(len(idx))]
-        batches = [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+        batches = [idx[i : i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
         if shuffle and group > 1:
             batches = batches[: len(batches) - len(batches) % group]
         per_domain.append(batches)
@@ -152,7 +152,7 @@ def domain_batches(
     out = []
     for r in range(0, max((len(b) for b in per_domain), default=0), step):
         for batches in per_domain:
-            out.extend(batches[r:r + step])
+            out.extend(batches[r : r + step])
     return out
 
 

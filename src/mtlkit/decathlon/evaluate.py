@@ -87,8 +87,9 @@ def evaluate_refresh_bn(
     try:
         for task in tasks:
             restore_bn_buffers(model, saved)
-            refresh_bn(model, task.name, _loader(_one_domain(train_ds, task.name), cfg.train.batch_size, True, cfg),
-                       device)
+            refresh_bn(
+                model, task.name, _loader(_one_domain(train_ds, task.name), cfg.train.batch_size, True, cfg), device
+            )
             out.update(evaluate(model, [task], _loader(_one_domain(eval_ds, task.name), eval_bs, False, cfg), device))
     finally:
         restore_bn_buffers(model, saved)

@@ -71,9 +71,7 @@ def domain_score(accuracy: float, baseline: float) -> float:
     return MAX_POINTS * max(0.0, (max_error - error) / max_error) ** GAMMA
 
 
-def score_table(
-    accuracies: dict[str, float], baseline_accuracies: dict[str, float] | None = None
-) -> list[DomainScore]:
+def score_table(accuracies: dict[str, float], baseline_accuracies: dict[str, float] | None = None) -> list[DomainScore]:
     """Per-domain rows (in the order given) of the decathlon score of ``accuracies`` (percent)."""
     baselines = baseline_accuracies if baseline_accuracies is not None else default_baselines()
     if not accuracies:

@@ -146,8 +146,9 @@ def generate_domain(
 class ArrayDomain(Dataset):
     """One in-memory domain split: uint8 images, normalised on access; label under the domain name."""
 
-    def __init__(self, domain: str, images: np.ndarray, labels: np.ndarray, mean: Tensor, std: Tensor,
-                 flip: bool) -> None:
+    def __init__(
+        self, domain: str, images: np.ndarray, labels: np.ndarray, mean: Tensor, std: Tensor, flip: bool
+    ) -> None:
         self.domain = domain
         self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         self.labels = torch.from_numpy(labels)

@@ -68,7 +68,11 @@ def _check_tasks(tasks: list[Task]) -> None:
 
 
 def wrn_single_task_parameters(
-    tasks: list[Task], width: float = 1.0, depth: int = 28, widen_factor: int = 4, variant: str = "official",
+    tasks: list[Task],
+    width: float = 1.0,
+    depth: int = 28,
+    widen_factor: int = 4,
+    variant: str = "official",
     **_: object,
 ) -> float:
     """Parameters of one single-domain WRN (same variant) with the mean classifier size of ``tasks``."""
@@ -148,12 +152,22 @@ class WRNMTAN(MTAN):
     default_backbone = "wrn28"
 
     def __init__(
-        self, tasks: list[Task], width: float = 1.0, depth: int = 28, widen_factor: int = 4,
-        variant: str = "official", *, backbone: str = "wrn28", in_channels: int = 3, pretrained: str = "none",
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        depth: int = 28,
+        widen_factor: int = 4,
+        variant: str = "official",
+        *,
+        backbone: str = "wrn28",
+        in_channels: int = 3,
+        pretrained: str = "none",
     ) -> None:
         if backbone != "wrn28":
-            raise ConfigError(f"model.backbone {backbone!r}: model.arch 'wrn_mtan' is built on wrn28 only "
-                              f"(use model.arch: mtan for other backbones)")
+            raise ConfigError(
+                f"model.backbone {backbone!r}: model.arch 'wrn_mtan' is built on wrn28 only "
+                f"(use model.arch: mtan for other backbones)"
+            )
         _check_tasks(tasks)
         check_variant(variant)
         self._wrn_options = (width, in_channels, depth, widen_factor, variant)  # read by new_backbone

@@ -16,14 +16,11 @@ def _correct_total(pred: Tensor, target: Tensor) -> Tensor:
     if pred.ndim == target.ndim + 1:
         if pred.shape[:1] + pred.shape[2:] != target.shape:
             raise MetricError(
-                f"classification: logits shape {tuple(pred.shape)} does not match "
-                f"target {tuple(target.shape)}"
+                f"classification: logits shape {tuple(pred.shape)} does not match target {tuple(target.shape)}"
             )
         bad = (target < 0) | (target >= pred.shape[1])
         if bool(bad.any()):
-            raise MetricError(
-                f"classification target holds label {int(target[bad][0])} outside [0, {pred.shape[1]})"
-            )
+            raise MetricError(f"classification target holds label {int(target[bad][0])} outside [0, {pred.shape[1]})")
         pred = pred.argmax(dim=1)
     elif pred.shape == target.shape:
         if pred.is_floating_point():

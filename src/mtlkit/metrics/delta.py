@@ -22,9 +22,7 @@ def metric_directions(tasks: Iterable[Task]) -> dict[str, bool]:
     return {f"{t.name}/{m}": hib for t in tasks for m, hib in t.metrics.items()}
 
 
-def delta_m(
-    results: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]
-) -> float:
+def delta_m(results: Mapping[str, float], baseline: Mapping[str, float], higher_is_better: Mapping[str, bool]) -> float:
     """Average signed relative change (percent) of every metric in ``results`` vs ``baseline``.
 
     Every key of ``results`` must be in ``baseline`` (non-zero, finite) and in ``higher_is_better``,

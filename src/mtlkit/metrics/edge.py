@@ -40,12 +40,11 @@ def thresholds(n: int = NUM_THRESHOLDS) -> np.ndarray:
 def disk(radius: float) -> np.ndarray:
     """Boolean footprint of the offsets (dy, dx) with dy^2 + dx^2 <= radius^2."""
     r = int(math.floor(radius))
-    y, x = np.mgrid[-r:r + 1, -r:r + 1]
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
     return (y * y + x * x) <= radius * radius
 
 
-def _image_counts(prob: np.ndarray, edge: np.ndarray, valid: np.ndarray, radius: float,
-                  ts: np.ndarray) -> np.ndarray:
+def _image_counts(prob: np.ndarray, edge: np.ndarray, valid: np.ndarray, radius: float, ts: np.ndarray) -> np.ndarray:
     """int64 (4, T): correct predicted, predicted, recovered true, true edge pixels of one image."""
     out = np.zeros((4, len(ts)), dtype=np.int64)
     pred_levels = prob[valid]
@@ -100,18 +99,25 @@ def _result(counts: Tensor) -> dict[str, float]:
     return {"ods_f": float(f.max())}
 
 
-def edge_metrics(prob: ArrayLike, target: ArrayLike, ignore_index: int = -1, tolerance: float = TOLERANCE,
-                 num_thresholds: int = NUM_THRESHOLDS) -> dict[str, float]:
+def edge_metrics(
+    prob: ArrayLike,
+    target: ArrayLike,
+    ignore_index: int = -1,
+    tolerance: float = TOLERANCE,
+    num_thresholds: int = NUM_THRESHOLDS,
+) -> dict[str, float]:
     """``{"ods_f"}`` of edge probabilities (N, H, W) against 0/1 edge maps over the whole set."""
-    return _result(_batch_counts(as_tensor(prob, "pred"), as_tensor(target, "target"), ignore_index,
-                                 tolerance, num_thresholds))
+    return _result(
+        _batch_counts(as_tensor(prob, "pred"), as_tensor(target, "target"), ignore_index, tolerance, num_thresholds)
+    )
 
 
 class EdgeMeter(Meter):
     """Streaming int64 per-threshold counts (computed on the CPU) -> ods_f."""
 
-    def __init__(self, ignore_index: int = -1, tolerance: float = TOLERANCE,
-                 num_thresholds: int = NUM_THRESHOLDS) -> None:
+    def __init__(
+        self, ignore_index: int = -1, tolerance: float = TOLERANCE, num_thresholds: int = NUM_THRESHOLDS
+    ) -> None:
         self.ignore_index = ignore_index
         self.tolerance = tolerance
         self.num_thresholds = num_thresholds

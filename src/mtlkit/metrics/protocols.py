@@ -45,10 +45,10 @@ PROTOCOLS = ("pooled", "mtan_official", "mtan_paper")
 DESCRIPTIONS = {
     "pooled": "metrics pooled over every pixel of the set (confusion-matrix mIoU; within-t in %)",
     "mtan_official": "MTAN authors' current code: confusion-matrix mIoU; depth/normal metrics as means over "
-                     "batches of {b} images (median = mean of batch medians; within-t as fractions)",
+    "batches of {b} images (median = mean of batch medians; within-t as fractions)",
     "mtan_paper": "MTAN paper's table: per-image mIoU (classes in the image's prediction or target, unlabelled "
-                  "pixels out of the union) and pixel accuracy, averaged over images; depth/normal as means "
-                  "over batches of {b} images (within-t as fractions)",
+    "pixels out of the union) and pixel accuracy, averaged over images; depth/normal as means "
+    "over batches of {b} images (within-t as fractions)",
 }
 
 
@@ -81,8 +81,9 @@ class PerImageSegmentationMeter(Meter):
         if pred.ndim == target.ndim + 1:
             pred = pred.argmax(dim=1)
         if pred.shape != target.shape or pred.ndim < 2:
-            raise MetricError(f"segmentation: pred shape {tuple(pred.shape)} does not match target "
-                              f"{tuple(target.shape)} (N, H, W)")
+            raise MetricError(
+                f"segmentation: pred shape {tuple(pred.shape)} does not match target {tuple(target.shape)} (N, H, W)"
+            )
         for p, t in zip(pred, target):
             cm = _confusion(p, t, self.num_classes, self.ignore_index).cpu()
             if int(cm.sum()) == 0:
@@ -107,8 +108,9 @@ class PerImageSegmentationMeter(Meter):
 class ChunkMeanMeter(Meter):
     """Metrics computed on consecutive chunks of ``batch_size`` images, then averaged over chunks."""
 
-    def __init__(self, chunk_metrics: Callable[[Tensor, Tensor], dict[str, float]], keys: tuple[str, ...],
-                 batch_size: int) -> None:
+    def __init__(
+        self, chunk_metrics: Callable[[Tensor, Tensor], dict[str, float]], keys: tuple[str, ...], batch_size: int
+    ) -> None:
         if batch_size < 1:
             raise MetricError(f"protocol batch size must be >= 1, got {batch_size}")
         self.chunk_metrics, self.keys, self.batch_size = chunk_metrics, keys, batch_size
@@ -130,7 +132,7 @@ class ChunkMeanMeter(Meter):
 
     def _update(self, pred: Tensor, target: Tensor) -> None:
         for i in range(pred.shape[0]):
-            self._pending.append((pred[i:i + 1].cpu(), target[i:i + 1].cpu()))
+            self._pending.append((pred[i : i + 1].cpu(), target[i : i + 1].cpu()))
             self._pending_n += 1
             if self._pending_n == self.batch_size:
                 self._flush()

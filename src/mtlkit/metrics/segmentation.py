@@ -26,8 +26,7 @@ def _valid_pairs(pred: Tensor, target: Tensor, num_classes: int, ignore_index: i
     if pred.ndim == target.ndim + 1:
         if pred.shape[1] != num_classes:
             raise MetricError(
-                f"segmentation: logits have {pred.shape[1]} channels on dim 1, "
-                f"expected num_classes={num_classes}"
+                f"segmentation: logits have {pred.shape[1]} channels on dim 1, expected num_classes={num_classes}"
             )
         if pred.shape[:1] + pred.shape[2:] != target.shape:
             raise MetricError(
@@ -36,9 +35,7 @@ def _valid_pairs(pred: Tensor, target: Tensor, num_classes: int, ignore_index: i
         pred = pred.argmax(dim=1)
     elif pred.shape == target.shape:
         if pred.is_floating_point():
-            raise MetricError(
-                "segmentation: pred is shaped like target has floats; pass class ids or (N,C,...) logits"
-            )
+            raise MetricError("segmentation: pred is shaped like target has floats; pass class ids or (N,C,...) logits")
         pred = integer_labels(pred, "segmentation pred")
     else:
         raise MetricError(
@@ -56,23 +53,17 @@ def _valid_pairs(pred: Tensor, target: Tensor, num_classes: int, ignore_index: i
     p, t = pred[valid], target[valid]
     bad_p = (p < 0) | (p >= num_classes)
     if bool(bad_p.any()):
-        raise MetricError(
-            f"segmentation prediction holds class id {int(p[bad_p][0])} outside [0, {num_classes})"
-        )
+        raise MetricError(f"segmentation prediction holds class id {int(p[bad_p][0])} outside [0, {num_classes})")
     return p, t
 
 
 def _confusion(pred: Tensor, target: Tensor, num_classes: int, ignore_index: int) -> Tensor:
     """(C, C) int64 confusion matrix on the inputs' device (rows: truth, columns: prediction)."""
     p, t = _valid_pairs(pred, target, num_classes, ignore_index)
-    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(
-        num_classes, num_classes
-    )
+    return torch.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def confusion_matrix(
-    pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1
-) -> np.ndarray:
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1) -> np.ndarray:
     """(C, C) int64 counts, rows = true class, columns = predicted class, ignored pixels left out.
 
     ``pred`` is class ids shaped like ``target`` or logits (N, C, ...) reduced by argmax over dim 1.

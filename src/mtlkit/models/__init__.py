@@ -44,16 +44,21 @@ def model_class(arch: str, backbone: str | None = None) -> type[MultiTaskModel]:
     if issubclass(cls, BackboneModel) or backbone == cls.own_backbone:
         return cls
     own = "SegNet" if cls.own_backbone == "segnet" else (cls.own_backbone or "its own network")
-    raise ConfigError(f"model.backbone {backbone!r}: model.arch {arch!r} is built on {own} only "
-                      f"(leave model.backbone unset, or use an architecture written over any backbone: "
-                      f"{', '.join(n for n, c in ARCHITECTURES.items() if issubclass(c, BackboneModel))})")
+    raise ConfigError(
+        f"model.backbone {backbone!r}: model.arch {arch!r} is built on {own} only "
+        f"(leave model.backbone unset, or use an architecture written over any backbone: "
+        f"{', '.join(n for n, c in ARCHITECTURES.items() if issubclass(c, BackboneModel))})"
+    )
 
 
 def __getattr__(name: str) -> object:
     """``OVER_BACKBONE`` (0.2), deprecated: every architecture name is one class on every backbone it supports."""
     if name == "OVER_BACKBONE":
-        warnings.warn("mtlkit.models.OVER_BACKBONE is deprecated: ARCHITECTURES.get(arch) is the class on every "
-                      "backbone", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "mtlkit.models.OVER_BACKBONE is deprecated: ARCHITECTURES.get(arch) is the class on every backbone",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return {n: ARCHITECTURES.get(n) for n in ("single", "mtan", "cross_stitch")}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
@@ -70,8 +75,16 @@ def model_options(cls: type) -> dict[str, Any] | None:
     return options
 
 
-def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbone: str | None = None,
-                pretrained: str = "none", align_corners: bool = False, **options: Any) -> MultiTaskModel:
+def build_model(
+    arch: str,
+    tasks: Sequence[Task],
+    width: float = 1.0,
+    *,
+    backbone: str | None = None,
+    pretrained: str = "none",
+    align_corners: bool = False,
+    **options: Any,
+) -> MultiTaskModel:
     """``arch`` on ``backbone`` (None: its own) for ``tasks``; unknown names/options are ConfigErrors.
 
     ``align_corners`` (``model.align_corners``): the ResNet backbones' DeepLabV3 heads upsample with
@@ -107,13 +120,21 @@ def build_model(arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbon
         model = make(list(tasks), check_width(width), backbone=backbone, pretrained=pretrained, **options, **head)
     elif align_corners:
         on = f"the {backbone} backbone" if backbone else "its own backbone"
-        raise ConfigError(f"model.align_corners: model.arch {arch!r} on {on} has no upsampling head "
-                          "(the option sets the ResNet backbones' DeepLabV3 heads)")
+        raise ConfigError(
+            f"model.align_corners: model.arch {arch!r} on {on} has no upsampling head "
+            "(the option sets the ResNet backbones' DeepLabV3 heads)"
+        )
     elif pretrained != "none":
         raise ConfigError(f"model.pretrained: model.arch {arch!r} on its own backbone has no pretrained weights")
     else:
         model = make(list(tasks), check_width(width), **options)
     # what it was built from: mtlkit.fit writes it to config.yaml and computes #P from it
-    model.build_spec = {"arch": arch, "backbone": backbone, "pretrained": pretrained, "width": float(width),
-                        "align_corners": align_corners, "options": dict(options)}
+    model.build_spec = {
+        "arch": arch,
+        "backbone": backbone,
+        "pretrained": pretrained,
+        "width": float(width),
+        "align_corners": align_corners,
+        "options": dict(options),
+    }
     return model

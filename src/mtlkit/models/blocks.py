@@ -143,8 +143,15 @@ class AttentionGate(nn.Sequential):
     six layers flat (``0``, ``1``, ``3``, ``4``), as the authors' ResNet and WRN code. Same function.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int | None = None, *,
-                 bias: bool = False, grouped: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int | None = None,
+        *,
+        bias: bool = False,
+        grouped: bool = True,
+    ) -> None:
         mid = out_channels if mid_channels is None else mid_channels
         first = [nn.Conv2d(in_channels, mid, 1, bias=bias), nn.BatchNorm2d(mid), nn.ReLU(inplace=True)]
         second = [nn.Conv2d(mid, out_channels, 1, bias=bias), nn.BatchNorm2d(out_channels)]
@@ -225,8 +232,10 @@ class SegNetTrunk(nn.Module):
         )
         self.decoder_levels = tuple(range(NUM_LEVELS - 1, -1 if final_decoder else 0, -1))
         self.dec = nn.ModuleDict(
-            {str(j): ConvStack(self.dec_in_channels[j], self.dec_out_channels[j], depths[j])
-             for j in self.decoder_levels}
+            {
+                str(j): ConvStack(self.dec_in_channels[j], self.dec_out_channels[j], depths[j])
+                for j in self.decoder_levels
+            }
         )
 
     @property

@@ -30,16 +30,33 @@ class CGC(MMoE):
 
     arch_name = "cgc"
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none",
-                 align_corners: bool = False, num_shared_experts: int = 1,
-                 num_task_experts: int = 1, gate_grid: int = 4) -> None:
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+        num_shared_experts: int = 1,
+        num_task_experts: int = 1,
+        gate_grid: int = 4,
+    ) -> None:
         self.num_task_experts = positive_int(num_task_experts, "num_task_experts")
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners,
-                         num_experts=positive_int(num_shared_experts, "num_shared_experts"), gate_grid=gate_grid)
+        super().__init__(
+            tasks,
+            width,
+            backbone=backbone,
+            in_channels=in_channels,
+            pretrained=pretrained,
+            align_corners=align_corners,
+            num_experts=positive_int(num_shared_experts, "num_shared_experts"),
+            gate_grid=gate_grid,
+        )
         self.task_experts = nn.ModuleDict(
-            {t.name: nn.ModuleList([self.new_backbone() for _ in range(self.num_task_experts)]) for t in self.tasks})
+            {t.name: nn.ModuleList([self.new_backbone() for _ in range(self.num_task_experts)]) for t in self.tasks}
+        )
 
     def make_gates(self, in_channels: int) -> nn.ModuleDict:
         n = self.num_experts + self.num_task_experts

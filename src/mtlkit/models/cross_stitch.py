@@ -108,14 +108,17 @@ class SharedStitchUnit(nn.Module):
 SEGNET_POINTS = tuple(f"enc{j}" for j in range(NUM_LEVELS)) + tuple(f"dec{j}" for j in range(NUM_LEVELS - 1, 0, -1))
 
 
-def check_options(variant: str, alpha_s: float | None, per_channel: bool,
-                  alpha_lr_mult: float | None) -> tuple[float, float]:
+def check_options(
+    variant: str, alpha_s: float | None, per_channel: bool, alpha_lr_mult: float | None
+) -> tuple[float, float]:
     """``alpha_s`` and ``alpha_lr_mult`` with the variant's defaults; a ConfigError for a bad option."""
     if variant not in VARIANTS:
         raise ConfigError(f"model.options.variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
     if variant == "mtan" and (alpha_s is not None or per_channel):
-        raise ConfigError("model.options.alpha_s and per_channel belong to variant 'misra'; "
-                          "variant 'mtan' learns one K-vector per stitch point, initialised to ones")
+        raise ConfigError(
+            "model.options.alpha_s and per_channel belong to variant 'misra'; "
+            "variant 'mtan' learns one K-vector per stitch point, initialised to ones"
+        )
     alpha_s = 0.9 if alpha_s is None else alpha_s
     if isinstance(alpha_s, bool) or not isinstance(alpha_s, (int, float)) or not 0.0 <= alpha_s <= 1.0:
         raise ConfigError(f"model.options.alpha_s must be a number in [0, 1] (got {alpha_s!r})")
@@ -153,8 +156,9 @@ class CrossStitch(BackboneModel):
         per_channel: bool = False,
         alpha_lr_mult: float | None = None,
     ) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         alpha, self.alpha_lr_mult = check_options(variant, alpha_s, per_channel, alpha_lr_mult)
         self.variant = variant
         self.paper = self.paper_layout()
@@ -179,7 +183,8 @@ class CrossStitch(BackboneModel):
         units = [unit(ch) for ch in channels]
         # named by point on SegNet (the paper model's keys), a list elsewhere (0.2's keys and indexing)
         self.stitches: nn.ModuleDict | nn.ModuleList = (
-            nn.ModuleDict(dict(zip(SEGNET_POINTS, units))) if self.paper else nn.ModuleList(units))
+            nn.ModuleDict(dict(zip(SEGNET_POINTS, units))) if self.paper else nn.ModuleList(units)
+        )
         if self.paper:
             self.heads = make_heads(self.tasks, trunks[0].out_channels)
             init_weights(self)

@@ -63,10 +63,9 @@ class Dense(MultiTaskModel):
         self.shared = SegNetTrunk(in_channels, c, SEGNET_DEPTHS, final_decoder=False)
         enc_extra = (0,) + tuple(c[j - 1] for j in range(1, NUM_LEVELS))
         dec_extra = tuple(self.shared.dec_in_channels)
-        self.nets = nn.ModuleDict({
-            t.name: SegNetTrunk(c[0], c, SEGNET_DEPTHS, enc_extra=enc_extra, dec_extra=dec_extra)
-            for t in self.tasks
-        })
+        self.nets = nn.ModuleDict(
+            {t.name: SegNetTrunk(c[0], c, SEGNET_DEPTHS, enc_extra=enc_extra, dec_extra=dec_extra) for t in self.tasks}
+        )
         self.heads = make_heads(self.tasks, c[0])
         init_weights(self)
 
@@ -74,8 +73,11 @@ class Dense(MultiTaskModel):
         """``[u_0, pooled_0..pooled_3, unpooled_4..unpooled_0]`` of the shared network."""
         check_input(x)
         f = self.shared.run(x)
-        return ([f.enc_first[0]] + [f.pooled[j] for j in range(NUM_LEVELS - 1)]
-                + [f.dec_in[j] for j in range(NUM_LEVELS - 1, -1, -1)])
+        return (
+            [f.enc_first[0]]
+            + [f.pooled[j] for j in range(NUM_LEVELS - 1)]
+            + [f.dec_in[j] for j in range(NUM_LEVELS - 1, -1, -1)]
+        )
 
     def decode(self, reps: list[Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:
         """Each requested task's network over the shared features, then its head."""

@@ -76,22 +76,40 @@ class DSelectK(MMoE):
 
     arch_name = "dselect_k"
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none",
-                 align_corners: bool = False, num_experts: int = 4, k: int = 2,
-                 gamma: float = 1.0, gate_grid: int = 4) -> None:
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+        num_experts: int = 4,
+        k: int = 2,
+        gamma: float = 1.0,
+        gate_grid: int = 4,
+    ) -> None:
         self.k = positive_int(k, "k")
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0:
             raise ConfigError(f"model.options.gamma must be a positive number (got {gamma!r})")
         if isinstance(num_experts, int) and not isinstance(num_experts, bool) and self.k > num_experts:
             raise ConfigError(f"model.options.k ({k}) must not exceed model.options.num_experts ({num_experts})")
         self.gamma = float(gamma)
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners,
-                         num_experts=num_experts, gate_grid=gate_grid)
+        super().__init__(
+            tasks,
+            width,
+            backbone=backbone,
+            in_channels=in_channels,
+            pretrained=pretrained,
+            align_corners=align_corners,
+            num_experts=num_experts,
+            gate_grid=gate_grid,
+        )
 
     def make_gates(self, in_channels: int) -> nn.ModuleDict:
         """One :class:`DSelectGate` per task."""
         f = in_channels * self.gate_grid**2
         return nn.ModuleDict(
-            {t.name: DSelectGate(f, self.num_experts, self.k, self.gamma, self.gate_grid) for t in self.tasks})
+            {t.name: DSelectGate(f, self.num_experts, self.k, self.gamma, self.gate_grid) for t in self.tasks}
+        )

@@ -34,8 +34,7 @@ ASPP_RATES = (12, 24, 36)
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1) -> list[nn.Module]:
     pad = dilation if kernel == 3 else 0
-    return [nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout),
-            nn.ReLU()]
+    return [nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
 
 class ASPPPooling(nn.Sequential):
@@ -70,8 +69,9 @@ class DeepLabHead(nn.Sequential):
     MTAN authors and LibMTL (see the module docstring).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: float = 1.0, upsample: int = 1,
-                 align_corners: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, width: float = 1.0, upsample: int = 1, align_corners: bool = False
+    ) -> None:
         (c,) = scale_channels((256,), width)
         super().__init__(ASPP(in_channels, ASPP_RATES, c), *_conv_bn_relu(c, c, 3), nn.Conv2d(c, out_channels, 1))
         self.upsample = upsample

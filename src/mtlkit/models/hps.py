@@ -24,10 +24,19 @@ class HPS(BackboneModel):
 
     arch_name = "hps"
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         self.backbone = self.new_backbone()
         self.heads = self.make_heads(self.backbone)
 
@@ -48,7 +57,10 @@ def __getattr__(name: str) -> object:
     if name == "SingleOverBackbone":
         from mtlkit.models.single import SingleTask
 
-        warnings.warn("mtlkit.models.hps.SingleOverBackbone is deprecated; use mtlkit.models.single.SingleTask",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "mtlkit.models.hps.SingleOverBackbone is deprecated; use mtlkit.models.single.SingleTask",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return SingleTask
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,11 +50,21 @@ class LTB(BackboneModel):
     arch_name = "ltb"
     supports_representation = False
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False, warmup: float = 0.01,
-                 tau_scale: float = 0.05) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+        warmup: float = 0.01,
+        tau_scale: float = 0.05,
+    ) -> None:
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         for key, value in (("warmup", warmup), ("tau_scale", tau_scale)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"model.options.{key} must be a non-negative number (got {value!r})")

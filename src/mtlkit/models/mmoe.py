@@ -31,11 +31,21 @@ class MMoE(BackboneModel):
 
     arch_name = "mmoe"
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none",
-                 align_corners: bool = False, num_experts: int = 2, gate_grid: int = 4) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+        num_experts: int = 2,
+        gate_grid: int = 4,
+    ) -> None:
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         self.num_experts = positive_int(num_experts, "num_experts")
         self.gate_grid = positive_int(gate_grid, "gate_grid")
         self.experts = nn.ModuleList([self.new_backbone() for _ in range(self.num_experts)])

@@ -118,10 +118,19 @@ class MTAN(BackboneModel):
 
     arch_name = "mtan"
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         self.paper = self.paper_layout()
         self.wrn = False
         if self.paper:
@@ -141,12 +150,25 @@ class MTAN(BackboneModel):
         prev_dec = {j: enc_f_out[last] if j == last else t.dec_out_channels[j + 1] for j in range(NUM_LEVELS)}
         self.enc_f = nn.ModuleList([ConvBNReLU(c[j], enc_f_out[j]) for j in range(NUM_LEVELS)])
         self.dec_f = nn.ModuleList([ConvBNReLU(prev_dec[j], t.dec_out_channels[j]) for j in range(NUM_LEVELS)])
-        self.enc_att = nn.ModuleDict({task.name: nn.ModuleList(
-            [AttentionGate(c[0] if j == 0 else c[j] + enc_f_out[j - 1], c[j]) for j in range(NUM_LEVELS)])
-            for task in self.tasks})
-        self.dec_att = nn.ModuleDict({task.name: nn.ModuleList(
-            [AttentionGate(t.dec_in_channels[j] + t.dec_out_channels[j], t.dec_out_channels[j])
-             for j in range(NUM_LEVELS)]) for task in self.tasks})
+        self.enc_att = nn.ModuleDict(
+            {
+                task.name: nn.ModuleList(
+                    [AttentionGate(c[0] if j == 0 else c[j] + enc_f_out[j - 1], c[j]) for j in range(NUM_LEVELS)]
+                )
+                for task in self.tasks
+            }
+        )
+        self.dec_att = nn.ModuleDict(
+            {
+                task.name: nn.ModuleList(
+                    [
+                        AttentionGate(t.dec_in_channels[j] + t.dec_out_channels[j], t.dec_out_channels[j])
+                        for j in range(NUM_LEVELS)
+                    ]
+                )
+                for task in self.tasks
+            }
+        )
         self.heads = make_heads(self.tasks, t.out_channels)
         self.level_names = SEGNET_LEVELS
         init_weights(self)
@@ -160,12 +182,18 @@ class MTAN(BackboneModel):
         elif isinstance(bb, WideResNet):
             blocks, gates, bias = wrn_parts(bb)
         else:
-            raise ConfigError(f"model.arch 'mtan' over backbone {self.backbone_name!r}: only SegNet, ResNets and "
-                              f"wrn28 are supported")
+            raise ConfigError(
+                f"model.arch 'mtan' over backbone {self.backbone_name!r}: only SegNet, ResNets and wrn28 are supported"
+            )
         self.blocks = nn.ModuleList(blocks)
-        self.attention = nn.ModuleDict({t.name: nn.ModuleList(
-            [AttentionGate(cin, cout, mid, bias=bias, grouped=False) for cin, mid, cout in gates])
-            for t in self.tasks})
+        self.attention = nn.ModuleDict(
+            {
+                t.name: nn.ModuleList(
+                    [AttentionGate(cin, cout, mid, bias=bias, grouped=False) for cin, mid, cout in gates]
+                )
+                for t in self.tasks
+            }
+        )
         self.pool_sizes = [bb.strides[j + 1] // bb.strides[j] for j in range(bb.num_stages - 1)]
         self.heads = self.make_heads(bb)
         self.wrn = isinstance(bb, WideResNet)

@@ -60,8 +60,16 @@ class BackboneModel(MultiTaskModel):
     #: the backbone ``build_model`` gives when ``model.backbone`` is unset
     default_backbone = "segnet"
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+    ) -> None:
         super().__init__(tasks)
         if not isinstance(align_corners, bool):
             raise ConfigError(f"model.align_corners must be true or false (got {align_corners!r})")

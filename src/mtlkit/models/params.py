@@ -75,27 +75,33 @@ def paper_ratio(arch: str) -> float | None:
 def __getattr__(name: str) -> dict[str, float | None]:
     """``PAPER_RATIOS_NYUV2`` (0.2), deprecated: :func:`paper_ratio` reads the shipped reference table."""
     if name == "PAPER_RATIOS_NYUV2":
-        warnings.warn("mtlkit.models.params.PAPER_RATIOS_NYUV2 is deprecated; use paper_ratio(arch)",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "mtlkit.models.params.PAPER_RATIOS_NYUV2 is deprecated; use paper_ratio(arch)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return {a: paper_ratio(a) for a in PAPER_ARCHS}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _meta_model(arch: str, tasks: Sequence[Task], width: float, backbone: str | None = None,
-                **options: Any) -> MultiTaskModel:
+def _meta_model(
+    arch: str, tasks: Sequence[Task], width: float, backbone: str | None = None, **options: Any
+) -> MultiTaskModel:
     """``arch`` built on the meta device: shapes only, so width-1 networks cost nothing."""
     with torch.device("meta"):
         return build_model(arch, tasks, width, backbone=backbone, **options)
 
 
-def count_model_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, *,
-                           backbone: str | None = None, **options: Any) -> int:
+def count_model_parameters(
+    arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbone: str | None = None, **options: Any
+) -> int:
     """Number of parameters of ``arch`` (on ``backbone``) for ``tasks`` at ``width``, without allocating them."""
     return count_parameters(_meta_model(arch, tasks, width, backbone, **options))
 
 
-def single_task_parameters(arch: str, tasks: Sequence[Task], width: float = 1.0, *,
-                           backbone: str | None = None, **options: Any) -> float | None:
+def single_task_parameters(
+    arch: str, tasks: Sequence[Task], width: float = 1.0, *, backbone: str | None = None, **options: Any
+) -> float | None:
     """The #P reference: mean size of one single-task network per task; None when undefined.
 
     SegNet-family architectures and those written over a backbone use one single-task network of
@@ -163,13 +169,17 @@ def parameter_report(
         "shared_params": shared,
         "single_task_params": None if reference is None else round(reference),
         "ratio": None if reference is None else params / reference,
-        "paper_ratio": paper_ratio(arch) if nyuv2_like and width == 1 and backbone in (None, "segnet")
-        else None,
+        "paper_ratio": paper_ratio(arch) if nyuv2_like and width == 1 and backbone in (None, "segnet") else None,
     }
 
 
-def parameter_table(tasks_or_dataset: Sequence[Task] | str, width: float = 1.0,
-                    archs: Sequence[str] = PAPER_ARCHS, *, num_classes: int | None = None,
-                    backbone: str | None = None) -> list[dict[str, Any]]:
+def parameter_table(
+    tasks_or_dataset: Sequence[Task] | str,
+    width: float = 1.0,
+    archs: Sequence[str] = PAPER_ARCHS,
+    *,
+    num_classes: int | None = None,
+    backbone: str | None = None,
+) -> list[dict[str, Any]]:
     """:func:`parameter_report` for each of ``archs`` (default: the paper's seven) on ``backbone``."""
     return [parameter_report(tasks_or_dataset, a, width, num_classes=num_classes, backbone=backbone) for a in archs]

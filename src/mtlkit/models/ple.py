@@ -54,24 +54,35 @@ class PLE(BackboneModel):
     arch_name = "ple"
     supports_representation = False
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none",
-                 align_corners: bool = False, num_shared_experts: int = 1,
-                 num_task_experts: int = 1, gate_grid: int = 4) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+        num_shared_experts: int = 1,
+        num_task_experts: int = 1,
+        gate_grid: int = 4,
+    ) -> None:
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         ns = positive_int(num_shared_experts, "num_shared_experts")
         nt = positive_int(num_task_experts, "num_task_experts")
         grid = positive_int(gate_grid, "gate_grid")
         self.shared_experts = nn.ModuleList([self.new_backbone() for _ in range(ns)])
         self.task_experts = nn.ModuleDict(
-            {t.name: nn.ModuleList([self.new_backbone() for _ in range(nt)]) for t in self.tasks})
+            {t.name: nn.ModuleList([self.new_backbone() for _ in range(nt)]) for t in self.tasks}
+        )
         proto = backbones_in(self.shared_experts)[0]
         self.levels: int = proto.num_stages
         level_in = (in_channels,) + tuple(proto.channels[:-1])
         self.task_gates = nn.ModuleDict(
-            {t.name: nn.ModuleList([Gate(level_in[i], nt + ns, grid) for i in range(self.levels)])
-             for t in self.tasks})
+            {t.name: nn.ModuleList([Gate(level_in[i], nt + ns, grid) for i in range(self.levels)]) for t in self.tasks}
+        )
         n_all = nt * len(self.tasks) + ns
         self.shared_gates = nn.ModuleList([Gate(level_in[i], n_all, grid) for i in range(self.levels - 1)])
         self.heads = self.make_heads(proto)

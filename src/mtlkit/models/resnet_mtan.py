@@ -26,8 +26,9 @@ def __getattr__(name: str) -> object:
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module, new = _MOVED[name]
-    warnings.warn(f"mtlkit.models.resnet_mtan.{name} is deprecated; use {module}.{new}", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(
+        f"mtlkit.models.resnet_mtan.{name} is deprecated; use {module}.{new}", DeprecationWarning, stacklevel=2
+    )
     import importlib
 
     return getattr(importlib.import_module(module), new)

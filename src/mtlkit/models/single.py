@@ -33,10 +33,19 @@ class SingleTask(BackboneModel):
     arch_name = "single"
     supports_representation = False
 
-    def __init__(self, tasks: list[Task], width: float = 1.0, *, backbone: str = "segnet",
-                 in_channels: int = 3, pretrained: str = "none", align_corners: bool = False) -> None:
-        super().__init__(tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained,
-                         align_corners=align_corners)
+    def __init__(
+        self,
+        tasks: list[Task],
+        width: float = 1.0,
+        *,
+        backbone: str = "segnet",
+        in_channels: int = 3,
+        pretrained: str = "none",
+        align_corners: bool = False,
+    ) -> None:
+        super().__init__(
+            tasks, width, backbone=backbone, in_channels=in_channels, pretrained=pretrained, align_corners=align_corners
+        )
         self.paper = self.paper_layout()
         if self.paper:
             self.nets = nn.ModuleDict({t.name: SegNet([t], width, in_channels=in_channels) for t in self.tasks})
@@ -66,4 +75,3 @@ class SingleTask(BackboneModel):
     def shared_parameters(self) -> list[nn.Parameter]:
         """None: no parameter serves more than one task."""
         return []
-

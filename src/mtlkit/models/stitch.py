@@ -14,6 +14,9 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from mtlkit.models.cross_stitch import CrossStitch
 
-    warnings.warn("mtlkit.models.stitch.StagedCrossStitch is deprecated; use mtlkit.models.cross_stitch.CrossStitch",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        "mtlkit.models.stitch.StagedCrossStitch is deprecated; use mtlkit.models.cross_stitch.CrossStitch",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return CrossStitch

@@ -77,8 +77,9 @@ def default_loader(run_dir: Path) -> tuple:
     return load_run(run_dir, checkpoint=which, device="cpu")
 
 
-def make_report(paths: list[Path], out: Path, options: ReportOptions | None = None,
-                loader: Loader | None = None) -> ReportFiles:
+def make_report(
+    paths: list[Path], out: Path, options: ReportOptions | None = None, loader: Loader | None = None
+) -> ReportFiles:
     """Read the runs under ``paths`` and write the report files into ``out``."""
     opts = options or ReportOptions()
     out = Path(out)
@@ -94,12 +95,15 @@ def make_report(paths: list[Path], out: Path, options: ReportOptions | None = No
 
     data = [out / "tables.csv", out / "tables.json", out / "provenance.json"]
     atomic_write_text(data[0], tables_csv(tables))
-    atomic_write_json(data[1], {"source": tables[0].source if tables else opts.source,
-                                "tables": [t.to_json() for t in tables]})
-    atomic_write_json(data[2], {"report": builder.provenance, "runs": [run_provenance(r) for r in col.runs],
-                                "missing": col.missing})
-    doc.sections.append(Section("Files", [BulletList(
-        [f"`{p.relative_to(out).as_posix()}`" for p in data + builder.figures])]))
+    atomic_write_json(
+        data[1], {"source": tables[0].source if tables else opts.source, "tables": [t.to_json() for t in tables]}
+    )
+    atomic_write_json(
+        data[2], {"report": builder.provenance, "runs": [run_provenance(r) for r in col.runs], "missing": col.missing}
+    )
+    doc.sections.append(
+        Section("Files", [BulletList([f"`{p.relative_to(out).as_posix()}`" for p in data + builder.figures])])
+    )
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md_writer.render(doc))
     atomic_write_text(html_path, html_writer.render(doc, out))
@@ -127,21 +131,34 @@ class _Builder:
         total = sum(r.wall_time or 0.0 for r in col.runs)
         unfinished_time = sum(r.wall_time or 0.0 for r in col.runs if not r.finished)
         of_which = f" ({fmt_duration(unfinished_time)} of it in unfinished runs)" if unfinished_time else ""
-        intro = (f"{len(col.runs)} run folders ({len(finished)} finished), "
-                 f"{len(tables)} experiment table{'s' if len(tables) != 1 else ''}; "
-                 f"total training time {fmt_duration(total)}{of_which}. Generated {self.provenance['generated']}.")
+        intro = (
+            f"{len(col.runs)} run folders ({len(finished)} finished), "
+            f"{len(tables)} experiment table{'s' if len(tables) != 1 else ''}; "
+            f"total training time {fmt_duration(total)}{of_which}. Generated {self.provenance['generated']}."
+        )
         if col.sweeps:
             intro += " Sweeps: " + ", ".join(f"`{s['name']}` ({s['runs']} runs)" for s in col.sweeps) + "."
         doc.intro.append(Paragraph(intro))
         problems = [r for r in col.runs if not r.finished]
         if problems or col.missing:
-            doc.intro.append(Note(f"{len(problems) + len(col.missing)} run(s) did not finish and are left out "
-                                  "of the tables; see 'Unfinished and failed runs'."))
+            doc.intro.append(
+                Note(
+                    f"{len(problems) + len(col.missing)} run(s) did not finish and are left out "
+                    "of the tables; see 'Unfinished and failed runs'."
+                )
+            )
         diverged = [r for r in col.runs if r.non_finite]
         if diverged:
-            doc.intro.append(Note("Non-finite (NaN/inf) values were logged by " + "; ".join(
-                f"{r.name} ({', '.join(r.non_finite[:3])}{', ...' if len(r.non_finite) > 3 else ''})"
-                for r in diverged) + ": their numbers are not trustworthy."))
+            doc.intro.append(
+                Note(
+                    "Non-finite (NaN/inf) values were logged by "
+                    + "; ".join(
+                        f"{r.name} ({', '.join(r.non_finite[:3])}{', ...' if len(r.non_finite) > 3 else ''})"
+                        for r in diverged
+                    )
+                    + ": their numbers are not trustworthy."
+                )
+            )
         doc.sections.append(self.results_section(tables))
         complexity = self.complexity_section(tables)
         if complexity is not None:
@@ -178,18 +195,30 @@ class _Builder:
 
     def delta_figure(self, t: ResultsTable) -> Figure | None:
         """Δm of every rated row (and published rows rated against a published baseline), with error bars."""
-        bars = [{"label": r.label, "arch": r.arch, "delta": r.delta, "std": r.delta_std,
-                 "not_significant": r.not_significant("delta_m")}
-                for r in t.rows if r.delta is not None and not r.is_baseline]
-        bars += [{"label": ref.label, "arch": ref.row.arch, "delta": ref.delta, "std": None, "reference": True}
-                 for ref in t.references if ref.delta is not None]
+        bars = [
+            {
+                "label": r.label,
+                "arch": r.arch,
+                "delta": r.delta,
+                "std": r.delta_std,
+                "not_significant": r.not_significant("delta_m"),
+            }
+            for r in t.rows
+            if r.delta is not None and not r.is_baseline
+        ]
+        bars += [
+            {"label": ref.label, "arch": ref.row.arch, "delta": ref.delta, "std": None, "reference": True}
+            for ref in t.references
+            if ref.delta is not None
+        ]
         if not bars:
             return None
         path = self.out / "figures" / f"delta_m_{t.key}.png"
         plots.plot_delta(bars, path, title=t.title, baseline=t.baseline or "")
         hatch = " Hatched: not significant at 5 % (Welch's t-test over seeds)." if t.significance_tested else ""
-        return self.figure(path, f"{t.title}: Δm vs the {t.baseline} row per row, mean over seeds with ± sample "
-                                 f"std error bars.{hatch}")
+        return self.figure(
+            path, f"{t.title}: Δm vs the {t.baseline} row per row, mean over seeds with ± sample std error bars.{hatch}"
+        )
 
     # ------------------------------------------------------------------ complexity
 
@@ -208,29 +237,52 @@ class _Builder:
             for t in sorted(group, key=lambda t: t.tasks[vary]["channels"]):
                 classes = int(t.tasks[vary]["channels"])
                 for row in t.rows:
-                    s = series.setdefault((row.arch, row.weighting, row.setting_text), {
-                        "label": row.label, "arch": row.arch, "weighting": row.weighting,
-                        "points": {}, "relative": {}})
-                    mains = {f"{x['name']}/{x['main_metric']}": bool(x["metrics"][x["main_metric"]])
-                             for x in t.tasks}
+                    s = series.setdefault(
+                        (row.arch, row.weighting, row.setting_text),
+                        {
+                            "label": row.label,
+                            "arch": row.arch,
+                            "weighting": row.weighting,
+                            "points": {},
+                            "relative": {},
+                        },
+                    )
+                    mains = {f"{x['name']}/{x['main_metric']}": bool(x["metrics"][x["main_metric"]]) for x in t.tasks}
                     s["points"][classes] = {k: row.mean[k] for k in mains if k in row.mean}
                     if row.baseline_mean is not None and not row.is_baseline:
                         s["relative"][classes] = {
                             k: (1 if hib else -1) * (row.mean[k] - row.baseline_mean[k]) / row.baseline_mean[k] * 100
                             for k, hib in mains.items()
-                            if k in row.mean and row.baseline_mean.get(k) not in (None, 0.0)}
+                            if k in row.mean and row.baseline_mean.get(k) not in (None, 0.0)
+                        }
             path = self.out / "figures" / f"complexity_{slug(dataset + '-' + '-'.join(names))}.png"
-            plots.plot_complexity(list(series.values()), group[0].tasks, path,
-                                  title=f"{dataset}: performance vs number of {names[vary]} classes")
-            blocks.append(self.figure(path, f"{dataset}: each task's main metric against the number of "
-                                            f"{names[vary]} classes (top) and its gain over the single-task "
-                                            "network (bottom, %, higher is better), per architecture."))
+            plots.plot_complexity(
+                list(series.values()),
+                group[0].tasks,
+                path,
+                title=f"{dataset}: performance vs number of {names[vary]} classes",
+            )
+            blocks.append(
+                self.figure(
+                    path,
+                    f"{dataset}: each task's main metric against the number of "
+                    f"{names[vary]} classes (top) and its gain over the single-task "
+                    "network (bottom, %, higher is better), per architecture.",
+                )
+            )
         if not blocks:
             return None
-        return Section("Task complexity", [Paragraph(
-            "As in MTAN section 4.1.5: the same architectures trained with more and more segmentation "
-            "classes. A method that shares well keeps its advantage over single-task networks as the "
-            "task gets harder.")] + blocks)
+        return Section(
+            "Task complexity",
+            [
+                Paragraph(
+                    "As in MTAN section 4.1.5: the same architectures trained with more and more segmentation "
+                    "classes. A method that shares well keeps its advantage over single-task networks as the "
+                    "task gets harder."
+                )
+            ]
+            + blocks,
+        )
 
     # ------------------------------------------------------------------ curves and weights
 
@@ -241,8 +293,10 @@ class _Builder:
         their own). Lines of one logged epoch have no curve: their values go in a table instead.
         """
         sec = Section("Training curves")
-        groups = [_CurveGroup(t.title, t.key, t.dataset, t.tasks,
-                              [_line(row.label, row.runs, t.tasks) for row in t.rows]) for t in tables]
+        groups = [
+            _CurveGroup(t.title, t.key, t.dataset, t.tasks, [_line(row.label, row.runs, t.tasks) for row in t.rows])
+            for t in tables
+        ]
         for run in (r for r in unfinished if r.epochs):
             tasks = run.logged_tasks
             names = [x["name"] for x in tasks]
@@ -252,16 +306,22 @@ class _Builder:
                 group = _CurveGroup(title, slug(title), run.dataset, tasks, [])
                 groups.append(group)
             n = len(run.epochs)
-            group.lines.append(_line(f"{run.name} ({run.status}, {n} epoch{'s' if n != 1 else ''})", [run],
-                                     group.tasks))
+            group.lines.append(
+                _line(f"{run.name} ({run.status}, {n} epoch{'s' if n != 1 else ''})", [run], group.tasks)
+            )
         for g in groups:
             curves = [ln for ln in g.lines if max(map(len, ln["series"].values()), default=0) > 1]
             single = [ln for ln in g.lines if max(map(len, ln["series"].values()), default=0) == 1]
             if curves:
                 path = self.out / "figures" / f"curves_{g.key}.png"
                 plots.plot_curves(curves, g.tasks, path, title=g.title)
-                sec.blocks.append(self.figure(path, f"{g.title}: training loss (left) and validation main "
-                                                    "metric (right) per epoch, mean over seeds."))
+                sec.blocks.append(
+                    self.figure(
+                        path,
+                        f"{g.title}: training loss (left) and validation main "
+                        "metric (right) per epoch, mean over seeds.",
+                    )
+                )
             if single:
                 sec.blocks.append(_one_epoch_table(g, single))
         if not sec.blocks:
@@ -285,11 +345,16 @@ class _Builder:
             if panels:
                 path = self.out / "figures" / f"weights_{t.key}.png"
                 plots.plot_weights(panels, names, path, title=t.title)
-                sec.blocks.append(self.figure(path, f"{t.title}: each task's loss weight per epoch (mean over "
-                                                    "the epoch's steps and over seeds)."))
+                sec.blocks.append(
+                    self.figure(
+                        path,
+                        f"{t.title}: each task's loss weight per epoch (mean over the epoch's steps and over seeds).",
+                    )
+                )
         if constant:
-            sec.blocks.append(Paragraph("Constant task weights (not plotted): " + ", ".join(sorted(set(constant)))
-                                        + "."))
+            sec.blocks.append(
+                Paragraph("Constant task weights (not plotted): " + ", ".join(sorted(set(constant))) + ".")
+            )
         if not sec.blocks:
             sec.blocks.append(Note("No task weights logged."))
         return sec
@@ -324,14 +389,20 @@ class _Builder:
                 names = [x.name for x in tasks]
                 alphas = plots.alpha_matrices(model.stitch_alphas(), len(names))
             except Exception as err:  # noqa: BLE001
-                sec.blocks.append(Note(f"{run.name}: skipped, the model could not be loaded "
-                                       f"({type(err).__name__}: {_short(err)})."))
+                sec.blocks.append(
+                    Note(f"{run.name}: skipped, the model could not be loaded ({type(err).__name__}: {_short(err)}).")
+                )
                 continue
             path = self.out / "figures" / f"stitch_{file_slug(run.name)}.png"
             plots.plot_stitch_alphas(alphas, names, path, title=f"{row.label}: {run.name}")
-            sec.blocks.append(self.figure(path, f"{row.label} ({t.title}): learned cross-stitch alphas at each "
-                                                "stitch point (row = the task whose features are mixed), and "
-                                                "the weight each task keeps for itself along the network."))
+            sec.blocks.append(
+                self.figure(
+                    path,
+                    f"{row.label} ({t.title}): learned cross-stitch alphas at each "
+                    "stitch point (row = the task whose features are mixed), and "
+                    "the weight each task keeps for itself along the network.",
+                )
+            )
         return sec
 
     def attention_section(self, tables: list[ResultsTable]) -> Section:
@@ -344,17 +415,24 @@ class _Builder:
         if not self.opts.models or self.opts.attention_images < 1:
             sec.blocks.append(Note("Skipped: model loading turned off."))
             return sec
-        sec.blocks.append(Paragraph(
-            "MTAN section 4.1.6: each task's soft-attention mask at every encoder and decoder block "
-            "(mean over channels; 0 = feature suppressed, 1 = kept) beside the image, ground truth and "
-            "prediction of a few validation images. Masks that differ between tasks show the shared "
-            "features being selected per task."))
+        sec.blocks.append(
+            Paragraph(
+                "MTAN section 4.1.6: each task's soft-attention mask at every encoder and decoder block "
+                "(mean over channels; 0 = feature suppressed, 1 = kept) beside the image, ground truth and "
+                "prediction of a few validation images. Masks that differ between tasks show the shared "
+                "features being selected per task."
+            )
+        )
         for t, row, run in picked:
             try:
                 images = self._attention_data(run)
             except Exception as err:  # noqa: BLE001
-                sec.blocks.append(Note(f"{run.name}: skipped, the model could not be loaded or run "
-                                       f"({type(err).__name__}: {_short(err)})."))
+                sec.blocks.append(
+                    Note(
+                        f"{run.name}: skipped, the model could not be loaded or run "
+                        f"({type(err).__name__}: {_short(err)})."
+                    )
+                )
                 continue
             for i, (image, rows) in enumerate(images):
                 path = self.out / "figures" / f"attention_{file_slug(run.name)}_{i}.png"
@@ -382,13 +460,19 @@ class _Builder:
             rows = []
             for task in tasks:
                 prefix = f"attention/{task.name}/"
-                masks = [(k[len(prefix):], rec[k][b].float().mean(dim=0).cpu().numpy())
-                         for k in rec if k.startswith(prefix)]
-                pred = task.spec.display(task, task.postprocess(raw[task.name][b: b + 1].float())[0])
+                masks = [
+                    (k[len(prefix) :], rec[k][b].float().mean(dim=0).cpu().numpy()) for k in rec if k.startswith(prefix)
+                ]
+                pred = task.spec.display(task, task.postprocess(raw[task.name][b : b + 1].float())[0])
                 target = sample.get(task.name)
-                rows.append({"task": task,
-                             "target": target.cpu().numpy() if target is not None else None,
-                             "pred": pred.cpu().numpy(), "masks": masks})
+                rows.append(
+                    {
+                        "task": task,
+                        "target": target.cpu().numpy() if target is not None else None,
+                        "pred": pred.cpu().numpy(),
+                        "masks": masks,
+                    }
+                )
             out.append((sample["image"].cpu().numpy(), rows))
         return out
 
@@ -396,10 +480,26 @@ class _Builder:
 
     def problems_section(self, runs: list[Run], missing: list[dict[str, Any]]) -> Section:
         """Runs that did not finish: status, progress and error."""
-        rows = [[Cell(r.name), Cell(r.sweep or "–"), Cell(r.status), Cell(f"{len(r.epochs)} epochs logged"),
-                 Cell(r.error or "–")] for r in runs]
-        rows += [[Cell(str(m.get("name"))), Cell(str(m.get("sweep") or "–")), Cell(str(m.get("status"))),
-                  Cell("no run folder"), Cell(str(m.get("error") or "–"))] for m in missing]
+        rows = [
+            [
+                Cell(r.name),
+                Cell(r.sweep or "–"),
+                Cell(r.status),
+                Cell(f"{len(r.epochs)} epochs logged"),
+                Cell(r.error or "–"),
+            ]
+            for r in runs
+        ]
+        rows += [
+            [
+                Cell(str(m.get("name"))),
+                Cell(str(m.get("sweep") or "–")),
+                Cell(str(m.get("status"))),
+                Cell("no run folder"),
+                Cell(str(m.get("error") or "–")),
+            ]
+            for m in missing
+        ]
         return Section("Unfinished and failed runs", [Table(["Run", "Sweep", "Status", "Progress", "Error"], rows)])
 
     def provenance_section(self, runs: list[Run]) -> Section:
@@ -408,10 +508,19 @@ class _Builder:
         for r in runs:
             p = run_provenance(r)
             versions = ", ".join(f"{k} {v}" for k, v in (p["versions"] or {}).items()) or "–"
-            rows.append([Cell(p["run"], title=p["path"]), Cell(p["status"]), Cell(str(p["seed"])),
-                         Cell(str(p["epochs"])), Cell(p["config_hash"] or "–"), Cell(versions),
-                         Cell((p["git_commit"] or "–")[:10], title=p["git_commit"]),
-                         Cell(str(p["machine"] or "–")), Cell(fmt_duration(p["wall_time"]))])
+            rows.append(
+                [
+                    Cell(p["run"], title=p["path"]),
+                    Cell(p["status"]),
+                    Cell(str(p["seed"])),
+                    Cell(str(p["epochs"])),
+                    Cell(p["config_hash"] or "–"),
+                    Cell(versions),
+                    Cell((p["git_commit"] or "–")[:10], title=p["git_commit"]),
+                    Cell(str(p["machine"] or "–")),
+                    Cell(fmt_duration(p["wall_time"])),
+                ]
+            )
         rp = self.provenance
         items = [
             f"Generated {rp['generated']} by `{rp['command']}`",
@@ -419,11 +528,19 @@ class _Builder:
             f"Git commit: `{rp['git_commit'] or 'not a git checkout'}`",
             f"Machine: {rp['machine']['host']} ({rp['machine']['platform']})",
         ]
-        return Section("Provenance", [
-            Table(["Run", "Status", "Seed", "Epochs", "Config hash", "Versions", "Commit", "Machine", "Wall time"],
-                  rows, caption="Per run, from its results.json; full values in provenance.json.",
-                  align=["l", "l", "r", "r", "l", "l", "l", "l", "r"]),
-            Paragraph("This report:"), BulletList(items)])
+        return Section(
+            "Provenance",
+            [
+                Table(
+                    ["Run", "Status", "Seed", "Epochs", "Config hash", "Versions", "Commit", "Machine", "Wall time"],
+                    rows,
+                    caption="Per run, from its results.json; full values in provenance.json.",
+                    align=["l", "l", "r", "r", "l", "l", "l", "l", "r"],
+                ),
+                Paragraph("This report:"),
+                BulletList(items),
+            ],
+        )
 
 
 def _runs_report_last(runs: list[Run], source: str) -> int:
@@ -444,8 +561,7 @@ def _seed_mean(runs: list[Run], split: str, key: str) -> list[tuple[int, float]]
     if not per_run:
         return []
     epochs = sorted(set.intersection(*(set(p) for p in per_run)))
-    return [(e, sum(p[e] for p in per_run) / len(per_run)) for e in epochs
-            if all(math.isfinite(p[e]) for p in per_run)]
+    return [(e, sum(p[e] for p in per_run) / len(per_run)) for e in epochs if all(math.isfinite(p[e]) for p in per_run)]
 
 
 def model_records(run: Run) -> list[str]:
@@ -458,13 +574,15 @@ def model_records(run: Run) -> list[str]:
     return list(ARCHITECTURES.get(run.arch).records) if run.arch in ARCHITECTURES else []
 
 
-def _pick(tables: list[ResultsTable], records: str, limit: int,
-          one_per_arch: bool) -> list[tuple[ResultsTable, Row, Run]]:
+def _pick(
+    tables: list[ResultsTable], records: str, limit: int, one_per_arch: bool
+) -> list[tuple[ResultsTable, Row, Run]]:
     """Up to ``limit`` runs per table whose model records ``records``, equal weighting first, first seed."""
     out = []
     for t in tables:
-        rows = sorted((r for r in t.rows if records in model_records(r.runs[0])),
-                      key=lambda r: (r.weighting != "equal", r.label))
+        rows = sorted(
+            (r for r in t.rows if records in model_records(r.runs[0])), key=lambda r: (r.weighting != "equal", r.label)
+        )
         seen: set[str] = set()
         chosen = []
         for row in rows:
@@ -504,8 +622,7 @@ class _CurveGroup:
 
 def _line(label: str, runs: list[Run], tasks: list[dict[str, Any]]) -> dict[str, Any]:
     """One curve's data: per task, the seed-mean training loss and validation main metric per epoch."""
-    keys = [("train", f"loss/{x['name']}") for x in tasks] + [("val", f"{x['name']}/{x['main_metric']}")
-                                                              for x in tasks]
+    keys = [("train", f"loss/{x['name']}") for x in tasks] + [("val", f"{x['name']}/{x['main_metric']}") for x in tasks]
     return {"label": label, "series": {k: _seed_mean(runs, split, k) for split, k in keys}}
 
 
@@ -520,7 +637,14 @@ def _one_epoch_table(group: _CurveGroup, lines: list[dict[str, Any]]) -> Table:
     rows = []
     for ln in lines:
         epoch = next(pts[0][0] for pts in ln["series"].values() if pts)
-        rows.append([Cell(ln["label"]), Cell(str(epoch))] + [
-            Cell(fmt_value(ln["series"][k][0][1], places[k]) if ln["series"].get(k) else "–") for k in keys])
-    return Table(headers, rows, f"{group.title}: one logged epoch, so no curve; its training loss and "
-                                f"validation main metric (mean over seeds).", align=["l", "r"] + ["r"] * len(keys))
+        rows.append(
+            [Cell(ln["label"]), Cell(str(epoch))]
+            + [Cell(fmt_value(ln["series"][k][0][1], places[k]) if ln["series"].get(k) else "–") for k in keys]
+        )
+    return Table(
+        headers,
+        rows,
+        f"{group.title}: one logged epoch, so no curve; its training loss and "
+        f"validation main metric (mean over seeds).",
+        align=["l", "r"] + ["r"] * len(keys),
+    )

@@ -17,8 +17,11 @@ def delta_m(values: dict[str, float], baseline: dict[str, float], higher_is_bett
     from mtlkit.metrics import delta_m as metric_delta_m
 
     keys = [k for k in higher_is_better if k in values and k in baseline]
-    return float(metric_delta_m({k: values[k] for k in keys}, {k: baseline[k] for k in keys},
-                                {k: higher_is_better[k] for k in keys}))
+    return float(
+        metric_delta_m(
+            {k: values[k] for k in keys}, {k: baseline[k] for k in keys}, {k: higher_is_better[k] for k in keys}
+        )
+    )
 
 
 def _add_reference_deltas(table: ResultsTable, ref: Reference, base: ReferenceRow, source: str, last: int) -> None:
@@ -36,12 +39,15 @@ def _add_reference_deltas(table: ResultsTable, ref: Reference, base: ReferenceRo
         row.baseline_mean = values
         row.deltas = _run_deltas(row.runs, values, higher, source, last)
     missing = sorted(set(directions) - set(shared))
-    table.notes.append(f"Δm against the published row {base.name} [{ref.name}] ({ref.source})"
-                       + (f"; over {', '.join(shared)} only (the reference lacks {', '.join(missing)})."
-                          if missing else "."))
+    table.notes.append(
+        f"Δm against the published row {base.name} [{ref.name}] ({ref.source})"
+        + (f"; over {', '.join(shared)} only (the reference lacks {', '.join(missing)})." if missing else ".")
+    )
     if ref.protocol not in table.protocols:
-        table.notes.append(f"The reference row was evaluated under protocol {ref.meta.get('protocol')}, the runs "
-                           f"under {', '.join(table.protocols)}: the Δm mixes protocols.")
+        table.notes.append(
+            f"The reference row was evaluated under protocol {ref.meta.get('protocol')}, the runs "
+            f"under {', '.join(table.protocols)}: the Δm mixes protocols."
+        )
 
 
 def _add_references(table: ResultsTable, refs: list[Reference]) -> None:
@@ -57,16 +63,20 @@ def _add_references(table: ResultsTable, refs: list[Reference]) -> None:
         base = table.baseline_reference
         for line in lines:
             if base is not None and base.reference.name == ref.name:
-                shared = {k: directions[k] for k in keys if k in line.values and k in base.values
-                          and base.values[k] != 0}
+                shared = {
+                    k: directions[k] for k in keys if k in line.values and k in base.values and base.values[k] != 0
+                }
                 line.delta = delta_m({k: line.values[k] for k in shared}, base.values, shared)
         table.references += lines
         if ref.meta.get("dataset") and ref.meta["dataset"] != table.dataset:
-            table.notes.append(f"Reference rows [{ref.name}] are published {ref.meta['dataset']} results, not "
-                               f"{table.dataset}: shown for scale, not comparable number for number.")
+            table.notes.append(
+                f"Reference rows [{ref.name}] are published {ref.meta['dataset']} results, not "
+                f"{table.dataset}: shown for scale, not comparable number for number."
+            )
         if ref.protocol != protocol:
-            table.notes.append(f"Reference rows [{ref.name}] use protocol {ref.meta.get('protocol')}, the runs "
-                               f"{protocol}.")
+            table.notes.append(
+                f"Reference rows [{ref.name}] use protocol {ref.meta.get('protocol')}, the runs {protocol}."
+            )
 
 
 def _add_significance(table: ResultsTable, source: str, last: int) -> None:
@@ -91,6 +101,7 @@ def _add_significance(table: ResultsTable, source: str, last: int) -> None:
 
 def _welch(row: Row, base: Row, columns: list[Column], source: str, last: int, ttest_ind) -> None:
     """Fill ``row.pvalues`` with Welch's two-sided p-values against ``base`` (per metric, delta_m)."""
+
     def pvalue(a: list[float], b: list[float]) -> float:
         if sample_std(a) <= 1e-12 * max(1.0, abs(a[0])) and sample_std(b) <= 1e-12 * max(1.0, abs(b[0])):
             return 1.0 if math.isclose(a[0], b[0], rel_tol=1e-9, abs_tol=1e-12) else 0.0  # no spread at all
@@ -111,8 +122,7 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
     """delta_m of every run against the matching baseline row's seed-mean (same non-model settings)."""
     candidates = [r for r in table.rows if r.arch == baseline]
     if not candidates:
-        table.notes.append(f"No {arch_label(baseline)} ({baseline}) run in this experiment, "
-                           "so no Δm column.")
+        table.notes.append(f"No {arch_label(baseline)} ({baseline}) run in this experiment, so no Δm column.")
         return
     table.baseline = arch_label(baseline)
     directions = {c.key: c.higher_is_better for c in table.columns}
@@ -131,8 +141,9 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
         base = min(matches, key=lambda b: (b.weighting != "equal", b.weighting))
         base.is_baseline = True
         row.baseline_mean = base.mean
-        higher = {k: h for k, h in directions.items() if math.isfinite(base.mean.get(k, math.nan))
-                  and base.mean[k] != 0}
+        higher = {
+            k: h for k, h in directions.items() if math.isfinite(base.mean.get(k, math.nan)) and base.mean[k] != 0
+        }
         dropped.update(k for k in directions if k not in higher)
         row.deltas = _run_deltas(row.runs, base.mean, higher, source, last)
     if dropped:
@@ -141,8 +152,9 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
         table.notes.append("No baseline run with the same settings for: " + "; ".join(unmatched) + ".")
 
 
-def _run_deltas(runs: list[Run], base: dict[str, float], higher: dict[str, bool], source: str,
-                last: int) -> list[float]:
+def _run_deltas(
+    runs: list[Run], base: dict[str, float], higher: dict[str, bool], source: str, last: int
+) -> list[float]:
     """delta_m of each run against ``base``; empty when some run has no values (e.g. no best epoch)."""
     values = [r.values(source, last) for r in runs]
     if not all(any(k in v for k in higher) for v in values):

@@ -58,12 +58,14 @@ def table(t: Table) -> str:
     align = t.align or ["l"] * len(t.headers)
     head = []
     if t.groups and any(label for label, _ in t.groups):
-        head.append('<tr class="groups">' + "".join(
-            f'<th colspan="{span}">{html.escape(label)}</th>' for label, span in t.groups) + "</tr>")
+        head.append(
+            '<tr class="groups">'
+            + "".join(f'<th colspan="{span}">{html.escape(label)}</th>' for label, span in t.groups)
+            + "</tr>"
+        )
     head.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in t.headers) + "</tr>")
     body = ["<tr>" + "".join(_cell(c, "td", a) for c, a in zip(row, align)) + "</tr>" for row in t.rows]
-    out = (f'<div class="scroll"><table><thead>{"".join(head)}</thead>'
-           f'<tbody>{"".join(body)}</tbody></table></div>')
+    out = f'<div class="scroll"><table><thead>{"".join(head)}</thead><tbody>{"".join(body)}</tbody></table></div>'
     if t.caption:
         out += f'<div class="caption">{inline(t.caption)}</div>'
     return out
@@ -73,8 +75,10 @@ def figure(fig: Figure, root: Path) -> str:
     """A figure with its PNG embedded as a data: URI (the file must exist under ``root``)."""
     data = base64.b64encode((root / fig.path).read_bytes()).decode("ascii")
     alt = html.escape(fig.caption, quote=True)
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-            f"<figcaption>{inline(fig.caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
+        f"<figcaption>{inline(fig.caption)}</figcaption></figure>"
+    )
 
 
 def render(doc: Document, root: Path) -> str:
@@ -83,17 +87,22 @@ def render(doc: Document, root: Path) -> str:
     parts += [_block(b, root) for b in doc.intro]
     tops = [s for s in doc.sections if s.level == 2]
     if len(tops) > 2:
-        parts.append("<nav><ul>" + "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>'
-                                           for s in tops) + "</ul></nav>")
+        parts.append(
+            "<nav><ul>"
+            + "".join(f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>' for s in tops)
+            + "</ul></nav>"
+        )
     for section in doc.sections:
         lvl = section.level
         parts.append(f'<h{lvl} id="{section.anchor}">{html.escape(section.title)}</h{lvl}>')
         parts += [_block(b, root) for b in section.blocks]
     body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{html.escape(doc.title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
-            f"</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(doc.title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}\n"
+        f"</body>\n</html>\n"
+    )
 
 
 def _block(block, root: Path) -> str:

@@ -13,8 +13,12 @@ def escape(text: str) -> str:
     """``text`` with ``&``, ``<`` and ``>`` as entities outside code spans: names from tasks.yaml or run
     folders are shown, never read as HTML by a Markdown renderer (as report.html escapes them)."""
     parts = _CODE_SPAN.split(text)
-    return "".join(p if p.startswith("`") and p.endswith("`") and len(p) > 1
-                   else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") for p in parts)
+    return "".join(
+        p
+        if p.startswith("`") and p.endswith("`") and len(p) > 1
+        else p.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        for p in parts
+    )
 
 
 def _cell(cell: Cell) -> str:
@@ -37,8 +41,10 @@ def table(t: Table) -> str:
                     headers[j] = f"{label}: {headers[j]}"
             i += span
     align = t.align or ["l"] * len(headers)
-    lines = ["| " + " | ".join(escape(h).replace("|", "\\|") for h in headers) + " |",
-             "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|"]
+    lines = [
+        "| " + " | ".join(escape(h).replace("|", "\\|") for h in headers) + " |",
+        "|" + "|".join("---:" if a == "r" else ":---" for a in align) + "|",
+    ]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in t.rows]
     out = "\n".join(lines)
     if t.caption:

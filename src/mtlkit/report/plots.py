@@ -84,8 +84,9 @@ def curves_figure(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], titl
         name, main = task["name"], task["main_metric"]
         higher = (task.get("metrics") or {}).get(main)
         arrow = "" if higher is None else " ↑" if higher else " ↓"
-        for j, (key, ylabel) in enumerate([(f"loss/{name}", f"{name}: train loss"),
-                                           (f"{name}/{main}", f"{name}: val {main}{arrow}")]):
+        for j, (key, ylabel) in enumerate(
+            [(f"loss/{name}", f"{name}: train loss"), (f"{name}/{main}", f"{name}: val {main}{arrow}")]
+        ):
             ax = axes[i][j]
             positive = True
             for line, (color, style, marker) in zip(lines, styles):
@@ -94,8 +95,16 @@ def curves_figure(lines: list[dict[str, Any]], tasks: list[dict[str, Any]], titl
                     continue
                 x, y = zip(*pts)
                 positive &= min(y) > 0
-                ax.plot(x, y, color=color, linestyle=style, linewidth=1.4, label=line["label"],
-                        marker=marker or ("o" if len(x) < 3 else None), markersize=3)
+                ax.plot(
+                    x,
+                    y,
+                    color=color,
+                    linestyle=style,
+                    linewidth=1.4,
+                    label=line["label"],
+                    marker=marker or ("o" if len(x) < 3 else None),
+                    markersize=3,
+                )
             if j == 0 and positive and _spans_decade(ax):
                 ax.set_yscale("log")
             ax.set_ylabel(ylabel, fontsize=8)
@@ -194,8 +203,15 @@ def plot_stitch_alphas(alphas: dict[str, np.ndarray], task_names: list[str], pat
             for r in range(k):
                 for c in range(k):
                     v = alphas[key][r, c]
-                    ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if v < (vmin + vmax) / 2 else "black")
+                    ax.text(
+                        c,
+                        r,
+                        f"{v:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if v < (vmin + vmax) / 2 else "black",
+                    )
     if image is not None:
         fig.colorbar(image, ax=fig.axes[:n], shrink=0.8, label="alpha (row: output task)")
     ax = fig.add_subplot(grid[1, :])
@@ -203,10 +219,21 @@ def plot_stitch_alphas(alphas: dict[str, np.ndarray], task_names: list[str], pat
 
     cmap = matplotlib.colormaps["Dark2"]
     for t, name in enumerate(task_names):
-        ax.plot(range(n), [alphas[key][t, t] for key in keys], marker="o", color=cmap(t % 8),
-                label=f"{name}: own weight alpha_kk")
-        ax.plot(range(n), [alphas[key][t].sum() - alphas[key][t, t] for key in keys], marker="x",
-                linestyle="--", color=cmap(t % 8), label=f"{name}: from other tasks")
+        ax.plot(
+            range(n),
+            [alphas[key][t, t] for key in keys],
+            marker="o",
+            color=cmap(t % 8),
+            label=f"{name}: own weight alpha_kk",
+        )
+        ax.plot(
+            range(n),
+            [alphas[key][t].sum() - alphas[key][t, t] for key in keys],
+            marker="x",
+            linestyle="--",
+            color=cmap(t % 8),
+            label=f"{name}: from other tasks",
+        )
     ax.set_xticks(range(n), keys, fontsize=7, rotation=45)
     ax.set_ylabel("alpha", fontsize=8)
     ax.grid(alpha=0.3)
@@ -216,8 +243,7 @@ def plot_stitch_alphas(alphas: dict[str, np.ndarray], task_names: list[str], pat
     return _save(fig, path)
 
 
-def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path,
-                    title: str = "") -> Path:
+def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Performance vs number of classes per architecture (MTAN section 4.1.5).
 
     ``series``: dicts with ``label``, ``arch``, ``weighting``, ``points``: {classes: {"<task>/<main>": v}},
@@ -232,15 +258,16 @@ def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], p
     for j, task in enumerate(tasks):
         key = f"{task['name']}/{task['main_metric']}"
         higher = task["metrics"].get(task["main_metric"], True)
-        for row, field, ylabel in [(0, "points", f"{task['name']} {task['main_metric']} {'↑' if higher else '↓'}"),
-                                   (1, "relative", f"{task['name']}: % vs single-task ↑")][: 2 if has_rel else 1]:
+        for row, field, ylabel in [
+            (0, "points", f"{task['name']} {task['main_metric']} {'↑' if higher else '↓'}"),
+            (1, "relative", f"{task['name']}: % vs single-task ↑"),
+        ][: 2 if has_rel else 1]:
             ax = axes[row][j]
             for s, (color, style, _) in zip(series, line_styles(len(series))):
                 data = s.get(field) or {}
                 xs = [c for c in classes if c in data and key in data[c]]
                 if xs:
-                    ax.plot(xs, [data[c][key] for c in xs], marker="o", color=color, linestyle=style,
-                            label=s["label"])
+                    ax.plot(xs, [data[c][key] for c in xs], marker="o", color=color, linestyle=style, label=s["label"])
             if row == 1:
                 ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_xticks(classes)
@@ -306,8 +333,16 @@ def plot_attention(image: np.ndarray, rows: list[dict[str, Any]], path: Path, ti
 
 
 __all__ = [
-    "plot_curves", "curves_figure", "plot_weights", "plot_stitch_alphas", "alpha_matrices", "plot_complexity",
-    "plot_attention", "display_image", "arch_color", "line_styles",
+    "plot_curves",
+    "curves_figure",
+    "plot_weights",
+    "plot_stitch_alphas",
+    "alpha_matrices",
+    "plot_complexity",
+    "plot_attention",
+    "display_image",
+    "arch_color",
+    "line_styles",
 ]
 
 
@@ -322,14 +357,22 @@ def plot_delta(bars: list[dict[str, Any]], path: Path, title: str = "", baseline
     ys = np.arange(len(bars))[::-1]
     for y, b in zip(ys, bars):
         color = (0.72, 0.72, 0.72, 1.0) if b.get("reference") else arch_color(b["arch"])
-        ax.barh(y, b["delta"], color=color, hatch="//" if b.get("not_significant") else None,
-                edgecolor="black" if b.get("not_significant") else color, linewidth=0.6)
+        ax.barh(
+            y,
+            b["delta"],
+            color=color,
+            hatch="//" if b.get("not_significant") else None,
+            edgecolor="black" if b.get("not_significant") else color,
+            linewidth=0.6,
+        )
         if b.get("std") is not None:
             ax.errorbar(b["delta"], y, xerr=b["std"], color="black", capsize=3, linewidth=1)
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_yticks(ys, [b["label"] for b in bars], fontsize=7)
-    ax.set_xlabel(f"Δm % vs {baseline} (higher is better; bars: mean, whiskers: ± std over seeds)"
-                  if baseline else "Δm %", fontsize=8)
+    ax.set_xlabel(
+        f"Δm % vs {baseline} (higher is better; bars: mean, whiskers: ± std over seeds)" if baseline else "Δm %",
+        fontsize=8,
+    )
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="x", alpha=0.3)
     if title:

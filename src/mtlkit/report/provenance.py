@@ -48,8 +48,13 @@ def report_provenance(argv: list[str] | None = None) -> dict[str, Any]:
     return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(argv if argv is not None else sys.argv),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
-                     "matplotlib": matplotlib.__version__, "mtlkit": mtlkit.__version__},
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "numpy": numpy.__version__,
+            "matplotlib": matplotlib.__version__,
+            "mtlkit": mtlkit.__version__,
+        },
         "git_commit": git_commit(),
         "machine": {"host": platform.node(), "platform": platform.platform()},
     }

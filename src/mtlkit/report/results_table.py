@@ -22,6 +22,7 @@ ALPHA = 0.05
 #: mark of a difference from the baseline that is not significant at ALPHA
 NOT_SIGNIFICANT = "†"
 
+
 def arch_label(arch: str) -> str:
     """An architecture's name in tables: its class's ``label`` (the registered name when unset or unregistered)."""
     from mtlkit.registry import ARCHITECTURES
@@ -91,8 +92,9 @@ class Row:
     @property
     def params_ratio(self) -> float | None:
         """#P: parameters relative to one single-task network (from results.json)."""
-        values = [r.results["params_ratio"] for r in self.runs
-                  if r.results and r.results.get("params_ratio") is not None]
+        values = [
+            r.results["params_ratio"] for r in self.runs if r.results and r.results.get("params_ratio") is not None
+        ]
         return float(values[0]) if values else None
 
     @property
@@ -220,9 +222,15 @@ class ResultsTable:
         out = []
         for row in self.rows:
             rec: dict[str, Any] = {
-                "table": self.key, "dataset": self.dataset, "arch": row.arch, "weighting": row.weighting,
-                "setting": row.setting_text, "seeds": " ".join(str(s) for s in row.seeds), "n": row.n,
-                "params": row.params, "params_ratio": row.params_ratio,
+                "table": self.key,
+                "dataset": self.dataset,
+                "arch": row.arch,
+                "weighting": row.weighting,
+                "setting": row.setting_text,
+                "seeds": " ".join(str(s) for s in row.seeds),
+                "n": row.n,
+                "params": row.params,
+                "params_ratio": row.params_ratio,
             }
             for col in self.columns:
                 rec[col.key] = row.mean.get(col.key)
@@ -235,9 +243,14 @@ class ResultsTable:
             rec["runs"] = " ".join(str(r.path) for r in row.runs)
             out.append(rec)
         for ref in self.references:
-            rec = {"table": self.key, "dataset": ref.reference.meta.get("dataset"), "arch": ref.row.arch,
-                   "weighting": ref.row.weighting, "setting": f"reference {ref.reference.name}: {ref.row.name}",
-                   "params_ratio": ref.row.params_ratio}
+            rec = {
+                "table": self.key,
+                "dataset": ref.reference.meta.get("dataset"),
+                "arch": ref.row.arch,
+                "weighting": ref.row.weighting,
+                "setting": f"reference {ref.reference.name}: {ref.row.name}",
+                "params_ratio": ref.row.params_ratio,
+            }
             rec.update({col.key: ref.values.get(col.key) for col in self.columns})
             rec["delta_m"] = ref.delta
             rec["protocol"] = ref.reference.protocol
@@ -247,19 +260,38 @@ class ResultsTable:
     def to_json(self) -> dict[str, Any]:
         """The table as plain data: tasks, columns with directions, rows with per-run values."""
         return {
-            "key": self.key, "dataset": self.dataset, "title": self.title, "source": self.source,
-            "baseline": self.baseline, "notes": self.notes, "tasks": self.tasks,
-            "columns": [{"key": c.key, "task": c.task, "metric": c.metric, "higher_is_better": c.higher_is_better}
-                        for c in self.columns],
+            "key": self.key,
+            "dataset": self.dataset,
+            "title": self.title,
+            "source": self.source,
+            "baseline": self.baseline,
+            "notes": self.notes,
+            "tasks": self.tasks,
+            "columns": [
+                {"key": c.key, "task": c.task, "metric": c.metric, "higher_is_better": c.higher_is_better}
+                for c in self.columns
+            ],
             "rows": [
-                {**rec, "pvalues": row.pvalues,
-                 "per_run": [{"path": str(r.path), "seed": r.seed, "values": r.values(*_src(self.source)),
-                              "delta_m": d}
-                             for r, d in zip(row.runs, row.deltas if row.deltas else [None] * row.n)]}
+                {
+                    **rec,
+                    "pvalues": row.pvalues,
+                    "per_run": [
+                        {"path": str(r.path), "seed": r.seed, "values": r.values(*_src(self.source)), "delta_m": d}
+                        for r, d in zip(row.runs, row.deltas if row.deltas else [None] * row.n)
+                    ],
+                }
                 for rec, row in zip(self.records(), self.rows)
             ],
-            "references": [{"reference": ref.reference.name, "row": ref.row.name, "source": ref.reference.source,
-                            "values": ref.values, "delta_m": ref.delta} for ref in self.references],
+            "references": [
+                {
+                    "reference": ref.reference.name,
+                    "row": ref.row.name,
+                    "source": ref.reference.source,
+                    "values": ref.values,
+                    "delta_m": ref.delta,
+                }
+                for ref in self.references
+            ],
         }
 
     def document_table(self) -> Table:
@@ -281,15 +313,19 @@ class ResultsTable:
         if self.has_delta:
             groups.append(("", 1))
             headers.append("Δm % ↑")
-        places = {c.key: decimals([r.mean.get(c.key) for r in self.rows] + [ref.values.get(c.key)
-                                                                              for ref in self.references])
-                  for c in self.columns}
+        places = {
+            c.key: decimals([r.mean.get(c.key) for r in self.rows] + [ref.values.get(c.key) for ref in self.references])
+            for c in self.columns
+        }
         rows = []
         for i, row in enumerate(self.rows):
             cells = [
-                Cell(f"{row.params_ratio:.2f}" if row.params_ratio is not None else "–",
-                     title=f"{row.params:,} parameters" if row.params is not None else None),
-                Cell(row.arch_label), Cell(row.weighting_label),
+                Cell(
+                    f"{row.params_ratio:.2f}" if row.params_ratio is not None else "–",
+                    title=f"{row.params:,} parameters" if row.params is not None else None,
+                ),
+                Cell(row.arch_label),
+                Cell(row.weighting_label),
             ]
             if self.has_setting:
                 cells.append(Cell(row.setting_text or "–"))
@@ -301,41 +337,55 @@ class ResultsTable:
                 extra += NOT_SIGNIFICANT if row.not_significant(col.key) else ""
                 p = row.pvalues.get(col.key)
                 tip = f"Welch p = {p:.3g} vs the baseline row" if p is not None else None
-                cells.append(Cell(fmt_value(v, places[col.key]), bold=i in best[col.key], title=tip,
-                                  extra=extra or None))
+                cells.append(
+                    Cell(fmt_value(v, places[col.key]), bold=i in best[col.key], title=tip, extra=extra or None)
+                )
             if self.has_delta:
                 mark = NOT_SIGNIFICANT if row.not_significant("delta_m") else None
                 cells.append(Cell(fmt_delta(row.delta, row.delta_std), bold=i in best["delta_m"], extra=mark))
             rows.append(cells)
         for ref in self.references:
-            cells = [Cell(f"{ref.row.params_ratio:g}" if ref.row.params_ratio is not None else "–", muted=True),
-                     Cell(ref.row.arch, muted=True, title=ref.reference.source),
-                     Cell(f"{ref.row.weighting} [{ref.reference.name}]", muted=True)]
+            cells = [
+                Cell(f"{ref.row.params_ratio:g}" if ref.row.params_ratio is not None else "–", muted=True),
+                Cell(ref.row.arch, muted=True, title=ref.reference.source),
+                Cell(f"{ref.row.weighting} [{ref.reference.name}]", muted=True),
+            ]
             cells += [Cell("–", muted=True) for _ in range(lead - 3)]
             cells += [Cell(fmt_value(ref.values.get(c.key), places[c.key]), muted=True) for c in self.columns]
             if self.has_delta:
                 cells.append(Cell(fmt_delta(ref.delta, None), muted=True))
             rows.append(cells)
-        return Table(headers, rows, self.caption(), groups, align=["r", "l", "l"] + ["l"] * (lead - 3) +
-                     ["r"] * (len(headers) - lead))
+        return Table(
+            headers,
+            rows,
+            self.caption(),
+            groups,
+            align=["r", "l", "l"] + ["l"] * (lead - 3) + ["r"] * (len(headers) - lead),
+        )
 
     def caption(self) -> str:
         """What the numbers are: source, protocol, Δm baseline, spread, significance test, references."""
         protocols = "; ".join(f"`{p}`: {describe(p, self.protocol_batch)}" for p in self.protocols)
-        caption = (f"Validation metrics ({self.source}); evaluation protocol {protocols}. #P = parameters "
-                   "relative to one single-task network; best per column in bold.")
+        caption = (
+            f"Validation metrics ({self.source}); evaluation protocol {protocols}. #P = parameters "
+            "relative to one single-task network; best per column in bold."
+        )
         if self.multi_seed:
             caption += " Values: mean ± sample std over seeds."
         if self.has_delta:
             caption += f" Δm: mean relative gain over all metrics vs the {self.baseline} row, in %."
         if self.significance_tested:
-            caption += (f" {NOT_SIGNIFICANT}: difference from the baseline row not significant at the 5 % level "
-                        "(Welch's t-test over seeds, two-sided; rows with fewer than 2 seeds are not tested).")
+            caption += (
+                f" {NOT_SIGNIFICANT}: difference from the baseline row not significant at the 5 % level "
+                "(Welch's t-test over seeds, two-sided; rows with fewer than 2 seeds are not tested)."
+            )
         for ref in dict.fromkeys(r.reference.name for r in self.references):
             reference = next(r.reference for r in self.references if r.reference.name == ref)
-            caption += (f" Greyed rows: published numbers [{ref}] ({reference.meta.get('title', ref)}; "
-                        f"{reference.meta.get('setting', '')}), converted to this table's units; "
-                        f"source: {reference.source}")
+            caption += (
+                f" Greyed rows: published numbers [{ref}] ({reference.meta.get('title', ref)}; "
+                f"{reference.meta.get('setting', '')}), converted to this table's units; "
+                f"source: {reference.source}"
+            )
         return caption
 
 

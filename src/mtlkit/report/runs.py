@@ -185,8 +185,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except json.JSONDecodeError:
             if i == len(lines) - 1:
-                warn(f"{path}: line {i + 1} (the last) is not valid JSON, a writer killed mid-line? "
-                     f"Skipped: {len(out)} epoch(s) read")
+                warn(
+                    f"{path}: line {i + 1} (the last) is not valid JSON, a writer killed mid-line? "
+                    f"Skipped: {len(out)} epoch(s) read"
+                )
                 break
             raise ConfigError(f"{path}: line {i + 1} is not valid JSON") from None
         if not isinstance(obj, dict):
@@ -212,15 +214,17 @@ def read_run(path: Path, sweep: str | None = None, record: dict[str, Any] | None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{res_path}: invalid JSON ({err.msg})") from None
         if not isinstance(results, dict):
-            raise ConfigError(f"{res_path}: expected a JSON object (the trainer's results), got a "
-                              f"{_json_kind(results)}")
+            raise ConfigError(
+                f"{res_path}: expected a JSON object (the trainer's results), got a {_json_kind(results)}"
+            )
     epochs = read_jsonl(path / "metrics.jsonl")
     for i, e in enumerate(epochs):  # checked against the trainer's schema (mtlkit.records)
         try:
             EpochRecord.from_dict(e)
         except TypeError as err:
-            raise ConfigError(f"{path / 'metrics.jsonl'}: epoch record {i + 1} is not a metrics record ({err})"
-                              ) from None
+            raise ConfigError(
+                f"{path / 'metrics.jsonl'}: epoch record {i + 1} is not a metrics record ({err})"
+            ) from None
     if results is not None:
         _check_results(results, res_path)
     return Run(path, config, epochs, results, sweep, record)
@@ -279,8 +283,14 @@ def _load_sweep_dir(path: Path, out: Collection) -> None:
         if run_dir is not None and run_dir.is_dir():
             out.runs.append(read_run(run_dir, state.get("name"), rec))
         else:
-            out.missing.append({"name": rec.get("name"), "sweep": state.get("name"),
-                                "status": rec.get("status"), "error": rec.get("error")})
+            out.missing.append(
+                {
+                    "name": rec.get("name"),
+                    "sweep": state.get("name"),
+                    "status": rec.get("status"),
+                    "error": rec.get("error"),
+                }
+            )
 
 
 def _json_kind(value: Any) -> str:

@@ -47,8 +47,22 @@ from mtlkit.report.runs import Run, order_key
 from mtlkit.tasks import Task
 
 __all__ = [
-    "ALPHA", "IGNORED_KEYS", "NOT_SIGNIFICANT", "Column", "ReferenceLine", "ResultsTable", "Row", "arch_label",
-    "build_tables", "decimals", "delta_m", "fmt_delta", "fmt_value", "method_label", "sample_std", "table_key",
+    "ALPHA",
+    "IGNORED_KEYS",
+    "NOT_SIGNIFICANT",
+    "Column",
+    "ReferenceLine",
+    "ResultsTable",
+    "Row",
+    "arch_label",
+    "build_tables",
+    "decimals",
+    "delta_m",
+    "fmt_delta",
+    "fmt_value",
+    "method_label",
+    "sample_std",
+    "table_key",
     "tables_csv",
 ]
 
@@ -77,8 +91,9 @@ def table_key(dataset: str, tasks: list[dict[str, Any]]) -> str:
     return slug(dataset + "-" + "-".join(f"{t['name']}{t['channels']}" for t in tasks))
 
 
-def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline: str = "single",
-                 references: list[str] | None = None) -> list[ResultsTable]:
+def build_tables(
+    runs: list[Run], source: str = "final", last: int = 1, baseline: str = "single", references: list[str] | None = None
+) -> list[ResultsTable]:
     """Group finished runs into experiment tables and rows, average seeds, and compute delta_m.
 
     ``baseline``: an architecture name, or ``reference:NAME/ROW`` for a published row. ``references``:
@@ -94,8 +109,11 @@ def build_tables(runs: list[Run], source: str = "final", last: int = 1, baseline
     tables = []
     for (dataset, _), members in groups.items():
         tasks = members[0].tasks
-        columns = [Column(f"{t['name']}/{m}", t["name"], m, bool(h), Task.from_dict(t).metric_label(m))
-                   for t in tasks for m, h in t["metrics"].items()]
+        columns = [
+            Column(f"{t['name']}/{m}", t["name"], m, bool(h), Task.from_dict(t).metric_label(m))
+            for t in tasks
+            for m, h in t["metrics"].items()
+        ]
         flat = [_flatten(r.config) for r in members]
         skip = (*IGNORED_KEYS, "model.arch", "weighting.name")
         keys = sorted(k for k in {k for f in flat for k in f} if not any(k == s or k.startswith(s + ".") for s in skip))
@@ -134,7 +152,7 @@ def _reference_baseline(baseline: str) -> tuple[Reference, ReferenceRow] | None:
     """``(reference, row)`` of a ``reference:NAME/ROW`` baseline, None for an architecture name."""
     if not baseline.startswith("reference:"):
         return None
-    name, sep, row = baseline[len("reference:"):].partition("/")
+    name, sep, row = baseline[len("reference:") :].partition("/")
     if not sep or not name or not row:
         raise ConfigError(f"--baseline {baseline!r}: expected reference:NAME/ROW (e.g. reference:mtan_paper/One Task)")
     ref = load_reference(name)
@@ -143,11 +161,15 @@ def _reference_baseline(baseline: str) -> tuple[Reference, ReferenceRow] | None:
 
 def _note_missing_best(table: ResultsTable) -> None:
     """Say why a table built from ``best`` values has none: runs without model selection."""
-    notes = {(r.results or {}).get("best_note") for row in table.rows for r in row.runs
-             if not (r.results or {}).get("best")}
+    notes = {
+        (r.results or {}).get("best_note") for row in table.rows for r in row.runs if not (r.results or {}).get("best")
+    }
     if notes:
-        table.notes.append("Some runs have no best epoch, so --use best leaves them empty: "
-                           + "; ".join(sorted(n or "results.json has no best values" for n in notes)) + ".")
+        table.notes.append(
+            "Some runs have no best epoch, so --use best leaves them empty: "
+            + "; ".join(sorted(n or "results.json has no best values" for n in notes))
+            + "."
+        )
 
 
 def tables_csv(tables: list[ResultsTable]) -> str:
@@ -166,9 +188,12 @@ def tables_csv(tables: list[ResultsTable]) -> str:
 
 def __getattr__(name: str) -> Any:
     if name == "TASK_LABELS":  # deprecated in 0.3: a task kind names its column group (TaskKind.column_label)
-        warnings.warn("mtlkit.report.table.TASK_LABELS is deprecated and will be removed: a task kind's "
-                      "column_label (Task.column_label()) names the task's column group", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "mtlkit.report.table.TASK_LABELS is deprecated and will be removed: a task kind's "
+            "column_label (Task.column_label()) names the task's column group",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from mtlkit.registry import TASK_KINDS
 
         return {n: c.column_label for n, c in TASK_KINDS.items() if c.column_label}

@@ -27,7 +27,8 @@ class SlurmOptions(_Strict):
     """One SLURM job (array task) per run through submitit; ``nodes * gpus_per_node`` GPUs per run."""
 
     cluster: Literal["slurm", "local", "debug"] = Field(
-        "slurm", description="submitit executor: slurm (sbatch), local (same code path, no sbatch), debug")
+        "slurm", description="submitit executor: slurm (sbatch), local (same code path, no sbatch), debug"
+    )
     partition: str | None = None
     time_min: int = Field(24 * 60, ge=1, description="wall-time limit per job; a run that times out is requeued")
     nodes: int = Field(1, ge=1)
@@ -44,8 +45,10 @@ class SlurmOptions(_Strict):
 class RayOptions(_Strict):
     """One Ray task per run, placed by its declared resources; a dead worker's run is retried and resumes."""
 
-    address: str | None = Field(None, description="Ray cluster address (auto, ray://host:10001); default: "
-                                                 "the running instance, else a local one")
+    address: str | None = Field(
+        None,
+        description="Ray cluster address (auto, ray://host:10001); default: the running instance, else a local one",
+    )
     num_cpus: float = Field(1, gt=0, description="CPUs per run (also its thread count)")
     num_gpus: float = Field(0, ge=0, description="GPUs per run (Ray sets CUDA_VISIBLE_DEVICES)")
     max_retries: int = Field(3, ge=0, description="times a run is restarted after its worker died")

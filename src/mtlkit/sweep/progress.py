@@ -42,8 +42,9 @@ class SweepProgress:
         self.durations: list[float] = []
         self.running: list[str] = []
         self.start = time.perf_counter()
-        self.bar = tqdm(total=total, desc=f"sweep {name}", unit="run", disable=not enabled, position=0,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, desc=f"sweep {name}", unit="run", disable=not enabled, position=0, dynamic_ncols=True
+        )
         self.refresh()
 
     def text(self) -> str:

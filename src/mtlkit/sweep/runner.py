@@ -88,8 +88,14 @@ def plan(sweep: Sweep, sweep_dir: Path) -> list[dict[str, Any]]:
         action = {"finished": "skip", "resumable": "resume"}.get(status, "train")
         if status != "finished" and st.worker_alive(rec, run_dir) is not None:
             action = "wait"  # its worker (left by a killed driver) still trains it
-        rows.append({"name": run.name, "assignment": run.assignment, "action": "stale" if stale else action,
-                     "run_dir": str(run_dir)})
+        rows.append(
+            {
+                "name": run.name,
+                "assignment": run.assignment,
+                "action": "stale" if stale else action,
+                "run_dir": str(run_dir),
+            }
+        )
     return rows
 
 
@@ -117,21 +123,23 @@ def _initial_state(sweep: Sweep, runs: list, old: dict[str, Any], sweep_dir: Pat
         rec = previous.get(run.name, {})
         status = rec.get("status", "pending")
         alive = status == "running" and st.worker_alive(rec, sweep_dir / run.name) is not None
-        state["runs"].append({
-            "name": run.name,
-            "assignment": run.assignment,
-            "plan_hash": run.plan_hash(),
-            "config_hash": run.config.hash(),
-            "status": "interrupted" if status == "running" and not alive else status,
-            "run_dir": run.name,
-            "error": rec.get("error"),
-            "traceback": rec.get("traceback"),
-            "attempts": rec.get("attempts", 0),
-            "wall_time": rec.get("wall_time", 0.0),
-            "run_plan_hash": rec.get("run_plan_hash"),
-            "last_action": None,
-            **({"where": rec.get("where"), "started": rec.get("started")} if alive else {}),
-        })
+        state["runs"].append(
+            {
+                "name": run.name,
+                "assignment": run.assignment,
+                "plan_hash": run.plan_hash(),
+                "config_hash": run.config.hash(),
+                "status": "interrupted" if status == "running" and not alive else status,
+                "run_dir": run.name,
+                "error": rec.get("error"),
+                "traceback": rec.get("traceback"),
+                "attempts": rec.get("attempts", 0),
+                "wall_time": rec.get("wall_time", 0.0),
+                "run_plan_hash": rec.get("run_plan_hash"),
+                "last_action": None,
+                **({"where": rec.get("where"), "started": rec.get("started")} if alive else {}),
+            }
+        )
     return state
 
 
@@ -155,8 +163,10 @@ def _wait_for_workers(busy: list[RunJob], records: dict[str, dict[str, Any]], ct
     """
     waiting = list(busy)
     for job in waiting:
-        ctx.say(f"[{job.name}] still trained by {st.worker_alive(records[job.name], job.run_dir)} (started by an "
-                "earlier sweep driver): waiting for it instead of starting a second worker")
+        ctx.say(
+            f"[{job.name}] still trained by {st.worker_alive(records[job.name], job.run_dir)} (started by an "
+            "earlier sweep driver): waiting for it instead of starting a second worker"
+        )
     while waiting:
         waiting = [job for job in waiting if st.worker_alive(_current(ctx.sweep_dir, job.name), job.run_dir)]
         if waiting:
@@ -192,9 +202,18 @@ def run_sweep(
     with st.driver_lock(sweep_dir):
         state = _initial_state(sweep, runs, st.read_state(sweep_dir) or {}, sweep_dir)
         st.write_state(sweep_dir, state)
-        jobs = [RunJob(sweep_dir=str(sweep_dir), name=run.name, config=run.config.to_dict(), plan_hash=rec["plan_hash"],
-                       made_by=rec["run_plan_hash"], executor=executor, cwd=str(Path.cwd()))
-                for run, rec in zip(runs, state["runs"])]
+        jobs = [
+            RunJob(
+                sweep_dir=str(sweep_dir),
+                name=run.name,
+                config=run.config.to_dict(),
+                plan_hash=rec["plan_hash"],
+                made_by=rec["run_plan_hash"],
+                executor=executor,
+                cwd=str(Path.cwd()),
+            )
+            for run, rec in zip(runs, state["runs"])
+        ]
         say = log or (lambda msg: tqdm.write(msg))
         concurrency = options.local.parallel if executor == "local" else len(jobs)
         bar = SweepProgress(sweep.name, len(jobs), concurrency, enabled=progress)
@@ -222,6 +241,8 @@ def run_sweep(
             if changed:
                 st.write_state(sweep_dir, final)
         n = {s: sum(r["status"] == s for r in final["runs"]) for s in st.STATUSES}
-        say(f"sweep {sweep.name}: {n['finished']} finished, {n['failed']} failed, "
-            f"{len(runs) - n['finished'] - n['failed']} other; state in {sweep_dir / 'sweep.json'}")
+        say(
+            f"sweep {sweep.name}: {n['finished']} finished, {n['failed']} failed, "
+            f"{len(runs) - n['finished'] - n['failed']} other; state in {sweep_dir / 'sweep.json'}"
+        )
     return SweepOutcome(sweep_dir, final)

@@ -48,10 +48,21 @@ from mtlkit.records import HASH_IGNORED
 from mtlkit.sweep.options import ExecutorOptions, executor_options
 
 #: keys a sweep file may have
-SWEEP_KEYS = ("name", "description", "base", "overrides", "grid", "exclude", "include", "run_name", "out_dir",
-              "executors")
+SWEEP_KEYS = (
+    "name",
+    "description",
+    "base",
+    "overrides",
+    "grid",
+    "exclude",
+    "include",
+    "run_name",
+    "out_dir",
+    "executors",
+)
 #: prefixes of the default run-name parts for well-known keys ("" = the value alone)
 NAME_PREFIXES = {"model.arch": "", "weighting.name": "", "seed": "s", "dataset.num_classes": "c"}
+
 
 @dataclass
 class SweepRun:
@@ -205,9 +216,7 @@ def _overrides(raw: Any, where: str) -> tuple[dict[str, Any], list[str]]:
     raise ConfigError(f"{where}: overrides must be a mapping of dotted keys to values or a list of key=value strings")
 
 
-def sweep_from_dict(
-    data: dict[str, Any], source: Path | None = None, overrides: list[str] | None = None
-) -> Sweep:
+def sweep_from_dict(data: dict[str, Any], source: Path | None = None, overrides: list[str] | None = None) -> Sweep:
     """Validate a parsed sweep file; ``overrides`` (key=value) apply to every run after the file's own."""
     where = str(source) if source is not None else "sweep"
     unknown = [k for k in data if k not in SWEEP_KEYS]
@@ -268,8 +277,10 @@ def _resolve_base(text: str, source: Path | None) -> Path:
             return cand
     if text in presets("config"):
         return presets("config")[text]
-    raise ConfigError(f"{source or 'sweep'}: base config {text!r} not found (looked in "
-                      f"{', '.join(str(c.parent) for c in candidates)})")
+    raise ConfigError(
+        f"{source or 'sweep'}: base config {text!r} not found (looked in "
+        f"{', '.join(str(c.parent) for c in candidates)})"
+    )
 
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> Sweep:

@@ -125,8 +125,10 @@ def driver_lock(sweep_dir: Path) -> Iterator[None]:
             if pid and pid != os.getpid() and host == socket.gethostname() and pid_alive(pid):
                 raise MtlkitError(f"{sweep_dir}: sweep is being run by process {pid} (sweep.lock)") from None
             if pid and host != socket.gethostname():
-                raise MtlkitError(f"{sweep_dir}: sweep is being run by process {pid} on {host} (sweep.lock); "
-                                  "delete sweep.lock if that process is gone") from None
+                raise MtlkitError(
+                    f"{sweep_dir}: sweep is being run by process {pid} on {host} (sweep.lock); "
+                    "delete sweep.lock if that process is gone"
+                ) from None
             path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as fh:
@@ -205,8 +207,13 @@ def record_is_stale(rec: dict[str, Any]) -> bool:
     """A ``running`` record whose process is known to be gone (same host, dead pid)."""
     where = rec.get("where") or {}
     pid, host = where.get("pid"), where.get("host")
-    return (rec.get("status") == "running" and pid is not None and bool(pid) and host == socket.gethostname()
-            and not pid_alive(pid))
+    return (
+        rec.get("status") == "running"
+        and pid is not None
+        and bool(pid)
+        and host == socket.gethostname()
+        and not pid_alive(pid)
+    )
 
 
 def status_lines(state: dict[str, Any], sweep_dir: Path) -> list[str]:
@@ -235,8 +242,11 @@ def status_lines(state: dict[str, Any], sweep_dir: Path) -> list[str]:
         tries = f" attempts {rec['attempts']}" if rec.get("attempts", 0) > 1 else ""
         lines.append(f"  {rec['name']:<{width}}  {status:<11} {detail}{tries}".rstrip())
     driver = "a driver is running" if driver_alive(sweep_dir) else "no driver running"
-    head = (f"sweep {state.get('name', Path(sweep_dir).name)}: {len(runs)} runs, " +
-            ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s)) + f" ({driver})")
+    head = (
+        f"sweep {state.get('name', Path(sweep_dir).name)}: {len(runs)} runs, "
+        + ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts.get(s))
+        + f" ({driver})"
+    )
     return [head, *lines]
 
 

@@ -99,14 +99,29 @@ def execute(job: RunJob, train_fn: TrainFn | None = None) -> dict[str, Any]:
     record = st.update_run if main else (lambda *a, **k: {})
     status = st.run_status(run_dir)
     if status in ("finished", "resumable") and job.made_by is not None and job.made_by != job.plan_hash:
-        return record(sweep_dir, job.name, status="failed", last_action="stale",
-                      error=f"{run_dir}: made from a different config (the sweep changed since); delete that "
-                            "folder to retrain it, or give the sweep another --out folder")
+        return record(
+            sweep_dir,
+            job.name,
+            status="failed",
+            last_action="stale",
+            error=f"{run_dir}: made from a different config (the sweep changed since); delete that "
+            "folder to retrain it, or give the sweep another --out folder",
+        )
     if status == "finished":
         return record(sweep_dir, job.name, status="finished", last_action="skipped", error=None)
     resume = run_dir if status == "resumable" else None
-    record(sweep_dir, job.name, status="running", last_action="resumed" if resume else "trained", error=None,
-           traceback=None, run_plan_hash=job.plan_hash, attempts_add=1, started=st.now(), where=where_now(job))
+    record(
+        sweep_dir,
+        job.name,
+        status="running",
+        last_action="resumed" if resume else "trained",
+        error=None,
+        traceback=None,
+        run_plan_hash=job.plan_hash,
+        attempts_add=1,
+        started=st.now(),
+        where=where_now(job),
+    )
     start = time.perf_counter()
     try:
         out = Path((train_fn or default_train())(cfg, resume, run_dir))
@@ -116,16 +131,35 @@ def execute(job: RunJob, train_fn: TrainFn | None = None) -> dict[str, Any]:
         tb_path = sweep_dir / "logs" / f"{job.name}.traceback.txt"
         atomic_write_text(tb_path, traceback.format_exc())
         message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-        return record(sweep_dir, job.name, status="failed", error=message, traceback=f"logs/{tb_path.name}",
-                      ended=st.now(), wall_time_add=time.perf_counter() - start)
+        return record(
+            sweep_dir,
+            job.name,
+            status="failed",
+            error=message,
+            traceback=f"logs/{tb_path.name}",
+            ended=st.now(),
+            wall_time_add=time.perf_counter() - start,
+        )
     except BaseException:
         record(sweep_dir, job.name, status="interrupted", ended=st.now(), wall_time_add=time.perf_counter() - start)
         raise
     wall = time.perf_counter() - start
     if out.resolve() != run_dir.resolve():
-        return record(sweep_dir, job.name, status="failed", error=f"training wrote {out}, not the sweep's folder "
-                      f"{run_dir}", ended=st.now(), wall_time_add=wall)
+        return record(
+            sweep_dir,
+            job.name,
+            status="failed",
+            error=f"training wrote {out}, not the sweep's folder {run_dir}",
+            ended=st.now(),
+            wall_time_add=wall,
+        )
     if st.run_status(out) != "finished":
-        return record(sweep_dir, job.name, status="failed", ended=st.now(), wall_time_add=wall,
-                      error=f"{out}: training returned but results.json does not say finished")
+        return record(
+            sweep_dir,
+            job.name,
+            status="failed",
+            ended=st.now(),
+            wall_time_add=wall,
+            error=f"{out}: training returned but results.json does not say finished",
+        )
     return record(sweep_dir, job.name, status="finished", ended=st.now(), wall_time_add=wall, last_wall_time=wall)

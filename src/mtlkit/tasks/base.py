@@ -106,8 +106,13 @@ class Task:
 
     def to_dict(self) -> dict[str, Any]:
         """The task as plain data (``results.json``); :meth:`from_dict` reads it back."""
-        out = {"name": self.name, "kind": self.kind, "channels": self.channels,
-               "metrics": dict(self.metrics), "main_metric": self.main_metric}
+        out = {
+            "name": self.name,
+            "kind": self.kind,
+            "channels": self.channels,
+            "metrics": dict(self.metrics),
+            "main_metric": self.main_metric,
+        }
         if self.options:
             out["options"] = dict(self.options)
         return out
@@ -115,9 +120,14 @@ class Task:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Task:
         """A task from :meth:`to_dict`'s output (options default to none)."""
-        return cls(str(data["name"]), str(data["kind"]), int(data["channels"]),
-                   {str(k): bool(v) for k, v in dict(data["metrics"]).items()}, str(data["main_metric"]),
-                   dict(data.get("options") or {}))
+        return cls(
+            str(data["name"]),
+            str(data["kind"]),
+            int(data["channels"]),
+            {str(k): bool(v) for k, v in dict(data["metrics"]).items()},
+            str(data["main_metric"]),
+            dict(data.get("options") or {}),
+        )
 
 
 class TaskKind:
@@ -165,11 +175,14 @@ class TaskKind:
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ConfigError(f"task {name!r}: channels must be a positive integer (got {shorten(channels)})")
         if channels > MAX_CHANNELS:
-            raise ConfigError(f"task {name!r}: channels {channels} is more than {MAX_CHANNELS:,} "
-                              "(a head that size does not fit in memory)")
+            raise ConfigError(
+                f"task {name!r}: channels {channels} is more than {MAX_CHANNELS:,} "
+                "(a head that size does not fit in memory)"
+            )
         if self.fixed_channels is not None and channels != self.fixed_channels:
-            raise ConfigError(f"task {name!r} of kind {self.name!r} has {self.fixed_channels} channel(s), "
-                              f"got {channels}")
+            raise ConfigError(
+                f"task {name!r} of kind {self.name!r} has {self.fixed_channels} channel(s), got {channels}"
+            )
         self.check_options(name, options, channels)
         return Task(name, self.name, channels, dict(self.metrics), self.main_metric, dict(options))
 
@@ -223,8 +236,15 @@ class TaskKind:
         """A target tensor from an array read from a file (``.png`` or ``.npy``), in the sample layout."""
         raise NotImplementedError
 
-    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
-                 normal_tol: float | None = None) -> Tensor:
+    def read_npy(
+        self,
+        task: Task,
+        path: Path,
+        hw: tuple[int, int] | None,
+        *,
+        label_map: np.ndarray | None = None,
+        normal_tol: float | None = None,
+    ) -> Tensor:
         """One checked target file of the ``.npy`` layout (:mod:`mtlkit.data.npy`), in the sample layout.
 
         ``hw``: the sample image's (H, W) the target must match (None: not checked); ``label_map`` maps stored
@@ -330,8 +350,10 @@ def labels_from_file(array: np.ndarray) -> Tensor:
     if array.dtype.kind == "f":
         bad = ~np.isfinite(array) | (array != np.round(array))
         if bad.any():
-            raise ValueError(f"class ids must be integers, got {array.dtype} value(s) such as "
-                             f"{float(array[bad].flat[0])!r} ({int(bad.sum())} pixel(s))")
+            raise ValueError(
+                f"class ids must be integers, got {array.dtype} value(s) such as "
+                f"{float(array[bad].flat[0])!r} ({int(bad.sum())} pixel(s))"
+            )
     elif array.dtype.kind not in "iub":
         raise ValueError(f"class ids must be integers, got dtype {array.dtype}")
     return torch.from_numpy(np.ascontiguousarray(array).astype(np.int64))

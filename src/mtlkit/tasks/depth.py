@@ -72,8 +72,15 @@ class Depth(TaskKind):
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
         return float_maps_from_file(array, 1)
 
-    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
-                 normal_tol: float | None = None) -> Tensor:
+    def read_npy(
+        self,
+        task: Task,
+        path: Path,
+        hw: tuple[int, int] | None,
+        *,
+        label_map: np.ndarray | None = None,
+        normal_tol: float | None = None,
+    ) -> Tensor:
         """A (1, H, W) float32 depth map from an (H, W, 1) or (H, W) file."""
         from mtlkit.data.npy import read_depth
 

@@ -41,8 +41,13 @@ class Normal(TaskKind):
     name = "normal"
     metrics = NORMAL_METRICS
     main_metric = "mean"
-    metric_labels = {"mean": "Mean", "median": "Median", "within_11.25": "11.25°", "within_22.5": "22.5°",
-                     "within_30": "30°"}
+    metric_labels = {
+        "mean": "Mean",
+        "median": "Median",
+        "within_11.25": "11.25°",
+        "within_22.5": "22.5°",
+        "within_30": "30°",
+    }
     fixed_channels = 3
     column_label = "Surface Normal"
     npy_dir = "normal"
@@ -88,8 +93,15 @@ class Normal(TaskKind):
             return torch.from_numpy(np.ascontiguousarray(n, dtype=np.float32))
         return float_maps_from_file(array, 3)
 
-    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
-                 normal_tol: float | None = None) -> Tensor:
+    def read_npy(
+        self,
+        task: Task,
+        path: Path,
+        hw: tuple[int, int] | None,
+        *,
+        label_map: np.ndarray | None = None,
+        normal_tol: float | None = None,
+    ) -> Tensor:
         """A (3, H, W) float32 normal map from an (H, W, 3) file (unit vectors within ``normal_tol``, or 0)."""
         from mtlkit.data.npy import read_normal
 

@@ -76,8 +76,15 @@ class Segmentation(TaskKind):
     def from_file(self, task: Task, array: np.ndarray) -> Tensor:
         return labels_from_file(array)
 
-    def read_npy(self, task: Task, path: Path, hw: tuple[int, int] | None, *, label_map: np.ndarray | None = None,
-                 normal_tol: float | None = None) -> Tensor:
+    def read_npy(
+        self,
+        task: Task,
+        path: Path,
+        hw: tuple[int, int] | None,
+        *,
+        label_map: np.ndarray | None = None,
+        normal_tol: float | None = None,
+    ) -> Tensor:
         """An (H, W) int64 label map; stored ids are checked against ``len(label_map)`` when one maps them."""
         from mtlkit.data.npy import read_label
 

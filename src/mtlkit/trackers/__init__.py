@@ -92,8 +92,9 @@ def config_loggers(cfg: Any, run_path: Path) -> list[Logger]:
     return open_loggers(logger_names(cfg), run_path, cfg.train.tracker_options)
 
 
-def split_loggers(loggers: str | Logger | Iterable[str | Logger], tensorboard: bool | None = None
-                  ) -> tuple[list[str], list[Logger]]:
+def split_loggers(
+    loggers: str | Logger | Iterable[str | Logger], tensorboard: bool | None = None
+) -> tuple[list[str], list[Logger]]:
     """``fit(loggers=...)`` as (the registered names, in order, once each; the :class:`Logger` objects).
 
     ``tensorboard``: fit's deprecated keyword: True adds ``"tensorboard"``, False leaves it out.
@@ -107,11 +108,17 @@ def split_loggers(loggers: str | Logger | Iterable[str | Logger], tensorboard: b
         elif isinstance(item, str) and item in LOGGERS:
             names.append(item)
         else:
-            raise ConfigError(f"fit(loggers=...): {shorten(item)} is neither a logger name ({', '.join(LOGGERS)}) "
-                              "nor a mtlkit.train.logging.Logger")
+            raise ConfigError(
+                f"fit(loggers=...): {shorten(item)} is neither a logger name ({', '.join(LOGGERS)}) "
+                "nor a mtlkit.train.logging.Logger"
+            )
     if tensorboard is not None:
-        warnings.warn("fit(tensorboard=...) is deprecated and goes in the next release: use fit(loggers=...) "
-                      "with or without \"tensorboard\"", DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            "fit(tensorboard=...) is deprecated and goes in the next release: use fit(loggers=...) "
+            'with or without "tensorboard"',
+            DeprecationWarning,
+            stacklevel=3,
+        )
         names = names + ["tensorboard"] if tensorboard else [n for n in names if n != "tensorboard"]
     names = list(dict.fromkeys(names))
     check_loggers(names, {})
@@ -123,11 +130,27 @@ def __getattr__(name: str) -> Any:
     deprecated = importlib.import_module("mtlkit.trackers._deprecated") if not name.startswith("_") else None
     if deprecated is not None and name in deprecated.NAMES:
         obj, instead = deprecated.NAMES[name]
-        warnings.warn(f"mtlkit.trackers.{name} is deprecated and goes in the next release: use {instead}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"mtlkit.trackers.{name} is deprecated and goes in the next release: use {instead}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return obj
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["CLOSE_TIMEOUT", "FINAL_STATUSES", "LOGGERS", "LoggerEntry", "check_loggers", "config_loggers",
-           "epoch_scalars", "flatten", "logger_class", "logger_names", "open_loggers", "opener", "split_loggers"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "FINAL_STATUSES",
+    "LOGGERS",
+    "LoggerEntry",
+    "check_loggers",
+    "config_loggers",
+    "epoch_scalars",
+    "flatten",
+    "logger_class",
+    "logger_names",
+    "open_loggers",
+    "opener",
+    "split_loggers",
+]

@@ -19,6 +19,7 @@ class Tracker(Logger):
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("log_epoch")
         if own is not None:
+
             def log_epoch(self: Logger, record: Any) -> None:
                 own(self, record.to_dict() if isinstance(record, EpochRecord) else record)
 
@@ -28,8 +29,9 @@ class Tracker(Logger):
 class _Trackers(Loggers):
     """The old ``Trackers``: background loggers made from ``{name: opener}``; records may be metrics.jsonl dicts."""
 
-    def __init__(self, factories: Mapping[str, Callable[[], Logger]] | None = None,
-                 close_timeout: float = CLOSE_TIMEOUT) -> None:
+    def __init__(
+        self, factories: Mapping[str, Callable[[], Logger]] | None = None, close_timeout: float = CLOSE_TIMEOUT
+    ) -> None:
         super().__init__([Background(n, f) for n, f in (factories or {}).items()], close_timeout)
 
     def log_epoch(self, record: EpochRecord | Mapping[str, Any]) -> None:
@@ -51,7 +53,6 @@ def _tracking() -> AbstractContextManager[Loggers]:
 def _log_run_files(trackers: Logger, run_path: Path) -> None:
     for path in run_files(run_path):
         trackers.log_artifact(path)
-
 
 
 #: old name -> (what it is now, what to use instead)

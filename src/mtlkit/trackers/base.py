@@ -29,8 +29,12 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def epoch_scalars(record: EpochRecord | Mapping[str, Any]) -> dict[str, float]:
     """The numbers of an epoch record under the TensorBoard tag names (train/..., val/..., weights/..., lr)."""
     data = record.to_dict() if isinstance(record, EpochRecord) else record
-    out = {f"{section}/{k}": float(v) for section in ("train", "val", "weights")
-           for k, v in data.get(section, {}).items() if isinstance(v, (int, float))}
+    out = {
+        f"{section}/{k}": float(v)
+        for section in ("train", "val", "weights")
+        for k, v in data.get(section, {}).items()
+        if isinstance(v, (int, float))
+    }
     if "lr" in data:
         out["lr"] = float(data["lr"])
     return out

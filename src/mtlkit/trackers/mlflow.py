@@ -39,13 +39,18 @@ class MlflowTracker(Logger):
         unknown = [k for k in options if k not in OPTIONS]
         if unknown:
             raise ValueError(f"unknown option {unknown[0]!r} (allowed: {', '.join(OPTIONS)})")
-        uri = options.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or \
-            (Path(run_path).parent / "mlruns").resolve().as_uri()
+        uri = (
+            options.get("tracking_uri")
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or (Path(run_path).parent / "mlruns").resolve().as_uri()
+        )
         uri = str(uri)
         if _is_folder(uri):
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        for key, env, default in (("max_retries", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
-                                  ("timeout", "MLFLOW_HTTP_REQUEST_TIMEOUT", 10)):
+        for key, env, default in (
+            ("max_retries", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", 2),
+            ("timeout", "MLFLOW_HTTP_REQUEST_TIMEOUT", 10),
+        ):
             if key in options:
                 os.environ[env] = str(options[key])
             else:
@@ -59,8 +64,9 @@ class MlflowTracker(Logger):
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
         run_id = read_id(self.run_path, self.name)
         if run_id is None:
-            run = self.client.create_run(exp_id, run_name=self.run_path.name,
-                                         tags={"mtlkit.run_dir": str(self.run_path.resolve())})
+            run = self.client.create_run(
+                exp_id, run_name=self.run_path.name, tags={"mtlkit.run_dir": str(self.run_path.resolve())}
+            )
             run_id = run.info.run_id
             write_id(self.run_path, self.name, run_id)
         else:
@@ -73,15 +79,14 @@ class MlflowTracker(Logger):
 
         flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(flat), 100):
-            self.client.log_batch(self.run_id, params=flat[i:i + 100])
+            self.client.log_batch(self.run_id, params=flat[i : i + 100])
 
     def log_epoch(self, record: EpochRecord) -> None:
         """Losses, validation metrics, task weights and lr at step = epoch (non-finite values left out)."""
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, v, stamp, int(record.epoch)) for k, v in epoch_scalars(record).items()
-                   if math.isfinite(v)]
+        metrics = [Metric(k, v, stamp, int(record.epoch)) for k, v in epoch_scalars(record).items() if math.isfinite(v)]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_artifact(self, path: Path) -> None:

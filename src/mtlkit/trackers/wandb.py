@@ -40,11 +40,21 @@ class WandbTracker(Logger):
         write_id(self.run_path, self.name, run_id)
         mode: Any = options.get("mode") or os.environ.get("WANDB_MODE") or "online"  # W&B checks the value
         self.run = wandb.init(
-            project=options.get("project", "mtlkit"), entity=options.get("entity"), group=options.get("group"),
-            tags=options.get("tags"), name=self.run_path.name, id=run_id, resume="allow",
-            dir=str(self.run_path), mode=mode,
-            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True,
-                                    init_timeout=float(options.get("init_timeout", INIT_TIMEOUT))),
+            project=options.get("project", "mtlkit"),
+            entity=options.get("entity"),
+            group=options.get("group"),
+            tags=options.get("tags"),
+            name=self.run_path.name,
+            id=run_id,
+            resume="allow",
+            dir=str(self.run_path),
+            mode=mode,
+            settings=wandb.Settings(
+                console="off",
+                silent=True,
+                x_disable_stats=True,
+                init_timeout=float(options.get("init_timeout", INIT_TIMEOUT)),
+            ),
         )
 
     def log_params(self, params: dict[str, Any]) -> None:

@@ -83,14 +83,18 @@ def resume_changes(run_dir: Path, meta: Any, cfg: Config, epochs_done: int) -> l
     if refused:
         shown = "; ".join(f"{k} {_short(before.get(k))} -> {_short(after.get(k))}" for k in refused[:5])
         more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
-        raise ConfigError(f"{run_dir / 'config.yaml'}: changed since the run trained ({shown}{more}); a resumed run "
-                          "keeps the settings it ran with: put the value(s) back to resume, or start a new run "
-                          f"with them (mtlkit train {run_dir / 'config.yaml'} KEY=VALUE --run-dir NEW)")
+        raise ConfigError(
+            f"{run_dir / 'config.yaml'}: changed since the run trained ({shown}{more}); a resumed run "
+            "keeps the settings it ran with: put the value(s) back to resume, or start a new run "
+            f"with them (mtlkit train {run_dir / 'config.yaml'} KEY=VALUE --run-dir NEW)"
+        )
     changes = []
     for key in keys:
         if key == "train.epochs" and int(after[key]) < epochs_done:
-            raise ConfigError(f"{run_dir / 'config.yaml'}: train.epochs {after[key]} is fewer than the {epochs_done} "
-                              f"epochs the run has done; put it back to {before[key]} or more")
+            raise ConfigError(
+                f"{run_dir / 'config.yaml'}: train.epochs {after[key]} is fewer than the {epochs_done} "
+                f"epochs the run has done; put it back to {before[key]} or more"
+            )
         changes.append({"key": key, "from": before.get(key), "to": after.get(key), "epoch": epochs_done + 1})
     return changes
 
@@ -136,27 +140,37 @@ def load_checkpoint(
     if not path.is_file():
         raise TrainingError(f"{path}: checkpoint not found")
     if not zipfile.is_zipfile(path):
-        raise TrainingError(f"{path}: not a PyTorch checkpoint (no torch.save archive: truncated, corrupt or "
-                            "another format); use the run's own checkpoints/last.pt or best.pt")
+        raise TrainingError(
+            f"{path}: not a PyTorch checkpoint (no torch.save archive: truncated, corrupt or "
+            "another format); use the run's own checkpoints/last.pt or best.pt"
+        )
     damaged = damaged_zip_member(path)
     if damaged is not None:
-        raise TrainingError(f"{path}: corrupt checkpoint (checksum mismatch in {damaged}: the file changed after "
-                            "it was written); it is not loaded. Use another checkpoint of the run (best.pt / "
-                            "last.pt) or a backup, or train the run again")
+        raise TrainingError(
+            f"{path}: corrupt checkpoint (checksum mismatch in {damaged}: the file changed after "
+            "it was written); it is not loaded. Use another checkpoint of the run (best.pt / "
+            "last.pt) or a backup, or train the run again"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling/IO failure is reported the same way
         if "weights only load failed" in str(err).lower():
-            raise TrainingError(f"{path}: refused, the checkpoint holds objects other than tensors and plain "
-                                "Python data (loading it could run code); mtlkit checkpoints never do") from None
+            raise TrainingError(
+                f"{path}: refused, the checkpoint holds objects other than tensors and plain "
+                "Python data (loading it could run code); mtlkit checkpoints never do"
+            ) from None
         raise TrainingError(f"{path}: cannot read checkpoint ({type(err).__name__}: {_first_line(err)})") from None
     if not isinstance(state, dict):
-        raise TrainingError(f"{path}: holds a {type(state).__name__}, not an mtlkit checkpoint (a dict with "
-                            "'model', ...); use the run's own checkpoints/last.pt or best.pt")
+        raise TrainingError(
+            f"{path}: holds a {type(state).__name__}, not an mtlkit checkpoint (a dict with "
+            "'model', ...); use the run's own checkpoints/last.pt or best.pt"
+        )
     missing = [k for k in keys if k not in state]
     if missing:
-        raise TrainingError(f"{path}: not an mtlkit checkpoint (no {', '.join(repr(k) for k in missing)}); "
-                            "use the run's own checkpoints/last.pt or best.pt")
+        raise TrainingError(
+            f"{path}: not an mtlkit checkpoint (no {', '.join(repr(k) for k in missing)}); "
+            "use the run's own checkpoints/last.pt or best.pt"
+        )
     if expect is not None:
         check_meta(path, state.get("meta"), expect)
     return state
@@ -174,19 +188,28 @@ def check_meta(path: Path, meta: Any, expect: dict[str, Any]) -> None:
         if key in names and key in meta and meta[key] != want:
             diffs.append(f"{names[key]} {_show(meta[key])}, config says {_show(want)}")
     if diffs:
-        raise TrainingError(f"checkpoint {path} is for {'; '.join(diffs)}: put the run's config.yaml back as it "
-                            "was trained, or train a new run with the changed config")
+        raise TrainingError(
+            f"checkpoint {path} is for {'; '.join(diffs)}: put the run's config.yaml back as it "
+            "was trained, or train a new run with the changed config"
+        )
 
 
 def restore_training_state(
-    path: Path, state: dict[str, Any], model: torch.nn.Module, weighting: torch.nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any | None,
+    path: Path,
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    weighting: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any | None,
 ) -> None:
     """Put a ``last.pt`` state back into the run's objects; a misfit is one line naming the file."""
     missing = [k for k in RESUME_KEYS if k not in state]
     if missing:
-        raise TrainingError(f"{path}: cannot resume from it, it lacks {', '.join(missing)} (a best.pt or a "
-                            "foreign file?); resume needs the run's checkpoints/last.pt")
+        raise TrainingError(
+            f"{path}: cannot resume from it, it lacks {', '.join(missing)} (a best.pt or a "
+            "foreign file?); resume needs the run's checkpoints/last.pt"
+        )
     _apply(path, "model", lambda: model.load_state_dict(state["model"]))
     _apply(path, "weighting method", lambda: weighting.load_state_dict(state["weighting"]))
     _apply(path, "optimizer", lambda: optimizer.load_state_dict(state["optimizer"]))
@@ -207,8 +230,10 @@ def _apply(path: Path, what: str, load) -> None:
     except MtlkitError:
         raise
     except Exception as err:  # noqa: BLE001 - load_state_dict raises RuntimeError/KeyError/ValueError/...
-        raise TrainingError(f"{path}: does not fit this run's {what} ({type(err).__name__}: {_first_line(err)}); "
-                            "was config.yaml edited after training? put it back, or train a new run") from None
+        raise TrainingError(
+            f"{path}: does not fit this run's {what} ({type(err).__name__}: {_first_line(err)}); "
+            "was config.yaml edited after training? put it back, or train a new run"
+        ) from None
 
 
 def _first_line(err: BaseException) -> str:

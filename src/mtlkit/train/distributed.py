@@ -183,8 +183,7 @@ def convert_sync_batchnorm(module: ModuleT, device: torch.device) -> ModuleT:
 def _swap_batchnorm(module: nn.Module) -> nn.Module:
     out = module
     if isinstance(module, _BatchNorm) and not isinstance(module, nn.SyncBatchNorm | DistBatchNorm):
-        out = DistBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats)
+        out = DistBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
         if module.affine:
             out.weight, out.bias = module.weight, module.bias
         out.running_mean, out.running_var = module.running_mean, module.running_var
@@ -264,7 +263,7 @@ def average_grads(params: Iterable[Tensor]) -> None:
     flat /= world_size()
     offset = 0
     for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
@@ -312,5 +311,7 @@ def check_weighting(weighting: Weighting) -> None:
     if world_size() == 1 or weighting.supports_distributed:
         return
     name, why = type(weighting).__name__, weighting.distributed_note
-    raise ConfigError(f"weighting.name: {name} does not support multi-process training ({why}); "
-                      "run it in one process or pick another method")
+    raise ConfigError(
+        f"weighting.name: {name} does not support multi-process training ({why}); "
+        "run it in one process or pick another method"
+    )

@@ -82,8 +82,9 @@ def evaluate(
 
 
 #: results.json's ``best_note`` of a run without model selection
-NO_BEST_NOTE = ("no best epoch: eval.select_best is off because the only evaluated split (val) is the one the "
-                "results table reports")
+NO_BEST_NOTE = (
+    "no best epoch: eval.select_best is off because the only evaluated split (val) is the one the results table reports"
+)
 
 
 @dataclass(frozen=True)
@@ -104,19 +105,41 @@ class Evaluation:
     @classmethod
     def from_config(cls, cfg: Config) -> Evaluation:
         """The config's evaluation (the MTAN protocols' batch defaults to ``train.batch_size``)."""
-        return cls(cfg.eval.protocol, cfg.eval.batch_size or cfg.train.batch_size, cfg.eval.select_best,
-                   cfg.eval.report_last)
+        return cls(
+            cfg.eval.protocol, cfg.eval.batch_size or cfg.train.batch_size, cfg.eval.select_best, cfg.eval.report_last
+        )
 
-    def __call__(self, model: nn.Module, tasks: list[Task], loader: DataLoader, device: torch.device,
-                 channels_last: bool = False, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+    def __call__(
+        self,
+        model: nn.Module,
+        tasks: list[Task],
+        loader: DataLoader,
+        device: torch.device,
+        channels_last: bool = False,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> dict[str, float]:
         """:func:`evaluate` under this protocol."""
-        return evaluate(model, tasks, loader, device, channels_last=channels_last, autocast_dtype=autocast_dtype,
-                        protocol=self.protocol, protocol_batch=self.batch_size)
+        return evaluate(
+            model,
+            tasks,
+            loader,
+            device,
+            channels_last=channels_last,
+            autocast_dtype=autocast_dtype,
+            protocol=self.protocol,
+            protocol_batch=self.batch_size,
+        )
 
     def results(self) -> dict[str, Any]:
         """results.json's ``eval`` (and ``best_note`` without model selection)."""
-        out: dict[str, Any] = {"eval": {"protocol": self.protocol, "batch_size": self.batch_size,
-                                        "select_best": self.select_best, "report_last": self.report_last}}
+        out: dict[str, Any] = {
+            "eval": {
+                "protocol": self.protocol,
+                "batch_size": self.batch_size,
+                "select_best": self.select_best,
+                "report_last": self.report_last,
+            }
+        }
         if not self.select_best:
             out["best_note"] = NO_BEST_NOTE
         return out

@@ -51,13 +51,18 @@ class ModuleModel(MultiTaskModel):
 
     supports_representation = False
 
-    def __init__(self, module: nn.Module, tasks: Sequence[Task], shared: nn.Module | Sequence[Tensor] | None = None
-                 ) -> None:
+    def __init__(
+        self, module: nn.Module, tasks: Sequence[Task], shared: nn.Module | Sequence[Tensor] | None = None
+    ) -> None:
         super().__init__(list(tasks))
         self.module = module
         self._shared: list[nn.Parameter] | None = (
-            list(shared.parameters()) if isinstance(shared, nn.Module)
-            else cast(list[nn.Parameter], list(shared)) if shared is not None else None)
+            list(shared.parameters())
+            if isinstance(shared, nn.Module)
+            else cast(list[nn.Parameter], list(shared))
+            if shared is not None
+            else None
+        )
 
     def forward(self, x: Tensor, tasks: list[str] | None = None) -> dict[str, Tensor]:
         out = self.module(x)
@@ -146,26 +151,64 @@ def fit(
     last = run_path / "checkpoints" / "last.pt"
     ckpt = _previous_fit(last, meta) if last.is_file() else None
     progress = sys.stderr.isatty() if progress is None else progress
-    loop = Loop(model=model, tasks=tasks, weighting=method, optimizer=optimizer, train_loader=train_loader,
-                val_loader=val_loader, device=dev, epochs=epochs, scheduler=scheduler, mode=mode,
-                grad_path=grad_path, grad_clip=grad_clip, max_steps_per_epoch=max_steps_per_epoch,
-                speed=Speed(None, False, False), progress=progress, meta=meta, partial_batches=partial,
-                # pooled meters have no batch size; results.json records the training batch's
-                evaluation=Evaluation(batch_size=train_loader.batch_size), hooks=list(hooks))
+    loop = Loop(
+        model=model,
+        tasks=tasks,
+        weighting=method,
+        optimizer=optimizer,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        device=dev,
+        epochs=epochs,
+        scheduler=scheduler,
+        mode=mode,
+        grad_path=grad_path,
+        grad_clip=grad_clip,
+        max_steps_per_epoch=max_steps_per_epoch,
+        speed=Speed(None, False, False),
+        progress=progress,
+        meta=meta,
+        partial_batches=partial,
+        # pooled meters have no batch size; results.json records the training batch's
+        evaluation=Evaluation(batch_size=train_loader.batch_size),
+        hooks=list(hooks),
+    )
     with run_locks():
         claim_fit_dir(run_path)
-        config = describe(name=name, run_path=run_path, seed=seed, arch=arch, model=model,
-                          data=(train_loader, val_loader),
-                          weighting=method_name, weighting_options=weighting_options, mode=mode, grad_path=grad_path,
-                          optimizer=optimizer, scheduler=scheduler, epochs=epochs, device=dev, grad_clip=grad_clip,
-                          max_steps_per_epoch=max_steps_per_epoch, progress=progress, loggers=names)
+        config = describe(
+            name=name,
+            run_path=run_path,
+            seed=seed,
+            arch=arch,
+            model=model,
+            data=(train_loader, val_loader),
+            weighting=method_name,
+            weighting_options=weighting_options,
+            mode=mode,
+            grad_path=grad_path,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            epochs=epochs,
+            device=dev,
+            grad_clip=grad_clip,
+            max_steps_per_epoch=max_steps_per_epoch,
+            progress=progress,
+            loggers=names,
+        )
         seed_everything(seed)
         state = None
         if ckpt is not None:  # continue an interrupted fit in the same folder (before config.yaml is rewritten)
             state = _restore(last, ckpt, model, method, optimizer, scheduler)
         config_hash = write_config(run_path, config)
-        info = RunInfo(name=name, arch=arch, weighting=method_name, dataset=config["dataset"]["name"],
-                       config_hash=config_hash, params_ratio=_params_ratio(model), capabilities=model.capabilities())
+        info = RunInfo(
+            name=name,
+            arch=arch,
+            weighting=method_name,
+            dataset=config["dataset"]["name"],
+            config_hash=config_hash,
+            params_ratio=_params_ratio(model),
+            capabilities=model.capabilities(),
+        )
         with run_logging() as logs:
             logs.add(JsonlLogger(run_path, state.history if state is not None else []), *open_loggers(names, run_path))
             if progress:
@@ -175,8 +218,9 @@ def fit(
             return run(loop, run_path, info, [logs], state)
 
 
-def check_first_batch(model: MultiTaskModel, tasks: Sequence[Task], loader: DataLoader, device: torch.device,
-                      partial: bool = False) -> None:
+def check_first_batch(
+    model: MultiTaskModel, tasks: Sequence[Task], loader: DataLoader, device: torch.device, partial: bool = False
+) -> None:
     """The first training batch holds ``image`` and every task's target, and the model predicts each task.
 
     ``partial``: the dataset declares partial labels (``dataset.partial_labels = True``: a batch
@@ -191,16 +235,23 @@ def check_first_batch(model: MultiTaskModel, tasks: Sequence[Task], loader: Data
     if batch is None:
         raise ConfigError("fit(train_data=...): no training batch (an empty dataset?)")
     if not isinstance(batch, Mapping):
-        raise ConfigError(f"fit(train_data=...): a batch is a {type(batch).__name__}, expected a dict of "
-                          "'image' and one target per task (a dataset of sample dicts)")
+        raise ConfigError(
+            f"fit(train_data=...): a batch is a {type(batch).__name__}, expected a dict of "
+            "'image' and one target per task (a dataset of sample dicts)"
+        )
     names = [t.name for t in tasks]
     missing = [n for n in names if n not in batch]
     if "image" not in batch or (missing and not partial) or len(missing) == len(names):
         what = "'image'" if "image" not in batch else f"target for task(s) {', '.join(map(repr, missing))}"
-        raise ConfigError(f"fit(train_data=...): the first batch has no {what} (its keys: "
-                          f"{shorten(sorted(map(str, batch)))}); a sample is {{'image': ..., <task name>: target}}"
-                          + ("" if "image" not in batch else "; a dataset whose batches carry only some tasks "
-                             "declares partial_labels = True"))
+        raise ConfigError(
+            f"fit(train_data=...): the first batch has no {what} (its keys: "
+            f"{shorten(sorted(map(str, batch)))}); a sample is {{'image': ..., <task name>: target}}"
+            + (
+                ""
+                if "image" not in batch
+                else "; a dataset whose batches carry only some tasks declares partial_labels = True"
+            )
+        )
     check_forward(model, tasks, batch, device)
 
 
@@ -209,25 +260,36 @@ def _previous_fit(last: Path, meta: dict[str, Any]) -> dict[str, Any]:
     ckpt = load_checkpoint(last)
     before = ckpt.get("meta")
     if isinstance(before, dict):
-        diffs = [f"{k} {shorten(before[k])} (now {shorten(meta[k])})"
-                 for k in meta if k in before and before[k] != meta[k]]
+        diffs = [
+            f"{k} {shorten(before[k])} (now {shorten(meta[k])})" for k in meta if k in before and before[k] != meta[k]
+        ]
         if diffs:
-            raise TrainingError(f"{last.parents[1]}: holds a fit of another run ({'; '.join(diffs)}); a run folder "
-                                "holds one run: pass fit(run_dir=...) a new folder")
+            raise TrainingError(
+                f"{last.parents[1]}: holds a fit of another run ({'; '.join(diffs)}); a run folder "
+                "holds one run: pass fit(run_dir=...) a new folder"
+            )
     return ckpt
 
 
-def _restore(last: Path, ckpt: dict[str, Any], model: MultiTaskModel, method: Weighting,
-             optimizer: torch.optim.Optimizer, scheduler: Any) -> RunState:
+def _restore(
+    last: Path,
+    ckpt: dict[str, Any],
+    model: MultiTaskModel,
+    method: Weighting,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> RunState:
     """The objects put back from ``last``; a state that does not fit them is one line, not a state-dict dump."""
     try:
         return RunState.restore(ckpt, model, method, optimizer, scheduler, None)
     except MtlkitError:
         raise
     except Exception as err:  # noqa: BLE001 - load_state_dict raises RuntimeError/KeyError/ValueError/...
-        raise TrainingError(f"{last}: does not fit this model, method and optimizer ({type(err).__name__}: "
-                            f"{shorten(str(err).strip().splitlines()[-1], 160)}); a run folder holds one run: "
-                            "pass fit(run_dir=...) a new folder") from None
+        raise TrainingError(
+            f"{last}: does not fit this model, method and optimizer ({type(err).__name__}: "
+            f"{shorten(str(err).strip().splitlines()[-1], 160)}); a run folder holds one run: "
+            "pass fit(run_dir=...) a new folder"
+        ) from None
 
 
 def claim_fit_dir(run_path: Path) -> None:
@@ -239,8 +301,10 @@ def claim_fit_dir(run_path: Path) -> None:
     lock_run_dir(run_path)
     done = read_results_safely(run_path)
     if done is not None and done.get("status") == "finished":
-        raise ConfigError(f"{run_path}: holds a finished run (results.json); a finished run is never overwritten: "
-                          "give fit another run_dir")
+        raise ConfigError(
+            f"{run_path}: holds a finished run (results.json); a finished run is never overwritten: "
+            "give fit another run_dir"
+        )
     clean_interrupted_writes(run_path)
     try:
         (run_path / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -248,11 +312,27 @@ def claim_fit_dir(run_path: Path) -> None:
         raise output_error(run_path / "checkpoints", err) from None
 
 
-def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTaskModel,
-             data: tuple[DataLoader, DataLoader], weighting: str, weighting_options: dict[str, Any] | None, mode: str,
-             grad_path: str, optimizer: torch.optim.Optimizer, scheduler: Any, epochs: int, device: torch.device,
-             grad_clip: float | None, max_steps_per_epoch: int | None, progress: bool, loggers: list[str]
-             ) -> dict[str, Any]:
+def describe(
+    *,
+    name: str,
+    run_path: Path,
+    seed: int,
+    arch: str,
+    model: MultiTaskModel,
+    data: tuple[DataLoader, DataLoader],
+    weighting: str,
+    weighting_options: dict[str, Any] | None,
+    mode: str,
+    grad_path: str,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    epochs: int,
+    device: torch.device,
+    grad_clip: float | None,
+    max_steps_per_epoch: int | None,
+    progress: bool,
+    loggers: list[str],
+) -> dict[str, Any]:
     """config.yaml of a fit run: the sections of ``mtlkit train``'s config, filled from the objects.
 
     Registered classes appear under their registered names (a model from ``build_model`` with its
@@ -283,19 +363,46 @@ def describe(*, name: str, run_path: Path, seed: int, arch: str, model: MultiTas
             dataset[key] = len(cast(Sized, loader.dataset))
         except TypeError:
             pass
-    described: dict[str, Any] = {"arch": spec["arch"], "backbone": spec["backbone"], "pretrained": spec["pretrained"],
-                 "width": spec["width"], "options": dict(spec["options"])} if spec else {"arch": arch}
+    described: dict[str, Any] = (
+        {
+            "arch": spec["arch"],
+            "backbone": spec["backbone"],
+            "pretrained": spec["pretrained"],
+            "width": spec["width"],
+            "options": dict(spec["options"]),
+        }
+        if spec
+        else {"arch": arch}
+    )
     if spec.get("align_corners"):  # only when set: the key is hash-neutral at its default
         described["align_corners"] = True
     return {
-        "name": name, "out_dir": str(run_path.parent), "seed": seed, "dataset": dataset, "model": described,
-        "weighting": {"name": weighting, "mode": mode, "grad_path": grad_path,
-                      "options": dict(weighting_options or {})},
+        "name": name,
+        "out_dir": str(run_path.parent),
+        "seed": seed,
+        "dataset": dataset,
+        "model": described,
+        "weighting": {
+            "name": weighting,
+            "mode": mode,
+            "grad_path": grad_path,
+            "options": dict(weighting_options or {}),
+        },
         "optim": optim,
-        "train": {"epochs": epochs, "batch_size": train_loader.batch_size, "eval_batch_size": val_loader.batch_size,
-                  "num_workers": train_loader.num_workers, "device": str(device), "amp": "off", "compile": False,
-                  "channels_last": False, "max_steps_per_epoch": max_steps_per_epoch, "grad_clip": grad_clip,
-                  "progress": progress, "loggers": list(loggers)},
+        "train": {
+            "epochs": epochs,
+            "batch_size": train_loader.batch_size,
+            "eval_batch_size": val_loader.batch_size,
+            "num_workers": train_loader.num_workers,
+            "device": str(device),
+            "amp": "off",
+            "compile": False,
+            "channels_last": False,
+            "max_steps_per_epoch": max_steps_per_epoch,
+            "grad_clip": grad_clip,
+            "progress": progress,
+            "loggers": list(loggers),
+        },
         "eval": {"protocol": "pooled", "select_best": True, "report_last": 1},
     }
 
@@ -332,8 +439,9 @@ def _params_ratio(model: MultiTaskModel) -> float | None:
     spec: dict[str, Any] | None = model.build_spec
     if spec is None:
         return None
-    base = single_task_parameters(str(spec["arch"]), model.tasks, float(spec["width"]), backbone=spec["backbone"],
-                                  **dict(spec["options"]))
+    base = single_task_parameters(
+        str(spec["arch"]), model.tasks, float(spec["width"]), backbone=spec["backbone"], **dict(spec["options"])
+    )
     return count_parameters(model) / base if base else None
 
 

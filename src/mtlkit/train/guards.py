@@ -60,8 +60,10 @@ def check_forward(model: nn.Module, tasks: Sequence[Task], batch: Mapping[str, A
         raise ConfigError(f"the model returned a {type(out).__name__}, expected a dict {{task name: output}}")
     missing = [n for n in present if n not in out]
     if missing:
-        raise ConfigError(f"the model's output has no {', '.join(map(repr, missing))} (it returned "
-                          f"{shorten(sorted(map(str, out)))}); it must return {{task name: output}} for every task")
+        raise ConfigError(
+            f"the model's output has no {', '.join(map(repr, missing))} (it returned "
+            f"{shorten(sorted(map(str, out)))}); it must return {{task name: output}} for every task"
+        )
 
 
 def check_validation(val: dict[str, float], epoch: int, checkpoint: Path | None) -> None:
@@ -72,5 +74,7 @@ def check_validation(val: dict[str, float], epoch: int, checkpoint: Path | None)
     tasks = sorted({k.split("/")[1] if k.startswith("loss/") else k.split("/")[0] for k in bad})
     values = ", ".join(f"{k}={v}" for k, v in bad.items())
     kept = f"; last good checkpoint kept: {checkpoint}" if checkpoint is not None and checkpoint.is_file() else ""
-    raise TrainingError(f"epoch {epoch} validation: non-finite value for task {', '.join(tasks)} ({values}); "
-                        f"the run diverged (lower optim.lr?){kept}")
+    raise TrainingError(
+        f"epoch {epoch} validation: non-finite value for task {', '.join(tasks)} ({values}); "
+        f"the run diverged (lower optim.lr?){kept}"
+    )

@@ -83,12 +83,14 @@ class ConsoleLogger(Logger):
         tqdm.write(epoch_line(record, self.tasks))
 
 
-def run_header(run_path: Path, arch: str, parameters: int, train_loader: Any, val_loader: Any,
-               max_steps: int | None = None) -> str:
+def run_header(
+    run_path: Path, arch: str, parameters: int, train_loader: Any, val_loader: Any, max_steps: int | None = None
+) -> str:
     """What a run is about to do, printed before its first progress bar (both ``mtlkit train`` and ``fit``).
 
     ``run folder: runs/x | model: mtan, 1.23 M parameters | data: 240 train / 60 val samples, 60 steps per epoch``
     """
+
     def length(obj: Any) -> int | None:
         try:
             return len(obj)
@@ -99,9 +101,11 @@ def run_header(run_path: Path, arch: str, parameters: int, train_loader: Any, va
     if max_steps is not None:
         steps = max_steps if steps is None else min(steps, max_steps)
     n_train, n_val = length(getattr(train_loader, "dataset", ())), length(getattr(val_loader, "dataset", ()))
-    return (f"run folder: {run_path} | model: {arch}, {parameters / 1e6:.2f} M parameters | "
-            f"data: {n_train if n_train is not None else '?'} train / {n_val if n_val is not None else '?'} val "
-            f"samples, {steps if steps is not None else '?'} steps per epoch")
+    return (
+        f"run folder: {run_path} | model: {arch}, {parameters / 1e6:.2f} M parameters | "
+        f"data: {n_train if n_train is not None else '?'} train / {n_val if n_val is not None else '?'} val "
+        f"samples, {steps if steps is not None else '?'} steps per epoch"
+    )
 
 
 def epoch_line(record: EpochRecord, tasks: list[Task]) -> str:
@@ -169,8 +173,11 @@ class Background(Logger):
             if self.error is not None or self.abandoned:  # already reported: one warning per logger
                 return
             self.error = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            warnings.warn(f"mtlkit: tracker {self.label} failed ({self.error}); training goes on without it",
-                          RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"mtlkit: tracker {self.label} failed ({self.error}); training goes on without it",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
     def _call(self, method: str, *args: Any) -> None:
         if self.error is None and not self.closed:
@@ -202,8 +209,11 @@ class Background(Logger):
             self.abandoned = True
             if self.error is None:
                 self.error = f"still sending after {waited:g} s at the end of the run"
-                warnings.warn(f"mtlkit: tracker {self.label} {self.error} (server unreachable?); left behind",
-                              RuntimeWarning, stacklevel=1)
+                warnings.warn(
+                    f"mtlkit: tracker {self.label} {self.error} (server unreachable?); left behind",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
 
 
 class Loggers(Logger):
@@ -287,14 +297,19 @@ class _TrackersLogger(Logger):
 
 
 #: the old names -> (what they are now, what to use instead)
-_DEPRECATED = {"BaseLogger": (Logger, "mtlkit.train.logging.Logger"),
-               "TrackersLogger": (_TrackersLogger, "the named loggers themselves (mtlkit.trackers.open_loggers)")}
+_DEPRECATED = {
+    "BaseLogger": (Logger, "mtlkit.train.logging.Logger"),
+    "TrackersLogger": (_TrackersLogger, "the named loggers themselves (mtlkit.trackers.open_loggers)"),
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _DEPRECATED:
         obj, instead = _DEPRECATED[name]
-        warnings.warn(f"mtlkit.train.logging.{name} is deprecated and goes in the next release: use {instead}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"mtlkit.train.logging.{name} is deprecated and goes in the next release: use {instead}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return obj
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,8 +87,11 @@ def best_score(val: dict[str, float], reference: dict[str, float], tasks: list[T
     """delta_m of this epoch's validation metrics against the first epoch's (higher is better)."""
     keys = [f"{t.name}/{m}" for t in tasks for m in t.metrics]
     hib = {f"{t.name}/{m}": hi for t in tasks for m, hi in t.metrics.items()}
-    usable = [k for k in keys if k in val and k in reference and reference[k] != 0
-              and math.isfinite(val[k]) and math.isfinite(reference[k])]
+    usable = [
+        k
+        for k in keys
+        if k in val and k in reference and reference[k] != 0 and math.isfinite(val[k]) and math.isfinite(reference[k])
+    ]
     if not usable:
         return -math.inf
     return delta_m({k: val[k] for k in usable}, {k: reference[k] for k in usable}, {k: hib[k] for k in usable})
@@ -104,8 +107,14 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
     wsum, nsteps = torch.zeros(len(names)), 0
     limit = loop.max_steps_per_epoch
     total = min(len(loader), limit) if limit else len(loader)
-    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}/{loop.epochs}", leave=False,
-               disable=not (loop.progress and dist.is_main()), dynamic_ncols=True)
+    bar = tqdm(
+        loader,
+        total=total,
+        desc=f"epoch {epoch + 1}/{loop.epochs}",
+        leave=False,
+        disable=not (loop.progress and dist.is_main()),
+        dynamic_ncols=True,
+    )
     for step, batch in enumerate(bar):
         if limit and step >= limit:
             break
@@ -131,8 +140,9 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
     return sums / counts.clamp(min=1), wsum / max(nsteps, 1)
 
 
-def restore_records(run_path: Path, state: RunState, model: nn.Module, meta: dict[str, Any] | None,
-                    select_best: bool) -> None:
+def restore_records(
+    run_path: Path, state: RunState, model: nn.Module, meta: dict[str, Any] | None, select_best: bool
+) -> None:
     """Make ``metrics.jsonl`` and ``best.pt`` what the committed ``last.pt`` (``state``, ``model``) says.
 
     A run killed after an epoch's ``last.pt`` but before its ``best.pt`` or ``metrics.jsonl``
@@ -155,8 +165,9 @@ def restore_records(run_path: Path, state: RunState, model: nn.Module, meta: dic
     save_checkpoint(best_path, best)
 
 
-def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None = None,
-        state: RunState | None = None) -> Path:
+def run(
+    loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None = None, state: RunState | None = None
+) -> Path:
     """Train ``loop`` into the (existing) ``run_path`` from ``state`` (restored by the caller; None: a new run).
 
     Every epoch commits with one atomic write, ``checkpoints/last.pt``, which holds everything the
@@ -175,8 +186,17 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
     # module directly (runner.plain), bypassing DDP's gradient hooks
     compiled = cast(nn.Module, torch.compile(model)) if loop.speed.compile else model
     net = dist.wrap(compiled, device, partial_batches=loop.partial_batches)
-    runner = StepRunner(net, weighting, tasks, loop.optimizer, loop.mode, loop.grad_clip,
-                        loop.speed.autocast_dtype, loop.scaler, loop.grad_path)  # forward + Balancer + optimizer
+    runner = StepRunner(
+        net,
+        weighting,
+        tasks,
+        loop.optimizer,
+        loop.mode,
+        loop.grad_clip,
+        loop.speed.autocast_dtype,
+        loop.scaler,
+        loop.grad_path,
+    )  # forward + Balancer + optimizer
     dist.set_epoch(loop.train_loader, state.epoch)
     logs = Loggers(list(loggers or []) if main else [])
     names = [t.name for t in tasks]
@@ -185,8 +205,16 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
     if main and state.epoch > 0:
         restore_records(run_path, state, model, loop.meta, select_best)
     if main and loop.progress:
-        tqdm.write(run_header(run_path, info.arch, count_parameters(model), loop.train_loader, loop.val_loader,
-                              loop.max_steps_per_epoch))
+        tqdm.write(
+            run_header(
+                run_path,
+                info.arch,
+                count_parameters(model),
+                loop.train_loader,
+                loop.val_loader,
+                loop.max_steps_per_epoch,
+            )
+        )
     try:
         for hook in loop.hooks:
             hook.before_train(loop)
@@ -200,16 +228,26 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
             if loop.scheduler is not None:
                 loop.scheduler.step()
             dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
-            val = loop.evaluation(runner.plain, tasks, loop.val_loader, device,
-                                  channels_last=loop.speed.channels_last, autocast_dtype=loop.speed.autocast_dtype)
+            val = loop.evaluation(
+                runner.plain,
+                tasks,
+                loop.val_loader,
+                device,
+                channels_last=loop.speed.channels_last,
+                autocast_dtype=loop.speed.autocast_dtype,
+            )
             check_validation(val, epoch + 1, ckpt_path)
             if state.reference is None:
                 state.reference = dict(val)
             record = EpochRecord(
-                epoch=epoch + 1, time=time.time() - t0, epoch_time=time.time() - ep_start,
+                epoch=epoch + 1,
+                time=time.time() - t0,
+                epoch_time=time.time() - ep_start,
                 lr=loop.optimizer.param_groups[0]["lr"],
-                train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)}, val=val,
-                weights={n: float(w) for n, w in zip(names, mean_weights)})
+                train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)},
+                val=val,
+                weights={n: float(w) for n, w in zip(names, mean_weights)},
+            )
             is_best = state.record(record, best_score(val, state.reference, tasks)) and select_best
             if main:
                 state.wall_time = time.time() - t0
@@ -231,14 +269,27 @@ def run(loop: Loop, run_path: Path, info: RunInfo, loggers: list[Logger] | None 
         raise
     if main:
         results = RunResults(
-            name=info.name, arch=info.arch, weighting=info.weighting, dataset=info.dataset,
-            tasks=[t.to_dict() for t in tasks], params=count_parameters(model), params_ratio=info.params_ratio,
+            name=info.name,
+            arch=info.arch,
+            weighting=info.weighting,
+            dataset=info.dataset,
+            tasks=[t.to_dict() for t in tasks],
+            params=count_parameters(model),
+            params_ratio=info.params_ratio,
             final=state.history[-1].val if state.history else {},
             best=state.best.val if select_best else None,
-            best_epoch=state.best.epoch if select_best else None, epochs=loop.epochs,
-            wall_time=time.time() - t0, config_hash=info.config_hash, **provenance(), status="finished",
-            extra={**({"capabilities": info.capabilities} if info.capabilities else {}), **results_extra(loop),
-                   **({"config_changes": state.config_changes} if state.config_changes else {})})
+            best_epoch=state.best.epoch if select_best else None,
+            epochs=loop.epochs,
+            wall_time=time.time() - t0,
+            config_hash=info.config_hash,
+            **provenance(),
+            status="finished",
+            extra={
+                **({"capabilities": info.capabilities} if info.capabilities else {}),
+                **results_extra(loop),
+                **({"config_changes": state.config_changes} if state.config_changes else {}),
+            },
+        )
         write_results(run_path, results.to_dict())
         for path in run_files(run_path):  # results.json, config.yaml, metrics.jsonl, figures
             logs.log_artifact(path)

@@ -132,8 +132,10 @@ def lock_run_dir(run_dir: Path) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise OutputError(f"{run_dir}: this run is being trained by {_owner_text(path)} ({LOCK_NAME} is "
-                              "held); wait for it to end or stop it, then `mtlkit train --resume` it") from None
+            raise OutputError(
+                f"{run_dir}: this run is being trained by {_owner_text(path)} ({LOCK_NAME} is "
+                "held); wait for it to end or stop it, then `mtlkit train --resume` it"
+            ) from None
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break  # the file we locked is still the lock (its last holder did not remove it meanwhile)
@@ -192,12 +194,16 @@ def check_new_run_dir(run_dir: Path, cfg: Config) -> None:
         raise OutputError(f"{run_dir}: is a file, not a run folder")
     results = read_results_safely(run_dir)
     if results is not None and results.get("status") == "finished":
-        raise ConfigError(f"{run_dir}: holds a finished run (results.json); a finished run is never overwritten: "
-                          "give --run-dir a new folder")
+        raise ConfigError(
+            f"{run_dir}: holds a finished run (results.json); a finished run is never overwritten: "
+            "give --run-dir a new folder"
+        )
     found = [name for name in RUN_RECORDS if (run_dir / name).is_file() and name != "results.json"]
     if found:
-        raise ConfigError(f"{run_dir}: holds a run ({', '.join(found)}); continue it with `mtlkit train --resume "
-                          f"{run_dir}`, or give --run-dir a new folder")
+        raise ConfigError(
+            f"{run_dir}: holds a run ({', '.join(found)}); continue it with `mtlkit train --resume "
+            f"{run_dir}`, or give --run-dir a new folder"
+        )
     saved = run_dir / "config.yaml"
     if saved.is_file():
         from mtlkit.config import load_config
@@ -207,8 +213,10 @@ def check_new_run_dir(run_dir: Path, cfg: Config) -> None:
         except MtlkitError:
             same = False
         if not same:
-            raise ConfigError(f"{run_dir}: holds another run's config.yaml; give --run-dir a new folder (or "
-                              f"`mtlkit train --resume {run_dir}` to run that config)")
+            raise ConfigError(
+                f"{run_dir}: holds another run's config.yaml; give --run-dir a new folder (or "
+                f"`mtlkit train --resume {run_dir}` to run that config)"
+            )
 
 
 def read_results_safely(run_dir: Path) -> dict[str, Any] | None:
@@ -279,9 +287,16 @@ def record_failure(path: Path, cfg: Config, err: BaseException) -> None:
     except Exception:  # noqa: BLE001 - an unreadable log does not stop the failure being recorded
         epochs_done = None
     results = {
-        "name": cfg.name, "arch": cfg.model.arch, "weighting": cfg.weighting.name, "dataset": cfg.dataset.name,
-        "status": "failed", "error": failure_reason(err), "epochs": cfg.train.epochs,
-        "epochs_done": epochs_done, "config_hash": cfg.hash(), **provenance(),
+        "name": cfg.name,
+        "arch": cfg.model.arch,
+        "weighting": cfg.weighting.name,
+        "dataset": cfg.dataset.name,
+        "status": "failed",
+        "error": failure_reason(err),
+        "epochs": cfg.train.epochs,
+        "epochs_done": epochs_done,
+        "config_hash": cfg.hash(),
+        **provenance(),
     }
     try:
         write_results(path, results)
@@ -330,8 +345,12 @@ def provenance() -> dict[str, Any]:
     return {
         "versions": {"python": sys.version.split()[0], "torch": torch.__version__, "mtlkit": mtlkit.__version__},
         "git_commit": git_commit(),
-        "machine": {"host": platform.node(), "platform": platform.platform(), "device": device,
-                    "cpus": torch.get_num_threads()},
+        "machine": {
+            "host": platform.node(),
+            "platform": platform.platform(),
+            "device": device,
+            "cpus": torch.get_num_threads(),
+        },
     }
 
 

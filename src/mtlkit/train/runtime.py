@@ -36,8 +36,13 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "python": _tuples_to_lists(random.getstate()),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached), "kind": kind},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+            "kind": kind,
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

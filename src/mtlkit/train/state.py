@@ -53,21 +53,40 @@ class RunState:
             self.best = Best(score, rec.epoch, dict(rec.val))
         return is_best
 
-    def checkpoint(self, model: nn.Module, weighting: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                   scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    def checkpoint(
+        self,
+        model: nn.Module,
+        weighting: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler | None,
+    ) -> dict[str, Any]:
         """The checkpoint dict: objects' states, RNG state and this run state."""
         return {
-            "model": model.state_dict(), "weighting": weighting.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "model": model.state_dict(),
+            "weighting": weighting.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None,
             "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng_state(), "epoch": self.epoch, "best": self.best.to_dict(), "reference": self.reference,
-            "history": [r.to_dict() for r in self.history], "wall_time": self.wall_time,
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "best": self.best.to_dict(),
+            "reference": self.reference,
+            "history": [r.to_dict() for r in self.history],
+            "wall_time": self.wall_time,
             "config_changes": [dict(c) for c in self.config_changes],
         }
 
     @classmethod
-    def restore(cls, ckpt: dict[str, Any], model: nn.Module, weighting: nn.Module,
-                optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler | None) -> RunState:
+    def restore(
+        cls,
+        ckpt: dict[str, Any],
+        model: nn.Module,
+        weighting: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler | None,
+    ) -> RunState:
         """Load a checkpoint into the objects (and the RNGs) and return its run state."""
         model.load_state_dict(ckpt["model"])
         weighting.load_state_dict(ckpt["weighting"])
@@ -92,14 +111,18 @@ class RunState:
             reference = ckpt["reference"]
             if reference is not None and not isinstance(reference, dict):
                 raise TypeError(f"field 'reference' is a {type(reference).__name__}, expected a mapping")
-            return cls(_int(ckpt["epoch"], "epoch"),
-                       Best(_number(b["score"], "best.score"), _int(b["epoch"], "best.epoch"),
-                            _metrics(b["val"], "best.val")),
-                       reference, [EpochRecord.from_dict(r) for r in history],
-                       _number(ckpt["wall_time"], "wall_time"), _changes(ckpt.get("config_changes")))
+            return cls(
+                _int(ckpt["epoch"], "epoch"),
+                Best(_number(b["score"], "best.score"), _int(b["epoch"], "best.epoch"), _metrics(b["val"], "best.val")),
+                reference,
+                [EpochRecord.from_dict(r) for r in history],
+                _number(ckpt["wall_time"], "wall_time"),
+                _changes(ckpt.get("config_changes")),
+            )
         except (TypeError, KeyError) as err:
-            raise TrainingError(f"{path}: not a checkpoint mtlkit can resume ({err}); use the run's own "
-                                "checkpoints/last.pt") from None
+            raise TrainingError(
+                f"{path}: not a checkpoint mtlkit can resume ({err}); use the run's own checkpoints/last.pt"
+            ) from None
 
 
 def _int(value: Any, what: str) -> int:
@@ -126,4 +149,3 @@ def _changes(value: Any) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
         raise TypeError("field 'config_changes' is not a list of changes")
     return [dict(c) for c in value]
-

@@ -78,8 +78,10 @@ class StepRunner:
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> list[Tensor]:
         """The K task losses, each with its own graph; tasks absent from the batch count 0 (constant)."""
-        return [t.loss(preds[t.name], batch[t.name]) if t.name in present
-                else torch.zeros((), device=batch["image"].device) for t in self.tasks]
+        return [
+            t.loss(preds[t.name], batch[t.name]) if t.name in present else torch.zeros((), device=batch["image"].device)
+            for t in self.tasks
+        ]
 
     def losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> Tensor:
         """The K-vector of task losses (what a loss-level method combines)."""
@@ -167,4 +169,3 @@ def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:
             f"weighting.mode=representation is not supported by {type(weighting).__name__}; "
             "use weighting.mode=parameters"
         )
-

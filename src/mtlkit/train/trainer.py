@@ -80,9 +80,15 @@ def build(cfg: Config, device: torch.device | None = None) -> Setup:
     seed_everything(cfg.seed)
     builder = DATASETS.get(cfg.dataset.name)(cfg.dataset)
     tasks = builder.tasks()
-    model = build_model(cfg.model.arch, tasks, width=cfg.model.width, backbone=cfg.model.backbone,
-                        pretrained=cfg.model.pretrained, align_corners=cfg.model.align_corners,
-                        **cfg.model.options)
+    model = build_model(
+        cfg.model.arch,
+        tasks,
+        width=cfg.model.width,
+        backbone=cfg.model.backbone,
+        pretrained=cfg.model.pretrained,
+        align_corners=cfg.model.align_corners,
+        **cfg.model.options,
+    )
     weighting = build_weighting(cfg, tasks)
     device = device or select_device(cfg.train.device)
     return Setup(cfg, builder, tasks, model.to(device), weighting.to(device), device)
@@ -94,6 +100,7 @@ def make_loader(builder: DatasetBuilder, dataset, cfg: Config, train: bool, epoc
     batches = None
     sampler = builder.batch_sampler
     if sampler is not None:
+
         def batches(e: int) -> list[list[int]]:
             return sampler(dataset, bs, shuffle=train, seed=cfg.seed, epoch=e)
 
@@ -127,8 +134,9 @@ def params_ratio(cfg: Config, tasks: list[Task], model: MultiTaskModel) -> float
     """#P as the MTAN paper reports it: parameters relative to one single-task network."""
     from mtlkit.models.params import single_task_parameters
 
-    base = single_task_parameters(cfg.model.arch, tasks, cfg.model.width, backbone=cfg.model.backbone,
-                                  **cfg.model.options)
+    base = single_task_parameters(
+        cfg.model.arch, tasks, cfg.model.width, backbone=cfg.model.backbone, **cfg.model.options
+    )
     return count_parameters(model) / base if base else None
 
 
@@ -179,9 +187,11 @@ def _resolve_run(
         saved = load_config(run_path / "config.yaml")
         finished = done is not None and done.get("status") == "finished"
         if done is not None and finished and done.get("config_hash") not in (None, saved.hash()):
-            raise ConfigError(f"{run_path}: the run finished, and its config.yaml was edited since (config hash "
-                              f"{saved.hash()}, results.json says {done.get('config_hash')}); a finished run is "
-                              "never trained again: start a new run with the edited config (--run-dir NEW)")
+            raise ConfigError(
+                f"{run_path}: the run finished, and its config.yaml was edited since (config hash "
+                f"{saved.hash()}, results.json says {done.get('config_hash')}); a finished run is "
+                "never trained again: start a new run with the edited config (--run-dir NEW)"
+            )
         return saved, run_path, finished
     assert cfg is not None
     check_loggers(cfg.train.loggers, cfg.train.tracker_options)
@@ -207,8 +217,9 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
         val_ds = setup.builder.dataset("val", train=False)
     hooks: list[Hook] = []
     if weighting.needs_meta_step:  # a bilevel method: its meta batches come from a split of the training set
-        train_ds, split = meta_split(weighting, train_ds, cfg.seed, cfg.train.batch_size,
-                                     setup.builder.batch_sampler is not None)
+        train_ds, split = meta_split(
+            weighting, train_ds, cfg.seed, cfg.train.batch_size, setup.builder.batch_sampler is not None
+        )
         if split is not None:
             hooks.append(MetaStep(split))
     optimizer = make_optimizer(cfg, model, weighting)
@@ -227,22 +238,43 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
         restore_training_state(last, ckpt, model, weighting, optimizer, scheduler, scaler)
         state = RunState.from_checkpoint(ckpt, last)
         state.config_changes += resume_changes(run_path, ckpt.get("meta"), cfg, state.epoch)
-    loop = Loop(model=model, tasks=tasks, weighting=weighting, optimizer=optimizer,
-                train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
-                val_loader=make_loader(setup.builder, val_ds, cfg, train=False), device=device,
-                epochs=cfg.train.epochs, scheduler=scheduler, mode=cfg.weighting.mode,
-                grad_path=cfg.weighting.grad_path, grad_clip=cfg.train.grad_clip,
-                max_steps_per_epoch=cfg.train.max_steps_per_epoch, speed=speed, scaler=scaler,
-                progress=cfg.train.progress, partial_batches=setup.builder.batch_sampler is not None, meta=meta,
-                evaluation=Evaluation.from_config(cfg), hooks=hooks)
+    loop = Loop(
+        model=model,
+        tasks=tasks,
+        weighting=weighting,
+        optimizer=optimizer,
+        train_loader=make_loader(setup.builder, train_ds, cfg, train=True),
+        val_loader=make_loader(setup.builder, val_ds, cfg, train=False),
+        device=device,
+        epochs=cfg.train.epochs,
+        scheduler=scheduler,
+        mode=cfg.weighting.mode,
+        grad_path=cfg.weighting.grad_path,
+        grad_clip=cfg.train.grad_clip,
+        max_steps_per_epoch=cfg.train.max_steps_per_epoch,
+        speed=speed,
+        scaler=scaler,
+        progress=cfg.train.progress,
+        partial_batches=setup.builder.batch_sampler is not None,
+        meta=meta,
+        evaluation=Evaluation.from_config(cfg),
+        hooks=hooks,
+    )
     preflight(model, tasks, {"train": train_ds, "val": val_ds}, device)
     run_path = dist.broadcast_object(open_run_dir(run_path, cfg, resume=resuming) if main else None)
-    info = RunInfo(name=cfg.name, arch=cfg.model.arch, weighting=cfg.weighting.name, dataset=cfg.dataset.name,
-                   config_hash=cfg.hash(), params_ratio=params_ratio(cfg, tasks, model),
-                   capabilities=model.capabilities())
+    info = RunInfo(
+        name=cfg.name,
+        arch=cfg.model.arch,
+        weighting=cfg.weighting.name,
+        dataset=cfg.dataset.name,
+        config_hash=cfg.hash(),
+        params_ratio=params_ratio(cfg, tasks, model),
+        capabilities=model.capabilities(),
+    )
     if main:
-        logs.add(JsonlLogger(run_path, state.history if state is not None else []),
-                 *config_loggers(cfg, run_path))  # tensorboard, mlflow, wandb: train.loggers
+        logs.add(
+            JsonlLogger(run_path, state.history if state is not None else []), *config_loggers(cfg, run_path)
+        )  # tensorboard, mlflow, wandb: train.loggers
         if cfg.train.progress:
             logs.add(ConsoleLogger(tasks))
         logs.log_params(cfg.to_dict())
@@ -267,8 +299,9 @@ def load_run(
     setup = build(cfg, torch.device(device))
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
     if checkpoint == "best" and not ckpt.is_file() and ckpt.with_name("last.pt").is_file():
-        raise TrainingError(f"{ckpt}: not found (the run saved no best checkpoint); "
-                            "use --checkpoint last to evaluate its last epoch")
+        raise TrainingError(
+            f"{ckpt}: not found (the run saved no best checkpoint); use --checkpoint last to evaluate its last epoch"
+        )
     expect = {k: v for k, v in checkpoint_meta(cfg, setup.tasks).items() if k in MODEL_KEYS}
     load_model_weights(ckpt, setup.model, load_checkpoint(ckpt, map_location=device, expect=expect))
     setup.model.eval()

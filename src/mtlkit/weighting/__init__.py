@@ -55,17 +55,50 @@ from mtlkit.weighting.gradients import gramian, per_task_gradients, unflatten_li
 
 __all__ = [
     # the contract, the registry, the pure functions
-    "Weighting", "WEIGHTINGS", "functional",
+    "Weighting",
+    "WEIGHTINGS",
+    "functional",
     # loss level
-    "Equal", "Uncertainty", "DWA", "RLW", "FAMO", "IMTLL", "GLS", "STCH", "GO4Align",
+    "Equal",
+    "Uncertainty",
+    "DWA",
+    "RLW",
+    "FAMO",
+    "IMTLL",
+    "GLS",
+    "STCH",
+    "GO4Align",
     # gradient level
-    "GradNorm", "MGDA", "PCGrad", "GradDrop", "GradVac", "CAGrad", "IMTL", "IMTLG", "NashMTL", "AlignedMTL",
-    "UPGrad", "DBMTL", "MoCo", "SDMGrad", "MoDo", "FairGrad", "ConFIG", "DualProj", "Krum", "TrimmedMean",
+    "GradNorm",
+    "MGDA",
+    "PCGrad",
+    "GradDrop",
+    "GradVac",
+    "CAGrad",
+    "IMTL",
+    "IMTLG",
+    "NashMTL",
+    "AlignedMTL",
+    "UPGrad",
+    "DBMTL",
+    "MoCo",
+    "SDMGrad",
+    "MoDo",
+    "FairGrad",
+    "ConFIG",
+    "DualProj",
+    "Krum",
+    "TrimmedMean",
     "ExcessMTL",
     # bilevel
-    "AutoLambda", "MetaSplit", "meta_split",
+    "AutoLambda",
+    "MetaSplit",
+    "meta_split",
     # for a loop of one's own: the K x D matrix of per-task gradients, its Gramian, writing the update
-    "per_task_gradients", "gramian", "write_gradients", "unflatten_like",
+    "per_task_gradients",
+    "gramian",
+    "write_gradients",
+    "unflatten_like",
 ]
 
 _install_old_paths()

@@ -144,8 +144,8 @@ class AutoLambda(Weighting):
         self.meta_steps += 1
         self.exp_avg.mul_(0.9).add_(grad, alpha=0.1)
         self.exp_avg_sq.mul_(0.999).addcmul_(grad, grad, value=0.001)
-        m_hat = self.exp_avg / (1 - 0.9 ** self.meta_steps)
-        v_hat = self.exp_avg_sq / (1 - 0.999 ** self.meta_steps)
+        m_hat = self.exp_avg / (1 - 0.9**self.meta_steps)
+        v_hat = self.exp_avg_sq / (1 - 0.999**self.meta_steps)
         self.lam -= self.autol_lr * m_hat / (v_hat.sqrt() + 1e-8)
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -174,8 +174,9 @@ class MetaSplit:
         n = len(dataset)  # type: ignore[arg-type]  # map-style datasets have a length
         n_meta = max(1, round(method.meta_fraction * n))
         if n - n_meta < 1:
-            raise ConfigError(f"weighting.options.meta_fraction={method.meta_fraction} leaves no training images "
-                              f"out of {n}")
+            raise ConfigError(
+                f"weighting.options.meta_fraction={method.meta_fraction} leaves no training images out of {n}"
+            )
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         self.meta = Subset(dataset, sorted(order[:n_meta]))
         self.train = Subset(dataset, sorted(order[n_meta:]))
@@ -183,13 +184,17 @@ class MetaSplit:
 
     def describe(self) -> dict[str, Any]:
         """What the run's results record about the split."""
-        return {"source": "train", "fraction": self.method.meta_fraction, "meta_images": len(self.meta),
-                "train_images": len(self.train)}
+        return {
+            "source": "train",
+            "fraction": self.method.meta_fraction,
+            "meta_images": len(self.meta),
+            "train_images": len(self.train),
+        }
 
     def meta_batch(self, device: torch.device) -> dict[str, Tensor]:
         """The meta batch of the current meta step, drawn from (seed, step) alone (resumes exactly)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.method.meta_steps)
-        idx = torch.randperm(len(self.meta), generator=gen)[:self.batch_size].tolist()
+        idx = torch.randperm(len(self.meta), generator=gen)[: self.batch_size].tolist()
         batch = default_collate([self.meta[i] for i in idx])
         return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
 
@@ -200,13 +205,15 @@ class MetaSplit:
         self.method.apply_meta_gradient(grad)
 
 
-def meta_split(method: Weighting, dataset: Dataset, seed: int, batch_size: int,
-               custom_batches: bool = False) -> tuple[Dataset, MetaSplit | None]:
+def meta_split(
+    method: Weighting, dataset: Dataset, seed: int, batch_size: int, custom_batches: bool = False
+) -> tuple[Dataset, MetaSplit | None]:
     """(training set, meta split): the split for a bilevel method, else (dataset, None)."""
     if not method.needs_meta_step:
         return dataset, None
     if custom_batches:
-        raise ConfigError("weighting.name: auto_lambda needs every task in every batch; this dataset batches "
-                          "one task at a time")
+        raise ConfigError(
+            "weighting.name: auto_lambda needs every task in every batch; this dataset batches one task at a time"
+        )
     split = MetaSplit(cast(MetaStepMethod, method), dataset, seed, batch_size)
     return split.train, split

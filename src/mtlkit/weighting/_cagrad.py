@@ -34,9 +34,15 @@ def _dual_simplex(m: np.ndarray, c: float) -> np.ndarray:
 
     start = np.full(k, 1.0 / k)
     candidates = [start] + [np.eye(k)[i] for i in range(k)]
-    res = minimize(objective, start, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * k,
-                   constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
-                   options={"ftol": 1e-14, "maxiter": 500})
+    res = minimize(
+        objective,
+        start,
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}],
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
     if np.all(np.isfinite(res.x)):
         x = np.clip(res.x, 0.0, None)
         candidates.append(x / x.sum() if x.sum() > 0 else start)

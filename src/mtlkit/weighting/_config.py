@@ -65,8 +65,9 @@ class ConFIG(GramianWeighting):
     gradient is rescaled; equal gradients give their sum ($K g$).
     """
 
-    properties = frozenset({"non_conflicting_full_rank", "permutation_equivariant", "sum_when_equal",
-                            "loss_scale_invariant"})
+    properties = frozenset(
+        {"non_conflicting_full_rank", "permutation_equivariant", "sum_when_equal", "loss_scale_invariant"}
+    )
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """ConFIG's coefficients on the raw task gradients."""

@@ -42,8 +42,9 @@ def db_mtl(
     else:
         new = b * buffer.to(log_grads) + (1.0 - b) * log_grads
     norms = new.norm(dim=1)
-    alpha = torch.where(norms > 0, norms.max() / norms.clamp_min(torch.finfo(norms.dtype).tiny),
-                        torch.zeros_like(norms))
+    alpha = torch.where(
+        norms > 0, norms.max() / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(norms)
+    )
     return combine_rows(alpha, new), alpha.double().cpu(), new
 
 

@@ -24,9 +24,35 @@ from typing import Any
 
 #: the old public method modules, each now ``mtlkit.weighting._<name>``
 OLD_MODULES = (
-    "aligned_mtl", "auto_lambda", "cagrad", "config", "db_mtl", "dualproj", "dwa", "equal", "excess_mtl",
-    "fairgrad", "famo", "gls", "go4align", "graddrop", "gradnorm", "gradvac", "imtl", "krum", "mgda", "moco",
-    "modo", "nash_mtl", "pcgrad", "rlw", "sdmgrad", "stch", "trimmed_mean", "uncertainty", "upgrad",
+    "aligned_mtl",
+    "auto_lambda",
+    "cagrad",
+    "config",
+    "db_mtl",
+    "dualproj",
+    "dwa",
+    "equal",
+    "excess_mtl",
+    "fairgrad",
+    "famo",
+    "gls",
+    "go4align",
+    "graddrop",
+    "gradnorm",
+    "gradvac",
+    "imtl",
+    "krum",
+    "mgda",
+    "moco",
+    "modo",
+    "nash_mtl",
+    "pcgrad",
+    "rlw",
+    "sdmgrad",
+    "stch",
+    "trimmed_mean",
+    "uncertainty",
+    "upgrad",
 )
 PACKAGE = "mtlkit.weighting"
 
@@ -43,8 +69,9 @@ def _home(name: str) -> str:
 def _warn(old: str, name: str, stacklevel: int) -> None:
     home = _home(name)
     new = f"import it from {home}" if home else "it is private now"
-    warnings.warn(f"{old} is deprecated and goes in the next release: {new}", DeprecationWarning,
-                  stacklevel=stacklevel + 1)
+    warnings.warn(
+        f"{old} is deprecated and goes in the next release: {new}", DeprecationWarning, stacklevel=stacklevel + 1
+    )
 
 
 class OldModule(ModuleType):
@@ -78,7 +105,11 @@ def package_getattr(name: str) -> Any:
         _warn(f"{PACKAGE}.{name}", name, stacklevel=3)
         return getattr(functional, name)
     if name in OLD_MODULES:
-        warnings.warn(f"{PACKAGE}.{name} (a module) is deprecated and goes in the next release: its classes are "
-                      f"in {PACKAGE}, its functions in {PACKAGE}.functional", DeprecationWarning, stacklevel=3)
+        warnings.warn(
+            f"{PACKAGE}.{name} (a module) is deprecated and goes in the next release: its classes are "
+            f"in {PACKAGE}, its functions in {PACKAGE}.functional",
+            DeprecationWarning,
+            stacklevel=3,
+        )
         return sys.modules[f"{PACKAGE}.{name}"]
     raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}")

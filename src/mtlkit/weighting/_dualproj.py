@@ -48,8 +48,7 @@ class DualProj(GramianWeighting):
     weights are $\ge 1/K$; opposite gradients give 0 (stationary at a Pareto-stationary point).
     """
 
-    properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal",
-                            "pareto_stationary"})
+    properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal", "pareto_stationary"})
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """DualProj's coefficients on the raw task gradients."""

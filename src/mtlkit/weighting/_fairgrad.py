@@ -39,8 +39,16 @@ def fairgrad_weights(gramian: Tensor, alpha: float = 1.0) -> Tensor:
         """d residual / d w."""
         return ms + np.diag(np.power(np.maximum(w, 1e-300), -1.0 / alpha - 1.0) / alpha)
 
-    res = least_squares(residual, np.full(k, 1.0 / k), jac=jacobian, bounds=(1e-12, np.inf),
-                        xtol=1e-14, ftol=1e-14, gtol=1e-14, max_nfev=1000)
+    res = least_squares(
+        residual,
+        np.full(k, 1.0 / k),
+        jac=jacobian,
+        bounds=(1e-12, np.inf),
+        xtol=1e-14,
+        ftol=1e-14,
+        gtol=1e-14,
+        max_nfev=1000,
+    )
     w = res.x * scale ** (-alpha / (alpha + 1.0))
     return to_tensor(w)
 

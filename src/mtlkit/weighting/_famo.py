@@ -38,8 +38,9 @@ def famo_logit_gradient(
     dp, dc = prev_losses - min_losses, curr_losses - min_losses
     ok = (dp > 0) & (dc > 0)
     one = torch.ones_like(dp)
-    delta = torch.where(ok, torch.log(torch.where(ok, dp, one) + eps) - torch.log(torch.where(ok, dc, one) + eps),
-                        torch.zeros_like(dp))
+    delta = torch.where(
+        ok, torch.log(torch.where(ok, dp, one) + eps) - torch.log(torch.where(ok, dc, one) + eps), torch.zeros_like(dp)
+    )
     z = torch.softmax(logits, dim=0)
     return z * (delta - (z * delta).sum())
 
@@ -75,9 +76,7 @@ class FAMO(Weighting):
     exp_avg_sq: Tensor
     adam_step: Tensor
 
-    def __init__(
-        self, task_names: list[str], lr: float = 0.025, gamma: float = 0.01, min_losses: float = 0.0
-    ) -> None:
+    def __init__(self, task_names: list[str], lr: float = 0.025, gamma: float = 0.01, min_losses: float = 0.0) -> None:
         super().__init__(task_names)
         self.lr = positive_float("lr", lr)
         self.gamma = positive_float("gamma", gamma, allow_zero=True)

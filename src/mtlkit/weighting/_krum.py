@@ -42,8 +42,9 @@ def check_krum(num_tasks: int, n_byzantine: int, n_selected: int) -> None:
     if not isinstance(n_selected, int) or not 1 <= n_selected <= num_tasks:
         raise ConfigError(f"weighting.options.n_selected must be an integer in [1, {num_tasks}], got {n_selected!r}")
     if num_tasks < 2 * n_byzantine + 3:
-        raise ConfigError(f"weighting krum needs at least 2 n_byzantine + 3 = {2 * n_byzantine + 3} tasks, "
-                          f"got {num_tasks}")
+        raise ConfigError(
+            f"weighting krum needs at least 2 n_byzantine + 3 = {2 * n_byzantine + 3} tasks, got {num_tasks}"
+        )
 
 
 def krum(grads: Tensor, n_byzantine: int = 0, n_selected: int = 1) -> tuple[Tensor, Tensor]:

@@ -19,8 +19,9 @@ NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 def check_normalization(normalization: str) -> None:
     """A known normalisation name, else a ConfigError listing the choices."""
     if normalization not in NORMALIZATIONS:
-        raise ConfigError(f"weighting.options.normalization must be one of {', '.join(NORMALIZATIONS)}, "
-                          f"got {normalization!r}")
+        raise ConfigError(
+            f"weighting.options.normalization must be one of {', '.join(NORMALIZATIONS)}, got {normalization!r}"
+        )
 
 
 def gradient_normalizers(gramian: Tensor, losses: Tensor | None, normalization: str) -> Tensor:

@@ -97,8 +97,18 @@ class MoCo(Weighting):
         """Track the gradients, move lambda, return Y^T lambda."""
         check_grads(grads, self.num_tasks, type(self).__name__)
         self.step += 1
-        d, lam, self.tracked = moco_step(grads, losses.detach(), self.tracked, self.lam.cpu().numpy(), self.step,
-                                         self.beta, self.beta_sigma, self.gamma, self.gamma_sigma, self.rho)
+        d, lam, self.tracked = moco_step(
+            grads,
+            losses.detach(),
+            self.tracked,
+            self.lam.cpu().numpy(),
+            self.step,
+            self.beta,
+            self.beta_sigma,
+            self.gamma,
+            self.gamma_sigma,
+            self.rho,
+        )
         self.lam.copy_(torch.from_numpy(lam))
         self.last_weights = self.lam.to(device=self.last_weights.device, dtype=torch.float32)
         return d

@@ -113,4 +113,3 @@ class NashMTL(GramianWeighting):
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The bargaining weights (normalised and clipped as configured)."""
         return nash_mtl_weights(gramian, normalize=self.normalize, max_norm=self.max_norm)
-

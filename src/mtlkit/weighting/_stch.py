@@ -96,8 +96,12 @@ class STCH(Weighting):
 
     def get_extra_state(self) -> dict[str, Any]:
         """Epoch count, warm-up sums and the nadir point (plain lists)."""
-        return {"epoch": self.epoch, "loss_sum": list(self.loss_sum), "loss_count": list(self.loss_count),
-                "nadir": None if self.nadir is None else list(self.nadir)}
+        return {
+            "epoch": self.epoch,
+            "loss_sum": list(self.loss_sum),
+            "loss_count": list(self.loss_count),
+            "nadir": None if self.nadir is None else list(self.nadir),
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore the warm-up progress and the nadir point."""

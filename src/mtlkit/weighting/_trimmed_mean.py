@@ -28,7 +28,7 @@ def trimmed_mean(grads: Tensor, trim: int = 1) -> tuple[Tensor, Tensor]:
     if trim == 0:
         return g.mean(0), torch.full((k,), 1.0 / k, dtype=torch.float64)
     order = g.argsort(dim=0, stable=True)
-    kept = order[trim:k - trim]
+    kept = order[trim : k - trim]
     d = torch.gather(g, 0, kept).mean(0)
     counts = torch.zeros(k, dtype=torch.float64, device=g.device)
     counts.scatter_add_(0, kept.reshape(-1), torch.ones(kept.numel(), dtype=torch.float64, device=g.device))
@@ -58,8 +58,9 @@ class TrimmedMean(Weighting):
         if not isinstance(trim, int) or isinstance(trim, bool) or trim < 0:
             raise ConfigError(f"weighting.options.trim must be an integer >= 0, got {trim!r}")
         if self.num_tasks < 2 * trim + 1:
-            raise ConfigError(f"weighting trimmed_mean needs at least 2 trim + 1 = {2 * trim + 1} tasks, "
-                              f"got {self.num_tasks}")
+            raise ConfigError(
+                f"weighting trimmed_mean needs at least 2 trim + 1 = {2 * trim + 1} tasks, got {self.num_tasks}"
+            )
         self.trim = trim
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:

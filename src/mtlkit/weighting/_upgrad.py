@@ -57,8 +57,9 @@ class UPGrad(GramianWeighting):
     non-conflicting gradients are unchanged ($d$ = the mean of the $g_k$); the weights are $\ge 1/K$ each.
     """
 
-    properties = frozenset({"non_conflicting", "permutation_equivariant", "mean_when_equal", "pareto_stationary",
-                            "linear_under_scaling"})
+    properties = frozenset(
+        {"non_conflicting", "permutation_equivariant", "mean_when_equal", "pareto_stationary", "linear_under_scaling"}
+    )
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """UPGrad's coefficients on the raw task gradients."""

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 PROPERTIES: dict[str, str] = {
     "positive_weights": "loss level: finite, positive weights for present tasks on any loss sequence",
     "loss_scale_invariant": "multiplying one task's loss (and its gradient) by c > 0 changes the update "
-                            "only by a positive factor",
+    "only by a positive factor",
     "loss_scale_invariant_at_equilibrium": "as above once the method's learned scales have converged "
-                                           "on constant losses",
+    "on constant losses",
     "permutation_equivariant": "permuting the tasks permutes the weights and leaves the update unchanged",
     "non_conflicting": "the update has a non-negative inner product with every task gradient",
     "non_conflicting_full_rank": "as above whenever the task gradients are linearly independent",

@@ -67,6 +67,7 @@ _STATES: dict[Hashable, _PathState] = {}
 
 def graph_key(inputs: Sequence[Tensor], accumulate: Sequence[Tensor] = (), separate: bool = False) -> tuple:
     """The default signature of a call: shapes, dtypes and devices of the tensors, form of the losses."""
+
     def sig(ts: Sequence[Tensor]) -> tuple:
         """(shape, dtype, device type) of each tensor."""
         return tuple((tuple(t.shape), t.dtype, t.device.type) for t in ts)
@@ -240,9 +241,9 @@ def _fill_rows(out: Tensor, rows: slice | int, grads: Sequence[Tensor | None], i
     for g, t in zip(grads, inputs):
         n = t.numel()
         if g is None:
-            target[:, offset:offset + n].zero_()
+            target[:, offset : offset + n].zero_()
         else:
-            target[:, offset:offset + n].copy_(g.reshape(k, n))
+            target[:, offset : offset + n].copy_(g.reshape(k, n))
         offset += n
 
 
@@ -271,7 +272,7 @@ def _batched(
     out = _empty(k, inputs) if inputs else torch.zeros(k, 0)
     wanted = inputs + accumulate
     for start in range(0, k, step):
-        rows = eye[start:start + step]
+        rows = eye[start : start + step]
         last = start + step >= k
         if vector is not None:
             outputs, cotangents = [vector], [rows]
@@ -279,12 +280,16 @@ def _batched(
             outputs, cotangents = items, [rows[:, j] for j in range(k)]
         pairs = [(o, c) for o, c in zip(outputs, cotangents) if o.requires_grad]
         grads = torch.autograd.grad(
-            [o for o, _ in pairs], wanted, grad_outputs=[c for _, c in pairs], is_grads_batched=True,
-            retain_graph=retain_graph or not last, allow_unused=True,
+            [o for o, _ in pairs],
+            wanted,
+            grad_outputs=[c for _, c in pairs],
+            is_grads_batched=True,
+            retain_graph=retain_graph or not last,
+            allow_unused=True,
         )
         if inputs:
-            _fill_rows(out, slice(start, start + rows.shape[0]), grads[:len(inputs)], inputs)
-        for t, g in zip(accumulate, grads[len(inputs):]):
+            _fill_rows(out, slice(start, start + rows.shape[0]), grads[: len(inputs)], inputs)
+        for t, g in zip(accumulate, grads[len(inputs) :]):
             if g is not None:
                 _add_grad(t, g.sum(0))
         del grads
@@ -303,8 +308,8 @@ def _looped(items: list[Tensor], inputs: list[Tensor], accumulate: list[Tensor],
             continue
         grads = torch.autograd.grad(items[i], wanted, retain_graph=retain_graph or i != live[-1], allow_unused=True)
         if inputs:
-            _fill_rows(out, i, grads[:len(inputs)], inputs)
-        for t, g in zip(accumulate, grads[len(inputs):]):
+            _fill_rows(out, i, grads[: len(inputs)], inputs)
+        for t, g in zip(accumulate, grads[len(inputs) :]):
             if g is not None:
                 _add_grad(t, g)
     return out
@@ -318,7 +323,7 @@ def write_gradients(params: Sequence[Tensor], vector: Tensor) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        chunk = vector[offset:offset + n].reshape(p.shape).to(p.dtype)
+        chunk = vector[offset : offset + n].reshape(p.shape).to(p.dtype)
         if p.grad is None:
             p.grad = chunk.clone()
         else:
@@ -334,7 +339,7 @@ def unflatten_like(vector: Tensor, tensors: Sequence[Tensor]) -> list[Tensor]:
     out, offset = [], 0
     for t in tensors:
         n = t.numel()
-        out.append(vector[offset:offset + n].reshape(t.shape).to(t.dtype))
+        out.append(vector[offset : offset + n].reshape(t.shape).to(t.dtype))
         offset += n
     return out
 
@@ -374,9 +379,14 @@ def gramian_blockwise(
     if not live:
         return out
     for i, block in enumerate(blocks):
-        grads = torch.autograd.grad([o for o, _ in live], block, grad_outputs=[c for _, c in live],
-                                    is_grads_batched=True, allow_unused=True,
-                                    retain_graph=retain_graph or i < len(blocks) - 1)
+        grads = torch.autograd.grad(
+            [o for o, _ in live],
+            block,
+            grad_outputs=[c for _, c in live],
+            is_grads_batched=True,
+            allow_unused=True,
+            retain_graph=retain_graph or i < len(blocks) - 1,
+        )
         for g in grads:
             if g is not None:
                 rows = g.reshape(k, -1)

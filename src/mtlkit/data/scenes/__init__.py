@@ -177,7 +177,6 @@ def _is_scenes_folder(root: Path) -> bool:
         pass
     return set(os.listdir(root)) <= {"meta.json", *_SPLITS}
 
-
     return True
 
 

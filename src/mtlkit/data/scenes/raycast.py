@@ -14,7 +14,6 @@ _EPS = 1e-4
 _A = np.ndarray | float
 
 
-
 def _slab(ox: _A, oy: _A, oz: _A, dx: _A, dy: _A, dz: _A, hx: _A, hy: _A, hz: _A) -> tuple[_A, _A, list[_A]]:
     """Entry/exit ray parameters of the box [-h, h] in its local frame, and the per-axis entries."""
     with np.errstate(divide="ignore", invalid="ignore"):

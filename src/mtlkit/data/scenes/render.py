@@ -54,8 +54,9 @@ class _Surfaces:
     @classmethod
     def empty(cls, p: int) -> _Surfaces:
         f32 = np.float32
-        return cls(np.zeros((3, p), f32), np.zeros(p, f32), np.zeros(p, f32), np.zeros(p, np.int64),
-                   np.zeros(p, np.int64))
+        return cls(
+            np.zeros((3, p), f32), np.zeros(p, f32), np.zeros(p, f32), np.zeros(p, np.int64), np.zeros(p, np.int64)
+        )
 
 
 def _room_surfaces(s: _Surfaces, on_obj: np.ndarray, room_axis: np.ndarray, d: np.ndarray, x: np.ndarray) -> None:
@@ -70,8 +71,9 @@ def _room_surfaces(s: _Surfaces, on_obj: np.ndarray, room_axis: np.ndarray, d: n
     s.sv[sel] = np.where(ax == 1, x[2, sel], x[1, sel])
 
 
-def _box_surfaces(s: _Surfaces, kind: np.ndarray, idx: np.ndarray, prims: dict, o: np.ndarray, d: np.ndarray,
-                  t: np.ndarray) -> None:
+def _box_surfaces(
+    s: _Surfaces, kind: np.ndarray, idx: np.ndarray, prims: dict, o: np.ndarray, d: np.ndarray, t: np.ndarray
+) -> None:
     """Pixels that see a box: the entry axis of the slab test is the face hit."""
     sel = np.flatnonzero(kind == _BOX)
     if len(sel):
@@ -104,8 +106,9 @@ def _sphere_surfaces(s: _Surfaces, kind: np.ndarray, idx: np.ndarray, prims: dic
         s.surface[sel] = (1 + j) * 8 + 7  # 7 marks a curved surface
 
 
-def _cylinder_surfaces(s: _Surfaces, kind: np.ndarray, idx: np.ndarray, prims: dict, o: np.ndarray,
-                       d: np.ndarray, x: np.ndarray) -> None:
+def _cylinder_surfaces(
+    s: _Surfaces, kind: np.ndarray, idx: np.ndarray, prims: dict, o: np.ndarray, d: np.ndarray, x: np.ndarray
+) -> None:
     """Pixels that see a cylinder: side (radial normal) or cap (vertical normal), whichever the ray hit first."""
     sel = np.flatnonzero(kind == _CYL)
     if len(sel):
@@ -123,8 +126,9 @@ def _cylinder_surfaces(s: _Surfaces, kind: np.ndarray, idx: np.ndarray, prims: d
         s.surface[sel] = (1 + j) * 8 + np.where(is_cap, 2 + (capn[1] > 0), 7)
 
 
-def _shade(scene: _Scene, rng: np.random.Generator, s: _Surfaces, x: np.ndarray, prims: dict,
-           light: np.ndarray) -> np.ndarray:
+def _shade(
+    scene: _Scene, rng: np.random.Generator, s: _Surfaces, x: np.ndarray, prims: dict, light: np.ndarray
+) -> np.ndarray:
     """(3, P) image: ambient + Lambertian point light with hard shadows (rays cast from the light), emissive
     materials unlit, a white-balance tint, exposure jitter and pixel noise."""
     f32 = np.float32

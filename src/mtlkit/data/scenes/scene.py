@@ -28,7 +28,6 @@ from mtlkit.data.scenes.classes import (
 _FLAT, _CHECKER, _STRIPES, _PLANKS, _GRID, _GRAIN, _BLOTCH = range(7)
 
 
-
 @dataclass
 class _Material:
     cls: int

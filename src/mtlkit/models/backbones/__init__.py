@@ -18,15 +18,22 @@ from mtlkit.models.backbones.segnet import SegNetBackbone
 from mtlkit.models.backbones.wrn import WideResNet
 from mtlkit.registry import Registry
 
-__all__ = ["BACKBONES", "Backbone", "DilatedResNet", "SegNetBackbone", "WideResNet", "build_backbone",
-           "check_pretrained", "head_kind"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "DilatedResNet",
+    "SegNetBackbone",
+    "WideResNet",
+    "build_backbone",
+    "check_pretrained",
+    "head_kind",
+]
 
 BACKBONES: Registry[type[Backbone]] = Registry("backbone")
 BACKBONES.register("segnet")(SegNetBackbone)
 for _depth in (18, 34, 50):
     BACKBONES.register(f"resnet{_depth}_dilated")(resnet_factory(_depth))
 BACKBONES.register("wrn28")(WideResNet)
-
 
 
 def head_kind(backbone: str) -> str:
@@ -42,9 +49,12 @@ def __getattr__(name: str) -> tuple[str, ...]:
         picked = tuple(n for n, cls in BACKBONES.items() if not cls.has_pretrained)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"mtlkit.models.backbones.{name} is deprecated; read the backbone class's "
-                  f"{'dense_heads' if name == 'CLASSIFIER_BACKBONES' else 'has_pretrained'}",
-                  DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"mtlkit.models.backbones.{name} is deprecated; read the backbone class's "
+        f"{'dense_heads' if name == 'CLASSIFIER_BACKBONES' else 'has_pretrained'}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return picked
 
 

@@ -90,5 +90,7 @@ class Backbone(nn.Module):
 def refuse_align_corners(backbone: str, align_corners: bool) -> None:
     """A ConfigError when ``align_corners`` is asked of ``backbone``, whose heads do not upsample."""
     if align_corners:
-        raise ConfigError(f"model.align_corners: the {backbone} backbone's heads do not upsample (the option "
-                          "sets the ResNet backbones' DeepLabV3 upsampling); leave it false")
+        raise ConfigError(
+            f"model.align_corners: the {backbone} backbone's heads do not upsample (the option "
+            "sets the ResNet backbones' DeepLabV3 upsampling); leave it false"
+        )

@@ -47,8 +47,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: tuple[int, int] = (1, 1),
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        dilation: tuple[int, int] = (1, 1),
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(cin, planes, stride, dilation[0])
         self.bn1 = nn.BatchNorm2d(planes)
@@ -69,8 +75,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int = 1, dilation: tuple[int, int] = (1, 1),
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        stride: int = 1,
+        dilation: tuple[int, int] = (1, 1),
+        downsample: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -89,8 +101,15 @@ class Bottleneck(nn.Module):
         return self.relu(out + skip)
 
 
-def make_layer(block: type[BasicBlock] | type[Bottleneck], cin: int, planes: int, blocks: int, stride: int,
-               dilation: int, prev_dilation: int) -> nn.Sequential:
+def make_layer(
+    block: type[BasicBlock] | type[Bottleneck],
+    cin: int,
+    planes: int,
+    blocks: int,
+    stride: int,
+    dilation: int,
+    prev_dilation: int,
+) -> nn.Sequential:
     """One ResNet layer; a dilated layer (``dilation > 1``) has stride 1 everywhere."""
     cout = planes * block.expansion
     downsample = None
@@ -166,8 +185,9 @@ class DilatedResNet(Backbone):
 
         ``align_corners``: False upsamples as torchvision, True as the MTAN authors and LibMTL.
         """
-        return DeepLabHead(self.out_channels, out_channels, self.head_width, upsample=self.output_stride,
-                           align_corners=align_corners)
+        return DeepLabHead(
+            self.out_channels, out_channels, self.head_width, upsample=self.output_stride, align_corners=align_corners
+        )
 
     def load_pretrained(self, source: str) -> None:
         """Load ImageNet weights: ``imagenet`` (torchvision's, downloaded) or a state-dict file path."""
@@ -181,7 +201,7 @@ class DilatedResNet(Backbone):
 
 def _imagenet_state(depth: int) -> dict[str, Tensor]:
     """torchvision's IMAGENET1K_V1 weights for ResNet-``depth``; a ConfigError when unreachable."""
-    hint = (f"download {WEIGHT_URLS[depth]} elsewhere and set model.pretrained to that file's path")
+    hint = f"download {WEIGHT_URLS[depth]} elsewhere and set model.pretrained to that file's path"
     try:
         from torchvision.models import get_weight
     except Exception:  # noqa: BLE001 - any import failure means the same thing to the user
@@ -213,12 +233,16 @@ def check_state(own: dict[str, Tensor], given: dict[str, Tensor], source: str) -
     extra = sorted(set(given) - set(own))
     if missing or extra:
         what = f"missing {missing[0]!r}" if missing else f"unexpected {extra[0]!r}"
-        raise ConfigError(f"model.pretrained: {source}: keys do not match the backbone "
-                          f"({len(missing)} missing, {len(extra)} unexpected; first {what})")
+        raise ConfigError(
+            f"model.pretrained: {source}: keys do not match the backbone "
+            f"({len(missing)} missing, {len(extra)} unexpected; first {what})"
+        )
     bad = [k for k in own if tuple(own[k].shape) != tuple(given[k].shape)]
     if bad:
-        raise ConfigError(f"model.pretrained: {source}: {bad[0]} has shape {tuple(given[bad[0]].shape)}, "
-                          f"the backbone needs {tuple(own[bad[0]].shape)}")
+        raise ConfigError(
+            f"model.pretrained: {source}: {bad[0]} has shape {tuple(given[bad[0]].shape)}, "
+            f"the backbone needs {tuple(own[bad[0]].shape)}"
+        )
 
 
 def resnet_factory(depth: int) -> type[DilatedResNet]:

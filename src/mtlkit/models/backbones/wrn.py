@@ -116,8 +116,14 @@ class WideResNet(Backbone):
     name = "wrn28"
     dense_heads = False
 
-    def __init__(self, width: float = 1.0, in_channels: int = 3, depth: int = 28, widen_factor: int = 4,
-                 variant: str = "official") -> None:
+    def __init__(
+        self,
+        width: float = 1.0,
+        in_channels: int = 3,
+        depth: int = 28,
+        widen_factor: int = 4,
+        variant: str = "official",
+    ) -> None:
         super().__init__()
         official = check_variant(variant)
         n = blocks_per_stage(depth)

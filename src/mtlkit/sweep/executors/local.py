@@ -26,8 +26,10 @@ def run_jobs(jobs: list[RunJob], ctx: Any) -> None:
     if ctx.options.local.parallel <= 1:
         for job in jobs:
             ctx.progress.started([job.name])
-            ctx.say(f"[{job.name}] {'resuming' if st.run_status(job.run_dir) == 'resumable' else 'training'} "
-                    f"in {job.run_dir}")
+            ctx.say(
+                f"[{job.name}] {'resuming' if st.run_status(job.run_dir) == 'resumable' else 'training'} "
+                f"in {job.run_dir}"
+            )
             ctx.report(execute(job, ctx.train_fn))
         return
     _run_parallel(jobs, ctx)
@@ -86,8 +88,9 @@ def _run_parallel(jobs: list[RunJob], ctx: Any) -> None:
                 job.where = {"slot": slot}
                 job.config = {**job.config, "train": {**job.config.get("train", {}), "progress": False}}
                 log = Path(job.sweep_dir) / "logs" / f"{job.name}.log"
-                proc = mp.Process(target=_child, args=(job, ctx.train_fn, place["gpu"], str(log)),
-                                  name=f"mtlkit-sweep-{job.name}")
+                proc = mp.Process(
+                    target=_child, args=(job, ctx.train_fn, place["gpu"], str(log)), name=f"mtlkit-sweep-{job.name}"
+                )
                 proc.start()
                 running[proc.sentinel] = (proc, job, slot)
                 where = f"GPU {place['gpu']}" if place["gpu"] is not None else f"{place['threads']} thread(s)"

@@ -40,20 +40,27 @@ def run_jobs(jobs: list[RunJob], ctx: Any) -> None:
             ray.init(address=opts.address, include_dashboard=False, log_to_driver=False)
         except Exception as err:  # noqa: BLE001 - one line for the user, not Ray's traceback
             where = opts.address or "a local instance"
-            raise MtlkitError(f"--executor ray: could not start or join {where}: "
-                              f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
-                              ) from None
+            raise MtlkitError(
+                f"--executor ray: could not start or join {where}: "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            ) from None
     try:
         task = ray.remote(_run_on_worker).options(
-            num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_retries=opts.max_retries, retry_exceptions=False,
-            name="mtlkit-sweep-run")
+            num_cpus=opts.num_cpus,
+            num_gpus=opts.num_gpus,
+            max_retries=opts.max_retries,
+            retry_exceptions=False,
+            name="mtlkit-sweep-run",
+        )
         refs = {}
         for job in jobs:
             job.threads = max(1, int(opts.num_cpus))
             job.config = {**job.config, "train": {**job.config.get("train", {}), "progress": False}}
             refs[task.remote(job, ctx.train_fn)] = job
-        ctx.say(f"{len(refs)} runs submitted to Ray ({opts.num_cpus:g} CPU, {opts.num_gpus:g} GPU each; "
-                f"cluster: {ray.cluster_resources()})")
+        ctx.say(
+            f"{len(refs)} runs submitted to Ray ({opts.num_cpus:g} CPU, {opts.num_gpus:g} GPU each; "
+            f"cluster: {ray.cluster_resources()})"
+        )
         ctx.progress.started(job.name for job in jobs)
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1, timeout=5.0)

@@ -48,8 +48,9 @@ class SlurmRun(submitit.helpers.Checkpointable):
 def make_executor(opts: SlurmOptions, folder: Path) -> submitit.AutoExecutor:
     """A submitit executor with the run's resources (partition, time, nodes, GPUs, CPUs, memory)."""
     cluster = None if opts.cluster == "slurm" else opts.cluster
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster or "slurm",
-                                     slurm_max_num_timeout=opts.max_requeues)
+    executor = submitit.AutoExecutor(
+        folder=str(folder), cluster=cluster or "slurm", slurm_max_num_timeout=opts.max_requeues
+    )
     params: dict[str, Any] = {
         "name": "mtlkit-sweep",
         "timeout_min": opts.time_min,
@@ -78,8 +79,10 @@ def run_jobs(jobs: list[RunJob], ctx: Any) -> None:
     try:
         executor = make_executor(opts, folder / "%j")
     except Exception as err:  # noqa: BLE001 - e.g. no sbatch on this machine: one line, not a traceback
-        raise MtlkitError(f"--executor slurm: cannot use submitit's {opts.cluster} executor: "
-                          f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}") from None
+        raise MtlkitError(
+            f"--executor slurm: cannot use submitit's {opts.cluster} executor: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        ) from None
     for job in jobs:
         job.threads = opts.cpus_per_task
         job.config = {**job.config, "train": {**job.config.get("train", {}), "progress": False}}
