@@ -199,7 +199,6 @@ def run(
     )  # forward + Balancer + optimizer
     dist.set_epoch(loop.train_loader, state.epoch)
     logs = Loggers(list(loggers or []) if main else [])
-    names = [t.name for t in tasks]
     t0 = time.time() - state.wall_time
     select_best = loop.evaluation.select_best
     if main and state.epoch > 0:
@@ -221,43 +220,12 @@ def run(
         for epoch in range(state.epoch, loop.epochs):
             for hook in loop.hooks:
                 hook.before_epoch(loop, epoch)
-            ep_start = time.time()
-            model.train()
-            mean_losses, mean_weights = train_epoch(loop, runner, epoch, ckpt_path)
-            weighting.epoch_end(epoch, mean_losses.to(device))
-            if loop.scheduler is not None:
-                loop.scheduler.step()
-            dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
-            val = loop.evaluation(
-                runner.plain,
-                tasks,
-                loop.val_loader,
-                device,
-                channels_last=loop.speed.channels_last,
-                autocast_dtype=loop.speed.autocast_dtype,
-            )
-            check_validation(val, epoch + 1, ckpt_path)
-            if state.reference is None:
-                state.reference = dict(val)
-            record = EpochRecord(
-                epoch=epoch + 1,
-                time=time.time() - t0,
-                epoch_time=time.time() - ep_start,
-                lr=loop.optimizer.param_groups[0]["lr"],
-                train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)},
-                val=val,
-                weights={n: float(w) for n, w in zip(names, mean_weights)},
-            )
-            is_best = state.record(record, best_score(val, state.reference, tasks)) and select_best
+            record = _train_and_evaluate(loop, runner, epoch, t0, ckpt_path)
+            if state.reference is None:  # the first epoch's scores: what later epochs are compared with
+                state.reference = dict(record.val)
+            is_best = state.record(record, best_score(record.val, state.reference, tasks)) and select_best
             if main:
-                state.wall_time = time.time() - t0
-                ckpt = state.checkpoint(model, weighting, loop.optimizer, loop.scheduler, loop.scaler)
-                best = {"model": ckpt["model"], "epoch": epoch + 1}
-                if loop.meta is not None:
-                    ckpt["meta"] = best["meta"] = loop.meta
-                save_checkpoint(ckpt_path, ckpt)
-                if is_best:
-                    save_checkpoint(run_path / "checkpoints" / "best.pt", best)
+                _commit_epoch(loop, state, run_path, record, is_best=is_best, t0=t0)
                 logs.log_epoch(record)
             dist.barrier()
             for hook in loop.hooks:
@@ -268,33 +236,86 @@ def run(
         logs.finish(ended_status(err))
         raise
     if main:
-        results = RunResults(
-            name=info.name,
-            arch=info.arch,
-            weighting=info.weighting,
-            dataset=info.dataset,
-            tasks=[t.to_dict() for t in tasks],
-            params=count_parameters(model),
-            params_ratio=info.params_ratio,
-            final=state.history[-1].val if state.history else {},
-            best=state.best.val if select_best else None,
-            best_epoch=state.best.epoch if select_best else None,
-            epochs=loop.epochs,
-            wall_time=time.time() - t0,
-            config_hash=info.config_hash,
-            **provenance(),
-            status="finished",
-            extra={
-                **({"capabilities": info.capabilities} if info.capabilities else {}),
-                **results_extra(loop),
-                **({"config_changes": state.config_changes} if state.config_changes else {}),
-            },
-        )
-        write_results(run_path, results.to_dict())
+        write_results(run_path, _results(loop, info, state, t0).to_dict())
         for path in run_files(run_path):  # results.json, config.yaml, metrics.jsonl, figures
             logs.log_artifact(path)
         logs.finish("finished")
     return run_path
+
+
+def _train_and_evaluate(loop: Loop, runner: StepRunner, epoch: int, t0: float, ckpt_path: Path) -> EpochRecord:
+    """One epoch: train, step the method's and the scheduler's epoch state, evaluate; the epoch's record.
+
+    Nothing is recorded or written here: the caller records it in ``state`` and commits it.
+    """
+    model, weighting, device, tasks = loop.model, loop.weighting, loop.device, loop.tasks
+    names = [t.name for t in tasks]
+    ep_start = time.time()
+    model.train()
+    mean_losses, mean_weights = train_epoch(loop, runner, epoch, ckpt_path)
+    weighting.epoch_end(epoch, mean_losses.to(device))
+    if loop.scheduler is not None:
+        loop.scheduler.step()
+    dist.broadcast_buffers(model)  # BatchNorm statistics of rank 0 (the checkpointed ones) everywhere
+    val = loop.evaluation(
+        runner.plain,
+        tasks,
+        loop.val_loader,
+        device,
+        channels_last=loop.speed.channels_last,
+        autocast_dtype=loop.speed.autocast_dtype,
+    )
+    check_validation(val, epoch + 1, ckpt_path)
+    return EpochRecord(
+        epoch=epoch + 1,
+        time=time.time() - t0,
+        epoch_time=time.time() - ep_start,
+        lr=loop.optimizer.param_groups[0]["lr"],
+        train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)},
+        val=val,
+        weights={n: float(w) for n, w in zip(names, mean_weights)},
+    )
+
+
+def _commit_epoch(
+    loop: Loop, state: RunState, run_path: Path, record: EpochRecord, *, is_best: bool, t0: float
+) -> None:
+    """Commit the epoch ``state`` recorded: ``last.pt`` (one atomic write), then ``best.pt`` if it is the best."""
+    state.wall_time = time.time() - t0
+    ckpt = state.checkpoint(loop.model, loop.weighting, loop.optimizer, loop.scheduler, loop.scaler)
+    best = {"model": ckpt["model"], "epoch": record.epoch}
+    if loop.meta is not None:
+        ckpt["meta"] = best["meta"] = loop.meta
+    save_checkpoint(run_path / "checkpoints" / "last.pt", ckpt)
+    if is_best:
+        save_checkpoint(run_path / "checkpoints" / "best.pt", best)
+
+
+def _results(loop: Loop, info: RunInfo, state: RunState, t0: float) -> RunResults:
+    """results.json of the finished run."""
+    select_best = loop.evaluation.select_best
+    return RunResults(
+        name=info.name,
+        arch=info.arch,
+        weighting=info.weighting,
+        dataset=info.dataset,
+        tasks=[t.to_dict() for t in loop.tasks],
+        params=count_parameters(loop.model),
+        params_ratio=info.params_ratio,
+        final=state.history[-1].val if state.history else {},
+        best=state.best.val if select_best else None,
+        best_epoch=state.best.epoch if select_best else None,
+        epochs=loop.epochs,
+        wall_time=time.time() - t0,
+        config_hash=info.config_hash,
+        **provenance(),
+        status="finished",
+        extra={
+            **({"capabilities": info.capabilities} if info.capabilities else {}),
+            **results_extra(loop),
+            **({"config_changes": state.config_changes} if state.config_changes else {}),
+        },
+    )
 
 
 def results_extra(loop: Loop) -> dict[str, Any]:
