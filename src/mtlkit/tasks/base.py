@@ -145,6 +145,9 @@ class TaskKind:
     #: metric -> higher is better, and the main metric
     metrics: ClassVar[dict[str, bool]] = {}
     main_metric: ClassVar[str] = ""
+    #: metrics the kind's meter also computes and runs log (metrics.jsonl, results.json), with their better
+    #: direction, left out of ``metrics``: best-epoch selection, Δm and report columns do not use them
+    reported_metrics: ClassVar[dict[str, bool]] = {}
     #: head channels when the kind fixes them (None: the task says, e.g. number of classes)
     fixed_channels: ClassVar[int | None] = None
     #: accepted options and their defaults
