@@ -385,7 +385,9 @@ def test_cross_stitch_paper_rows_map_to_task_metric_keys() -> None:
     for name, published in CROSS_STITCH_TABLE5.items():
         assert tuple(paper.row(name).raw.values()) == published
     pooled = paper.values(paper.row("Cross-stitch"), "pooled")
-    assert pooled["segmentation/fwiou"] == pytest.approx(0.340) and pooled["segmentation/pix_acc"] == pytest.approx(0.472)
+    assert pooled["segmentation/fwiou"] == pytest.approx(0.340) and pooled["segmentation/pix_acc"] == pytest.approx(
+        0.472
+    )
     assert pooled["normal/within_30"] == pytest.approx(60.2) and pooled["normal/mean"] == pytest.approx(34.1)
     assert paper.values(paper.row("Cross-stitch"), "mtan_official")["normal/within_30"] == pytest.approx(0.602)
     # the paper's Table 5 cross-stitch row is Table 3's one-task-initialised row, number for number

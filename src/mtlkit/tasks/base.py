@@ -219,6 +219,11 @@ class TaskKind:
         what ``mtlkit data check`` reports as ignore/missing. Default: none ((H, W) for dense kinds, else a scalar)."""
         return torch.zeros(target.shape[-2:] if self.dense else (), dtype=torch.bool)
 
+    def class_counts(self, task: Task, target: Tensor) -> np.ndarray | None:
+        """Labelled pixels (or images) of each class in one sample's target, ``channels`` int64 counts: the
+        report's data-starved figure sums them over the training split. None (default): the kind has no classes."""
+        return None
+
     def resize(self, task: Task, target: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Nearest-neighbour resampling of a dense target at source ``rows`` x ``cols`` (exact values kept)."""
         if not self.dense:

@@ -76,6 +76,12 @@ class Segmentation(TaskKind):
         """The ``ignore_index`` pixels."""
         return target == task.option("ignore_index")
 
+    def class_counts(self, task: Task, target: Tensor) -> np.ndarray:
+        """Pixels of each class in the label map (``ignore_index`` pixels left out)."""
+        labels = target.reshape(-1).long()
+        labels = labels[labels != task.option("ignore_index")]
+        return torch.bincount(labels.cpu(), minlength=task.channels).numpy().astype(np.int64)
+
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         return label_map(target, task, "label map", task.option("ignore_index"), task.channels)
 
