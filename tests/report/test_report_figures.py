@@ -128,3 +128,19 @@ def test_segmentation_class_counts_leave_out_ignored_pixels() -> None:
     target = torch.tensor([[0, 0, 3], [255, 1, 3]])
     assert task.spec.class_counts(task, target).tolist() == [2, 1, 0, 2]
     assert depth_task().spec.class_counts(depth_task(), torch.zeros(1, 2, 2)) is None
+
+
+def test_channel_alphas_of_the_real_cross_stitch_units() -> None:
+    """The registered cross-stitch model's per-channel units: one alpha_S / alpha_D per channel, at init
+    Misra's alpha_S and 1 - alpha_S (two tasks)."""
+    from mtlkit.models import build_model
+
+    tasks = [segmentation_task(3), depth_task()]
+    model = build_model("cross_stitch", tasks, 0.125, per_channel=True, alpha_s=0.8)
+    alphas = model.stitch_alphas()
+    profiles = stitch_channel_alphas(alphas, [t.name for t in tasks])
+    assert list(profiles) == list(alphas)
+    for point, a in alphas.items():
+        for name in ("segmentation", "depth"):
+            assert profiles[point][name]["alpha_s"] == pytest.approx([0.8] * a.shape[2], rel=1e-6)
+            assert profiles[point][name]["alpha_d"] == pytest.approx([0.2] * a.shape[2], rel=1e-6)
