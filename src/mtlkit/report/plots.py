@@ -299,6 +299,7 @@ def plot_stitch_alpha_channels(
                 ys = prof[which]
                 ax.plot(range(len(ys)), ys, linestyle=style, marker="o" if len(ys) < 16 else None, ms=3, label=label)
             ax.set_ylim(lo - pad, hi + pad)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
             ax.grid(alpha=0.3)
             ax.tick_params(labelsize=6)
             if r == 0:
