@@ -107,13 +107,69 @@ def test_segmentation_hand_confusion_matrix():
     out = metrics.segmentation_metrics(pred, target, 3)
     assert out["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
     assert out["pix_acc"] == pytest.approx(4 / 6)
+    # FCN Sec. 5: class recalls 1/2, 2/2, 1/2; f.w. IU weights each IU by its 2 of the 6 true pixels
+    assert out["macc"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert out["fwiou"] == pytest.approx((2 * 1 / 3 + 2 * 2 / 3 + 2 * 1 / 2) / 6)
+
+
+def fcn_reference(pred, target, num_classes, ignore=-1):
+    """Long et al. (FCN, CVPR 2015) Sec. 5's four metrics, written from the formulas with pixel and class
+    loops; classes with an undefined term (t_i = 0 for the accuracy, a 0 union for the IU) are skipped."""
+    n = [[0] * num_classes for _ in range(num_classes)]
+    for p, t in zip(np.asarray(pred).ravel().tolist(), np.asarray(target).ravel().tolist()):
+        if t != ignore:
+            n[t][p] += 1
+    t_ = [sum(n[i]) for i in range(num_classes)]
+    total = sum(t_)
+    col = [sum(n[j][i] for j in range(num_classes)) for i in range(num_classes)]
+    accs = [n[i][i] / t_[i] for i in range(num_classes) if t_[i] > 0]
+    ius = [n[i][i] / (t_[i] + col[i] - n[i][i]) for i in range(num_classes) if t_[i] + col[i] - n[i][i] > 0]
+    fw = sum(t_[i] * n[i][i] / (t_[i] + col[i] - n[i][i]) for i in range(num_classes) if t_[i] > 0)
+    return {
+        "pix_acc": sum(n[i][i] for i in range(num_classes)) / total,
+        "macc": sum(accs) / len(accs),
+        "miou": sum(ius) / len(ius),
+        "fwiou": fw / total,
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_segmentation_four_fcn_metrics_match_the_slow_reference(seed):
+    """Random label maps with ignore pixels, classes absent from the target and classes only predicted."""
+    rng = np.random.default_rng(100 + seed)
+    c = 7
+    target = rng.integers(0, c, size=(3, 6, 5))
+    target[target == 5] = 4  # class 5 never in the target (some predictions may still say 5)
+    target[rng.random(target.shape) < 0.25] = -1
+    pred = np.where(rng.random(target.shape) < 0.5, target.clip(min=0), rng.integers(0, c, size=target.shape))
+    pred[pred == 6] = 0  # class 6 neither predicted nor (usually) in the target
+    target[target == 6] = 0
+    out = metrics.segmentation_metrics(pred, target, c)
+    ref = fcn_reference(pred, target, c)
+    for key in ("pix_acc", "macc", "miou", "fwiou"):
+        assert out[key] == pytest.approx(ref[key], rel=1e-12), key
+    meter = metrics.SegmentationMeter(c)  # streaming over images equals the one-shot numbers
+    for i in range(len(target)):
+        meter.update(torch.from_numpy(pred[i : i + 1]), torch.from_numpy(target[i : i + 1]))
+    assert meter.compute() == pytest.approx(out, rel=1e-12)
+
+
+def test_segmentation_class_absent_from_target_leaves_mean_accuracy_and_fwiou():
+    """A class only predicted: out of macc (t_i = 0), weight 0 in fwiou, IoU 0 in miou."""
+    target = np.array([[[0, 0], [1, 1]]])
+    pred = np.array([[[0, 2], [1, 1]]])
+    out = metrics.segmentation_metrics(pred, target, num_classes=6)
+    assert out["macc"] == pytest.approx((1 / 2 + 1) / 2)
+    assert out["fwiou"] == pytest.approx((2 * 1 / 2 + 2 * 1) / 4)
+    np.testing.assert_allclose(metrics.per_class_accuracy(metrics.confusion_matrix(pred, target, 6))[:2], [0.5, 1])
+    assert np.isnan(metrics.per_class_accuracy(metrics.confusion_matrix(pred, target, 6))[2:]).all()
 
 
 def test_segmentation_perfect_and_all_wrong():
     target = np.random.default_rng(1).integers(0, 5, size=(2, 4, 4))
-    assert metrics.segmentation_metrics(target, target, 5) == {"miou": 1.0, "pix_acc": 1.0}
+    assert metrics.segmentation_metrics(target, target, 5) == {"miou": 1.0, "pix_acc": 1.0, "macc": 1.0, "fwiou": 1.0}
     wrong = metrics.segmentation_metrics((target + 1) % 5, target, 5)
-    assert wrong == {"miou": 0.0, "pix_acc": 0.0}
+    assert wrong == {"miou": 0.0, "pix_acc": 0.0, "macc": 0.0, "fwiou": 0.0}
 
 
 def test_segmentation_ignored_pixels_and_ignore_only_images_are_excluded():
@@ -165,12 +221,12 @@ def test_segmentation_rejects_bad_labels_naming_the_value():
         metrics.segmentation_metrics(np.zeros((1, 2, 2)), np.zeros((1, 2, 2), np.int64), 3)
     # whole-number float labels (as stored by some datasets) are fine
     out = metrics.segmentation_metrics(np.array([[0, 1]]), np.array([[0.0, 1.0]]), 2)
-    assert out == {"miou": 1.0, "pix_acc": 1.0}
+    assert out == {"miou": 1.0, "pix_acc": 1.0, "macc": 1.0, "fwiou": 1.0}
 
 
 def test_segmentation_empty_set_is_nan():
     out = metrics.segmentation_metrics(np.zeros((1, 2, 2), np.int64), -np.ones((1, 2, 2), np.int64), 3)
-    assert math.isnan(out["miou"]) and math.isnan(out["pix_acc"])
+    assert all(math.isnan(out[k]) for k in ("miou", "pix_acc", "macc", "fwiou"))
     meter = metrics.SegmentationMeter(3)
     assert all(math.isnan(v) for v in meter.compute().values())
 
@@ -334,7 +390,7 @@ def test_whole_set_value_differs_from_mean_of_per_batch_values():
 def test_task_meters_return_the_task_metric_names():
     tasks = [segmentation_task(4), depth_task(), normal_task(), classification_task("cifar", 10)]
     for task in tasks:
-        assert set(task.new_meter().compute()) == set(task.metrics), task.kind
+        assert set(task.new_meter().compute()) == set(task.metrics) | set(task.spec.reported_metrics), task.kind
 
 
 # ---------------------------------------------------------------- delta_m

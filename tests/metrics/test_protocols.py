@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtlkit.config import load_config
-from mtlkit.metrics import MetricError
+from mtlkit.metrics import MetricError, segmentation_metrics
 from mtlkit.metrics.protocols import PROTOCOLS, describe, protocol_meter
 from mtlkit.tasks import classification_task, depth_task, normal_task, segmentation_task
 from mtlkit.train.evaluate import evaluate
@@ -133,7 +133,12 @@ def test_mtan_official_matches_the_formulas(chunk: int) -> None:
     d = _data()
     got = _score("mtan_official", d, chunk=chunk, feed=4)
     miou, acc = ref_pooled_seg(d["seg_p"].argmax(1).numpy(), d["seg_t"].numpy())
-    assert got["seg"] == pytest.approx({"miou": miou, "pix_acc": acc}, abs=1e-12)
+    assert {k: got["seg"][k] for k in ("miou", "pix_acc")} == pytest.approx({"miou": miou, "pix_acc": acc}, abs=1e-12)
+    # FCN's mean class accuracy and f.w. IoU come from the same whole-set confusion matrix
+    whole = segmentation_metrics(d["seg_p"].argmax(1).numpy(), d["seg_t"].numpy(), d["seg_p"].shape[1])
+    assert {k: got["seg"][k] for k in ("macc", "fwiou")} == pytest.approx(
+        {k: whole[k] for k in ("macc", "fwiou")}, abs=1e-12
+    )
     a, r = ref_batch_depth(d["depth_p"].double().numpy(), d["depth_t"].double().numpy(), chunk)
     assert got["depth"] == pytest.approx({"abs_err": a, "rel_err": r}, abs=1e-12)
     normal = ref_batch_normal(d["normal_p"].double().numpy(), d["normal_t"].double().numpy(), chunk)
@@ -145,7 +150,12 @@ def test_pooled_matches_the_formulas_and_differs_from_the_batch_means() -> None:
     d = _data()
     got = _score("pooled", d, chunk=2, feed=3)
     miou, acc = ref_pooled_seg(d["seg_p"].argmax(1).numpy(), d["seg_t"].numpy())
-    assert got["seg"] == pytest.approx({"miou": miou, "pix_acc": acc}, abs=1e-12)
+    assert {k: got["seg"][k] for k in ("miou", "pix_acc")} == pytest.approx({"miou": miou, "pix_acc": acc}, abs=1e-12)
+    # FCN's mean class accuracy and f.w. IoU come from the same whole-set confusion matrix
+    whole = segmentation_metrics(d["seg_p"].argmax(1).numpy(), d["seg_t"].numpy(), d["seg_p"].shape[1])
+    assert {k: got["seg"][k] for k in ("macc", "fwiou")} == pytest.approx(
+        {k: whole[k] for k in ("macc", "fwiou")}, abs=1e-12
+    )
     dp, dt = d["depth_p"].double().numpy(), d["depth_t"].double().numpy()
     m = dt != 0
     assert got["depth"]["abs_err"] == pytest.approx(np.abs(dp[m] - dt[m]).mean(), abs=1e-12)

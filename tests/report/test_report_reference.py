@@ -354,3 +354,44 @@ def test_cli_libmtl_resnet50_reference_and_baseline(tmp_path: Path) -> None:
     [table] = json.loads((tmp_path / "r" / "tables.json").read_text())["tables"]
     [run] = table["rows"]
     assert run["delta_m"] == pytest.approx(ref_delta(mtan_dwa, hps_ew))
+
+
+#: Misra et al. (CVPR 2016) Table 5, as printed (normals: mean, median, within 11.25/22.5/30; segmentation:
+#: pixel accuracy, mean IU, f.w. IU)
+CROSS_STITCH_TABLE5 = {
+    "One-task": (34.8, 19.0, 38.3, 53.5, 59.2, 46.6, 18.4, 33.1),
+    "Split conv4": (34.7, 19.1, 38.2, 53.4, 59.2, 47.8, 19.2, 33.8),
+    "Cross-stitch": (34.1, 18.2, 39.0, 54.4, 60.2, 47.2, 19.3, 34.0),
+}
+
+
+def test_cross_stitch_paper_rows_map_to_task_metric_keys() -> None:
+    """Every column is a ``task/metric`` the segmentation / normal kinds log; values converted per protocol."""
+    from mtlkit.tasks import make_task
+
+    logged = {
+        f"{t.name}/{m}"
+        for t in (make_task("segmentation", "segmentation", 40), make_task("normal", "normal"))
+        for m in (*t.metrics, *t.spec.reported_metrics)
+    }
+    for name in ("cross_stitch_paper", "cross_stitch_ablations"):
+        ref = load_reference(name)
+        assert ref.protocol == "pooled" and "CVPR 2016" in ref.source and "Table" in ref.source
+        assert ref.meta["dataset"] == "nyuv2" and "40 classes" in ref.meta["protocol"]
+        for row in ref.rows:
+            assert set(row.raw) <= logged and len(row.raw) == 8, row.name
+    paper = load_reference("cross_stitch_paper")
+    assert [r.name for r in paper.rows] == ["One-task", "Ensemble", "Split conv4", "MTL-shared", "Cross-stitch"]
+    for name, published in CROSS_STITCH_TABLE5.items():
+        assert tuple(paper.row(name).raw.values()) == published
+    pooled = paper.values(paper.row("Cross-stitch"), "pooled")
+    assert pooled["segmentation/fwiou"] == pytest.approx(0.340) and pooled["segmentation/pix_acc"] == pytest.approx(
+        0.472
+    )
+    assert pooled["normal/within_30"] == pytest.approx(60.2) and pooled["normal/mean"] == pytest.approx(34.1)
+    assert paper.values(paper.row("Cross-stitch"), "mtan_official")["normal/within_30"] == pytest.approx(0.602)
+    # the paper's Table 5 cross-stitch row is Table 3's one-task-initialised row, number for number
+    ablations = load_reference("cross_stitch_ablations")
+    assert len(ablations.rows) == 10
+    assert ablations.row("Table 3: init One-task").raw == paper.row("Cross-stitch").raw
+    assert ablations.row("Table 2: alpha lr scale 1000").raw["normal/within_11.25"] == 39.2

@@ -110,6 +110,8 @@ def history(run: Path) -> list[dict]:
 COUNT_TOLERANCE = {
     "miou": 5e-3,
     "pix_acc": 5e-3,
+    "macc": 5e-3,
+    "fwiou": 5e-3,
     "median": 0.5,
     "within_11.25": 0.5,
     "within_22.5": 0.5,

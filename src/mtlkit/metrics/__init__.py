@@ -15,6 +15,7 @@ from mtlkit.metrics.segmentation import (
     SegmentationMeter,
     confusion_matrix,
     metrics_from_confusion,
+    per_class_accuracy,
     per_class_iou,
     segmentation_metrics,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "metric_directions",
     "metrics_from_confusion",
     "normal_metrics",
+    "per_class_accuracy",
     "per_class_iou",
     "segmentation_metrics",
 ]

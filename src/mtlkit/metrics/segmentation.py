@@ -1,9 +1,21 @@
-"""Semantic segmentation: mean IoU and pixel accuracy from a confusion matrix over the whole set.
+"""Semantic segmentation: the four metrics of Long et al. (FCN, CVPR 2015, Sec. 5) from a confusion
+matrix over the whole set, as the cross-stitch paper (Misra et al., CVPR 2016) reports them.
+
+With ``n_ij`` the pixels of true class i predicted as j, ``t_i = sum_j n_ij`` and ``n_cl`` classes:
+
+- ``pix_acc`` = sum_i n_ii / sum_i t_i
+- ``macc`` (mean class accuracy) = (1/n_cl) sum_i n_ii / t_i
+- ``miou`` (mean IU) = (1/n_cl) sum_i n_ii / (t_i + sum_j n_ji - n_ii)
+- ``fwiou`` (frequency-weighted IU) = (sum_k t_k)^-1 sum_i t_i n_ii / (t_i + sum_j n_ji - n_ii)
 
 Conventions: rows of the confusion matrix are the true class, columns the predicted class.
-Pixels whose target equals ``ignore_index`` are left out everywhere. A class absent from both the
-prediction and the target (its union is 0) is left out of the mean IoU. ``pix_acc`` and ``miou``
-are fractions in [0, 1]. With no valid pixel at all both are NaN.
+Pixels whose target equals ``ignore_index`` are left out everywhere. Classes the formulas cannot
+score are left out of the means (``n_cl`` counts the others), as FCN's own scoring code does: a
+class absent from both the prediction and the target (its union is 0) is left out of the mean IoU,
+and a class absent from the target (``t_i = 0``) out of the mean class accuracy; a class predicted
+but absent from the target has IoU 0 and counts in ``miou``. In ``fwiou`` a class absent from the
+target has weight ``t_i = 0``, so nothing is left out. All four are fractions in [0, 1]; with no
+valid pixel at all they are NaN.
 """
 
 from __future__ import annotations
@@ -84,21 +96,39 @@ def per_class_iou(cm: ArrayLike) -> np.ndarray:
     return iou.numpy()
 
 
+def per_class_accuracy(cm: ArrayLike) -> np.ndarray:
+    """Recall of each class, ``n_ii / t_i``, from a confusion matrix; NaN for a class absent from the truth."""
+    c = as_tensor(cm, "confusion matrix").to(torch.float64).cpu()
+    tp = torch.diagonal(c)
+    truth = c.sum(dim=1)
+    acc = torch.full_like(tp, math.nan)
+    present = truth > 0
+    acc[present] = tp[present] / truth[present]
+    return acc.numpy()
+
+
 def metrics_from_confusion(cm: ArrayLike) -> dict[str, float]:
-    """``{"miou", "pix_acc"}`` from a confusion matrix (absent classes out of the mean; NaN if empty)."""
+    """``{"miou", "pix_acc", "macc", "fwiou"}`` from a confusion matrix (see the module docstring for
+    the formulas and how absent classes are left out; NaN if the matrix is empty)."""
     iou = per_class_iou(cm)
+    acc = per_class_accuracy(cm)
     present = ~np.isnan(iou)
     c = as_tensor(cm, "confusion matrix").to(torch.float64).cpu()
     total = float(c.sum())
     miou = float(iou[present].mean()) if present.any() else math.nan
     pix_acc = float(torch.diagonal(c).sum()) / total if total > 0 else math.nan
-    return {"miou": miou, "pix_acc": pix_acc}
+    in_truth = ~np.isnan(acc)  # t_i > 0, hence also union > 0
+    macc = float(acc[in_truth].mean()) if in_truth.any() else math.nan
+    freq = c.sum(dim=1).numpy()
+    fwiou = float((freq[in_truth] * iou[in_truth]).sum()) / total if total > 0 else math.nan
+    return {"miou": miou, "pix_acc": pix_acc, "macc": macc, "fwiou": fwiou}
 
 
 def segmentation_metrics(
     pred: ArrayLike, target: ArrayLike, num_classes: int, ignore_index: int = -1
 ) -> dict[str, float]:
-    """Mean IoU and pixel accuracy over the whole given set (one confusion matrix, not per image).
+    """Mean IoU, pixel accuracy, mean class accuracy and f.w. IoU over the whole given set (one confusion
+    matrix, not per image).
 
     ``pred``: class ids (N, H, W) or logits (N, C, H, W); ``target``: (N, H, W) labels with
     ``ignore_index`` for unlabelled pixels. NumPy arrays and tensors are both accepted.
@@ -107,7 +137,7 @@ def segmentation_metrics(
 
 
 class SegmentationMeter(Meter):
-    """Streaming confusion matrix (int64, kept on the device of the updates) -> miou, pix_acc.
+    """Streaming confusion matrix (int64, kept on the device of the updates) -> miou, pix_acc, macc, fwiou.
 
     With ``class_names``, also each named class's IoU (``iou_<name>``, in class-id order).
     """
@@ -136,7 +166,8 @@ class SegmentationMeter(Meter):
         return self._cm.cpu().numpy().copy()
 
     def compute(self) -> dict[str, float]:
-        """``{"miou", "pix_acc"}`` (and ``iou_<name>``) over every update (and every rank after all_reduce)."""
+        """``{"miou", "pix_acc", "macc", "fwiou"}`` (and ``iou_<name>``) over every update (and every rank
+        after all_reduce)."""
         out = metrics_from_confusion(self._cm.cpu())
         if self.class_names:
             for name, iou in zip(self.class_names, per_class_iou(self.confusion_matrix)):

@@ -90,7 +90,7 @@ def make_report(
         raise output_error(out / "figures", err) from None
     last = opts.last if opts.last is not None else _runs_report_last(col.runs, opts.source)
     tables = build_tables(col.runs, opts.source, last, opts.baseline, opts.references)
-    builder = _Builder(out, opts, loader or default_loader)
+    builder = _Builder(out, opts, loader or default_loader, last=last)
     doc = builder.document(col, tables)
 
     data = [out / "tables.csv", out / "tables.json", out / "provenance.json"]
@@ -102,22 +102,33 @@ def make_report(
         data[2], {"report": builder.provenance, "runs": [run_provenance(r) for r in col.runs], "missing": col.missing}
     )
     doc.sections.append(
-        Section("Files", [BulletList([f"`{p.relative_to(out).as_posix()}`" for p in data + builder.figures])])
+        Section(
+            "Files",
+            [BulletList([f"`{p.relative_to(out).as_posix()}`" for p in data + builder.figures + builder.data])],
+        )
     )
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md_writer.render(doc))
     atomic_write_text(html_path, html_writer.render(doc, out))
-    return ReportFiles(out, md_path, html_path, builder.figures, data)
+    return ReportFiles(out, md_path, html_path, builder.figures, data + builder.data)
 
 
 class _Builder:
     """Builds the document's sections, writing figures into ``out/figures`` as it goes."""
 
-    def __init__(self, out: Path, opts: ReportOptions, loader: Loader) -> None:
-        self.out, self.opts, self.loader = out, opts, loader
+    def __init__(self, out: Path, opts: ReportOptions, loader: Loader, last: int = 1) -> None:
+        self.out, self.opts, self.loader, self.last = out, opts, loader, last
         self.figures: list[Path] = []
+        #: the numbers behind some figures (figures/NAME.json)
+        self.data: list[Path] = []
         self.provenance = report_provenance(opts.argv)
         self._models: dict[Path, tuple | Exception] = {}
+        self._pixel_counts: dict[tuple[str, str], np.ndarray] = {}
+
+    def data_file(self, path: Path, data: Any) -> None:
+        """Write the numbers a figure plots next to it (``figures/NAME.json``), listed with the report's files."""
+        atomic_write_json(path, data)
+        self.data.append(path)
 
     def figure(self, path: Path, caption: str) -> Figure:
         """Register a written PNG and return its document figure (path relative to the report)."""
@@ -166,6 +177,9 @@ class _Builder:
         doc.sections.append(self.curves_section(tables, problems))
         doc.sections.append(self.weights_section(tables))
         doc.sections.append(self.stitch_section(tables))
+        starved = self.data_starved_section(tables)
+        if starved is not None:
+            doc.sections.append(starved)
         doc.sections.append(self.attention_section(tables))
         if problems or col.missing:
             doc.sections.append(self.problems_section(problems, col.missing))
@@ -403,7 +417,119 @@ class _Builder:
                     "the weight each task keeps for itself along the network.",
                 )
             )
+            profiles = plots.stitch_channel_alphas(model.stitch_alphas(), names)
+            if any(len(p["alpha_s"]) > 1 for point in profiles.values() for p in point.values()):
+                base = self.out / "figures" / f"stitch_channels_{file_slug(run.name)}"
+                self.data_file(base.with_suffix(".json"), {"run": run.name, "tasks": names, "points": profiles})
+                plots.plot_stitch_alpha_channels(
+                    profiles, names, base.with_suffix(".png"), title=f"{row.label}: {run.name}"
+                )
+                sec.blocks.append(
+                    self.figure(
+                        base.with_suffix(".png"),
+                        f"{row.label} ({t.title}), as Misra et al. Sec. 5.4 plot them: per stitch point (rows) and "
+                        "task (columns), every channel's alpha_S (the weight the task keeps for its own features) "
+                        "and alpha_D (the weight it takes from the other tasks), each sorted increasingly. alpha_S "
+                        "well above alpha_D: the layer stays task-specific; close together: it shares.",
+                    )
+                )
         return sec
+
+    def data_starved_section(self, tables: list[ResultsTable]) -> Section | None:
+        """Misra et al. Sec. 6.3: per class, each row's IoU gain over the baseline row against the class's
+        labelled training pixels, for tables with a baseline row and a task logging per-class IoU
+        (``iou_<class>``, from the task's ``class_names``). Counts come from the baseline run's training
+        split, read once per table through the run loader (the kind's ``class_counts``); None: no such table."""
+        blocks: list[Any] = []
+        for t in tables:
+            base = next((r for r in t.rows if r.is_baseline), None)
+            others = [r for r in t.rows if not r.is_baseline]
+            if base is None or not others:
+                continue
+            for x in t.tasks:
+                task = Task.from_dict(x)
+                names = [str(n) for n in (task.options.get("class_names") or [])]
+                keys = [f"{task.name}/iou_{n}" for n in names]
+                base_iou = _class_means(base.runs, keys, self.opts.source, self.last)
+                if not names or not any(k in base_iou for k in keys):
+                    continue
+                if not self.opts.models:
+                    blocks.append(Note(f"{t.title}, {task.name}: skipped, model loading turned off (--no-models)."))
+                    continue
+                try:
+                    pixels = self._class_pixels(base.runs[0], task.name)
+                except Exception as err:  # noqa: BLE001 - reported as a note, the report goes on
+                    blocks.append(
+                        Note(
+                            f"{t.title}, {task.name}: skipped, the training labels could not be counted "
+                            f"({type(err).__name__}: {_short(err)})."
+                        )
+                    )
+                    continue
+                if len(pixels) != len(names):
+                    blocks.append(Note(f"{t.title}, {task.name}: {len(pixels)} classes counted, {len(names)} named."))
+                    continue
+                rows = []
+                for row in others:
+                    iou = _class_means(row.runs, keys, self.opts.source, self.last)
+                    gain = [100.0 * (iou[k] - base_iou[k]) if k in iou and k in base_iou else None for k in keys]
+                    rows.append({"label": row.label, "arch": row.arch, "gain": gain})
+                data = {
+                    "table": t.title,
+                    "task": task.name,
+                    "baseline": base.label,
+                    "classes": names,
+                    "pixels": [int(p) for p in pixels],
+                    "baseline_iou": [base_iou.get(k) for k in keys],
+                    "rows": rows,
+                }
+                ranks = _rank_note(data)
+                stem = self.out / "figures" / f"class_gain_{t.key}_{file_slug(task.name)}"
+                self.data_file(stem.with_suffix(".json"), data)
+                plots.plot_class_gain(data, stem.with_suffix(".png"), title=f"{t.title}: {task.name}")
+                blocks.append(
+                    self.figure(
+                        stem.with_suffix(".png"),
+                        f"{t.title}, {task.name}: per class, each row's IoU minus the {base.label} row's (points, "
+                        "mean over seeds) against the class's labelled pixels in the training split (log scale). "
+                        "Points high on the left: the rare classes gain most." + ranks,
+                    )
+                )
+        if not blocks:
+            return None
+        return Section(
+            "Data-starved classes",
+            [
+                Paragraph(
+                    "As in the cross-stitch paper (Sec. 6.3, Fig. 6): does sharing help the classes with few "
+                    "labels most? Each class's IoU gain over the baseline row against how many labelled "
+                    "training pixels the class has. The plotted numbers are in the JSON file next to each figure."
+                )
+            ]
+            + blocks,
+        )
+
+    def _class_pixels(self, run: Run, task_name: str) -> np.ndarray:
+        """Labelled training pixels per class of ``task_name``, summed over the run's training split (cached per
+        dataset config); a sample without the task's target (partial labels) adds nothing."""
+        key = (repr(sorted(_dataset_section(run.config).items())), task_name)
+        if key not in self._pixel_counts:
+            _, _, tasks, builder = self.load(run)
+            task = next(x for x in tasks if x.name == task_name)
+            dataset = builder.dataset("train", train=False)
+            total: np.ndarray | None = None
+            for i in range(len(dataset)):
+                target = dataset[i].get(task_name)
+                if target is None:
+                    continue
+                counts = task.spec.class_counts(task, target)
+                if counts is None:
+                    raise ValueError(f"task {task_name!r} ({task.kind}) has no classes to count")
+                total = counts if total is None else total + counts
+            if total is None:
+                raise ValueError(f"no training sample carries a {task_name!r} target")
+            self._pixel_counts[key] = total
+        return self._pixel_counts[key]
 
     def attention_section(self, tables: list[ResultsTable]) -> Section:
         """MTAN/STAN attention masks of a few validation images per task and block."""
@@ -547,6 +673,50 @@ def _runs_report_last(runs: list[Run], source: str) -> int:
     """The K of the runs' ``eval.report_last`` when all finished runs agree (and source is final), else 1."""
     wanted = {r.report_last for r in runs if r.finished}
     return wanted.pop() if source == "final" and len(wanted) == 1 else 1
+
+
+def _dataset_section(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``dataset`` config section (what decides its training labels), for caching counts."""
+    return dict(config.get("dataset") or {})
+
+
+def _class_means(runs: list[Run], keys: list[str], source: str, last: int) -> dict[str, float]:
+    """Per key, the mean over the runs of results.json's ``source`` value (``last`` > 1: of the mean over the
+    last epochs' validation values); a key a run lacks or logs as non-finite is left out for that run."""
+    sums: dict[str, list[float]] = {}
+    for run in runs:
+        if last > 1:
+            tail = [e.get("val") or {} for e in run.epochs[-last:]]
+            values = {}
+            for k in keys:
+                vals = [float(v[k]) for v in tail if v.get(k) is not None]
+                if vals:
+                    values[k] = sum(vals) / len(vals)
+        else:
+            got = (run.results or {}).get(source) or {}
+            values = {k: float(got[k]) for k in keys if got.get(k) is not None}
+        for k, v in values.items():
+            if math.isfinite(v):
+                sums.setdefault(k, []).append(v)
+    return {k: sum(v) / len(v) for k, v in sums.items()}
+
+
+def _rank_note(data: dict[str, Any]) -> str:
+    """Spearman's rank correlation of pixels and gain per row (negative: rarer classes gain more)."""
+    from scipy.stats import spearmanr
+
+    parts = []
+    for row in data["rows"]:
+        pairs = [(p, g) for p, g in zip(data["pixels"], row["gain"]) if g is not None]
+        if len(pairs) >= 3 and len({p for p, _ in pairs}) > 1 and len({g for _, g in pairs}) > 1:
+            rho = float(spearmanr([p for p, _ in pairs], [g for _, g in pairs]).statistic)
+            row["spearman"] = rho
+            parts.append(f"{row['label']} {rho:+.2f}")
+    if not parts:
+        return ""
+    return (
+        " Spearman rank correlation of pixels and gain (negative: rarer classes gain more): " + ", ".join(parts) + "."
+    )
 
 
 def _short(err: Exception) -> str:

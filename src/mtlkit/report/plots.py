@@ -243,6 +243,114 @@ def plot_stitch_alphas(alphas: dict[str, np.ndarray], task_names: list[str], pat
     return _save(fig, path)
 
 
+def _as_array(value: Any) -> np.ndarray:
+    return np.asarray(value.detach().cpu().float() if hasattr(value, "detach") else value, dtype=float)
+
+
+def stitch_channel_alphas(
+    alphas: dict[str, Any], task_names: list[str]
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per stitch point and task, Misra et al.'s alpha_S and alpha_D of every channel, each sorted increasingly.
+
+    The unit mixes ``out[i] = sum_k alpha[i, k] x_k`` (row = the task whose features come out), so task i's
+    alpha_S is ``alpha[i, i]`` and its alpha_D the weight it takes from the other tasks, ``sum_{k != i}
+    alpha[i, k]`` (the paper's alpha_D with two tasks; with more, their sum: our choice). As in the paper's
+    figure (Sec. 5.4) both are sorted independently, so position j of alpha_S and of alpha_D need not be
+    the same channel. A point with one K x K matrix (no channel axis) gives one value each. Layouts: K x K
+    x C... or C... x K x K (as :func:`alpha_matrices`).
+    """
+    k = len(task_names)
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for key, value in alphas.items():
+        a = _as_array(value)
+        if a.ndim >= 2 and a.shape[:2] == (k, k):
+            per = a.reshape(k, k, -1)
+        elif a.ndim > 2 and a.shape[-2:] == (k, k):
+            per = np.moveaxis(a.reshape(-1, k, k), 0, 2)
+        else:
+            raise ValueError(f"cross-stitch alphas {key!r} have shape {a.shape}, not K x K (+ channels), K={k}")
+        out[key] = {
+            name: {
+                "alpha_s": sorted(per[i, i].tolist()),
+                "alpha_d": sorted(np.delete(per[i], i, axis=0).sum(axis=0).tolist()),
+            }
+            for i, name in enumerate(task_names)
+        }
+    return out
+
+
+def plot_stitch_alpha_channels(
+    profiles: dict[str, dict[str, dict[str, list[float]]]], task_names: list[str], path: Path, title: str = ""
+) -> Path:
+    """The paper's alpha figure: one panel per stitch point (rows) and task (columns), the sorted per-channel
+    alpha_S and alpha_D (:func:`stitch_channel_alphas`). alpha_S above alpha_D: the layer keeps its features
+    task-specific; the two close together: it shares."""
+    keys = list(profiles)
+    values = [v for p in profiles.values() for t in p.values() for v in (*t["alpha_s"], *t["alpha_d"])]
+    lo, hi = min([0.0, *values]), max([1.0, *values])
+    pad = 0.05 * (hi - lo)
+    fig = _figure(2.6 * len(task_names) + 0.6, 1.7 * len(keys) + 0.8)
+    axes = fig.subplots(len(keys), len(task_names), squeeze=False, sharey=True)
+    for r, key in enumerate(keys):
+        for c, name in enumerate(task_names):
+            ax = axes[r][c]
+            prof = profiles[key][name]
+            for which, style, label in (("alpha_s", "-", "alpha_S (own)"), ("alpha_d", "--", "alpha_D (others)")):
+                ys = prof[which]
+                ax.plot(range(len(ys)), ys, linestyle=style, marker="o" if len(ys) < 16 else None, ms=3, label=label)
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=6)
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(key, fontsize=8)
+            if r == len(keys) - 1:
+                ax.set_xlabel("channel (sorted)", fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def plot_class_gain(data: dict[str, Any], path: Path, title: str = "") -> Path:
+    """The data-starved analysis (Misra et al. Fig. 6): per class, a row's IoU gain over the baseline row (IoU
+    points, x 100) against the class's labelled training pixels, log x axis; one colour per row.
+
+    ``data``: ``classes``, ``pixels`` (one count per class) and ``rows``: ``[{label, arch, gain}]`` with one
+    gain (or None: not scored) per class. Classes without a training pixel cannot sit on a log axis: left out.
+    """
+    import matplotlib
+
+    fig = _figure(7.2, 4.2)
+    ax = fig.add_subplot()
+    pixels = np.asarray(data["pixels"], dtype=float)
+    styles = line_styles(len(data["rows"]))
+    markers = matplotlib.lines.Line2D.filled_markers
+    for i, row in enumerate(data["rows"]):
+        pts = [(p, g) for p, g in zip(pixels, row["gain"]) if g is not None and p > 0]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, color=styles[i][0], marker=markers[i % len(markers)], s=22, label=row["label"])
+    if len(data["rows"]) == 1 and len(data["classes"]) <= 60:
+        for name, p, g in zip(data["classes"], pixels, data["rows"][0]["gain"]):
+            if g is not None and p > 0:
+                ax.annotate(str(name), (p, g), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax.axhline(0.0, color="0.4", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training pixels of the class (log scale)", fontsize=8)
+    ax.set_ylabel(f"IoU gain over {data.get('baseline', 'the baseline')} (points)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+    if data["rows"]:
+        ax.legend(fontsize=7, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Performance vs number of classes per architecture (MTAN section 4.1.5).
 

@@ -145,6 +145,9 @@ class TaskKind:
     #: metric -> higher is better, and the main metric
     metrics: ClassVar[dict[str, bool]] = {}
     main_metric: ClassVar[str] = ""
+    #: metrics the kind's meter also computes and runs log (metrics.jsonl, results.json), with their better
+    #: direction, left out of ``metrics``: best-epoch selection, Δm and report columns do not use them
+    reported_metrics: ClassVar[dict[str, bool]] = {}
     #: head channels when the kind fixes them (None: the task says, e.g. number of classes)
     fixed_channels: ClassVar[int | None] = None
     #: accepted options and their defaults
@@ -215,6 +218,11 @@ class TaskKind:
         """Boolean mask of one sample's target pixels that carry no value (ignored labels, missing depth...):
         what ``mtlkit data check`` reports as ignore/missing. Default: none ((H, W) for dense kinds, else a scalar)."""
         return torch.zeros(target.shape[-2:] if self.dense else (), dtype=torch.bool)
+
+    def class_counts(self, task: Task, target: Tensor) -> np.ndarray | None:
+        """Labelled pixels (or images) of each class in one sample's target, ``channels`` int64 counts: the
+        report's data-starved figure sums them over the training split. None (default): the kind has no classes."""
+        return None
 
     def resize(self, task: Task, target: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Nearest-neighbour resampling of a dense target at source ``rows`` x ``cols`` (exact values kept)."""

@@ -2,7 +2,10 @@
 
 Target: int64 (H, W) class ids, ``ignore_index`` (default -1) for unlabelled pixels. Options:
 ``ignore_index``; ``class_names`` (one per class) adds each class's IoU (``iou_<name>``) to the
-logged metrics.
+logged metrics. The meter also logs FCN's mean class accuracy (``macc``) and frequency-weighted IoU
+(``fwiou``), the cross-stitch paper's other two columns (:mod:`mtlkit.metrics.segmentation`); they are
+``reported_metrics``, not ``metrics``: best-epoch selection and Δm stay on mIoU and pixel accuracy,
+as before they existed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from mtlkit.metrics.base import Meter
 
 SEGMENTATION_METRICS = {"miou": True, "pix_acc": True}
+#: logged beside SEGMENTATION_METRICS (FCN Sec. 5), not used for model selection or Δm
+SEGMENTATION_REPORTED = {"macc": True, "fwiou": True}
 
 
 def segmentation_loss(pred: Tensor, target: Tensor, ignore_index: int = -1) -> Tensor:
@@ -43,7 +48,8 @@ class Segmentation(TaskKind):
     name = "segmentation"
     metrics = SEGMENTATION_METRICS
     main_metric = "miou"
-    metric_labels = {"miou": "mIoU", "pix_acc": "Pix Acc"}
+    reported_metrics = SEGMENTATION_REPORTED
+    metric_labels = {"miou": "mIoU", "pix_acc": "Pix Acc", "macc": "Mean Acc", "fwiou": "fwIoU"}
     column_label = "Segmentation"
     npy_dir = "label"
     npy_labels = True
@@ -69,6 +75,12 @@ class Segmentation(TaskKind):
     def missing(self, task: Task, target: Tensor) -> Tensor:
         """The ``ignore_index`` pixels."""
         return target == task.option("ignore_index")
+
+    def class_counts(self, task: Task, target: Tensor) -> np.ndarray:
+        """Pixels of each class in the label map (``ignore_index`` pixels left out)."""
+        labels = target.reshape(-1).long()
+        labels = labels[labels != task.option("ignore_index")]
+        return torch.bincount(labels.cpu(), minlength=task.channels).numpy().astype(np.int64)
 
     def check_target(self, task: Task, target: np.ndarray) -> str | None:
         return label_map(target, task, "label map", task.option("ignore_index"), task.channels)
