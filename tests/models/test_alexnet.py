@@ -119,6 +119,8 @@ def test_cross_stitch_on_alexnet_has_the_papers_five_units():
         out = model(torch.randn(2, 3, 64, 96))
     assert list(rec) == [f"alpha/{p}" for p in model.point_labels]
     assert out["segmentation"].shape == (2, 13, 64, 96) and out["normal"].shape == (2, 3, 64, 96)
+    sum(o.square().mean() for o in out.values()).backward()
+    assert all(p.grad is not None for p in model.parameters())  # every layer and unit is reached
     # what each unit mixes: pool1, pool2, pool5, fc6, fc7 of both networks
     net = next(iter(model.nets.values()))
     h, ctx = net.begin(torch.randn(1, 3, 64, 96))
