@@ -99,7 +99,7 @@ class DatasetConfig(_Strict):
 class ModelConfig(_Strict):
     arch: str = "mtan"
     backbone: str | None = Field(
-        default=None, description="segnet | resnet{18,34,50}_dilated | wrn28; None = the arch's own"
+        default=None, description="segnet | resnet{18,34,50}_dilated | wrn28 | alexnet; None = the arch's own"
     )
     pretrained: str = Field(default="none", description="backbone weights: none | imagenet | path to a state dict")
     width: float = Field(
@@ -109,6 +109,11 @@ class ModelConfig(_Strict):
         default=False,
         description="ResNet DeepLabV3 heads upsample with align_corners=True "
         "(the MTAN authors' and LibMTL's setting); false = torchvision's",
+    )
+    init_from: dict[str, str] | None = Field(
+        default=None,
+        description="{task: run folder}: start each task's network (nets.<task>, heads.<task>) from that "
+        "one-task run's best.pt (Misra et al.'s one-task initialisation); same backbone and width",
     )
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -124,7 +129,7 @@ class ModelConfig(_Strict):
 
 #: keys added after run hashes were first published, with their default: a config leaves them out of
 #: its hash while at that default, so the runs and sweeps made before the key existed keep their hashes
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False, "model.init_from": None}
 
 
 def _hash_logger_switch(train: dict[str, Any]) -> None:

@@ -115,7 +115,14 @@ def test_segnet_backbone_is_the_segnet_trunk():
 
 
 def test_registry():
-    assert set(BACKBONES.names()) == {"segnet", "resnet18_dilated", "resnet34_dilated", "resnet50_dilated", "wrn28"}
+    assert set(BACKBONES.names()) == {
+        "segnet",
+        "resnet18_dilated",
+        "resnet34_dilated",
+        "resnet50_dilated",
+        "wrn28",
+        "alexnet",
+    }
     with pytest.raises(ConfigError, match="unknown backbone 'vgg'"):
         build_model("hps", [depth_task()], 0.125, backbone="vgg")
 

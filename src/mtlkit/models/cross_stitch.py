@@ -8,14 +8,20 @@ MTAN code; each network unpools with its own indices), the parameters named as t
 (``nets.<task>.enc.*``, ``stitches.enc0`` ... ``stitches.dec1``; pinned by
 ``tests/models/test_segnet_checksums.py``). On the other backbones there is a unit after every stage, the
 last included (dilated ResNets: after layer1..layer4, 4 units, the heads read the stitched layer4
-features; ``wrn28``: after the stem and stage1..stage3), the list ``stitches[0]`` ... Two variants
-(``variant`` option):
+features; ``wrn28``: after the stem and stage1..stage3), the list ``stitches[0]`` ..., except where
+the backbone names its stitch points (``Backbone.stitch_stages``): on ``alexnet`` this is the
+cross-stitch paper's own system, two AlexNets with units after pool1, pool2, pool5, fc6 and fc7
+(recorded as ``alpha/pool1`` ... ``alpha/fc7``), each task's FCN-32s head on its stitched fc7
+(see :mod:`mtlkit.models.backbones.alexnet`). Two variants (``variant`` option):
 
 - ``misra`` (default): ``x~_i = sum_k alpha[i, k] x_k`` (alpha: K x K, or K x K x C with
   ``per_channel=True``), generalising Misra et al.'s 2 x 2 unit to K tasks. alpha starts at
   ``alpha_s`` on the diagonal and ``(1 - alpha_s) / (K - 1)`` off it, so every row sums to 1 (a
   single task gets 1); the alphas train at the learning rate times ``alpha_lr_mult`` (default 100;
-  Misra et al. scale it by 10^2 to 10^3).
+  Misra et al. scale it by 10^2 to 10^3). For two tasks, ``alpha_s`` is the paper's alpha_S and
+  ``1 - alpha_s`` its alpha_D. The defaults (alpha_S, alpha_D) = (0.9, 0.1) and a 10^2 scale lie in
+  the range the paper's ablations favour; its ablation grids are the sweeps
+  ``presets/sweeps/nyuv2_cross_stitch_alpha_init.yaml`` and ``..._alpha_lr.yaml``.
 - ``mtan``: the MTAN paper's cross-stitch baseline (the authors' code): one learned K-vector ``w``
   per stitch point, shared by all tasks, ``x~_i = sum_k w[k] x_k`` for every i, initialised to
   ones and trained at the base learning rate (``alpha_lr_mult`` default 1).
@@ -133,7 +139,7 @@ def check_options(
 
 @ARCHITECTURES.register("cross_stitch")
 class CrossStitch(BackboneModel):
-    """One backbone per task, joined by cross-stitch units between stages (the paper's 9 points on ``segnet``)."""
+    """One backbone per task, joined by cross-stitch units between stages (9 points on segnet, 5 on alexnet)."""
 
     records = ("stitch",)
     single_task_reference = "single"
@@ -171,10 +177,19 @@ class CrossStitch(BackboneModel):
         else:
             copies = [self.new_backbone() for _ in self.tasks]
             self.nets = nn.ModuleDict({t.name: net for t, net in zip(self.tasks, copies)})
-            channels = copies[0].channels
-            self.num_stages = len(channels)
+            self.num_stages = copies[0].num_stages
+            points = copies[0].stitch_stages
+            #: the stages a unit follows (the backbone's ``stitch_stages``, else every one)
+            self.stitch_at = tuple(range(self.num_stages)) if points is None else tuple(points)
+            channels = tuple(copies[0].channels[i] for i in self.stitch_at)
+        if self.paper:
+            self.stitch_at = tuple(range(len(channels)))
         #: what each stitch point is called in records and ``stitch_alphas``
-        self.point_labels = SEGNET_POINTS if self.paper else tuple(f"stage{i}" for i in range(len(channels)))
+        self.point_labels = (
+            SEGNET_POINTS
+            if self.paper
+            else (copies[0].stitch_names or tuple(f"stage{i}" for i in range(len(channels))))
+        )
         k = len(self.tasks)
 
         def unit(ch: int) -> nn.Module:
@@ -209,12 +224,14 @@ class CrossStitch(BackboneModel):
             self.check_input(x, nets[0])
             starts = [as_backbone(net).begin(x) for net in nets]
         hs, ctxs = [h for h, _ in starts], [c for _, c in starts]
-        units = self.units()
+        units = dict(zip(self.stitch_at, range(len(self.stitch_at))))
+        listed = self.units()
         for i in range(self.num_stages):
             hs = [self._stage(net, i, h, ctx) for net, h, ctx in zip(nets, hs, ctxs)]
-            if i < len(units):
-                self.record(f"alpha/{self.point_labels[i]}", units[i].matrix())
-                hs = units[i](hs)
+            if i in units:
+                j = units[i]
+                self.record(f"alpha/{self.point_labels[j]}", listed[j].matrix())
+                hs = listed[j](hs)
         return hs
 
     def decode(self, reps: list[Tensor], tasks: list[str] | None = None) -> dict[str, Tensor]:

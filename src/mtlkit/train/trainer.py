@@ -232,6 +232,10 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     # rank 0 reads the checkpoint and shares it: any world size resumes the same run
     last = run_path / "checkpoints" / "last.pt" if run_path is not None else None
     ckpt = resume_state(last, meta)
+    if ckpt is None:  # a fresh run: one-task initialisation (a resumed run's checkpoint holds its weights)
+        from mtlkit.train.init_from import apply_init_from
+
+        apply_init_from(cfg, setup.model)
     state = None
     if ckpt is not None:
         assert run_path is not None and last is not None

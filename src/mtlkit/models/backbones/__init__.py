@@ -1,10 +1,11 @@
-"""Backbones, registered by name in BACKBONES: ``segnet``, ``resnet{18,34,50}_dilated`` and ``wrn28``.
+"""Backbones, registered by name in BACKBONES: ``segnet``, ``resnet{18,34,50}_dilated``, ``wrn28`` and ``alexnet``.
 
 :func:`build_backbone` makes one at a width, optionally loading pretrained weights
 (``none`` | ``imagenet`` | a state-dict file); see :mod:`.base` for the staged contract.
 What a backbone can do is declared on its class (:class:`~.base.Backbone`): ``dense_heads``
 (``wrn28``, the Visual Decathlon's WRN-28-4, classifies whole images), ``has_pretrained``
-(the ResNets) and ``paper_segnet`` (``segnet``).
+(the ResNets, ``alexnet``), ``paper_segnet`` (``segnet``) and ``stitch_stages`` (``alexnet``: the
+cross-stitch paper's five stitch points).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import warnings
 
 from mtlkit.errors import ConfigError
+from mtlkit.models.backbones.alexnet import AlexNet
 from mtlkit.models.backbones.base import Backbone
 from mtlkit.models.backbones.resnet import DilatedResNet, resnet_factory
 from mtlkit.models.backbones.segnet import SegNetBackbone
@@ -20,6 +22,7 @@ from mtlkit.registry import Registry
 
 __all__ = [
     "BACKBONES",
+    "AlexNet",
     "Backbone",
     "DilatedResNet",
     "SegNetBackbone",
@@ -34,6 +37,7 @@ BACKBONES.register("segnet")(SegNetBackbone)
 for _depth in (18, 34, 50):
     BACKBONES.register(f"resnet{_depth}_dilated")(resnet_factory(_depth))
 BACKBONES.register("wrn28")(WideResNet)
+BACKBONES.register("alexnet")(AlexNet)
 
 
 def head_kind(backbone: str) -> str:

@@ -34,6 +34,12 @@ class Backbone(nn.Module):
     #: True for the MTAN paper's SegNet: ``single``, ``mtan`` and ``cross_stitch`` build the paper's
     #: exact layout (module names, stitch points) on it
     paper_segnet: ClassVar[bool] = False
+    #: the stages' names (``hps``'s ``branch_at`` names one); empty: ``stage0``, ``stage1``, ...
+    stage_names: tuple[str, ...] = ()
+    #: the stages ``cross_stitch`` puts a unit after (None: every stage) and those points' names
+    #: (AlexNet: Misra et al.'s pool1, pool2, pool5, fc6, fc7)
+    stitch_stages: ClassVar[tuple[int, ...] | None] = None
+    stitch_names: ClassVar[tuple[str, ...] | None] = None
 
     @property
     def num_stages(self) -> int:
@@ -46,6 +52,10 @@ class Backbone(nn.Module):
     @property
     def output_stride(self) -> int:
         return self.strides[-1]
+
+    def stage_labels(self) -> tuple[str, ...]:
+        """Every stage's name: ``stage_names``, or ``stage<i>`` where the backbone gives none."""
+        return self.stage_names or tuple(f"stage{i}" for i in range(self.num_stages))
 
     def begin(self, x: Tensor) -> tuple[Tensor, Any]:
         """The first stage's input and a fresh per-pass context."""

@@ -147,6 +147,7 @@ class DilatedResNet(Backbone):
             cin, prev = planes[i] * block.expansion, dilations[i]
         self.channels = tuple(p * block.expansion for p in planes)
         self.strides = (4, 8, 8, 8)
+        self.stage_names = ("layer1", "layer2", "layer3", "layer4")
         self.size_divisor = 8
         self.head_width = width
         self.reset_parameters()

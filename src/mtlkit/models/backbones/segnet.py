@@ -60,6 +60,9 @@ class SegNetBackbone(Backbone):
         c = scale_channels(SEGNET_CHANNELS, width)
         self.trunk = SegNetTrunk(in_channels, c, SEGNET_DEPTHS)
         self.channels, self.strides = trunk_stages(self.trunk)
+        self.stage_names = tuple(f"enc{j}" for j in range(NUM_LEVELS)) + tuple(
+            f"dec{j}" for j in range(NUM_LEVELS - 1, -1, -1)
+        )
         init_weights(self)
 
     def begin(self, x: Tensor) -> tuple[Tensor, dict[Any, Tensor]]:

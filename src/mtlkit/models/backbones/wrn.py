@@ -132,6 +132,7 @@ class WideResNet(Backbone):
         c = wrn_channels(width, widen_factor)
         self.channels = tuple(c)
         self.strides = (1, 2, 4, 8)
+        self.stage_names = ("stem", "stage1", "stage2", "stage3")
         self.stem = nn.Conv2d(in_channels, c[0], 3, padding=1, bias=official)
         self.stages = nn.ModuleList([self._stage(c[i], c[i + 1], n, official) for i in range(3)])
         self.bn = nn.BatchNorm2d(c[3], momentum=OFFICIAL_FINAL_BN_MOMENTUM if official else 0.1)
