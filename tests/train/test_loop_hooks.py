@@ -78,7 +78,7 @@ def test_fit_calls_hooks_in_order_and_writes_their_results(tmp_path: Path) -> No
         batch_size=2,
         run_dir=tmp_path / "run",
         progress=False,
-        tensorboard=False,
+        loggers=[],
         hooks=[hook],
     )
     epoch = ["before_step", "after_step"] * 2
