@@ -109,8 +109,9 @@ def test_every_path_equals_the_loop_reference_in_float64(method: str, path: str,
 
 
 @pytest.mark.parametrize("mode", ["parameters", "representation"])
+@pytest.mark.parametrize("path", ["batched", "gramian"])
 @pytest.mark.parametrize("method", ["mgda", "upgrad", "pcgrad", "cagrad", "imtl"])
-def test_gramian_path_equals_the_loop_reference_in_float32(method: str, mode: str) -> None:
+def test_paths_equal_the_loop_reference_in_float32(method: str, path: str, mode: str) -> None:
     """float32: each gradient entry is a sum of at most D products (here D < 200), each path's rows
     carry a relative rounding of about sqrt(D) eps32 (random-sign errors), the weights from the
     float64 Gramian move by that much times the solver's condition, and the weighted sum of K rows
@@ -119,7 +120,7 @@ def test_gramian_path_equals_the_loop_reference_in_float32(method: str, mode: st
     net, x, y = _problem(_tasks(method), torch.float32)
     d = sum(p.numel() for p in net.parameters())
     ref, _ = _step(net, method, "loop", mode, x, y)
-    got, _ = _step(net, method, "gramian", mode, x, y)
+    got, _ = _step(net, method, path, mode, x, y)
     bound = 10 * len(net.heads) * math.sqrt(d) * torch.finfo(torch.float32).eps
     assert float((got - ref).abs().max()) <= bound * float(ref.abs().max())
 
