@@ -63,7 +63,9 @@ class Balancer:
     (:data:`GRAD_PATHS`; the same update up to float rounding on every path). Fixed for the
     Balancer's life, never chosen by timing; ``"gramian"`` with a gradient-level method that needs
     the task gradients themselves (``gramian_only`` False) is a ConfigError naming the method.
-    Loss-level methods ignore it (:attr:`effective_path` is then ``"combine"``).
+    Loss-level methods ignore it (:attr:`effective_path` is then ``"combine"``). ``gramian_block``: the
+    Gramian path's block budget in elements (None: ceil(D / K), about one gradient's memory and K + 1
+    passes; larger blocks trade memory for fewer passes, the same result up to rounding).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Balancer:
         *,
         mode: str | None = None,
         grad_path: str = "loop",
+        gramian_block: int | None = None,
         **options: Any,
     ) -> None:
         if "method" in options:  # the name before 0.1
@@ -97,6 +100,11 @@ class Balancer:
             self.weighting = WEIGHTINGS.get(weighting)(names, **options)
         self.mode = mode
         self.grad_path = checked_grad_path(grad_path, self.weighting)
+        if gramian_block is not None and (
+            isinstance(gramian_block, bool) or not isinstance(gramian_block, int) or gramian_block < 1
+        ):
+            raise ValueError(f"gramian_block: expected a number of elements >= 1 or None, got {gramian_block!r}")
+        self.gramian_block = gramian_block
 
     @property
     def method(self) -> Weighting:
@@ -245,7 +253,9 @@ class Balancer:
         own = _task_parameters(items, shared, features, task_params)
         world = dist.world_size()
         if self.grad_path == "gramian":
-            _gramian_backward(self.weighting, items, seen, shared, features, inputs, sources, own, scale)
+            _gramian_backward(
+                self.weighting, items, seen, shared, features, inputs, sources, own, scale, self.gramian_block
+            )
             return
         # one loss tensor per task: each backward runs only the part of the graph its task reaches,
         # and the task-specific parameters get sum_k dL_k/dtheta in the same pass. With a FeatureCut
@@ -310,6 +320,7 @@ def _gramian_backward(
     sources: list[Tensor],
     own: list[Tensor],
     scale: float,
+    block: int | None = None,
 ) -> None:
     """The Gramian path: the K x K Gramian w.r.t. ``inputs`` a block at a time, the method's weights, then
     one backward of ``sum_k w_k L_k`` (times the scaler's ``scale``) into the shared part.
@@ -330,7 +341,7 @@ def _gramian_backward(
     # the first backward through a FeatureCut's decoder may free it only if nothing else needs it: the
     # weighted backward below runs through the same graph again, so it is always retained here
     scaled = [loss * scale for loss in items]
-    gram = gramian_blockwise(scaled, inputs, retain_graph=True, accumulate=own, reduce=reduce, scale=scale)
+    gram = gramian_blockwise(scaled, inputs, block, retain_graph=True, accumulate=own, reduce=reduce, scale=scale)
     if own:
         dist.average_grads(own)
     if represent and world > 1:

@@ -144,6 +144,21 @@ def test_paths_agree_under_autocast_with_a_grad_scaler(method: str, path: str, m
     assert float((got - ref).abs().max()) <= bound * float(ref.abs().max())
 
 
+@pytest.mark.parametrize("block", [1, 40, 10**9])
+def test_gramian_block_budget_changes_the_passes_not_the_result(block: int) -> None:
+    """One element per block (every scalar its own pass), 40, one block for everything: same update."""
+    net, x, y = _problem(3, torch.float64)
+    ref, _ = _step(net, "upgrad", "loop", "parameters", x, y)
+    net.zero_grad(set_to_none=True)
+    Balancer("upgrad", 3, grad_path="gramian", gramian_block=block).backward(
+        _losses(net, net.trunk(x), y), net.shared()
+    )
+    got = torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-10 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="gramian_block: expected a number of elements >= 1 or None, got 0"):
+        Balancer("upgrad", 3, grad_path="gramian", gramian_block=0)
+
+
 @pytest.mark.parametrize("mode", ["parameters", "representation"])
 def test_auto_lambda_over_a_gramian_method_takes_the_gramian_path(mode: str) -> None:
     """Auto-Lambda's weights are lambda_k times its base's on the lambda-weighted rows, whose Gramian is
