@@ -351,11 +351,15 @@ def _gramian_backward(
     if not represent:
         # sum_k w_k dL_k/dtheta into the shared parameters only (the heads already have theirs)
         torch.autograd.backward(total, inputs=shared)
+        for p in shared:  # as write_gradients on the K x D path: a parameter no loss reaches gets zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         if world > 1:
             dist.average_grads(shared)
         return
     # the user's own cut features are inputs and sources at once: keep the graph above them for the next pass
-    chunks = torch.autograd.grad(total, inputs, retain_graph=not isinstance(features, FeatureCut))
+    grads = torch.autograd.grad(total, inputs, retain_graph=not isinstance(features, FeatureCut), allow_unused=True)
+    chunks = [torch.zeros_like(f) if g is None else g for g, f in zip(grads, inputs)]
     # one backward through the shared part, as the K x D path (the cut: each path crosses one feature)
     torch.autograd.backward(sources, grad_tensors=[c.to(f.dtype) for c, f in zip(chunks, sources)])
     dist.average_grads(shared)

@@ -144,6 +144,15 @@ def test_paths_agree_under_autocast_with_a_grad_scaler(method: str, path: str, m
     assert float((got - ref).abs().max()) <= bound * float(ref.abs().max())
 
 
+def test_a_shared_parameter_no_loss_reaches_gets_zeros_on_every_path() -> None:
+    """As the K x D path's write_gradients: zeros, not None (an optimizer treats the two differently)."""
+    a, unused = nn.Parameter(torch.randn(3, dtype=torch.float64)), nn.Parameter(torch.randn(2, dtype=torch.float64))
+    for path in GRAD_PATHS:
+        a.grad = unused.grad = None
+        Balancer("mgda", 3, grad_path=path).backward([((k + 1) * a).pow(2).sum() for k in range(3)], [a, unused])
+        assert unused.grad is not None and torch.equal(unused.grad, torch.zeros(2, dtype=torch.float64)), path
+
+
 @pytest.mark.parametrize("block", [1, 40, 10**9])
 def test_gramian_block_budget_changes_the_passes_not_the_result(block: int) -> None:
     """One element per block (every scalar its own pass), 40, one block for everything: same update."""
