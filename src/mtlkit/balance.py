@@ -49,12 +49,23 @@ from torch import Tensor
 from mtlkit._deprecation import pop_renamed, renamed
 from mtlkit.weighting.base import Weighting
 
+#: the values of ``grad_path`` (the config's ``weighting.grad_path``): how a gradient-level method's
+#: per-task gradients are computed. "loop": K backward passes, the K x D matrix; "batched": one vmapped
+#: pass, the same matrix; "gramian" (Gramian-only methods, ``Weighting.gramian_only``): the K x K
+#: Gramian a block of the inputs at a time (never K x D), then one backward of sum_k w_k L_k.
+GRAD_PATHS = ("loop", "batched", "gramian")
+
 
 class Balancer:
     """A weighting method (by name or instance) and its state across steps; ``backward`` per step.
 
     ``grad_path``: how per-task gradients are computed, as the config's ``weighting.grad_path``
-    (``"loop"``: K backward passes, ``"batched"``: one vmapped pass; same values up to rounding).
+    (:data:`GRAD_PATHS`; the same update up to float rounding on every path). Fixed for the
+    Balancer's life, never chosen by timing; ``"gramian"`` with a gradient-level method that needs
+    the task gradients themselves (``gramian_only`` False) is a ConfigError naming the method.
+    Loss-level methods ignore it (:attr:`effective_path` is then ``"combine"``). ``gramian_block``: the
+    Gramian path's block budget in elements (None: ceil(D / K), about one gradient's memory and K + 1
+    passes; larger blocks trade memory for fewer passes, the same result up to rounding).
     """
 
     def __init__(
@@ -64,6 +75,7 @@ class Balancer:
         *,
         mode: str | None = None,
         grad_path: str = "loop",
+        gramian_block: int | None = None,
         **options: Any,
     ) -> None:
         if "method" in options:  # the name before 0.1
@@ -87,7 +99,12 @@ class Balancer:
             names = [f"task{i}" for i in range(tasks)] if isinstance(tasks, int) else list(tasks)
             self.weighting = WEIGHTINGS.get(weighting)(names, **options)
         self.mode = mode
-        self.grad_path = grad_path
+        self.grad_path = checked_grad_path(grad_path, self.weighting)
+        if gramian_block is not None and (
+            isinstance(gramian_block, bool) or not isinstance(gramian_block, int) or gramian_block < 1
+        ):
+            raise ValueError(f"gramian_block: expected a number of elements >= 1 or None, got {gramian_block!r}")
+        self.gramian_block = gramian_block
 
     @property
     def method(self) -> Weighting:
@@ -104,7 +121,13 @@ class Balancer:
     @strategy.setter
     def strategy(self, value: str) -> None:
         renamed("Balancer.strategy", "Balancer.grad_path")
-        self.grad_path = value
+        self.grad_path = checked_grad_path(value, self.weighting)
+
+    @property
+    def effective_path(self) -> str:
+        """The path this Balancer's steps take (results.json's ``grad_path``): :attr:`grad_path` for a
+        gradient-level method, ``"combine"`` for a loss-level one (one backward of its combined loss)."""
+        return self.grad_path if self.weighting.needs_gradients else "combine"
 
     @property
     def weights(self) -> Tensor:
@@ -229,6 +252,11 @@ class Balancer:
             inputs, sources = shared, []
         own = _task_parameters(items, shared, features, task_params)
         world = dist.world_size()
+        if self.grad_path == "gramian":
+            _gramian_backward(
+                self.weighting, items, seen, shared, features, inputs, sources, own, scale, self.gramian_block
+            )
+            return
         # one loss tensor per task: each backward runs only the part of the graph its task reaches,
         # and the task-specific parameters get sum_k dL_k/dtheta in the same pass. With a FeatureCut
         # that part is the decoder alone (the shared graph hangs off the sources), so it need not be kept.
@@ -266,6 +294,75 @@ class Balancer:
             dist.average_grads(shared)
         else:
             write_gradients(shared, update * scale)
+
+
+def checked_grad_path(grad_path: str, weighting: Weighting) -> str:
+    """``grad_path`` when it is one of :data:`GRAD_PATHS` and ``weighting`` can take it; else a ConfigError."""
+    from mtlkit.errors import ConfigError
+
+    if grad_path not in GRAD_PATHS:
+        raise ConfigError(f"weighting.grad_path must be one of {', '.join(GRAD_PATHS)}, got {grad_path!r}")
+    if grad_path == "gramian" and weighting.needs_gradients and not weighting.gramian_only:
+        raise ConfigError(
+            f"weighting.grad_path: gramian needs a method whose weights depend on the task gradients only "
+            f"through their Gramian; {type(weighting).__name__} needs the K x D gradients (use loop or batched)"
+        )
+    return grad_path
+
+
+def _gramian_backward(
+    weighting: Weighting,
+    items: list[Tensor],
+    seen: Tensor,
+    shared: list[Tensor],
+    features: list[Tensor] | None,
+    inputs: list[Tensor],
+    sources: list[Tensor],
+    own: list[Tensor],
+    scale: float,
+    block: int | None = None,
+) -> None:
+    """The Gramian path: the K x K Gramian w.r.t. ``inputs`` a block at a time, the method's weights, then
+    one backward of ``sum_k w_k L_k`` (times the scaler's ``scale``) into the shared part.
+
+    The same update as the K x D path (``aggregate`` is ``sum_k w_k g_k`` with w from the same
+    Gramian), task-specific parameters get ``sum_k dL_k/dtheta`` (in the Gramian's first pass), and
+    the K x D matrix is never held: the largest gradient block is K x ceil(D / K). Under DDP each
+    block's rows are averaged over the processes (parameter mode: the Gramian of the mean gradients)
+    or the local Gramians summed (representation mode: the global matrix is the ranks' column blocks
+    side by side, each divided by the world size), so every rank gets the same weights.
+    """
+    from mtlkit.train import distributed as dist
+    from mtlkit.weighting.gradients import gramian_blockwise
+
+    world = dist.world_size()
+    represent = features is not None
+    reduce = dist.all_reduce_mean if not represent and world > 1 else None
+    # the first backward through a FeatureCut's decoder may free it only if nothing else needs it: the
+    # weighted backward below runs through the same graph again, so it is always retained here
+    scaled = [loss * scale for loss in items]
+    gram = gramian_blockwise(scaled, inputs, block, retain_graph=True, accumulate=own, reduce=reduce, scale=scale)
+    if own:
+        dist.average_grads(own)
+    if represent and world > 1:
+        gram = dist.all_reduce_sum(gram.to(items[0].device)).cpu() / world**2
+    weights = weighting.weights_from_gramian(gram, seen)
+    total = sum((w * loss for w, loss in zip(weights.tolist(), scaled)), torch.zeros((), device=items[0].device))
+    if not represent:
+        # sum_k w_k dL_k/dtheta into the shared parameters only (the heads already have theirs)
+        torch.autograd.backward(total, inputs=shared)
+        for p in shared:  # as write_gradients on the K x D path: a parameter no loss reaches gets zeros
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if world > 1:
+            dist.average_grads(shared)
+        return
+    # the user's own cut features are inputs and sources at once: keep the graph above them for the next pass
+    grads = torch.autograd.grad(total, inputs, retain_graph=not isinstance(features, FeatureCut), allow_unused=True)
+    chunks = [torch.zeros_like(f) if g is None else g for g, f in zip(grads, inputs)]
+    # one backward through the shared part, as the K x D path (the cut: each path crosses one feature)
+    torch.autograd.backward(sources, grad_tensors=[c.to(f.dtype) for c, f in zip(chunks, sources)])
+    dist.average_grads(shared)
 
 
 def backward(

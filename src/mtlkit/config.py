@@ -145,10 +145,12 @@ def _hash_logger_switch(train: dict[str, Any]) -> None:
 class WeightingConfig(_Strict):
     name: str = "equal"
     mode: Literal["parameters", "representation"] = "parameters"
-    grad_path: Literal["loop", "batched"] = Field(
+    grad_path: Literal["loop", "batched", "gramian"] = Field(
         default="loop",
-        description="how per-task gradients are computed: K backward passes or one vmapped pass "
-        "(same values up to float rounding; fixed so results never depend on timing)",
+        description="how per-task gradients are computed: K backward passes (loop) or one vmapped pass "
+        "(batched) giving the K x D matrix, or, for Gramian-only methods, the K x K Gramian a block at a "
+        "time and one backward of the weighted losses (gramian); the same update up to float rounding, "
+        "fixed so results never depend on timing",
     )
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -21,6 +21,7 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mtlkit.balance import checked_grad_path
 from mtlkit.config import config_from_dict, folder_name_problem, save_config
 from mtlkit.data.sampling import make_loader
 from mtlkit.errors import ConfigError, MtlkitError, TrainingError, shorten
@@ -129,6 +130,7 @@ def fit(
     else:
         method, method_name = weighting, _registered_name(WEIGHTINGS, type(weighting))
     method = method.to(dev)
+    checked_grad_path(grad_path, method)
     extra = [p for p in method.parameters() if p.requires_grad]
     if optimizer is None or callable(optimizer) and not isinstance(optimizer, torch.optim.Optimizer):
         groups = model.param_groups(lr) + ([{"params": extra, "lr": lr}] if extra else [])

@@ -319,8 +319,11 @@ def _results(loop: Loop, info: RunInfo, state: RunState, t0: float) -> RunResult
 
 
 def results_extra(loop: Loop) -> dict[str, Any]:
-    """results.json fields beyond the schema's: the evaluation's, then each hook's (a bilevel method's split)."""
-    extra = loop.evaluation.results()
+    """results.json fields beyond the schema's: the path the per-task gradients took (``grad_path``:
+    ``loop`` / ``batched`` / ``gramian``, or ``combine`` for a loss-level method), the evaluation's,
+    then each hook's (a bilevel method's split)."""
+    extra: dict[str, Any] = {"grad_path": loop.grad_path if loop.weighting.needs_gradients else "combine"}
+    extra.update(loop.evaluation.results())
     for hook in loop.hooks:
         extra.update(hook.results())
     return extra

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mtlkit._deprecation import pop_renamed
+from mtlkit.balance import checked_grad_path
 from mtlkit.config import Config, load_config
 from mtlkit.data import sampling
 from mtlkit.data.base import DatasetBuilder
@@ -210,6 +211,7 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     tasks, weighting, device = setup.tasks, setup.weighting, setup.device
     dist.check_weighting(weighting)
     check_mode(setup.model, weighting, cfg.weighting.mode)
+    checked_grad_path(cfg.weighting.grad_path, weighting)  # gramian with a method that needs G: before any work
     # BatchNorm over the global batch under torchrun (always: there is no setting); a no-op in one process
     model = dist.convert_sync_batchnorm(setup.model, device)
     with dist.main_first():  # rank 0 renders / checks a dataset cache before the others read it

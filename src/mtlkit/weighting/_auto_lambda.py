@@ -106,6 +106,7 @@ class AutoLambda(Weighting):
         except TypeError as err:
             raise ConfigError(f"weighting.options.base_options for {base!r}: {err}") from None
         self.needs_gradients = self.base.needs_gradients
+        self.gramian_only = self.base.gramian_only
         self.supports_representation = self.base.supports_representation
         self.min_tasks = self.base.min_tasks
         self.autol_lr = positive_float("autol_lr", autol_lr)
@@ -132,6 +133,15 @@ class AutoLambda(Weighting):
         d = self.base.aggregate(grads * lam.to(grads.dtype)[:, None], losses * lam.to(losses))
         self.last_weights = (lam.float() * self.base.last_weights.to(lam.device).float()).detach()
         return d
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The base method's weights on the lambda-weighted rows' Gramian, times lambda (the raw rows' weights)."""
+        lam = self.lam.detach().double().cpu()
+        w = lam * self.base.weights_from_gramian(
+            gramian.double().cpu() * torch.outer(lam, lam), losses * self.lam.to(losses)
+        )
+        self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
+        return w
 
     def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
         """Pass the epoch's losses on to the base method."""

@@ -50,6 +50,7 @@ class GramianWeighting(Weighting):
     """
 
     needs_gradients = True
+    gramian_only = True
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Task weights (K, float64) from the K x K Gramian and the K detached losses."""
@@ -58,9 +59,16 @@ class GramianWeighting(Weighting):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
         """sum_k w_k g_k with w from the (float64-accumulated) Gramian of ``grads``."""
         check_grads(grads, self.num_tasks, type(self).__name__)
-        w = self.gramian_weights(exact_gramian(grads), losses.detach().double().cpu())
+        return combine_rows(self.weights_from_gramian(exact_gramian(grads), losses), grads)
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The weights ``aggregate`` combines the rows with, from the Gramian alone (``grad_path: gramian``)."""
+        k = self.num_tasks
+        if tuple(gramian.shape) != (k, k):
+            raise ValueError(f"{type(self).__name__}: expected a {k} x {k} Gramian, got {tuple(gramian.shape)}")
+        w = self.gramian_weights(gramian.double().cpu(), losses.detach().double().cpu())
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
-        return combine_rows(w, grads)
+        return w
 
 
 def check_grads(grads: Tensor, num_tasks: int, who: str) -> None:

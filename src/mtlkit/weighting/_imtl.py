@@ -115,6 +115,7 @@ class IMTL(Weighting):
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     needs_gradients = True
+    gramian_only = True
 
     def __init__(self, task_names: list[str]) -> None:
         super().__init__(task_names)
@@ -122,13 +123,17 @@ class IMTL(Weighting):
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
         """IMTL-G on the scaled gradients; accumulates the IMTL-L gradient of the scales."""
+        return combine_rows(self.weights_from_gramian(gramian(grads), losses), grads)
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """The weights on the raw rows, from the Gramian; accumulates the IMTL-L gradient of the scales."""
         s = self.scales.detach().double().cpu()
         factor = torch.exp(s)
-        m = gramian(grads)
+        m = gramian.double().cpu()
         alpha = imtl_g_weights(m * torch.outer(factor, factor))
         w = alpha * factor
         mask = present_mask(losses).to(self.scales.dtype)
         scale_grad = (torch.exp(self.scales.detach()) * losses.detach().to(self.scales) - 1.0) * mask
         self.scales.grad = scale_grad if self.scales.grad is None else self.scales.grad + scale_grad
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
-        return combine_rows(w, grads)
+        return w

@@ -63,6 +63,12 @@ class Weighting(nn.Module):
     #: split's ``step`` before each batch. Such a method has ``meta_fraction``, ``lam``, ``meta_steps``
     #: and ``apply_meta_gradient`` (:class:`mtlkit.weighting.AutoLambda` is the one built in).
     needs_meta_step: ClassVar[bool] = False
+    #: True for a method whose update is ``sum_k w_k g_k`` with weights that depend on the task
+    #: gradients only through the K x K Gramian ``G G^T``: it implements
+    #: ``weights_from_gramian(gramian, losses)``, and ``grad_path: gramian`` may compute only the
+    #: Gramian (never the K x D matrix) and back-propagate ``sum_k w_k L_k`` once. Methods that need G
+    #: itself (projections, sign masks, robust row picks) keep it False; the Gramian path refuses them.
+    gramian_only: bool = False
     #: the K task weights of the last step (a non-persistent buffer)
     last_weights: Tensor
 
@@ -80,6 +86,11 @@ class Weighting(nn.Module):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
         """Gradient-level: combine the K x D task gradients into one D-vector."""
         raise NotImplementedError
+
+    def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
+        """Gramian-only methods (``gramian_only``): the K task weights (float64, CPU) from the K x K
+        float64 Gramian of the task gradients and the K detached losses; also sets ``last_weights``."""
+        raise NotImplementedError(f"{type(self).__name__} needs the task gradients themselves, not only their Gramian")
 
     def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
         """Called after each training epoch with the K mean task losses (DWA uses them)."""

@@ -28,6 +28,11 @@ explicit ``key``. ``gradient_path(key)`` says which path it took. On CPU the loo
 ``accumulate``: tensors (the task-specific parameters) that also get sum_k dL_k/dt added to their
 ``.grad`` in the same pass, so the training step needs no extra backward for them.
 
+Gramian-only methods need not see the matrix: :func:`gramian_blockwise` accumulates the K x K
+Gramian a block of the inputs at a time (one vmapped pass per block, never K x D), after which one
+backward of sum_k w_k L_k writes the update (the trainer's ``weighting.grad_path: gramian``,
+:func:`mtlkit.balance.Balancer`).
+
 Memory: the result is K x D floats (D = total size of ``inputs``). The loop path peaks at about
 (K + 1) D floats plus one backward's activation gradients. The batched path holds the per-input
 gradients next to the flat matrix for a moment and K copies of each intermediate gradient: about
@@ -39,11 +44,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from mtlkit.weighting._common import exact_gramian
 
 STRATEGIES = ("auto", "batched", "loop")
 #: the strategy used when a call does not name one: the fixed K-backward path ("auto" is opt-in only).
@@ -350,49 +357,85 @@ def gramian(grads: Tensor) -> Tensor:
     return (g @ g.T).double().cpu()
 
 
+def default_gramian_block(inputs: Sequence[Tensor], k: int) -> int:
+    """The block budget of the Gramian path: ceil(D / K) elements, so a block's K rows hold at most
+    about one gradient's worth (D floats), never the K x D matrix (unless one tensor is most of D)."""
+    d = sum(t.numel() for t in inputs)
+    return max(1, -(-d // max(1, k)))
+
+
 def gramian_blockwise(
-    losses: Sequence[Tensor], inputs: Sequence[Tensor], max_block: int, retain_graph: bool = False
+    losses: Sequence[Tensor],
+    inputs: Sequence[Tensor],
+    max_block: int | None = None,
+    retain_graph: bool = False,
+    *,
+    accumulate: Sequence[Tensor] = (),
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    scale: float = 1.0,
 ) -> Tensor:
     """The K x K Gramian of the task gradients w.r.t. ``inputs``, never holding the K x D matrix.
 
-    ``inputs`` are grouped into blocks of at most ``max_block`` elements (a tensor larger than that
-    is a block of its own); for each block one vmapped backward over the K losses gives its K x D_b
-    rows, whose Gramian is added and the rows freed. Peak extra memory: K x (largest block) floats
-    plus one batched backward's activation gradients; cost: one batched backward per block. The
-    update then needs only one more backward of sum_k w_k L_k (see :func:`weighted_backward`).
-    Returned in float64 on the CPU, like :func:`gramian`.
+    ``inputs`` are grouped, in order, into blocks of at most ``max_block`` elements (None:
+    :func:`default_gramian_block`, ceil(D / K); a tensor larger than that is a block of its own); for
+    each block one vmapped backward over the K losses gives its K x D_b rows, whose Gramian is
+    accumulated in float64 and the rows freed. ``accumulate``: tensors whose ``.grad`` also receives
+    sum_k dL_k/dt, computed in the first block's pass (the task-specific parameters: no extra pass).
+    ``reduce``: applied to each block's K x D_b rows before its Gramian (the mean over processes under
+    DDP, so the result is the Gramian of the averaged gradients). ``scale``: the rows are divided by it
+    (a GradScaler's scale on the losses). Peak extra memory: K x (largest block) floats plus one
+    batched backward's activation gradients; cost: one batched backward per block, each through the
+    part of the graph above its block only. The update then needs one more backward of sum_k w_k L_k.
+    Returned in float64 on the CPU, like :func:`gramian`. Raises (no fallback) where an operator has
+    no batching rule, as the "batched" path.
     """
     items = [loss.reshape(()) for loss in losses]
+    inputs, accumulate = list(inputs), list(accumulate)
     k = len(items)
+    budget = default_gramian_block(inputs, k) if max_block is None else int(max_block)
     blocks: list[list[Tensor]] = []
     size = 0
     for t in inputs:
-        if blocks and size + t.numel() <= max_block:
+        if blocks and size + t.numel() <= budget:
             blocks[-1].append(t)
             size += t.numel()
         else:
             blocks.append([t])
             size = t.numel()
     out = torch.zeros(k, k, dtype=torch.float64)
+    if not items:
+        return out
     eye = torch.eye(k, dtype=items[0].dtype, device=items[0].device)
     live = [(o, eye[:, j]) for j, o in enumerate(items) if o.requires_grad]
     if not live:
         return out
+    if not blocks and accumulate:
+        blocks = [[]]
     for i, block in enumerate(blocks):
+        extra = accumulate if i == 0 else []
         grads = torch.autograd.grad(
             [o for o, _ in live],
-            block,
+            block + extra,
             grad_outputs=[c for _, c in live],
             is_grads_batched=True,
             allow_unused=True,
             retain_graph=retain_graph or i < len(blocks) - 1,
         )
-        for g in grads:
+        for t, g in zip(extra, grads[len(block) :]):
             if g is not None:
-                rows = g.reshape(k, -1)
-                rows = rows if rows.dtype in (torch.float32, torch.float64) else rows.float()
-                out += (rows @ rows.T).double().cpu()
-        del grads
+                _add_grad(t, g.sum(0))
+        if block:
+            rows = _empty(k, block)
+            _fill_rows(rows, slice(0, k), grads[: len(block)], block)
+            del grads
+            if reduce is not None:
+                rows = reduce(rows)
+            if scale != 1.0:
+                rows = rows / scale
+            out += exact_gramian(rows)
+            del rows
+        else:
+            del grads
     return out
 
 
