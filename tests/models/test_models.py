@@ -263,6 +263,7 @@ def test_build_model_errors():
     assert gray(torch.randn(1, 1, 32, 32))["depth"].shape == (1, 1, 32, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", PAPER_ARCHS)
 def test_few_adam_steps_decrease_the_loss(arch):
     torch.manual_seed(0)

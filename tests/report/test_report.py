@@ -143,6 +143,7 @@ def test_collect_errors(tmp_path: Path) -> None:
         collect([tmp_path / "empty"])
 
 
+@pytest.mark.slow
 def test_report_files_markdown_and_html(runs_dir: Path, tmp_path: Path) -> None:
     write_run(runs_dir, "dense-s0", "dense", "equal", 0, dict(zip(KEYS, [0.3, 0.5, 0.6, 0.3])), finished=False)
     out = tmp_path / "report"

@@ -249,6 +249,7 @@ def test_use_best_without_model_selection_says_why(tmp_path: Path) -> None:
     assert all(not r.mean for r in table.rows)
 
 
+@pytest.mark.slow
 def test_cli_reference_and_bad_baseline(tmp_path: Path) -> None:
     fake_run(tmp_path / "runs", "mtan-s0", "mtan", 0, in_units(MTAN_EQUAL, "mtan_paper"), "mtan_paper")
     cmd = [
@@ -326,6 +327,7 @@ def test_libmtl_resnet50_matches_the_pdf_text() -> None:
     assert {k: published[k] for k in LIBMTL_R50} == LIBMTL_R50
 
 
+@pytest.mark.slow
 def test_cli_libmtl_resnet50_reference_and_baseline(tmp_path: Path) -> None:
     """``--reference libmtl_resnet50 --baseline reference:libmtl_resnet50/HPS/EW``: greyed rows and Δm vs HPS/EW."""
     hps_ew = dict(zip(NYU_COLUMNS, LIBMTL_R50["HPS/EW"]))

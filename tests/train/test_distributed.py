@@ -262,6 +262,7 @@ def _bn_worker(r: int, init_file: str, out_dir: str) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_dist_batchnorm_equals_batchnorm_on_the_global_batch(tmp_path: Path) -> None:
     """Forward, input gradients, affine gradients (summed) and running stats of 2 ranks = one BN."""
     mp.spawn(_bn_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)

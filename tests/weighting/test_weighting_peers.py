@@ -95,6 +95,7 @@ def test_closed_forms_and_exact_solvers_agree(g):
         assert _rel(_ours("trimmed_mean", g, trim=1), tj.TrimmedMean(trim_number=1)(g)) < ROUNDING
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("g", MATRICES, ids=lambda g: f"{g.shape[0]}x{g.shape[1]}")
 def test_mgda_is_at_least_as_optimal_as_torchjd_frank_wolfe(g):
     """Convention: normalization "none" (TorchJD's MGDA has no normaliser). TorchJD runs Frank-Wolfe
