@@ -96,3 +96,31 @@ def test_a_method_that_cannot_drop_a_task_says_so() -> None:
     runner = StepRunner(model, weighting, TASKS, torch.optim.SGD(model.parameters(), lr=0.0))
     with pytest.raises(TrainingError, match="GradVac cannot drop a task from a step .*lacks normal"):
         runner(_partial_batch())
+
+
+def test_evaluation_scores_the_labelled_samples_only() -> None:
+    from torch.utils.data import DataLoader
+
+    from mtlkit.train.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = TinyNet(TASKS[1:2])
+    gen = torch.Generator().manual_seed(2)
+    samples = [
+        {
+            "image": torch.randn(3, 8, 8, generator=gen),
+            "depth": torch.rand(1, 8, 8, generator=gen) + 0.1,
+            labelled_key("depth"): torch.tensor(i != 1),
+        }
+        for i in range(3)
+    ]
+    samples[1]["depth"] = torch.full((1, 8, 8), 5.0)  # a value no meter may read: the sample is unlabelled
+    got = evaluate(model, TASKS[1:2], DataLoader(samples, batch_size=3), torch.device("cpu"))
+    kept = [samples[0], samples[2]]
+    want = evaluate(
+        model,
+        TASKS[1:2],
+        DataLoader([{k: v for k, v in s.items() if k != labelled_key("depth")} for s in kept], batch_size=2),
+        torch.device("cpu"),
+    )
+    assert got == pytest.approx(want, rel=1e-6)

@@ -24,6 +24,7 @@ from mtlkit.models import build_model
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import DATASETS, WEIGHTINGS
 from mtlkit.tasks import Task
+from mtlkit.tasks.base import LABELLED_SUFFIX
 from mtlkit.trackers import check_loggers, config_loggers
 from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import (
@@ -220,6 +221,12 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     if cfg.dataset.label_fraction:  # a seeded, fixed subset of some tasks' training labels
         train_ds = LabelFraction(train_ds, tasks, cfg.dataset.label_fraction, seed=cfg.seed)
         hooks.append(RunRecord({"label_fraction": train_ds.describe()}))
+    if dist.world_size() > 1 and any(k.endswith(LABELLED_SUFFIX) for ds in (train_ds, val_ds) for k in ds[0]):
+        # the tasks present in a step would differ between processes, and with them the collectives
+        raise ConfigError(
+            "partially labelled data (dataset.label_fraction, or a tasks.yaml 'partial: true' task) "
+            "trains in one process only for now; run without torchrun"
+        )
     if weighting.needs_meta_step:  # a bilevel method: its meta batches come from a split of the training set
         train_ds, split = meta_split(
             weighting, train_ds, cfg.seed, cfg.train.batch_size, setup.builder.batch_sampler is not None
