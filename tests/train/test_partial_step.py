@@ -124,3 +124,16 @@ def test_evaluation_scores_the_labelled_samples_only() -> None:
         torch.device("cpu"),
     )
     assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_a_batch_without_any_label_makes_no_update() -> None:
+    model = TinyNet(TASKS)
+    before = [p.detach().clone() for p in model.parameters()]
+    weighting = WEIGHTINGS.get("equal")([t.name for t in TASKS])
+    runner = StepRunner(model, weighting, TASKS, torch.optim.SGD(model.parameters(), lr=1.0))
+    batch = _partial_batch()
+    for t in TASKS:
+        batch[labelled_key(t.name)] = torch.zeros(2, dtype=torch.bool)
+    assert runner(batch).tolist() == [0.0, 0.0, 0.0] and runner.present == []
+    assert weighting.last_weights.tolist() == [0.0, 0.0, 0.0]
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))

@@ -83,27 +83,31 @@ class StepRunner:
         """The losses of the ``present`` tasks (task order), each with its own graph, over their labelled samples."""
         return [task_loss(t, preds[t.name], batch) for t in self.tasks if t.name in present]
 
+    def losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> Tensor:
+        """The vector of the present tasks' losses (what a loss-level method combines)."""
+        return torch.stack(self.task_losses(preds, batch, present))
+
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
         """One step on ``batch``; the K detached losses (0 for a task with no labelled sample in it)."""
         x = batch["image"]
         present = present_tasks(self._names, batch)
         self.present = present
-        if not present:
-            raise TrainingError("the batch has no labelled sample of any task")
         self.optimizer.zero_grad(set_to_none=True)
+        if not present:  # no labelled sample of any task (partially labelled data): nothing to learn, no update
+            self.weighting.last_weights = torch.zeros_like(self.weighting.last_weights)
+            return torch.zeros(len(self._names), device=x.device)
         preds, features = self._forward(x, present)
         shared: list[Tensor] | None = None
         own: list[Tensor] | None = None
-        task_losses = self.task_losses(preds, batch, present)
         if self.weighting.needs_gradients:
             # a gradient-level method differentiates each task's loss on its own
-            losses: list[Tensor] | Tensor = task_losses
+            losses: list[Tensor] | Tensor = self.task_losses(preds, batch, present)
             core = self.core
             shared = [p for p in core.shared_parameters() if p.requires_grad]
             shared_ids = {id(p) for p in shared}
             own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
         else:
-            losses = torch.stack(task_losses)
+            losses = self.losses(preds, batch, present)
         subset = present if len(present) < len(self._names) else None
         try:
             values = self._balancer.backward(
