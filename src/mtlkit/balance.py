@@ -143,6 +143,7 @@ class Balancer:
         task_params: Sequence[Tensor] | None = None,
         scaler: torch.amp.GradScaler | None = None,
         shared_losses: Tensor | None = None,
+        present: Sequence[str] | None = None,
     ) -> Tensor:
         """Fill ``.grad`` of the shared and task-specific parameters for ``losses``; returns the K losses.
 
@@ -155,11 +156,77 @@ class Balancer:
         ``shared_losses``: the losses the method sees (default: ``losses``, averaged over processes
         under torch.distributed).
 
+        ``present``: the tasks ``losses`` are for, when some tasks have no label in this batch (a
+        mapping's keys say it by themselves). The others are dropped from the step, not given a zero
+        gradient: the method runs on the present tasks alone (:meth:`Weighting.only`), absent tasks
+        get weight 0 and their returned loss is 0 (``shared_losses`` is then the present tasks' too).
+
         Raises TypeError for an argument of the wrong type and ValueError, naming the task, for a
         NaN/inf loss, a loss that does not require grad or does not reach ``shared_params``
         (``features``), a non-leaf shared parameter, or mapping keys that are not the tasks;
         nothing is back-propagated then.
         """
+        idx = self._present_indices(losses, present)
+        args = (shared_params, features, task_params, scaler, shared_losses)
+        if idx is None:
+            return self._backward(losses, *args)
+        return self._backward_present(losses, idx, args)
+
+    def _present_indices(
+        self, losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, present: Sequence[str] | None
+    ) -> list[int] | None:
+        """Indices of the tasks ``losses`` are for; None when they are for every task (nothing to drop)."""
+        names = self.weighting.task_names
+        if present is None and isinstance(losses, Mapping) and set(losses) < set(names) and losses:
+            present = [n for n in names if n in losses]
+        if present is None:
+            return None
+        if isinstance(present, (str, bytes)) or any(n not in names for n in present) or not present:
+            raise ValueError(f"present: expected a non-empty list of the Balancer's tasks {names}, got {present!r}")
+        if isinstance(losses, Mapping) and set(losses) != set(present):
+            raise ValueError(f"losses: keys {sorted(map(str, losses))} are not the present tasks {list(present)}")
+        count = len(losses) if not isinstance(losses, Tensor) else losses.numel()
+        if count != len(present):
+            raise ValueError(f"losses: {count} losses for the {len(present)} present tasks {list(present)}")
+        idx = sorted(names.index(n) for n in present)
+        return None if len(idx) == len(names) else idx
+
+    def _backward_present(
+        self, losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor, idx: list[int], args: tuple[Any, ...]
+    ) -> Tensor:
+        """:meth:`backward` for the tasks ``idx`` only; the K losses back (0 for the absent tasks)."""
+        names = self.weighting.task_names
+        if isinstance(losses, Mapping):
+            items = [losses[names[i]] for i in idx]
+        elif isinstance(losses, Tensor):
+            items = list(losses.reshape(-1).unbind(0))
+        else:
+            items = list(losses)
+        w = self.weighting
+        if not w.handles_absent_tasks and not w.needs_gradients:
+            # a loss-level method with per-task state: absent tasks as constant zero losses, which it masks
+            # (weighting._common.present_mask), as for one-domain batches before partial labels
+            ref = items[0]
+            full = [torch.zeros((), device=ref.device, dtype=ref.dtype) for _ in names]
+            for i, loss in zip(idx, items):
+                full[i] = loss.reshape(())
+            return self._backward(torch.stack(full), *args)
+        with w.only(idx):
+            values = self._backward(items, *args)
+        out = torch.zeros(len(names), dtype=values.dtype, device=values.device)
+        out[idx] = values
+        return out
+
+    def _backward(
+        self,
+        losses: Sequence[Tensor] | Mapping[str, Tensor] | Tensor,
+        shared_params: Sequence[Tensor] | None,
+        features: Sequence[Tensor] | Tensor | None,
+        task_params: Sequence[Tensor] | None,
+        scaler: torch.amp.GradScaler | None,
+        shared_losses: Tensor | None,
+    ) -> Tensor:
+        """:meth:`backward` for every task of the method (inside :meth:`Weighting.only`: every present one)."""
         from mtlkit.train import distributed as dist
 
         items = self._checked_losses(losses)

@@ -93,7 +93,21 @@ class DatasetConfig(_Strict):
     )
     augment: bool = False
     seed: int = Field(default=0, description="seed of the scene generator")
+    label_fraction: dict[str, float] = Field(
+        default_factory=dict,
+        description="{task: fraction in (0, 1]}: keep that seeded, fixed subset of the task's training labels "
+        "(mtlkit.data.partial); unset = every label",
+    )
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("label_fraction")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        """Each fraction is in (0, 1] (0 would train a task on nothing)."""
+        for task, f in value.items():
+            if not 0 < f <= 1:
+                raise ValueError(f"label_fraction.{task} must be in (0, 1], got {f}")
+        return value
 
 
 class ModelConfig(_Strict):
@@ -129,7 +143,11 @@ class ModelConfig(_Strict):
 
 #: keys added after run hashes were first published, with their default: a config leaves them out of
 #: its hash while at that default, so the runs and sweeps made before the key existed keep their hashes
-HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {"model.align_corners": False, "model.init_from": None}
+HASH_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "model.align_corners": False,
+    "model.init_from": None,
+    "dataset.label_fraction": {},
+}
 
 
 def _hash_logger_switch(train: dict[str, Any]) -> None:

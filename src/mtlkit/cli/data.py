@@ -18,6 +18,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                     "dataset": report.name,
                     "root": str(report.root),
                     "counts": report.counts,
+                    "labelled": report.labelled,
                     "notes": report.notes,
                     "problems": report.problems,
                     "ok": report.ok,

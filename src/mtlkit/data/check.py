@@ -57,6 +57,8 @@ class CheckReport:
     kinds: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: per split, per task: how many samples carry the task's target (folder datasets; partially labelled tasks)
+    labelled: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,9 @@ class CheckReport:
     def format(self, max_problems: int = 50) -> str:
         """Table, notes and problems (at most ``max_problems`` listed) as printable text."""
         lines = [f"{self.name} at {self.root}", self.table()]
+        for split, per_task in self.labelled.items():
+            n = self.counts.get(split, 0)
+            lines.append(f"labelled {split}: " + ", ".join(f"{t} {k}/{n}" for t, k in per_task.items()))
         lines += [f"note: {n}" for n in self.notes]
         shown = self.problems[:max_problems]
         lines += [f"problem: {p}" for p in shown]

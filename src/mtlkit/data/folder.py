@@ -11,6 +11,11 @@ Layout::
     tasks:
       - {name: seg, kind: segmentation, channels: 5, options: {ignore_index: 255}}
       - {name: fg, kind: binary}
+      - {name: normal, kind: normal, partial: true}   # some images have no normals file
+
+A task marked ``partial: true`` is partially labelled: an image may lack its target file (the sample then
+carries the kind's unlabelled target and ``"<task>/labelled" = False``, see
+:func:`mtlkit.tasks.base.labelled_key`); for any other task a missing file is an error.
 
 Targets are read by their task kind (``TaskKind.from_file``): labels from 8/16-bit PNGs or integer
 ``.npy``, float maps from ``.npy`` (H, W) / (C, H, W) / (H, W, C). Images may differ in size: with
@@ -25,7 +30,7 @@ validates every file.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +47,18 @@ from mtlkit.errors import ConfigError, DataError, MtlkitError, shorten
 from mtlkit.readers import read_yaml_file
 from mtlkit.registry import DATASETS
 from mtlkit.tasks import Task, make_task
-from mtlkit.tasks.base import RESERVED_NAMES
+from mtlkit.tasks.base import RESERVED_NAMES, labelled_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".npy")
 TARGET_SUFFIXES = (".png", ".npy")
 FIT_MODES = ("resize", "crop")
 OPTIONS = ("fit", "scales", "flip", "flip_prob")
+
+
+def partial_tasks(root: Path) -> frozenset[str]:
+    """The names of the tasks ``root/tasks.yaml`` marks ``partial: true`` (read after :func:`read_tasks` checked it)."""
+    data = read_yaml_file(root / "tasks.yaml")
+    return frozenset(e["name"] for e in data["tasks"] if e.get("partial") is True)
 
 
 def read_tasks(root: Path) -> list[Task]:
@@ -63,11 +74,14 @@ def read_tasks(root: Path) -> list[Task]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "name" not in entry or "kind" not in entry:
             raise ConfigError(f"{path}: tasks[{i}] needs at least 'name' and 'kind'")
-        extra = set(entry) - {"name", "kind", "channels", "options"}
+        extra = set(entry) - {"name", "kind", "channels", "options", "partial"}
         if extra:
             raise ConfigError(
-                f"{path}: tasks[{i}] has unknown key {sorted(extra)[0]!r} (keys: name, kind, channels, options)"
+                f"{path}: tasks[{i}] has unknown key {sorted(extra)[0]!r} "
+                "(keys: name, kind, channels, options, partial)"
             )
+        if not isinstance(entry.get("partial", False), bool):
+            raise ConfigError(f"{path}: tasks[{i}].partial must be true or false, got {shorten(entry['partial'])}")
         name, kind = entry["name"], entry["kind"]
         if not isinstance(name, str) or not isinstance(kind, str):
             raise ConfigError(
@@ -180,8 +194,11 @@ class FolderDataset(Dataset):
         augment: DenseAugment | None = None,
         max_samples: int | None = None,
         seed: int = 0,
+        partial: Collection[str] = (),
     ) -> None:
         self.root, self.split, self.tasks = Path(root), split, list(tasks)
+        #: the partially labelled tasks: a missing file is an unlabelled sample, not an error
+        self.partial = frozenset(partial)
         self.fit, self.augment, self.seed = fit, augment, int(seed)
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         split_dir = self.root / split
@@ -196,7 +213,7 @@ class FolderDataset(Dataset):
         for task in self.tasks:
             files = _stems(split_dir / task.name, TARGET_SUFFIXES)
             missing = [s for s in self.stems if s not in files]
-            if missing:
+            if missing and task.name not in self.partial:
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 raise DataError(
                     f"{split_dir / task.name / missing[0]}.png: missing target of image {images[missing[0]].name}{more}"
@@ -223,9 +240,15 @@ class FolderDataset(Dataset):
         sample = {"image": image_tensor(read_array(path, image=True), path)}
         hw = (int(sample["image"].shape[-2]), int(sample["image"].shape[-1]))
         for task in self.tasks:
-            tpath = self.targets[task.name][stem]
-            sample[task.name] = load_target(task, tpath, hw)
+            tpath = self.targets[task.name].get(stem)
+            if task.name in self.partial:
+                sample[labelled_key(task.name)] = torch.tensor(tpath is not None)
+            sample[task.name] = task.unlabelled(hw) if tpath is None else load_target(task, tpath, hw)
         return sample
+
+    def labelled_counts(self) -> dict[str, int]:
+        """Per task, how many of the split's samples have its target file (all of them for a fully labelled task)."""
+        return {t.name: sum(s in self.targets[t.name] for s in self.stems) for t in self.tasks}
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < len(self.stems):
@@ -273,6 +296,8 @@ def resize_sample(
     rows, cols = _nearest_index(size[0], ch, top), _nearest_index(size[1], cw, left)
     for task in tasks:
         out[task.name] = task.spec.resize(task, sample[task.name], rows, cols)
+    for key, value in sample.items():  # the rest as it is (a partially labelled task's flag)
+        out.setdefault(key, value)
     return out
 
 
@@ -328,7 +353,9 @@ class FolderBuilder(DatasetBuilder):
         if train and self.cfg.augment:
             augment = DenseAugment.from_options({t.name: t for t in tasks}, self.cfg.options)
         cap = self.cfg.n_train if split == "train" else self.cfg.n_val
-        return FolderDataset(self.root(), split, tasks, self.size(), self.fit, augment, cap, self.cfg.seed)
+        return FolderDataset(
+            self.root(), split, tasks, self.size(), self.fit, augment, cap, self.cfg.seed, partial_tasks(self.root())
+        )
 
     def check_files(self, progress: bool = False) -> Any:
         """Every file of every split checked: one problem line per file (``mtlkit data check folder DIR``)."""
@@ -336,6 +363,7 @@ class FolderBuilder(DatasetBuilder):
 
         root = self.root()
         tasks = self.all_tasks()
+        partial = partial_tasks(root)
         report = CheckReport(name="folder", root=root, kinds={"images": "image"})
         for split in self.splits:
             split_dir = root / split
@@ -362,7 +390,7 @@ class FolderBuilder(DatasetBuilder):
                 hw = (int(image.shape[-2]), int(image.shape[-1]))
                 for t in tasks:
                     if stem not in files[t.name]:
-                        if (split_dir / t.name).is_dir():
+                        if (split_dir / t.name).is_dir() and t.name not in partial:
                             report.problems.append(f"{split_dir / t.name / stem}.png: missing (target of {path.name})")
                         continue
                     try:
@@ -371,6 +399,7 @@ class FolderBuilder(DatasetBuilder):
                         report.problems.append(str(err))
                         continue
                     _account(report.stats[split][t.name], target, int(t.spec.missing(t, target).sum()))
+            report.labelled[split] = {t.name: sum(s in files[t.name] for s in images) for t in tasks}
             if self.size() is None:
                 shapes = report.stats[split]["images"].shapes
                 if len(shapes) > 1:

@@ -34,6 +34,16 @@ if TYPE_CHECKING:
 #: names a task cannot take: sample keys that are not targets
 RESERVED_NAMES = ("image",)
 
+#: suffix of a sample's per-task "has a label" flag (partially labelled data)
+LABELLED_SUFFIX = "/labelled"
+
+
+def labelled_key(task: str) -> str:
+    """The sample key of task ``task``'s labelled flag: ``"<task>/labelled"``, a bool scalar per sample
+    (a (B,) bool tensor once collated). Present only for tasks some samples lack; a sample whose flag is
+    False carries its kind's :meth:`TaskKind.unlabelled` target, which losses and meters never read."""
+    return task + LABELLED_SUFFIX
+
 
 @dataclass(frozen=True)
 class Task:
@@ -87,6 +97,10 @@ class Task:
     def new_meter(self) -> Meter:
         """A fresh streaming accumulator of this task's metrics over an evaluation set."""
         return self.spec.new_meter(self)
+
+    def unlabelled(self, hw: tuple[int, int]) -> Tensor:
+        """The target a sample without this task's label carries (:meth:`TaskKind.unlabelled`)."""
+        return self.spec.unlabelled(self, hw)
 
     def check_target(self, target: np.ndarray) -> str | None:
         """A problem with one sample's target (dtype, shape, values), or None when it is valid."""
@@ -223,6 +237,15 @@ class TaskKind:
         """Labelled pixels (or images) of each class in one sample's target, ``channels`` int64 counts: the
         report's data-starved figure sums them over the training split. None (default): the kind has no classes."""
         return None
+
+    def unlabelled(self, task: Task, hw: tuple[int, int]) -> Tensor:
+        """The target of a sample without a label for ``task`` (image size ``hw``), in the sample layout:
+        every pixel missing (``missing`` is all true) where the kind has a missing value, so code that
+        ignores the ``labelled`` flag still skips it. Default: ``channels`` x H x W zeros for dense
+        kinds (0 = missing for depth and normals), -1 for image-level ones (``classification``)."""
+        if not self.dense:
+            return torch.tensor(-1, dtype=torch.int64)
+        return torch.zeros((task.channels, *hw), dtype=torch.float32)
 
     def resize(self, task: Task, target: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         """Nearest-neighbour resampling of a dense target at source ``rows`` x ``cols`` (exact values kept)."""

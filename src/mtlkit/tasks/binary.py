@@ -81,6 +81,10 @@ class Binary(TaskKind):
 
         return BinaryMeter(task.option("ignore_index"))
 
+    def unlabelled(self, task: Task, hw: tuple[int, int]) -> Tensor:
+        """Every pixel ``ignore_index``."""
+        return torch.full(hw, int(task.option("ignore_index")), dtype=torch.int64)
+
     def missing(self, task: Task, target: Tensor) -> Tensor:
         """The ``ignore_index`` pixels."""
         return target == task.option("ignore_index")

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from mtlkit.errors import ConfigError
@@ -65,6 +66,11 @@ class Regression(TaskKind):
         from mtlkit.metrics.regression import RegressionMeter
 
         return RegressionMeter(_invalid(task))
+
+    def unlabelled(self, task: Task, hw: tuple[int, int]) -> Tensor:
+        """Every element the task's ``invalid_value`` (NaN without one)."""
+        value = _invalid(task)
+        return torch.full((task.channels, *hw), float("nan") if value is None else value, dtype=torch.float32)
 
     def missing(self, task: Task, target: Tensor) -> Tensor:
         """The pixels every channel of which holds the task's ``invalid_value`` (or NaN/inf without one)."""

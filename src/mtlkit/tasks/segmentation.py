@@ -72,6 +72,10 @@ class Segmentation(TaskKind):
         names = task.option("class_names") or ()
         return SegmentationMeter(task.channels, task.option("ignore_index"), class_names=[str(n) for n in names])
 
+    def unlabelled(self, task: Task, hw: tuple[int, int]) -> Tensor:
+        """Every pixel ``ignore_index``."""
+        return torch.full(hw, int(task.option("ignore_index")), dtype=torch.int64)
+
     def missing(self, task: Task, target: Tensor) -> Tensor:
         """The ``ignore_index`` pixels."""
         return target == task.option("ignore_index")

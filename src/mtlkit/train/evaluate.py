@@ -13,7 +13,7 @@ from tqdm import tqdm
 from mtlkit.config import Config
 from mtlkit.metrics.protocols import protocol_meter
 from mtlkit.tasks import Task
-from mtlkit.tasks.base import loss_precision
+from mtlkit.tasks.base import labelled_key, loss_precision
 from mtlkit.train.distributed import all_reduce_sum
 
 
@@ -60,14 +60,20 @@ def evaluate(
                 preds = model(batch["image"], present)
         else:
             preds = model(batch["image"], present)
-        n = batch["image"].shape[0]
         for t in tasks:
             if t.name not in present:
                 continue
-            pred = loss_precision(preds[t.name])
-            loss_sum[t.name] += float(t.loss(pred, batch[t.name])) * n
+            pred, target = loss_precision(preds[t.name]), batch[t.name]
+            mask = batch.get(labelled_key(t.name))
+            if mask is not None and not bool(mask.all()):  # partially labelled: score the labelled samples
+                rows = mask.reshape(-1).nonzero().reshape(-1)
+                pred, target = pred.index_select(0, rows), target.index_select(0, rows)
+            n = int(target.shape[0])
+            if n == 0:
+                continue
+            loss_sum[t.name] += float(t.loss(pred, target)) * n
             loss_n[t.name] += n
-            meters[t.name].update(t.postprocess(pred), batch[t.name])
+            meters[t.name].update(t.postprocess(pred), target)
     out: dict[str, float] = {}
     sums = all_reduce_sum(torch.tensor([[loss_sum[t.name], loss_n[t.name]] for t in tasks], dtype=torch.float64))
     for t, (total, count) in zip(tasks, sums.tolist()):

@@ -61,3 +61,13 @@ class MetaStep(Hook):
 
     def results(self) -> dict[str, Any]:
         return {"meta_split": self.split.describe()}
+
+
+class RunRecord(Hook):
+    """A hook that only adds fixed fields to results.json (``dataset.label_fraction``'s subsets)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def results(self) -> dict[str, Any]:
+        return dict(self.fields)

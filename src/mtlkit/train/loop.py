@@ -129,7 +129,7 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
             raise TrainingError(f"epoch {epoch + 1} step {step + 1}: {err}{note}") from None
         for hook in loop.hooks:
             hook.after_step(loop, batch, losses)
-        present = torch.tensor([n in batch for n in names], dtype=torch.float32)
+        present = torch.tensor([n in runner.present for n in names], dtype=torch.float32)
         sums += losses * present
         counts += present
         wsum += loop.weighting.last_weights.detach().float().cpu()
@@ -137,7 +137,9 @@ def train_epoch(loop: Loop, runner: StepRunner, epoch: int, kept: Path | None = 
         bar.set_postfix({n: f"{float(s / max(c, 1)):.3f}" for n, s, c in zip(names, sums, counts)})
     bar.close()
     sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
-    return sums / counts.clamp(min=1), wsum / max(nsteps, 1)
+    # a task with no labelled sample in the whole epoch has no mean loss (NaN: epoch_end methods such
+    # as DWA treat it as unknown); the logged value stays 0, as before partial labels
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.nan), wsum / max(nsteps, 1)
 
 
 def restore_records(
@@ -271,7 +273,7 @@ def _train_and_evaluate(loop: Loop, runner: StepRunner, epoch: int, t0: float, c
         time=time.time() - t0,
         epoch_time=time.time() - ep_start,
         lr=loop.optimizer.param_groups[0]["lr"],
-        train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses)},
+        train={f"loss/{n}": float(v) for n, v in zip(names, mean_losses.nan_to_num(0.0))},
         val=val,
         weights={n: float(w) for n, w in zip(names, mean_weights)},
     )

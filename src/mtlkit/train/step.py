@@ -31,6 +31,7 @@ from mtlkit.balance import Balancer, FeatureCut, NonFiniteLossError
 from mtlkit.errors import ConfigError, TrainingError
 from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
+from mtlkit.tasks.base import labelled_key
 from mtlkit.train import distributed as dist
 from mtlkit.weighting.base import Weighting
 
@@ -53,6 +54,8 @@ class StepRunner:
     scaler: torch.amp.GradScaler | None = None
     grad_path: str = "loop"
     _names: list[str] = field(init=False)
+    #: the tasks of the last step (those with a labelled sample in its batch)
+    present: list[str] = field(init=False, default_factory=list)
     _balancer: Balancer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -77,30 +80,26 @@ class StepRunner:
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> list[Tensor]:
-        """The K task losses, each with its own graph; tasks absent from the batch count 0 (constant)."""
-        return [
-            t.loss(preds[t.name], batch[t.name]) if t.name in present else torch.zeros((), device=batch["image"].device)
-            for t in self.tasks
-        ]
+        """The losses of the ``present`` tasks (task order), each with its own graph, over their labelled samples."""
+        return [task_loss(t, preds[t.name], batch) for t in self.tasks if t.name in present]
 
     def losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> Tensor:
-        """The K-vector of task losses (what a loss-level method combines)."""
+        """The vector of the present tasks' losses (what a loss-level method combines)."""
         return torch.stack(self.task_losses(preds, batch, present))
 
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
+        """One step on ``batch``; the K detached losses (0 for a task with no labelled sample in it)."""
         x = batch["image"]
-        present = [n for n in self._names if n in batch]
-        gradient_level = self.weighting.needs_gradients
-        if gradient_level and len(present) != len(self._names):
-            raise TrainingError(
-                f"{type(self.weighting).__name__} needs every task in every batch; this dataset "
-                "gives one task per batch: use a loss-level weighting such as equal"
-            )
+        present = present_tasks(self._names, batch)
+        self.present = present
         self.optimizer.zero_grad(set_to_none=True)
+        if not present:  # no labelled sample of any task (partially labelled data): nothing to learn, no update
+            self.weighting.last_weights = torch.zeros_like(self.weighting.last_weights)
+            return torch.zeros(len(self._names), device=x.device)
         preds, features = self._forward(x, present)
         shared: list[Tensor] | None = None
         own: list[Tensor] | None = None
-        if gradient_level:
+        if self.weighting.needs_gradients:
             # a gradient-level method differentiates each task's loss on its own
             losses: list[Tensor] | Tensor = self.task_losses(preds, batch, present)
             core = self.core
@@ -109,10 +108,19 @@ class StepRunner:
             own = [p for p in core.parameters() if p.requires_grad and id(p) not in shared_ids]
         else:
             losses = self.losses(preds, batch, present)
+        subset = present if len(present) < len(self._names) else None
         try:
-            values = self._balancer.backward(losses, shared, features=features, task_params=own, scaler=self.scaler)
+            values = self._balancer.backward(
+                losses, shared, features=features, task_params=own, scaler=self.scaler, present=subset
+            )
         except NonFiniteLossError as err:
             raise TrainingError(f"non-finite training loss ({', '.join(err.bad)})") from None
+        except ValueError as err:
+            if subset is None or "cannot drop a task" not in str(err):
+                raise
+            raise TrainingError(
+                f"{err} (this batch lacks {', '.join(n for n in self._names if n not in present)})"
+            ) from None
         self._finish()
         return values
 
@@ -126,11 +134,12 @@ class StepRunner:
         with self._autocast(x.device):
             if not self.weighting.needs_gradients:
                 return (self.model(x, present) if len(present) < len(self._names) else self.model(x)), None
+            subset = present if len(present) < len(self._names) else None
             if self.mode == "representation":
                 core = self.core
                 features = FeatureCut(core.encode(x))
-                return core.decode(features), features
-            return self.plain(x), None
+                return core.decode(features, subset), features
+            return (self.plain(x, subset) if subset else self.plain(x)), None
 
     def _finish(self) -> None:
         if self.scaler is not None:
@@ -142,6 +151,34 @@ class StepRunner:
             self.scaler.update()
         else:
             self.optimizer.step()
+
+
+def present_tasks(names: list[str], batch: dict[str, Tensor]) -> list[str]:
+    """The tasks of ``names`` with a labelled sample in ``batch``: their target is there and, when the batch
+    carries their ``"<task>/labelled"`` mask (:func:`mtlkit.tasks.base.labelled_key`), it is true somewhere."""
+    out = []
+    for n in names:
+        if n not in batch:
+            continue
+        mask = batch.get(labelled_key(n))
+        if mask is None or bool(mask.any()):
+            out.append(n)
+    return out
+
+
+def task_loss(task: Task, pred: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """``task``'s loss over the labelled samples of ``batch`` (all of them without a ``labelled`` mask).
+
+    The kind's loss is taken on the labelled rows alone, so it averages over those samples (their
+    valid pixels) exactly as on a batch of only them; unlabelled samples add nothing to the loss or
+    its gradient.
+    """
+    target = batch[task.name]
+    mask = batch.get(labelled_key(task.name))
+    if mask is not None and not bool(mask.all()):
+        rows = mask.reshape(-1).nonzero().reshape(-1)
+        pred, target = pred.index_select(0, rows), target.index_select(0, rows)
+    return task.loss(pred, target)
 
 
 def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:

@@ -19,11 +19,13 @@ from mtlkit.balance import checked_grad_path
 from mtlkit.config import Config, load_config
 from mtlkit.data import sampling
 from mtlkit.data.base import DatasetBuilder
+from mtlkit.data.partial import LabelFraction
 from mtlkit.errors import ConfigError, MtlkitError, TrainingError
 from mtlkit.models import build_model
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import DATASETS, WEIGHTINGS
 from mtlkit.tasks import Task
+from mtlkit.tasks.base import LABELLED_SUFFIX
 from mtlkit.trackers import check_loggers, config_loggers
 from mtlkit.train import distributed as dist
 from mtlkit.train.checkpoint import (
@@ -37,7 +39,7 @@ from mtlkit.train.checkpoint import (
 )
 from mtlkit.train.evaluate import Evaluation
 from mtlkit.train.guards import preflight
-from mtlkit.train.hooks import Hook, MetaStep
+from mtlkit.train.hooks import Hook, MetaStep, RunRecord
 from mtlkit.train.logging import ConsoleLogger, JsonlLogger, Loggers, run_logging
 from mtlkit.train.loop import Loop, RunInfo, run
 from mtlkit.train.rundir import (
@@ -218,6 +220,15 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
         train_ds = setup.builder.dataset("train", train=True)
         val_ds = setup.builder.dataset("val", train=False)
     hooks: list[Hook] = []
+    if cfg.dataset.label_fraction:  # a seeded, fixed subset of some tasks' training labels
+        train_ds = LabelFraction(train_ds, tasks, cfg.dataset.label_fraction, seed=cfg.seed)
+        hooks.append(RunRecord({"label_fraction": train_ds.describe()}))
+    if dist.world_size() > 1 and any(k.endswith(LABELLED_SUFFIX) for ds in (train_ds, val_ds) for k in ds[0]):
+        # the tasks present in a step would differ between processes, and with them the collectives
+        raise ConfigError(
+            "partially labelled data (dataset.label_fraction, or a tasks.yaml 'partial: true' task) "
+            "trains in one process only for now; run without torchrun"
+        )
     if weighting.needs_meta_step:  # a bilevel method: its meta batches come from a split of the training set
         train_ds, split = meta_split(
             weighting, train_ds, cfg.seed, cfg.train.batch_size, setup.builder.batch_sampler is not None

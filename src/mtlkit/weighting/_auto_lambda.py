@@ -80,6 +80,8 @@ class AutoLambda(Weighting):
 
     display_name = "Auto-Lambda"
 
+    handles_absent_tasks = False
+    absent_note = "its task weights and their Adam moments are updated for every task at every meta step"
     properties = frozenset({"permutation_equivariant"})
     supports_distributed = False
     needs_meta_step = True

@@ -66,6 +66,8 @@ class DBMTL(Weighting):
 
     display_name = "DB-MTL"
 
+    handles_absent_tasks = False
+    absent_note = "it keeps a running average of every task's gradient"
     properties = frozenset({"permutation_equivariant", "loss_scale_invariant"})
 
     needs_gradients = True

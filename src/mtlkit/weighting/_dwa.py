@@ -48,6 +48,12 @@ class DWA(Weighting):
 
     Options: `temperature` $T$ (2.0, the paper's value).
 
+    A task absent from a step (no label in the batch) is dropped from it: the present tasks' weights
+    are their softmax alone (they sum to the number of present tasks). A task with no label in a
+    whole epoch has a NaN mean loss for that epoch (``train.loop``), and a ratio with a non-finite
+    loss counts 1 (our choice: no evidence that its loss moved), so it neither gains nor loses weight
+    for the two epochs that epoch enters.
+
     Guarantees: weights are positive and sum to $K$; a task whose loss fell more slowly over the
     last epoch gets more weight; the loss history is in the state dict (extra state), so a resumed
     run uses the same weights.
@@ -66,6 +72,10 @@ class DWA(Weighting):
     def combine(self, losses: Tensor) -> Tensor:
         """The DWA-weighted sum of the task losses."""
         w = self.weights.to(device=losses.device, dtype=losses.dtype)
+        if self.present is not None:
+            # the present tasks' softmax alone: lambda_k = P exp(r_k / T) / sum_{i present} exp(r_i / T)
+            w = self.select(w)
+            w = w * (w.numel() / w.sum())
         self.last_weights = w.detach().clone()
         return (w * losses).sum()
 

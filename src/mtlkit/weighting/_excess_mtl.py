@@ -54,6 +54,8 @@ class ExcessMTL(Weighting):
 
     needs_gradients = True
     supports_representation = False
+    handles_absent_tasks = False
+    absent_note = "it keeps every task's excess-risk weight and initial loss"
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
     loss_weights: Tensor

@@ -66,6 +66,8 @@ class FAMO(Weighting):
     they are inversely proportional to $L_k - m_k$, so every log-loss gets the same gradient weight.
     """
 
+    handles_absent_tasks = False
+    absent_note = "its logits are updated from every task's loss change between consecutive steps"
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant"})
 
     logits: Tensor

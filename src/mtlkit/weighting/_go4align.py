@@ -91,6 +91,8 @@ class GO4Align(Weighting):
     larger loss gets a smaller indicator (before grouping); the task order does not matter.
     """
 
+    handles_absent_tasks = False
+    absent_note = "it keeps every task's grouping probability"
     properties = frozenset({"positive_weights", "permutation_equivariant"})
 
     probs: Tensor

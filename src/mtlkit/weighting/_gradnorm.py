@@ -51,6 +51,8 @@ class GradNorm(GramianWeighting):
     task $k$'s weighted gradient norm is below its target.
     """
 
+    handles_absent_tasks = False
+    absent_note = "its learned weights are renormalised over all tasks against their initial losses"
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
     initial_losses: Tensor

@@ -84,6 +84,8 @@ class GradVac(GramianWeighting):
     non-conflicting pairs above target are left unchanged.
     """
 
+    handles_absent_tasks = False
+    absent_note = "it keeps a target similarity for every pair of tasks"
     properties = frozenset({"sum_when_equal"})
 
     targets: Tensor

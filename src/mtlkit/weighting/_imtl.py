@@ -94,7 +94,7 @@ class IMTLL(Weighting):
     def combine(self, losses: Tensor) -> Tensor:
         """The IMTL-L scaled loss sum."""
         mask = present_mask(losses).to(losses.dtype)
-        s = self.scales.to(losses.dtype) * mask
+        s = self.select(self.scales).to(losses.dtype) * mask
         self.last_weights = torch.exp(s).detach()
         return imtl_l_loss(losses * mask, s)
 
@@ -112,6 +112,8 @@ class IMTL(Weighting):
     positive scales); the weights $\alpha_k e^{s_k}$ on the raw rows are reported.
     """
 
+    handles_absent_tasks = False
+    absent_note = "it writes the scales' gradient for every task"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     needs_gradients = True

@@ -68,6 +68,8 @@ class Krum(GramianWeighting):
     gradient; the selection does not depend on the task order (up to exact ties).
     """
 
+    handles_absent_tasks = False
+    absent_note = "it needs at least 2 n_byzantine + 3 tasks in every step"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
     min_tasks = 3
 

@@ -70,6 +70,8 @@ class MoCo(Weighting):
 
     needs_gradients = True
     supports_representation = False
+    handles_absent_tasks = False
+    absent_note = "it keeps every task's tracked gradient and weight"
     properties = frozenset({"permutation_equivariant"})
 
     lam: Tensor

@@ -45,6 +45,8 @@ class MoDo(GramianWeighting):
     Guarantees: $\lambda$ stays on the simplex; equal gradients give that gradient.
     """
 
+    handles_absent_tasks = False
+    absent_note = "it keeps every task's weight across steps"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     lam: Tensor

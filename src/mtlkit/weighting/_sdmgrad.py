@@ -75,6 +75,8 @@ class SDMGrad(GramianWeighting):
     $\lambda \to \infty$ gives the mean gradient.
     """
 
+    handles_absent_tasks = False
+    absent_note = "it keeps every task's weight across steps"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     w: Tensor

@@ -60,6 +60,8 @@ class STCH(Weighting):
     update's direction unchanged. Nadir, epoch and running sums are checkpointed.
     """
 
+    handles_absent_tasks = False
+    absent_note = "it accumulates every task's losses for its nadir point"
     properties = frozenset({"positive_weights", "loss_scale_invariant", "permutation_equivariant"})
 
     def __init__(self, task_names: list[str], mu: float = 1.0, warmup_epochs: int = 5) -> None:

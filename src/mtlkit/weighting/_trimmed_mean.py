@@ -50,6 +50,8 @@ class TrimmedMean(Weighting):
     """
 
     needs_gradients = True
+    handles_absent_tasks = False
+    absent_note = "it needs at least 2 trim + 1 tasks in every step"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
     min_tasks = 3
 

@@ -40,8 +40,8 @@ class Uncertainty(Weighting):
     $c_k$ overriding `factor`).
 
     Guarantees: for fixed $L_k$ the optimal $s_k$ is $\log(2 c_k L_k)$, i.e. each task's weighted loss
-    tends to $1/2$; weights are always positive. A task whose loss is exactly 0 in a batch (absent
-    from it) contributes nothing, its $s_k$ included.
+    tends to $1/2$; weights are always positive. A task dropped from a step (``Weighting.only``: no label
+    in the batch) or whose loss is exactly 0 in a batch contributes nothing, its $s_k$ included.
     """
 
     display_name = "Uncert."
@@ -75,7 +75,7 @@ class Uncertainty(Weighting):
     def combine(self, losses: Tensor) -> Tensor:
         """The uncertainty-weighted sum of the task losses plus the s_k regulariser."""
         mask = present_mask(losses).to(losses.dtype)
-        s = self.log_vars.to(losses.dtype)
-        c = self.factors.to(losses.dtype)
+        s = self.select(self.log_vars).to(losses.dtype)
+        c = self.select(self.factors).to(losses.dtype)
         self.last_weights = (c * torch.exp(-s)).detach()
         return uncertainty_loss(losses * mask, s * mask, c)

@@ -10,14 +10,26 @@ Two kinds of method, chosen by ``needs_gradients``:
   the gradient of their own task's loss. PCGrad, MGDA, CAGrad, Nash-MTL...
 
 Both record the task weights they used in ``last_weights`` (logged every epoch) and get the
-epoch's mean training losses in ``epoch_end``. State for resume: learned weights are parameters
-or persistent buffers (in ``state_dict``); histories and counters go through torch's
-``get_extra_state``/``set_extra_state`` as plain Python lists/numbers (checkpoints load with
-``weights_only=True``).
+epoch's mean training losses in ``epoch_end``.
+
+Absent tasks (partially labelled data: a task with no labelled sample in the batch): the step runs
+the method inside ``with weighting.only(present):`` (``present`` the indices of the tasks that
+have a loss, in task order). Inside, ``task_names`` and ``num_tasks`` are those of the present
+tasks, the losses (and gradient rows) are theirs only, and the method runs as it would on those tasks alone;
+``select(t)`` gives a per-task state tensor's present entries (uncertainty's log-variances, DWA's
+weights), so absent tasks' learned state gets no gradient. On leaving, ``last_weights`` is put back
+to K entries, 0 for the absent tasks. A method whose state cannot be restricted that way declares
+``handles_absent_tasks = False`` and ``only`` refuses a strict subset with a ValueError.
+
+State for resume: learned weights are parameters or persistent buffers (in ``state_dict``);
+histories and counters go through torch's ``get_extra_state``/``set_extra_state`` as plain Python
+lists/numbers (checkpoints load with ``weights_only=True``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -69,6 +81,10 @@ class Weighting(nn.Module):
     #: Gramian (never the K x D matrix) and back-propagate ``sum_k w_k L_k`` once. Methods that need G
     #: itself (projections, sign masks, robust row picks) keep it False; the Gramian path refuses them.
     gramian_only: bool = False
+    #: False for a method whose per-task state (histories, learned per-task scales updated in place)
+    #: has no honest restriction to a subset of the tasks: :meth:`only` refuses a step without every task
+    handles_absent_tasks: ClassVar[bool] = True
+    absent_note: ClassVar[str] = "it updates per-task state of every task at every step"
     #: the K task weights of the last step (a non-persistent buffer)
     last_weights: Tensor
 
@@ -77,6 +93,48 @@ class Weighting(nn.Module):
         self.task_names = list(task_names)
         self.num_tasks = len(task_names)
         self.register_buffer("last_weights", torch.ones(self.num_tasks), persistent=False)
+        #: indices of the tasks of the current step inside :meth:`only`; None = every task
+        self.present: list[int] | None = None
+
+    @contextmanager
+    def only(self, present: Sequence[int]) -> Iterator[None]:
+        """Run the method on the tasks ``present`` (indices, ascending) alone, as if they were all its tasks.
+
+        Inside the block ``task_names``/``num_tasks`` are the present tasks' and :meth:`select`
+        restricts per-task state; afterwards ``last_weights`` has K entries again, 0 for every absent
+        task (it had no loss, so it has no weight). Every task present: the block changes nothing.
+        """
+        idx = [int(i) for i in present]
+        if idx != sorted(set(idx)) or not idx or idx[0] < 0 or idx[-1] >= self.num_tasks:
+            raise ValueError(f"present: expected ascending distinct task indices in [0, {self.num_tasks}), got {idx}")
+        if len(idx) == self.num_tasks:
+            yield
+            return
+        if self.present is not None:
+            raise RuntimeError("Weighting.only: already restricted")
+        if not self.handles_absent_tasks:
+            raise ValueError(
+                f"{type(self).__name__} cannot drop a task from a step ({self.absent_note}); "
+                "every batch must carry every task's labels, or use a method such as equal, dwa, uncertainty, "
+                "pcgrad, mgda"
+            )
+        names, k = self.task_names, self.num_tasks
+        self.task_names, self.num_tasks, self.present = [names[i] for i in idx], len(idx), idx
+        try:
+            yield
+        finally:
+            self.task_names, self.num_tasks, self.present = names, k, None
+            sub = self.last_weights.detach().reshape(-1)
+            full = torch.zeros(k, dtype=sub.dtype, device=sub.device)
+            if sub.numel() == len(idx):
+                full[idx] = sub
+            self.last_weights = full
+
+    def select(self, state: Tensor) -> Tensor:
+        """A per-task state tensor's entries (first dimension) of the tasks of the step (all outside :meth:`only`)."""
+        if self.present is None:
+            return state
+        return state[torch.tensor(self.present, device=state.device)]
 
     def combine(self, losses: Tensor) -> Tensor:
         """Loss-level: the scalar to back-propagate. Default: the plain sum."""
