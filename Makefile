@@ -87,14 +87,15 @@ bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/train_step.py
 
 # The wheels bench/gpu.sh installs on a GPU machine without network (bench/gpu_wheels/, gitignored):
-# binary wheels for Linux x86_64 and CPython 3.10-3.13, since the GPU image's Python is not known here.
-GPU_PYTHONS ?= 3.10 3.11 3.12 3.13
+# binary wheels for Linux x86_64 and the GPU image's CPython (GPU_PYTHON: ask the image, `python3 -V`);
+# 54 MB for CPython 3.12 (scipy and numpy are most of it), under the device runner's 64 MiB carry limit.
+GPU_PYTHON ?= 3.12
+GPU_WHEEL_FLAGS = -q -d bench/gpu_wheels --only-binary=:all: --platform manylinux2014_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --python-version $(GPU_PYTHON)
 gpu-wheels:
-	@for v in $(GPU_PYTHONS); do \
-	  $(PYTHON) -m pip download -q -d bench/gpu_wheels --only-binary=:all: --platform manylinux2014_x86_64 \
-	    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --python-version $$v \
-	    -r bench/gpu_requirements.txt -r bench/gpu_requirements_peers.txt || exit 1; \
-	done
+	$(PYTHON) -m pip download $(GPU_WHEEL_FLAGS) -r bench/gpu_requirements.txt
+	# TorchJD without its dependencies: it names torch, which the image has (a CUDA torch is gigabytes)
+	$(PYTHON) -m pip download $(GPU_WHEEL_FLAGS) --no-deps -r bench/gpu_requirements_peers.txt
 	@du -sh bench/gpu_wheels
 
 clean:

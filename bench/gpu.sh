@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-if ! "$PYTHON" -c "import pydantic, yaml, tqdm, numpy, scipy" 2>/dev/null; then
+"$PYTHON" -c "import torch, numpy" || { echo "bench/gpu.sh: needs torch and numpy installed (the GPU image has both)" >&2; exit 2; }
+if ! "$PYTHON" -c "import pydantic, yaml, tqdm, scipy" 2>/dev/null; then
   if [ ! -d bench/gpu_wheels ]; then
     echo "bench/gpu.sh: missing Python packages and no bench/gpu_wheels/ (run 'make gpu-wheels' where there is network)" >&2
     exit 2

@@ -75,7 +75,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from mtlkit.balance import FeatureCut
 from mtlkit.config import WeightingConfig
-from mtlkit.errors import ConfigError
+from mtlkit.errors import MtlkitError
 from mtlkit.io import atomic_write_json, atomic_write_text
 from mtlkit.models import build_model
 from mtlkit.registry import WEIGHTINGS
@@ -422,7 +422,7 @@ def build_variants(args: argparse.Namespace, k: int, device: torch.device) -> tu
                         method = WEIGHTINGS.get(name)(names).to(device)
                         v.optimizer = _adam(model, method)
                         v.step = StepRunner(model, method, tasks, v.optimizer, mode, grad_path=path)
-                    except (ConfigError, ValueError, TypeError, NotImplementedError) as err:
+                    except (MtlkitError, ValueError, TypeError, NotImplementedError) as err:
                         v.error = str(err).splitlines()[0]
                     out.append(v)
                 if name in peers:
@@ -475,7 +475,7 @@ def warm_up(variants: list[Variant], batch: dict[str, Tensor], warmup: int, seed
                 v.step(batch)
                 _sync(device)
                 v.warm_s = time.perf_counter() - start
-        except (ConfigError, ValueError, RuntimeError, NotImplementedError, TypeError) as err:
+        except (MtlkitError, ValueError, RuntimeError, NotImplementedError, TypeError) as err:
             v.error, v.step = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}", None
         finally:
             remove()
