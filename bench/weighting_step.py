@@ -607,9 +607,9 @@ def add_targets(rows: list[dict]) -> None:
         r["targets"] = t
 
 
-def choose_rounds(args: argparse.Namespace, round_s: float, spent_s: float, n_memory: int) -> int:
+def choose_rounds(args: argparse.Namespace, round_s: float, spent_s: float, memory_s: float) -> int:
     """The rounds that fit the budget (``--rounds`` at most, 3 at least): one round costs ``round_s``."""
-    memory_s = 0.0 if args.no_memory else n_memory * 1.5  # a profiled step and its trace: about 1.5 s on CPU
+    memory_s = 0.0 if args.no_memory else memory_s
     fit = int((args.budget_s - spent_s - memory_s) / max(round_s, 1e-9))
     return max(3, min(args.rounds, fit)) if args.rounds >= 3 else args.rounds
 
@@ -624,7 +624,8 @@ def run(args: argparse.Namespace, device: torch.device, t0: float) -> tuple[list
         built[k] = (variants, batch, dims)
     round_s = sum(v.warm_s for vs, _, _ in built.values() for v in vs if v.step is not None)
     profiled = [v for vs, _, _ in built.values() for v in vs if v.step is not None and v.family == "mtan"]
-    rounds = choose_rounds(args, round_s, time.perf_counter() - t0, len(profiled))
+    # a profiled step: about twice a plain one, plus about a second to export and read its trace (CPU)
+    rounds = choose_rounds(args, round_s, time.perf_counter() - t0, sum(1.0 + 2 * v.warm_s for v in profiled))
     print(f"one round of every variant: about {round_s:.1f} s; timing {rounds} rounds", flush=True)
     rows, all_dims = [], {}
     for k, (variants, batch, dims) in built.items():
