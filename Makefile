@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 #   make demo TORCH_SPEC="torch>=2.2"   (pyproject.toml itself asks for torch>=2.2,<3)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format bench browser wheel-check docs clean
+.PHONY: install demo test test-fast lint format bench gpu-wheels browser wheel-check docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -77,9 +77,26 @@ docs: $(VENV)/.docs-installed browser
 wheel-check: install
 	bash .ci/wheel_check.sh "$(BIN)/python" "$(TORCH_SPEC)"
 
-bench: install
+# The CPU benchmarks (docs/benchmarks.md): run them alone on the machine; JSON + Markdown in bench/results/.
+$(VENV)/.bench-installed: pyproject.toml | $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[bench]"
+	touch $@
+
+bench: $(VENV)/.bench-installed
 	$(BIN)/python bench/weighting_step.py
 	$(BIN)/python bench/train_step.py
+
+# The wheels bench/gpu.sh installs on a GPU machine without network (bench/gpu_wheels/, gitignored):
+# binary wheels for Linux x86_64 and the GPU image's CPython (GPU_PYTHON: ask the image, `python3 -V`);
+# 54 MB for CPython 3.12 (scipy and numpy are most of it), under the device runner's 64 MiB carry limit.
+GPU_PYTHON ?= 3.12
+GPU_WHEEL_FLAGS = -q -d bench/gpu_wheels --only-binary=:all: --platform manylinux2014_x86_64 \
+	--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --python-version $(GPU_PYTHON)
+gpu-wheels:
+	$(PYTHON) -m pip download $(GPU_WHEEL_FLAGS) -r bench/gpu_requirements.txt
+	# TorchJD without its dependencies: it names torch, which the image has (a CUDA torch is gigabytes)
+	$(PYTHON) -m pip download $(GPU_WHEEL_FLAGS) --no-deps -r bench/gpu_requirements_peers.txt
+	@du -sh bench/gpu_wheels
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache site dist build

@@ -56,6 +56,7 @@ NAV = [
             ("How the pieces fit", "ARCHITECTURE.md"),
             ("Differences from LibMTL and the authors' code", "differences.md"),
             ("Development and dependencies", "development.md"),
+            ("Benchmarks", "benchmarks.md"),
         ],
     ),
     (
