@@ -68,6 +68,7 @@ NAV = [
             ("Task complexity, 3 seeds (tiny CPU size)", "results/complexity_scenes_seeds/report.md"),
             ("Every architecture on resnet18_dilated (CPU size)", "results/scenes_resnet18_cpu/report.md"),
             ("Every weighting method with MTAN (CPU size)", "results/scenes_weighting_cpu/report.md"),
+            ("Cross-stitch AlexNets on the scenes (CPU size)", "results/scenes_cross_stitch_cpu/report.md"),
             ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
             ("NYUv2 normals from Kinect depth", "results/nyuv2_normals/README.md"),
         ],

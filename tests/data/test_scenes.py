@@ -272,3 +272,17 @@ def test_generate_refuses_foreign_folder(tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     with pytest.raises(ConfigError):
         scenes.generate(tmp_path / "x", -1, 1, 16, 16, 2, progress=False)
+
+
+def test_class_names_option_names_the_segmentation_classes() -> None:
+    """``dataset.options.class_names: true`` gives the segmentation task the scene classes' names (per-class IoU)."""
+    from mtlkit.config import DatasetConfig
+    from mtlkit.data.scenes.classes import CLASS_NAMES
+    from mtlkit.data.scenes_dataset import ScenesBuilder
+    from mtlkit.errors import ConfigError
+
+    named = ScenesBuilder(DatasetConfig(name="scenes", num_classes=7, options={"class_names": True})).all_tasks()[0]
+    assert named.option("class_names") == CLASS_NAMES[7]
+    assert ScenesBuilder(DatasetConfig(name="scenes", num_classes=7)).all_tasks()[0].option("class_names") is None
+    with pytest.raises(ConfigError, match="dataset.options.class_names: true or false"):
+        ScenesBuilder(DatasetConfig(name="scenes", options={"class_names": "yes"}))

@@ -165,7 +165,7 @@ SWEEP_HASHES = {
     "nyuv2_cross_stitch_split": "3cd63c9c801c",
     "nyuv2_paper": "c1a1697e39d4",
     "nyuv2_resnet50": "9e61e9f9a9aa",
-    "scenes_cross_stitch_cpu": "5d891b049c84",
+    "scenes_cross_stitch_cpu": "a448080a1389",
     "scenes_paper_cpu": "3fc88921d190",
     "scenes_paper_cpu_long": "4dda0df30a23",
     "scenes_paper_cpu_seeds": "5546c9d65135",

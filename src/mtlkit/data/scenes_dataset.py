@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mtlkit.config import DatasetConfig
 from mtlkit.data.npy import NpyBuilder
+from mtlkit.errors import ConfigError
 from mtlkit.registry import DATASETS
 from mtlkit.tasks import Task, depth_task, normal_task, segmentation_task
 
@@ -29,7 +30,9 @@ def default_cache_dir() -> Path:
 class ScenesBuilder(NpyBuilder):
     """Procedural rooms with exact depth, normals and per-object class labels (13 classes by default)."""
 
-    extra_options = ("progress",)
+    #: ``progress``: a bar while rendering; ``class_names: true``: the segmentation task carries the
+    #: scene classes' names, so runs also log each class's IoU (``iou_<name>``: the report's per-class figures)
+    extra_options = ("progress", "class_names")
 
     def __init__(self, cfg: DatasetConfig) -> None:
         super().__init__(cfg)
@@ -39,11 +42,19 @@ class ScenesBuilder(NpyBuilder):
         self.n_train = cfg.n_train or SCENES_DEFAULTS["n_train"]
         self.n_val = cfg.n_val or SCENES_DEFAULTS["n_val"]
         self.progress = bool(cfg.options.get("progress", True))
+        named = cfg.options.get("class_names", False)
+        if not isinstance(named, bool):
+            raise ConfigError(f"dataset.options.class_names: true or false, got {named!r}")
+        self.class_names = named
         self._root: Path | None = None
 
     def all_tasks(self) -> list[Task]:
-        """Segmentation (``num_classes``), depth and surface normals."""
-        return [segmentation_task(self.num_classes), depth_task(), normal_task()]
+        """Segmentation (``num_classes``; with the classes' names under ``dataset.options.class_names``), depth and
+        surface normals."""
+        from mtlkit.data.scenes.classes import CLASS_NAMES
+
+        names = {"class_names": CLASS_NAMES[self.num_classes]} if self.class_names else {}
+        return [segmentation_task(self.num_classes, **names), depth_task(), normal_task()]
 
     def cache_dir(self) -> Path:
         """The folder the renderer caches into."""
