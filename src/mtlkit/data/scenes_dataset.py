@@ -53,8 +53,8 @@ class ScenesBuilder(NpyBuilder):
         surface normals."""
         from mtlkit.data.scenes.classes import CLASS_NAMES
 
-        names = {"class_names": CLASS_NAMES[self.num_classes]} if self.class_names else {}
-        return [segmentation_task(self.num_classes, **names), depth_task(), normal_task()]
+        names = CLASS_NAMES[self.num_classes] if self.class_names else None
+        return [segmentation_task(self.num_classes, class_names=names), depth_task(), normal_task()]
 
     def cache_dir(self) -> Path:
         """The folder the renderer caches into."""
