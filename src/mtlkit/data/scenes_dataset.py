@@ -53,8 +53,11 @@ class ScenesBuilder(NpyBuilder):
         surface normals."""
         from mtlkit.data.scenes.classes import CLASS_NAMES
 
-        names = CLASS_NAMES[self.num_classes] if self.class_names else None
-        return [segmentation_task(self.num_classes, class_names=names), depth_task(), normal_task()]
+        if self.class_names:  # an option only where set: tasks without names keep their recorded form
+            seg = segmentation_task(self.num_classes, class_names=CLASS_NAMES[self.num_classes])
+        else:
+            seg = segmentation_task(self.num_classes)
+        return [seg, depth_task(), normal_task()]
 
     def cache_dir(self) -> Path:
         """The folder the renderer caches into."""
