@@ -69,6 +69,7 @@ NAV = [
             ("Every architecture on resnet18_dilated (CPU size)", "results/scenes_resnet18_cpu/report.md"),
             ("Every weighting method with MTAN (CPU size)", "results/scenes_weighting_cpu/report.md"),
             ("Cross-stitch AlexNets on the scenes (CPU size)", "results/scenes_cross_stitch_cpu/report.md"),
+            ("Cross-stitch on the scenes: what it shows", "results/scenes_cross_stitch_cpu/README.md"),
             ("Visual Decathlon code path", "results/decathlon_cpu/report.md"),
             ("NYUv2 normals from Kinect depth", "results/nyuv2_normals/README.md"),
         ],

@@ -35,6 +35,7 @@ from mtlkit.report.document import (
     slug,
 )
 from mtlkit.report.provenance import fmt_duration, report_provenance, run_provenance
+from mtlkit.report.results_table import arch_label
 from mtlkit.report.runs import Collection, Run, collect
 from mtlkit.report.table import ResultsTable, Row, build_tables, decimals, fmt_value, tables_csv
 from mtlkit.tasks import Task
@@ -470,14 +471,22 @@ class _Builder:
                     blocks.append(Note(f"{t.title}, {task.name}: {len(pixels)} classes counted, {len(names)} named."))
                     continue
                 rows = []
+                bases = [r for r in t.rows if r.is_baseline]
                 for row in others:
+                    # the baseline row with the same settings (the one delta_m used), else the first
+                    own = next((b for b in bases if b.mean is row.baseline_mean), base)
+                    own_iou = base_iou if own is base else _class_means(own.runs, keys, self.opts.source, self.last)
                     iou = _class_means(row.runs, keys, self.opts.source, self.last)
-                    gain = [100.0 * (iou[k] - base_iou[k]) if k in iou and k in base_iou else None for k in keys]
-                    rows.append({"label": row.label, "arch": row.arch, "gain": gain})
+                    gain = [100.0 * (iou[k] - own_iou[k]) if k in iou and k in own_iou else None for k in keys]
+                    rows.append({"label": row.label, "arch": row.arch, "gain": gain, "baseline": own.label})
+                several = len({r["baseline"] for r in rows}) > 1
+                matched = (
+                    f"the {arch_label(base.arch)} row with the same settings" if several else f"the {base.label} row"
+                )
                 data = {
                     "table": t.title,
                     "task": task.name,
-                    "baseline": base.label,
+                    "baseline": f"{arch_label(base.arch)} with the same settings" if several else base.label,
                     "classes": names,
                     "pixels": [int(p) for p in pixels],
                     "baseline_iou": [base_iou.get(k) for k in keys],
@@ -490,7 +499,7 @@ class _Builder:
                 blocks.append(
                     self.figure(
                         stem.with_suffix(".png"),
-                        f"{t.title}, {task.name}: per class, each row's IoU minus the {base.label} row's (points, "
+                        f"{t.title}, {task.name}: per class, each row's IoU minus that of {matched} (points, "
                         "mean over seeds) against the class's labelled pixels in the training split (log scale). "
                         "Points high on the left: the rare classes gain most." + ranks,
                     )

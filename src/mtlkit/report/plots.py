@@ -324,7 +324,7 @@ def plot_class_gain(data: dict[str, Any], path: Path, title: str = "") -> Path:
     """
     import matplotlib
 
-    fig = _figure(7.2, 4.2)
+    fig = _figure(7.2, 4.2 + 0.22 * len(data["rows"]))  # the legend sits below the axes, one line per row
     ax = fig.add_subplot()
     pixels = np.asarray(data["pixels"], dtype=float)
     styles = line_styles(len(data["rows"]))
@@ -333,7 +333,8 @@ def plot_class_gain(data: dict[str, Any], path: Path, title: str = "") -> Path:
         pts = [(p, g) for p, g in zip(pixels, row["gain"]) if g is not None and p > 0]
         if pts:
             xs, ys = zip(*pts)
-            ax.scatter(xs, ys, color=styles[i][0], marker=markers[i % len(markers)], s=22, label=row["label"])
+            label = _short(row["label"])
+            ax.scatter(xs, ys, color=styles[i][0], marker=markers[i % len(markers)], s=22, label=label)
     if len(data["rows"]) == 1 and len(data["classes"]) <= 60:
         for name, p, g in zip(data["classes"], pixels, data["rows"][0]["gain"]):
             if g is not None and p > 0:
@@ -341,14 +342,19 @@ def plot_class_gain(data: dict[str, Any], path: Path, title: str = "") -> Path:
     ax.axhline(0.0, color="0.4", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training pixels of the class (log scale)", fontsize=8)
-    ax.set_ylabel(f"IoU gain over {data.get('baseline', 'the baseline')} (points)", fontsize=8)
+    ax.set_ylabel("IoU gain over the baseline (points)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.tick_params(labelsize=7)
     if data["rows"]:
-        ax.legend(fontsize=7, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1)
+    base = f"baseline: {data.get('baseline', 'the baseline row')}"
+    ax.set_title(_short(f"{title}\n{base}" if title else base, 200), fontsize=8)
     return _save(fig, path)
+
+
+def _short(text: str, limit: int = 90) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis: legend entries and titles that stay inside the figure."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def plot_complexity(series: list[dict[str, Any]], tasks: list[dict[str, Any]], path: Path, title: str = "") -> Path:
