@@ -144,3 +144,43 @@ def test_channel_alphas_of_the_real_cross_stitch_units() -> None:
         for name in ("segmentation", "depth"):
             assert profiles[point][name]["alpha_s"] == pytest.approx([0.8] * a.shape[2], rel=1e-6)
             assert profiles[point][name]["alpha_d"] == pytest.approx([0.2] * a.shape[2], rel=1e-6)
+
+
+def test_each_row_gains_over_the_baseline_with_its_own_settings(tmp_path: Path) -> None:
+    """Two settings of a data key (augmentation off / on): each multi-task row is compared with the single-task
+    row of its own setting (the row its delta_m uses), not with the first single-task row of the table."""
+    ious = {
+        ("single", False): [0.30] * 7,
+        ("single", True): [0.50] * 7,
+        ("cross_stitch", False): [0.35] * 7,
+        ("cross_stitch", True): [0.45] * 7,
+    }
+    for (arch, augment), values in ious.items():
+        final = {
+            "segmentation/miou": float(np.mean(values)),
+            "segmentation/pix_acc": 0.6,
+            "depth/abs_err": 0.5,
+            "depth/rel_err": 0.2,
+            **{f"segmentation/iou_{c}": v for c, v in zip(CLASSES, values)},
+        }
+        run = write_run(
+            tmp_path / "runs",
+            f"{arch}-aug{int(augment)}",
+            arch,
+            "equal",
+            0,
+            final,
+            extra_config={"dataset": {"augment": augment}},
+        )
+        results = json.loads((run / "results.json").read_text())
+        results["tasks"][0]["options"] = {"class_names": CLASSES}
+        (run / "results.json").write_text(json.dumps(results))
+    files = make_report([tmp_path / "runs"], tmp_path / "r", ReportOptions(), loader=fake_loader)
+    (path,) = [p for p in files.data if p.name.startswith("class_gain_")]
+    data = json.loads(path.read_text())
+    gains = {r["label"]: (r["baseline"], r["gain"]) for r in data["rows"] if r["arch"] == "cross_stitch"}
+    assert len(gains) == 2 and data["baseline"] == "Single-Task with the same settings"
+    by_gain = sorted(gains.values(), key=lambda v: v[1][0])
+    # augmentation on: 45 - 50 = -5 points against its own baseline (not 45 - 30 = +15); off: 35 - 30 = +5
+    assert by_gain[0][1] == pytest.approx([-5.0] * 7) and "augment=True" in by_gain[0][0]
+    assert by_gain[1][1] == pytest.approx([5.0] * 7) and "augment=False" in by_gain[1][0]
