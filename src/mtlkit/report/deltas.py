@@ -1,5 +1,10 @@
 """delta_m of each row against its baseline (a single-task row or a published row), published reference rows
-in the table's units, and Welch's t-tests of each row's seeds against its baseline row's."""
+in the table's units, and Welch's t-tests of each row's seeds against its baseline row's.
+
+delta_m is over the table's ``delta_columns`` only (every task's ``metrics``): a column shown but not in
+Δm (a kind's ``reported_metrics``) changes no delta_m, against either kind of baseline. Welch's test
+covers every column (each cell against the baseline row's) and delta_m's own per-seed values.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def delta_m(values: dict[str, float], baseline: dict[str, float], higher_is_bett
 
 def _add_reference_deltas(table: ResultsTable, ref: Reference, base: ReferenceRow, source: str, last: int) -> None:
     """delta_m of every run against a published row, converted to each row's protocol units."""
-    directions = {c.key: c.higher_is_better for c in table.columns}
+    directions = {c.key: c.higher_is_better for c in table.delta_columns}
     line = ReferenceLine(ref, base, ref.values(base, table.rows[0].protocol if table.rows else "pooled"))
     table.baseline, table.baseline_reference = f"published {base.name} [{ref.name}]", line
     shared = sorted(k for k in directions if k in base.raw)
@@ -54,7 +59,7 @@ def _add_references(table: ResultsTable, refs: list[Reference]) -> None:
     """Greyed published rows (every reference row with a metric of the table), in the table's units."""
     protocol = table.rows[0].protocol if table.rows else "pooled"
     keys = {c.key for c in table.columns}
-    directions = {c.key: c.higher_is_better for c in table.columns}
+    directions = {c.key: c.higher_is_better for c in table.delta_columns}
     for ref in refs:
         lines = [ReferenceLine(ref, r, ref.values(r, protocol)) for r in ref.rows if keys & set(r.raw)]
         if not lines:
@@ -64,7 +69,7 @@ def _add_references(table: ResultsTable, refs: list[Reference]) -> None:
         for line in lines:
             if base is not None and base.reference.name == ref.name:
                 shared = {
-                    k: directions[k] for k in keys if k in line.values and k in base.values and base.values[k] != 0
+                    k: h for k, h in directions.items() if k in line.values and k in base.values and base.values[k] != 0
                 }
                 line.delta = delta_m({k: line.values[k] for k in shared}, base.values, shared)
         table.references += lines
@@ -125,7 +130,7 @@ def _add_deltas(table: ResultsTable, baseline: str, source: str, last: int) -> N
         table.notes.append(f"No {arch_label(baseline)} ({baseline}) run in this experiment, so no Δm column.")
         return
     table.baseline = arch_label(baseline)
-    directions = {c.key: c.higher_is_better for c in table.columns}
+    directions = {c.key: c.higher_is_better for c in table.delta_columns}
 
     def shared(setting: dict[str, Any]) -> dict[str, Any]:
         """The setting keys a baseline must match: those outside model.* and weighting.*."""

@@ -21,6 +21,9 @@ from mtlkit.tasks import Task
 ALPHA = 0.05
 #: mark of a difference from the baseline that is not significant at ALPHA
 NOT_SIGNIFICANT = "†"
+#: mark on the header of a column shown but left out of Δm (a task kind's ``reported_metrics``); not
+#: NOT_SIGNIFICANT's dagger, which marks cells
+NOT_IN_DELTA = "‡"
 
 
 def arch_label(arch: str) -> str:
@@ -32,7 +35,12 @@ def arch_label(arch: str) -> str:
 
 @dataclass
 class Column:
-    """One metric column: ``task/metric`` and its better direction."""
+    """One metric column: ``task/metric``, its better direction, and whether Δm counts it.
+
+    ``in_delta`` is True for a task's ``metrics`` (Δm, best-epoch selection) and False for its kind's
+    ``reported_metrics``: shown, bold where best and Welch-tested like any column, but never in Δm; the
+    header carries :data:`NOT_IN_DELTA`.
+    """
 
     key: str
     task: str
@@ -40,12 +48,15 @@ class Column:
     higher_is_better: bool
     #: the metric's short name (its task kind's ``metric_labels``; the metric key when unset)
     text: str = ""
+    #: False for a column shown but left out of Δm (a task kind's ``reported_metrics``)
+    in_delta: bool = True
 
     @property
     def label(self) -> str:
-        """Header text: the metric's short name and its better direction."""
+        """Header text: the metric's short name (marked when not in Δm) and its better direction."""
         arrow = "↑" if self.higher_is_better else "↓"
-        return f"{self.text or self.metric} {arrow}"
+        mark = "" if self.in_delta else NOT_IN_DELTA
+        return f"{self.text or self.metric}{mark} {arrow}"
 
 
 @dataclass
@@ -177,6 +188,16 @@ class ResultsTable:
         return None
 
     @property
+    def delta_columns(self) -> list[Column]:
+        """The columns Δm is computed over: every task's ``metrics`` (not the shown-only ones)."""
+        return [c for c in self.columns if c.in_delta]
+
+    @property
+    def shown_only(self) -> list[Column]:
+        """The columns shown but left out of Δm (task kinds' ``reported_metrics`` some run logged)."""
+        return [c for c in self.columns if not c.in_delta]
+
+    @property
     def significance_tested(self) -> bool:
         """True when some row has a Welch test against the baseline."""
         return any(r.pvalues for r in self.rows)
@@ -258,7 +279,10 @@ class ResultsTable:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The table as plain data: tasks, columns with directions, rows with per-run values."""
+        """The table as plain data: tasks, columns with directions, rows with per-run values.
+
+        A column shown but not in Δm has ``"in_delta": false``; a column without the key is in Δm (as in
+        every ``tables.json`` written before such columns existed)."""
         return {
             "key": self.key,
             "dataset": self.dataset,
@@ -268,7 +292,13 @@ class ResultsTable:
             "notes": self.notes,
             "tasks": self.tasks,
             "columns": [
-                {"key": c.key, "task": c.task, "metric": c.metric, "higher_is_better": c.higher_is_better}
+                {
+                    "key": c.key,
+                    "task": c.task,
+                    "metric": c.metric,
+                    "higher_is_better": c.higher_is_better,
+                    **({} if c.in_delta else {"in_delta": False}),
+                }
                 for c in self.columns
             ],
             "rows": [
@@ -373,7 +403,13 @@ class ResultsTable:
         if self.multi_seed:
             caption += " Values: mean ± sample std over seeds."
         if self.has_delta:
-            caption += f" Δm: mean relative gain over all metrics vs the {self.baseline} row, in %."
+            over = f"all metrics but the {NOT_IN_DELTA} ones" if self.shown_only else "all metrics"
+            caption += f" Δm: mean relative gain over {over} vs the {self.baseline} row, in %."
+        if self.shown_only:
+            caption += (
+                f" {NOT_IN_DELTA} shown, not in Δm: logged beside the task's metrics, left out of Δm and of "
+                "best-epoch selection."
+            )
         if self.significance_tested:
             caption += (
                 f" {NOT_SIGNIFICANT}: difference from the baseline row not significant at the 5 % level "

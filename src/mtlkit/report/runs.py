@@ -138,9 +138,11 @@ class Run:
         return out
 
     def values(self, source: str = "final", last: int = 1) -> dict[str, float]:
-        """Validation metrics ``task/metric``: results' final/best, or the mean of the last ``last`` epochs."""
+        """Validation metrics ``task/metric``: results' final/best, or the mean of the last ``last`` epochs
+        (each task's ``metrics`` and its kind's ``reported_metrics``)."""
         if last > 1:
-            keys = [f"{t['name']}/{m}" for t in self.tasks for m in t["metrics"]]
+            tasks = [Task.from_dict(t) for t in self.tasks]
+            keys = [f"{t.name}/{m}" for t in tasks for m in (*t.metrics, *t.reported_metrics)]
             tail = [e.get("val", {}) for e in self.epochs[-last:]]
             out = {}
             for key in keys:

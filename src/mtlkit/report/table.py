@@ -4,18 +4,23 @@ Runs are grouped into one table per experiment (dataset and task set, including 
 of classes), and within a table into rows by architecture, weighting method and any other config
 key that differs between runs (the row's "setting"); seeds are averaged. Columns: #P (parameters
 relative to one single-task network, from results.json), architecture, weighting, every metric of
-every task with its better direction (↑ higher is better, ↓ lower), and
+every task with its better direction (↑ higher is better, ↓ lower), then the task kind's
+``reported_metrics`` (segmentation's mean class accuracy and fwIoU) when some run of the table logged
+them, marked ‡ "shown, not in Δm", and
 
     delta_m = mean over every metric of every task of (-1)^l (M - M_b) / M_b * 100   (l = 1: lower is better)
 
 of each seed's run against the single-task row's seed-mean (Maninis et al. 2019), reported as the
-mean over seeds ± the sample standard deviation (ddof = 1) when a row has several seeds. The best
-value of each column (direction respected; delta_m: highest) is bold.
+mean over seeds ± the sample standard deviation (ddof = 1) when a row has several seeds; "every
+metric" is every task's ``metrics`` only (the columns with ``Column.in_delta``), as in best-epoch
+selection, against a single-task row or a published one alike. The best value of each column
+(direction respected; delta_m: highest) is bold, the ‡ columns included: they have a direction.
 
 With several seeds, every metric and delta_m of a row is compared with the baseline row by Welch's
 t-test (unequal variances, two-sided, ``scipy.stats.ttest_ind(equal_var=False)``) over the seeds;
 a difference that is not significant at the 5 % level is marked † (two constant samples: p = 1 when
-equal, 0 when not). The baseline may also be a
+equal, 0 when not); the ‡ columns are tested too (a cell's own comparison with the baseline row),
+while delta_m's test stays over the per-seed delta_m values, which leave them out. The baseline may also be a
 published row (``reference:NAME/ROW``, see :mod:`mtlkit.report.reference`); published tables can be
 added as greyed reference rows, converted to the units of the runs' evaluation protocol.
 """
@@ -35,6 +40,7 @@ from mtlkit.report.numbers import decimals, fmt_delta, fmt_value, sample_std
 from mtlkit.report.reference import Reference, ReferenceRow, load_reference
 from mtlkit.report.results_table import (
     ALPHA,
+    NOT_IN_DELTA,
     NOT_SIGNIFICANT,
     Column,
     ReferenceLine,
@@ -49,6 +55,7 @@ from mtlkit.tasks import Task
 __all__ = [
     "ALPHA",
     "IGNORED_KEYS",
+    "NOT_IN_DELTA",
     "NOT_SIGNIFICANT",
     "Column",
     "ReferenceLine",
@@ -109,11 +116,7 @@ def build_tables(
     tables = []
     for (dataset, _), members in groups.items():
         tasks = members[0].tasks
-        columns = [
-            Column(f"{t['name']}/{m}", t["name"], m, bool(h), Task.from_dict(t).metric_label(m))
-            for t in tasks
-            for m, h in t["metrics"].items()
-        ]
+        columns = _columns(tasks)
         flat = [_flatten(r.config) for r in members]
         skip = (*IGNORED_KEYS, "model.arch", "weighting.name")
         keys = sorted(k for k in {k for f in flat for k in f} if not any(k == s or k.startswith(s + ".") for s in skip))
@@ -135,6 +138,8 @@ def build_tables(
                     row.mean[col.key] = sum(vals) / len(vals)
                     if len(vals) > 1:
                         row.std[col.key] = sample_std(vals)
+        # a kind's reported metrics are columns only where some row logged them (older runs did not)
+        columns = [c for c in columns if c.in_delta or any(c.key in r.mean for r in ordered)]
         table = ResultsTable(table_key(dataset, tasks), dataset, tasks, columns, ordered, label)
         if source == "best":
             _note_missing_best(table)
@@ -146,6 +151,19 @@ def build_tables(
         _add_references(table, refs)
         tables.append(table)
     return tables
+
+
+def _columns(tasks: list[dict[str, Any]]) -> list[Column]:
+    """Each task's columns in order: its ``metrics`` (in Δm), then its kind's ``reported_metrics`` (not)."""
+    out = []
+    for data in tasks:
+        task = Task.from_dict(data)
+        for metrics, in_delta in ((task.metrics, True), (task.reported_metrics, False)):
+            out += [
+                Column(f"{task.name}/{m}", task.name, m, bool(h), task.metric_label(m), in_delta)
+                for m, h in metrics.items()
+            ]
+    return out
 
 
 def _reference_baseline(baseline: str) -> tuple[Reference, ReferenceRow] | None:

@@ -114,6 +114,12 @@ class Task:
         """The heading of the task's column group in report tables: its kind's ``column_label``, else its name."""
         return self.spec.column_label or self.name
 
+    @property
+    def reported_metrics(self) -> dict[str, bool]:
+        """Metric -> higher is better of the kind's ``reported_metrics`` that are not among the task's
+        ``metrics``: logged, shown in report tables, never in best-epoch selection or Δm."""
+        return {m: h for m, h in self.spec.reported_metrics.items() if m not in self.metrics}
+
     def metric_label(self, metric: str) -> str:
         """A metric's short column header in report tables (e.g. ``mIoU``)."""
         return self.spec.metric_labels.get(metric, metric)
@@ -160,7 +166,8 @@ class TaskKind:
     metrics: ClassVar[dict[str, bool]] = {}
     main_metric: ClassVar[str] = ""
     #: metrics the kind's meter also computes and runs log (metrics.jsonl, results.json), with their better
-    #: direction, left out of ``metrics``: best-epoch selection, Δm and report columns do not use them
+    #: direction, left out of ``metrics``: best-epoch selection and Δm do not use them; report tables show
+    #: them as columns marked "shown, not in Δm" when a run of the table logged them
     reported_metrics: ClassVar[dict[str, bool]] = {}
     #: head channels when the kind fixes them (None: the task says, e.g. number of classes)
     fixed_channels: ClassVar[int | None] = None
