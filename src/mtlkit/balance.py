@@ -202,16 +202,7 @@ class Balancer:
             items = list(losses.reshape(-1).unbind(0))
         else:
             items = list(losses)
-        w = self.weighting
-        if not w.handles_absent_tasks and not w.needs_gradients:
-            # a loss-level method with per-task state: absent tasks as constant zero losses, which it masks
-            # (weighting._common.present_mask), as for one-domain batches before partial labels
-            ref = items[0]
-            full = [torch.zeros((), device=ref.device, dtype=ref.dtype) for _ in names]
-            for i, loss in zip(idx, items):
-                full[i] = loss.reshape(())
-            return self._backward(torch.stack(full), *args)
-        with w.only(idx):
+        with self.weighting.only(idx):
             values = self._backward(items, *args)
         out = torch.zeros(len(names), dtype=values.dtype, device=values.device)
         out[idx] = values

@@ -14,6 +14,7 @@ from mtlkit.registry import WEIGHTINGS
 from mtlkit.tasks import depth_task, normal_task, segmentation_task
 from mtlkit.tasks.base import labelled_key
 from mtlkit.train.step import StepRunner, present_tasks, task_loss
+from mtlkit.weighting import GradVac
 
 TASKS = [segmentation_task(3), depth_task(), normal_task()]
 
@@ -48,9 +49,10 @@ def test_present_tasks_reads_the_labelled_flags() -> None:
     assert present_tasks(["segmentation", "depth", "normal"], _partial_batch()) == ["segmentation", "depth"]
 
 
-@pytest.mark.parametrize("name", ["uncertainty", "pcgrad", "mgda"])
+@pytest.mark.parametrize("name", ["uncertainty", "famo", "pcgrad", "mgda", "gradvac", "moco"])
 def test_a_task_without_labels_gets_no_gradient_and_no_weight(name: str) -> None:
-    """On a loss-level and two gradient-level methods: the step equals the method run on the present tasks alone."""
+    """On loss-level and gradient-level methods, with and without per-task state: the step equals the method
+    run on the present tasks alone."""
     torch.manual_seed(0)
     model = TinyNet(TASKS)
     twin = copy.deepcopy(model)
@@ -91,10 +93,16 @@ def test_a_task_without_labels_gets_no_gradient_and_no_weight(name: str) -> None
 
 
 def test_a_method_that_cannot_drop_a_task_says_so() -> None:
+    """A method (a plugin's: every built-in one can) that declares it cannot drop a task is refused, with its reason."""
+
+    class Strict(GradVac):
+        handles_absent_tasks = False
+        absent_note = "it needs every task"
+
     model = TinyNet(TASKS)
-    weighting = WEIGHTINGS.get("gradvac")([t.name for t in TASKS])
+    weighting = Strict([t.name for t in TASKS])
     runner = StepRunner(model, weighting, TASKS, torch.optim.SGD(model.parameters(), lr=0.0))
-    with pytest.raises(TrainingError, match="GradVac cannot drop a task from a step .*lacks normal"):
+    with pytest.raises(TrainingError, match="Strict cannot drop a task from a step .it needs every task.*lacks normal"):
         runner(_partial_batch())
 
 

@@ -50,8 +50,8 @@ def test_dwa_counts_an_epoch_without_labels_as_no_change() -> None:
     assert w.weights.tolist() == pytest.approx(got)
 
 
-def test_stateful_loss_level_methods_keep_the_zero_loss_convention() -> None:
-    """FAMO keeps per-task state it cannot restrict: the absent task gets a constant 0 loss, which it masks."""
+def test_a_stateful_loss_level_method_drops_the_absent_task() -> None:
+    """FAMO on the present tasks alone: the absent task's returned loss and gradient are 0."""
     balancer = Balancer("famo", tasks=NAMES)
     x = torch.ones(3, requires_grad=True)
     losses = {"a": (x[0] * 2).abs(), "c": (x[2] * 3).abs()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -69,6 +70,28 @@ class GramianWeighting(Weighting):
         w = self.gramian_weights(gramian.double().cpu(), losses.detach().double().cpu())
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
         return w
+
+
+def simplex_start(method: Weighting, state: Tensor) -> tuple[np.ndarray, float]:
+    """(warm start, mass) of a per-task weight vector kept on the simplex, for the tasks of the step.
+
+    Every task present: the vector itself and mass 1. Inside :meth:`Weighting.only`: the present
+    tasks' entries renormalised to sum to 1 (their conditional share; uniform when they hold no
+    mass) and the mass they hold, which :func:`simplex_put` gives back to them, so the absent tasks'
+    weights are unchanged and the whole vector stays on the simplex.
+    """
+    if method.present is None:
+        return state.detach().double().cpu().numpy(), 1.0
+    sub = method.select(state).detach().double().cpu().numpy()
+    mass = float(sub.sum())
+    if not mass > 0:
+        return np.full(sub.shape[0], 1.0 / sub.shape[0]), 0.0
+    return sub / mass, mass
+
+
+def simplex_put(method: Weighting, state: Tensor, weights: np.ndarray, mass: float) -> None:
+    """Store the step's new simplex weights (of the present tasks) back into ``state`` (:func:`simplex_start`)."""
+    method.put(state, torch.from_numpy(weights * mass if method.present is not None else weights))
 
 
 def check_grads(grads: Tensor, num_tasks: int, who: str) -> None:

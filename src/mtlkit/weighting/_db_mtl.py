@@ -24,6 +24,8 @@ def db_mtl(
     beta: float = 0.9,
     sigma: float = 0.5,
     eps: float = 1e-8,
+    *,
+    row_steps: list[int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(d, alpha, new_buffer) for step ``step`` (1-based).
 
@@ -31,12 +33,16 @@ def db_mtl(
     Their EMA: h = beta_t h_old + (1 - beta_t) g with beta_t = beta / step^sigma, starting from
     h_old = 0 (the authors' code; a buffer of another shape restarts at 0). Gradient-magnitude
     balancing: d = sum_k alpha_k h_k, alpha_k = max_j ||h_j|| / ||h_k||, so every term has the
-    largest norm.
+    largest norm. ``row_steps``: each row's own t in beta_t (the steps that task's EMA has taken,
+    this one included); default ``step`` for every row.
     """
     g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
     scale = 1.0 / (losses.to(device=g.device, dtype=g.dtype).abs() + eps)
     log_grads = g * scale[:, None]
-    b = beta / float(step) ** sigma
+    if row_steps is None or len(set(row_steps)) == 1:
+        b: float | Tensor = beta / float(step if row_steps is None else row_steps[0]) ** sigma
+    else:
+        b = torch.tensor([beta / float(t) ** sigma for t in row_steps], dtype=g.dtype, device=g.device)[:, None]
     if buffer is None or buffer.shape != log_grads.shape:
         new = (1.0 - b) * log_grads
     else:
@@ -60,14 +66,16 @@ class DBMTL(Weighting):
     an EMA of representation gradients across batches would mix different samples.
     Task-specific parameters get their raw loss gradient (the step's contract), not the log one.
 
+    A step without some tasks (no label in the batch) advances the present tasks' EMAs only, each at
+    its own rate ($t$ the number of steps that task was present); the absent tasks' rows are left
+    as they are and $\alpha$ is taken over the present rows.
+
     Guarantees: all $K$ terms $\alpha_k h_k$ have the same norm ($\max_j \lVert h_j \rVert$), so no task's
     gradient dominates; the update is invariant to multiplying any task's loss by a constant.
     """
 
     display_name = "DB-MTL"
 
-    handles_absent_tasks = False
-    absent_note = "it keeps a running average of every task's gradient"
     properties = frozenset({"permutation_equivariant", "loss_scale_invariant"})
 
     needs_gradients = True
@@ -81,21 +89,39 @@ class DBMTL(Weighting):
         self.beta = beta
         self.sigma = positive_float("sigma", sigma, allow_zero=True)
         self.step = 0
+        #: per task, how many steps it was present in (its EMA rate's t)
+        self.task_steps = [0] * self.num_tasks
         self.buffer: Tensor | None = None
 
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
         """The dual-balanced update; advances the EMA buffer."""
         check_grads(grads, self.num_tasks, type(self).__name__)
         self.step += 1
-        d, alpha, self.buffer = db_mtl(grads, losses.detach(), self.buffer, self.step, self.beta, self.sigma)
+        idx = self.present_index()
+        for i in idx:
+            self.task_steps[i] += 1
+        steps = [self.task_steps[i] for i in idx]
+        if self.present is None:
+            d, alpha, self.buffer = db_mtl(
+                grads, losses.detach(), self.buffer, self.step, self.beta, self.sigma, row_steps=steps
+            )
+        else:
+            if self.buffer is None or self.buffer.shape[1] != grads.shape[1]:
+                dtype = grads.dtype if grads.dtype in (torch.float32, torch.float64) else torch.float32
+                self.buffer = grads.new_zeros(self.all_tasks, grads.shape[1], dtype=dtype)
+            d, alpha, rows = db_mtl(
+                grads, losses.detach(), self.select(self.buffer), self.step, self.beta, self.sigma, row_steps=steps
+            )
+            self.put(self.buffer, rows)
         self.last_weights = alpha.to(device=self.last_weights.device, dtype=torch.float32)
         return d
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Step count and the gradient EMA buffer (a tensor, or None before the first step)."""
-        return {"step": self.step, "buffer": self.buffer}
+        """Step counts and the gradient EMA buffer (a tensor, or None before the first step)."""
+        return {"step": self.step, "task_steps": list(self.task_steps), "buffer": self.buffer}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore the step count and the buffer."""
+        """Restore the step counts and the buffer (a checkpoint without per-task counts: ``step`` each)."""
         self.step = int(state.get("step", 0))
+        self.task_steps = [int(t) for t in state.get("task_steps", [self.step] * self.all_tasks)]
         self.buffer = state.get("buffer")

@@ -24,12 +24,15 @@ def excess_risks(grads: Tensor, grad_sq_sum: Tensor) -> Tensor:
     return (grads * grads / torch.sqrt(grad_sq_sum + 1e-7)).sum(1)
 
 
-def excess_mtl_update(weights: Tensor, risks: Tensor, initial: Tensor, step_size: float = 1e-2) -> Tensor:
-    """w <- w exp(eta r / r_0), renormalised to sum to K: exponentiated gradient ascent on the excess risks."""
+def excess_mtl_update(
+    weights: Tensor, risks: Tensor, initial: Tensor, step_size: float = 1e-2, *, total: float | None = None
+) -> Tensor:
+    """w <- w exp(eta r / r_0), renormalised to sum to ``total`` (default K): exponentiated gradient ascent on the
+    excess risks. A task without a first-step risk (r_0 = 0) keeps its relative weight."""
     ok = initial > 0
     rel = torch.where(ok, risks / torch.where(ok, initial, torch.ones_like(initial)), torch.zeros_like(risks))
     w = weights * torch.exp(step_size * rel)
-    return w / w.sum() * weights.numel()
+    return w / w.sum() * (weights.numel() if total is None else total)
 
 
 @WEIGHTINGS.register("excess_mtl")
@@ -47,6 +50,12 @@ class ExcessMTL(Weighting):
     accumulated squared gradients are per parameter). State (accumulator, $r(0)$, weights) is
     checkpointed.
 
+    A step without some tasks (no label in the batch) accumulates and updates the present tasks only:
+    a task's $r_k(0)$ is its risk at the first step it is present in (its weight does not move then),
+    the present weights keep the sum they had (so the absent tasks' weights are unchanged and all
+    still sum to $K$), and the update combines them rescaled to sum to the number of present tasks,
+    as the method would on those tasks alone.
+
     Guarantees: weights are positive and sum to $K$; the first step is the equal update; the weights
     do not change when one task's loss is multiplied by a constant ($r_k / r_k(0)$ is scale-free, up to
     the 1e-7 inside the square root).
@@ -54,8 +63,6 @@ class ExcessMTL(Weighting):
 
     needs_gradients = True
     supports_representation = False
-    handles_absent_tasks = False
-    absent_note = "it keeps every task's excess-risk weight and initial loss"
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
     loss_weights: Tensor
@@ -73,17 +80,31 @@ class ExcessMTL(Weighting):
         check_grads(grads, self.num_tasks, type(self).__name__)
         g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
         sq = g * g
-        if self.grad_sq_sum is None or self.grad_sq_sum.shape != g.shape:
-            self.grad_sq_sum = sq
+        if self.present is None:
+            if self.grad_sq_sum is None or self.grad_sq_sum.shape != g.shape:
+                self.grad_sq_sum = sq
+            else:
+                self.grad_sq_sum = self.grad_sq_sum.to(sq) + sq
+            acc = self.grad_sq_sum
         else:
-            self.grad_sq_sum = self.grad_sq_sum.to(sq) + sq
-        risks = excess_risks(g, self.grad_sq_sum).double().cpu()
-        if not bool((self.initial > 0).any()):
-            self.initial.copy_(risks.to(self.initial))
+            if self.grad_sq_sum is None or self.grad_sq_sum.shape[1] != g.shape[1]:
+                self.grad_sq_sum = sq.new_zeros(self.all_tasks, g.shape[1])
+            acc = self.select(self.grad_sq_sum).to(sq) + sq
+            self.put(self.grad_sq_sum, acc)
+        risks = excess_risks(g, acc).double().cpu()
+        initial = self.select(self.initial).cpu()
+        fresh = ~(initial > 0)  # tasks in their first step: their risk becomes r_0, their weight stays
+        if bool(fresh.all()):
+            self.put(self.initial, risks)
         else:
-            new = excess_mtl_update(self.loss_weights.cpu(), risks, self.initial.cpu(), self.step_size)
-            self.loss_weights.copy_(new.to(self.loss_weights))
-        w = self.loss_weights.detach().cpu()
+            weights = self.select(self.loss_weights).cpu()
+            total = None if self.present is None else float(weights.sum())
+            new = excess_mtl_update(weights, risks, initial, self.step_size, total=total)
+            self.put(self.loss_weights, new)
+            self.put(self.initial, torch.where(fresh, risks, initial))
+        w = self.select(self.loss_weights).detach().cpu()
+        if self.present is not None:
+            w = w * (w.numel() / w.sum())
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
         return combine_rows(w, grads)
 

@@ -62,12 +62,15 @@ class FAMO(Weighting):
     Options: `lr` (0.025, the paper's `w_lr`), `gamma` (0.01, weight decay on $\xi$; the official code's
     default), `min_losses` (0.0, the known lower bounds $m_k$).
 
+    A step without some tasks (no label in the batch) weighs the present tasks by the softmax of their
+    logits alone, and updates only the logits of the tasks present in both that step and the one
+    before (their loss drop over one step is measured; the others' logits and Adam moments are left
+    as they are; the Adam step count, one for all logits, counts every update).
+
     Guarantees: effective weights are positive and sum to 1 (present tasks); with all logits equal
     they are inversely proportional to $L_k - m_k$, so every log-loss gets the same gradient weight.
     """
 
-    handles_absent_tasks = False
-    absent_note = "its logits are updated from every task's loss change between consecutive steps"
     properties = frozenset({"positive_weights", "permutation_equivariant", "loss_scale_invariant"})
 
     logits: Tensor
@@ -86,6 +89,7 @@ class FAMO(Weighting):
         k = self.num_tasks
         self.register_buffer("logits", torch.zeros(k))
         self.register_buffer("min_losses", torch.full((k,), float(min_losses)))
+        #: the previous step's losses; NaN for a task absent from it
         self.register_buffer("prev_losses", torch.zeros(k))
         self.register_buffer("has_prev", torch.zeros((), dtype=torch.bool))
         self.register_buffer("exp_avg", torch.zeros(k))
@@ -94,25 +98,43 @@ class FAMO(Weighting):
 
     @torch.no_grad()
     def update_logits(self, curr_losses: Tensor) -> None:
-        """One Adam step on the logits from the previous losses to ``curr_losses``."""
+        """One Adam step on the logits from the previous losses to ``curr_losses`` (the step's tasks').
+
+        Only the tasks also present in the previous step take part (class docstring).
+        """
         curr = curr_losses.detach().to(self.logits)
-        grad = famo_logit_gradient(self.logits, self.prev_losses, curr, self.min_losses)
-        grad = grad + self.gamma * self.logits
+        idx = torch.tensor(self.present_index(), device=self.logits.device)
+        prev = self.prev_losses[idx]
+        both = ~torch.isnan(prev)
+        if not bool(both.any()):
+            return
+        if bool(both.all()) and idx.numel() == self.all_tasks:
+            rows: Tensor | slice = slice(None)
+        else:
+            rows, prev, curr = idx[both], prev[both], curr[both]
+        logits = self.logits[rows]
+        grad = famo_logit_gradient(logits, prev, curr, self.min_losses[rows])
+        grad = grad + self.gamma * logits
         b1, b2 = self.betas
         self.adam_step += 1
-        self.exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
-        self.exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+        exp_avg, exp_avg_sq = self.exp_avg[rows], self.exp_avg_sq[rows]
+        exp_avg.mul_(b1).add_(grad, alpha=1 - b1)
+        exp_avg_sq.mul_(b2).addcmul_(grad, grad, value=1 - b2)
         t = float(self.adam_step)
-        m_hat = self.exp_avg / (1 - b1**t)
-        v_hat = self.exp_avg_sq / (1 - b2**t)
-        self.logits -= self.lr * m_hat / (v_hat.sqrt() + self.adam_eps)
+        m_hat = exp_avg / (1 - b1**t)
+        v_hat = exp_avg_sq / (1 - b2**t)
+        self.exp_avg[rows], self.exp_avg_sq[rows] = exp_avg, exp_avg_sq
+        self.logits[rows] = logits - self.lr * m_hat / (v_hat.sqrt() + self.adam_eps)
 
     def combine(self, losses: Tensor) -> Tensor:
         """Update the logits from the last step's loss drop, then FAMO's weighted log-loss sum."""
         if bool(self.has_prev):
             self.update_logits(losses)
-        w = famo_weights(self.logits.to(losses.dtype), losses, self.min_losses.to(losses.dtype))
-        self.prev_losses = losses.detach().to(self.prev_losses).clone()
+        logits, min_losses = self.select(self.logits), self.select(self.min_losses)
+        w = famo_weights(logits.to(losses.dtype), losses, min_losses.to(losses.dtype))
+        prev = torch.full_like(self.prev_losses, float("nan"))
+        prev[torch.tensor(self.present_index(), device=prev.device)] = losses.detach().to(prev)
+        self.prev_losses = prev
         self.has_prev.fill_(True)
         self.last_weights = w.detach()
         # sum_k w_k L_k has gradient w_k w.r.t. L_k, exactly FAMO's sum_k z_k log(L_k - m_k) / c.

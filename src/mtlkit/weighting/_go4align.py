@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import positive_float, present_mask
+from mtlkit.weighting._common import positive_float, present_mask, simplex_put, simplex_start
 from mtlkit.weighting.base import Weighting
 
 
@@ -87,12 +87,14 @@ class GO4Align(Weighting):
     Options: `groups` (2; the authors' script default is 1, which reduces to a scalar times `equal`),
     `step_size` $\eta$ (1e-4, the authors' `robust_step_size`). $p$ is a buffer (checkpointed).
 
+    A step without some tasks (no label in the batch) groups the present tasks alone, with their
+    share of $p$ renormalised to sum to 1; the updated share gets back the mass those tasks held, so
+    the absent tasks' $p$ is unchanged.
+
     Guarantees: weights are positive; tasks in one group share a weight; a task with a relatively
     larger loss gets a smaller indicator (before grouping); the task order does not matter.
     """
 
-    handles_absent_tasks = False
-    absent_note = "it keeps every task's grouping probability"
     properties = frozenset({"positive_weights", "permutation_equivariant"})
 
     probs: Tensor
@@ -107,8 +109,9 @@ class GO4Align(Weighting):
 
     def combine(self, losses: Tensor) -> Tensor:
         """The group-weighted sum of the task losses."""
-        w, p = go4align_weights(losses, self.probs, self.groups, self.step_size)
-        self.probs.copy_(p.to(self.probs))
+        start, mass = simplex_start(self, self.probs)
+        w, p = go4align_weights(losses, torch.from_numpy(start), self.groups, self.step_size)
+        simplex_put(self, self.probs, p.numpy(), mass)
         w = w.to(device=losses.device, dtype=losses.dtype)
         self.last_weights = w
         return (w * losses).sum()

@@ -45,14 +45,17 @@ class GradNorm(GramianWeighting):
     measures $\lVert g_k \rVert$ at the last shared layer; here at the rows the step gives (all shared
     parameters, or the shared representation). $L_k(0)$ are the losses of the first step (a buffer).
 
+    A step without some tasks (no label in the batch) is GradNorm on the present tasks alone: their
+    weights rescaled to sum to the number of present tasks, targets from their norms and loss
+    ratios, and a gradient for their weights only (the absent tasks' entries of `w.grad` are 0). A
+    task's $L_k(0)$ is its loss at the first step it is present in (with a nonzero loss).
+
     Options: `alpha` (1.5, the paper's NYUv2 value).
 
     Guarantees: weights are positive and sum to $K$; the weight gradient pushes $w_k$ up exactly when
     task $k$'s weighted gradient norm is below its target.
     """
 
-    handles_absent_tasks = False
-    absent_note = "its learned weights are renormalised over all tasks against their initial losses"
     properties = frozenset({"permutation_equivariant", "sum_when_equal"})
 
     initial_losses: Tensor
@@ -62,24 +65,29 @@ class GradNorm(GramianWeighting):
         super().__init__(task_names)
         self.alpha = positive_float("alpha", alpha, allow_zero=True)
         self.weights = nn.Parameter(torch.ones(self.num_tasks))
+        #: each task's loss at the first step it was present in (0: not yet)
         self.register_buffer("initial_losses", torch.zeros(self.num_tasks))
+        #: True once a step has run (kept for checkpoints of earlier versions, which have it)
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
     def renormalise(self) -> None:
         """Clamp the weights positive and rescale them to sum to K (after each optimiser step)."""
         self.weights.clamp_(min=1e-4)
-        self.weights.mul_(self.num_tasks / self.weights.sum())
+        self.weights.mul_(self.all_tasks / self.weights.sum())
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The current (renormalised) weights; accumulates the GradNorm loss gradient into w.grad."""
-        if not bool(self.initialised):
-            self.initial_losses.copy_(losses.to(self.initial_losses))
-            self.initialised.fill_(True)
+        initial = self.select(self.initial_losses)
+        self.put(self.initial_losses, torch.where(initial == 0, losses.to(initial), initial))
+        self.initialised.fill_(True)
         self.renormalise()
-        w = self.weights.detach().double().cpu()
+        w = self.select(self.weights.detach()).double().cpu()
+        if self.present is not None:
+            w = w * (w.numel() / w.sum())
         norms = gramian.diagonal().clamp_min(0).sqrt()
-        grad = gradnorm_weight_gradient(w, norms, losses.double(), self.initial_losses.double().cpu(), self.alpha)
-        grad = grad.to(self.weights)
+        initial = self.select(self.initial_losses).double().cpu()
+        grad = gradnorm_weight_gradient(w, norms, losses.double(), initial, self.alpha).to(self.weights)
+        grad = self.expand(grad)
         self.weights.grad = grad if self.weights.grad is None else self.weights.grad + grad
         return w

@@ -79,13 +79,15 @@ class GradVac(GramianWeighting):
     Options: `beta` (1e-2, the paper's EMA rate of the cosine targets, which start at 0), `seed` (0)
     of the random task order (checkpointed with the targets).
 
+    A step without some tasks (no label in the batch) vaccinates the present tasks' gradients against
+    each other and moves only the targets of pairs of present tasks; pairs with an absent task keep
+    theirs.
+
     Guarantees: after processing pair $(i, j)$, $\cos(g_i', g_j) \ge \hat\phi_{ij}$ (equality when it was
     raised); with all targets at 0 it reduces to PCGrad's projection for conflicting pairs;
     non-conflicting pairs above target are left unchanged.
     """
 
-    handles_absent_tasks = False
-    absent_note = "it keeps a target similarity for every pair of tasks"
     properties = frozenset({"sum_when_equal"})
 
     targets: Tensor
@@ -101,8 +103,13 @@ class GradVac(GramianWeighting):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """GradVac's coefficients; updates the cosine targets."""
-        w, new = gradvac_weights(gramian, self.targets, self.beta, self.generator)
-        self.targets.copy_(new.to(self.targets.device))
+        if self.present is None:
+            w, new = gradvac_weights(gramian, self.targets, self.beta, self.generator)
+            self.targets.copy_(new.to(self.targets.device))
+            return w
+        pair = torch.meshgrid(*[torch.tensor(self.present, device=self.targets.device)] * 2, indexing="ij")
+        w, new = gradvac_weights(gramian, self.targets[pair], self.beta, self.generator)
+        self.targets[pair] = new.to(self.targets)
         return w
 
     def get_extra_state(self) -> dict[str, Any]:

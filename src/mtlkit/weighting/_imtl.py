@@ -108,12 +108,13 @@ class IMTL(Weighting):
     into `scales.grad` (the step zeroes gradients before and runs the optimiser after).
     Task-specific parameters get their unscaled loss gradient (the step's contract).
 
+    A step without some tasks (no label in the batch) is IMTL on the present tasks alone: their
+    scales, and a gradient for their scales only (the absent tasks' entries of `scales.grad` are 0).
+
     Guarantees: equal projections of $d$ onto every unit task gradient (IMTL-G's, unchanged by the
     positive scales); the weights $\alpha_k e^{s_k}$ on the raw rows are reported.
     """
 
-    handles_absent_tasks = False
-    absent_note = "it writes the scales' gradient for every task"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     needs_gradients = True
@@ -129,13 +130,14 @@ class IMTL(Weighting):
 
     def weights_from_gramian(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """The weights on the raw rows, from the Gramian; accumulates the IMTL-L gradient of the scales."""
-        s = self.scales.detach().double().cpu()
-        factor = torch.exp(s)
+        scales = self.select(self.scales.detach())
+        factor = torch.exp(scales.double().cpu())
         m = gramian.double().cpu()
         alpha = imtl_g_weights(m * torch.outer(factor, factor))
         w = alpha * factor
         mask = present_mask(losses).to(self.scales.dtype)
-        scale_grad = (torch.exp(self.scales.detach()) * losses.detach().to(self.scales) - 1.0) * mask
+        scale_grad = (torch.exp(scales) * losses.detach().to(self.scales) - 1.0) * mask
+        scale_grad = self.expand(scale_grad)
         self.scales.grad = scale_grad if self.scales.grad is None else self.scales.grad + scale_grad
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
         return w

@@ -64,12 +64,14 @@ class Krum(GramianWeighting):
     Options: `n_byzantine` $f$ (0; the paper's $f$ is the number of adversarial workers, needs
     $K \ge 2 f + 3$), `n_selected` $m$ (1: Krum; $m > 1$ is Multi-Krum).
 
+    A step without some tasks (no label in the batch) runs Krum on the $K'$ present gradients with
+    the largest $f' \le f$ they allow ($K' \ge 2 f' + 3$) and $m' = \min(m, K')$; with $K' \le 2$ no
+    gradient can be told apart as an outlier, and the update is the mean of the present ones.
+
     Guarantees: the update is the mean of $m$ of the task gradients; equal gradients give that
     gradient; the selection does not depend on the task order (up to exact ties).
     """
 
-    handles_absent_tasks = False
-    absent_note = "it needs at least 2 n_byzantine + 3 tasks in every step"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
     min_tasks = 3
 
@@ -79,5 +81,10 @@ class Krum(GramianWeighting):
         self.n_byzantine, self.n_selected = n_byzantine, n_selected
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
-        """Krum's selection weights."""
-        return krum_weights(gramian, self.n_byzantine, self.n_selected)
+        """Krum's selection weights (with fewer tasks present than configured: the class docstring's reduction)."""
+        k = gramian.shape[0]
+        if self.present is None:
+            return krum_weights(gramian, self.n_byzantine, self.n_selected)
+        if k < 3:
+            return to_tensor(np.full(k, 1.0 / k))
+        return krum_weights(gramian, min(self.n_byzantine, (k - 3) // 2), min(self.n_selected, k))

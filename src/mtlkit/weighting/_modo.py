@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows, positive_float
+from mtlkit.weighting._common import GramianWeighting, combine_rows, positive_float, simplex_put, simplex_start
 from mtlkit.weighting._solvers import as_numpy, project_simplex, to_tensor
 from mtlkit.weighting.gradients import gramian
 
@@ -42,11 +42,13 @@ class MoDo(GramianWeighting):
 
     Options: `gamma` (1e-3), `rho` (0.1): LibMTL's defaults from the authors' code.
 
+    A step without some tasks (no label in the batch) moves the present tasks' share of $\lambda$
+    (renormalised to the simplex) on their own Gramian and gives it back the mass those tasks held:
+    the absent tasks' weights are unchanged and $\lambda$ stays on the simplex.
+
     Guarantees: $\lambda$ stays on the simplex; equal gradients give that gradient.
     """
 
-    handles_absent_tasks = False
-    absent_note = "it keeps every task's weight across steps"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     lam: Tensor
@@ -59,6 +61,7 @@ class MoDo(GramianWeighting):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Advance lambda by one projected step and return it."""
-        lam = modo_step(gramian, self.lam.cpu().numpy(), self.gamma, self.rho)
-        self.lam.copy_(torch.from_numpy(lam))
+        start, mass = simplex_start(self, self.lam)
+        lam = modo_step(gramian, start, self.gamma, self.rho)
+        simplex_put(self, self.lam, lam, mass)
         return to_tensor(lam)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import GramianWeighting, combine_rows, positive_float
+from mtlkit.weighting._common import GramianWeighting, combine_rows, positive_float, simplex_put, simplex_start
 from mtlkit.weighting._solvers import as_numpy, project_simplex, to_tensor
 from mtlkit.weighting.gradients import gramian
 
@@ -71,12 +71,14 @@ class SDMGrad(GramianWeighting):
     Options: `lam` $\lambda$ (0.3, LibMTL's NYUv2 value), `n_iter` (20), `lr` (10, the authors' inner step
     size). The weights $w$ are a buffer (checkpointed).
 
+    A step without some tasks (no label in the batch) solves the problem of the present tasks alone,
+    warm-started from their share of $w$ renormalised to the simplex; the new weights get back the
+    mass those tasks held, so the absent tasks' weights are unchanged and $w$ stays on the simplex.
+
     Guarantees: $w$ stays on the simplex; equal gradients give that gradient (the mean);
     $\lambda \to \infty$ gives the mean gradient.
     """
 
-    handles_absent_tasks = False
-    absent_note = "it keeps every task's weight across steps"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
 
     w: Tensor
@@ -92,6 +94,7 @@ class SDMGrad(GramianWeighting):
 
     def gramian_weights(self, gramian: Tensor, losses: Tensor) -> Tensor:
         """Advance w by n_iter projected steps; coefficients of (G^T w + lam g0) / (1 + lam)."""
-        w = sdmgrad_inner(gramian, self.w.cpu().numpy(), self.lam, self.n_iter, self.lr)
-        self.w.copy_(torch.from_numpy(w))
+        start, mass = simplex_start(self, self.w)
+        w = sdmgrad_inner(gramian, start, self.lam, self.n_iter, self.lr)
+        simplex_put(self, self.w, w, mass)
         return sdmgrad_weights(w, self.lam)

@@ -58,10 +58,12 @@ class STCH(Weighting):
     Guarantees: weights are positive; as $\mu \to 0$ all weight goes to the worst normalised task;
     multiplying a task's loss by $c > 0$ (during warm-up too, since $z_k$ scales with it) leaves the
     update's direction unchanged. Nadir, epoch and running sums are checkpointed.
+
+    A step without some tasks (no label in the batch) is the scalarization of the present tasks
+    alone ($K$ their number); each task's nadir is the mean of its own batch losses in the last
+    warm-up epoch (1 if it had none there).
     """
 
-    handles_absent_tasks = False
-    absent_note = "it accumulates every task's losses for its nadir point"
     properties = frozenset({"positive_weights", "loss_scale_invariant", "permutation_equivariant"})
 
     def __init__(self, task_names: list[str], mu: float = 1.0, warmup_epochs: int = 5) -> None:
@@ -80,13 +82,13 @@ class STCH(Weighting):
         if self.nadir is None:
             mask = present_mask(losses)
             if self.epoch == self.warmup_epochs - 1:
-                for k, (v, ok) in enumerate(zip(losses.detach().tolist(), mask.tolist())):
+                for k, v, ok in zip(self.present_index(), losses.detach().tolist(), mask.tolist()):
                     if ok:
                         self.loss_sum[k] += v
                         self.loss_count[k] += 1
             self.last_weights = torch.where(mask, 1.0 / torch.where(mask, losses.detach(), 1.0), 0.0)
             return torch.log(losses[mask]).sum() if bool(mask.any()) else losses.sum() * 0.0
-        nadir = torch.tensor(self.nadir, dtype=losses.dtype, device=losses.device)
+        nadir = torch.tensor([self.nadir[k] for k in self.present_index()], dtype=losses.dtype, device=losses.device)
         self.last_weights = stch_weights(losses, nadir, self.mu)
         return stch_loss(losses, nadir, self.mu)
 

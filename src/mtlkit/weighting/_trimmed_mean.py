@@ -44,14 +44,15 @@ class TrimmedMean(Weighting):
 
     Options: `trim` $t$ (1: with $K = 3$ tasks this is the coordinate-wise median); needs $K \ge 2 t + 1$.
 
+    A step without some tasks (no label in the batch) trims the $K'$ present gradients by the largest
+    $t' \le t$ they allow ($K' \ge 2 t' + 1$): with one or two present tasks, their mean.
+
     Guarantees: each coordinate lies between the $(t+1)$-th smallest and largest task values, so $t$
     outlying tasks cannot move it out of the others' range; equal gradients give that gradient;
     the task order does not matter.
     """
 
     needs_gradients = True
-    handles_absent_tasks = False
-    absent_note = "it needs at least 2 trim + 1 tasks in every step"
     properties = frozenset({"permutation_equivariant", "mean_when_equal"})
     min_tasks = 3
 
@@ -68,6 +69,6 @@ class TrimmedMean(Weighting):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
         """The coordinate-wise trimmed mean of the task gradients."""
         check_grads(grads, self.num_tasks, type(self).__name__)
-        d, w = trimmed_mean(grads, self.trim)
+        d, w = trimmed_mean(grads, min(self.trim, (self.num_tasks - 1) // 2))
         self.last_weights = w.to(device=self.last_weights.device, dtype=torch.float32)
         return d

@@ -17,9 +17,12 @@ the method inside ``with weighting.only(present):`` (``present`` the indices of 
 have a loss, in task order). Inside, ``task_names`` and ``num_tasks`` are those of the present
 tasks, the losses (and gradient rows) are theirs only, and the method runs as it would on those tasks alone;
 ``select(t)`` gives a per-task state tensor's present entries (uncertainty's log-variances, DWA's
-weights), so absent tasks' learned state gets no gradient. On leaving, ``last_weights`` is put back
-to K entries, 0 for the absent tasks. A method whose state cannot be restricted that way declares
-``handles_absent_tasks = False`` and ``only`` refuses a strict subset with a ValueError.
+weights), so absent tasks' learned state gets no gradient, ``put(t, v)`` writes them back (the
+absent tasks' entries are left as they are) and ``expand(v)`` gives K entries, 0 for the absent
+tasks (a gradient of learned per-task weights). On leaving, ``last_weights`` is put back to K
+entries, 0 for the absent tasks. Every built-in method restricts its state that way (each says how
+in its docstring); a method whose state cannot be declares ``handles_absent_tasks = False`` and
+``only`` refuses a strict subset with a ValueError.
 
 State for resume: learned weights are parameters or persistent buffers (in ``state_dict``);
 histories and counters go through torch's ``get_extra_state``/``set_extra_state`` as plain Python
@@ -93,6 +96,8 @@ class Weighting(nn.Module):
         self.task_names = list(task_names)
         self.num_tasks = len(task_names)
         self.register_buffer("last_weights", torch.ones(self.num_tasks), persistent=False)
+        #: every task's index, also inside :meth:`only` (where ``num_tasks`` counts the present ones)
+        self.all_tasks = self.num_tasks
         #: indices of the tasks of the current step inside :meth:`only`; None = every task
         self.present: list[int] | None = None
 
@@ -130,11 +135,36 @@ class Weighting(nn.Module):
                 full[idx] = sub
             self.last_weights = full
 
+    def present_index(self) -> list[int]:
+        """The indices, among all the method's tasks, of the tasks of the step (all of them outside :meth:`only`)."""
+        return list(range(self.all_tasks)) if self.present is None else list(self.present)
+
     def select(self, state: Tensor) -> Tensor:
         """A per-task state tensor's entries (first dimension) of the tasks of the step (all outside :meth:`only`)."""
         if self.present is None:
             return state
         return state[torch.tensor(self.present, device=state.device)]
+
+    def expand(self, values: Tensor) -> Tensor:
+        """All tasks' entries (first dimension) from the step's tasks' ``values``: 0 for the absent tasks
+        (``values`` itself outside :meth:`only`); e.g. the gradient of learned per-task weights."""
+        if self.present is None:
+            return values
+        full = values.new_zeros((self.all_tasks, *values.shape[1:]))
+        full[torch.tensor(self.present, device=full.device)] = values
+        return full
+
+    def put(self, state: Tensor, values: Tensor) -> None:
+        """Write ``values`` into the step's tasks' entries (first dimension) of ``state``, in place.
+
+        The inverse of :meth:`select`: outside :meth:`only` the whole tensor is overwritten; inside, the
+        absent tasks' entries are left as they are.
+        """
+        values = values.to(device=state.device, dtype=state.dtype)
+        if self.present is None:
+            state.copy_(values)
+        else:
+            state[torch.tensor(self.present, device=state.device)] = values
 
     def combine(self, losses: Tensor) -> Tensor:
         """Loss-level: the scalar to back-propagate. Default: the plain sum."""
