@@ -407,6 +407,34 @@ def float_maps_from_file(array: np.ndarray, channels: int) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
 
 
+def present_tasks(names: list[str], batch: dict[str, Tensor]) -> list[str]:
+    """The tasks of ``names`` with a labelled sample in ``batch``: their target is there and, when the batch
+    carries their ``"<task>/labelled"`` mask (:func:`mtlkit.tasks.base.labelled_key`), it is true somewhere."""
+    out = []
+    for n in names:
+        if n not in batch:
+            continue
+        mask = batch.get(labelled_key(n))
+        if mask is None or bool(mask.any()):
+            out.append(n)
+    return out
+
+
+def task_loss(task: Task, pred: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """``task``'s loss over the labelled samples of ``batch`` (all of them without a ``labelled`` mask).
+
+    The kind's loss is taken on the labelled rows alone, so it averages over those samples (their
+    valid pixels) exactly as on a batch of only them; unlabelled samples add nothing to the loss or
+    its gradient.
+    """
+    target = batch[task.name]
+    mask = batch.get(labelled_key(task.name))
+    if mask is not None and not bool(mask.all()):
+        rows = mask.reshape(-1).nonzero().reshape(-1)
+        pred, target = pred.index_select(0, rows), target.index_select(0, rows)
+    return task.loss(pred, target)
+
+
 def stack_losses(tasks: list[Task], preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
     """The K task losses of one batch as a vector, in task order."""
     return torch.stack([t.loss(preds[t.name], batch[t.name]) for t in tasks])

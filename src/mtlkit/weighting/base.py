@@ -85,9 +85,10 @@ class Weighting(nn.Module):
     #: itself (projections, sign masks, robust row picks) keep it False; the Gramian path refuses them.
     gramian_only: bool = False
     #: False for a method whose per-task state (histories, learned per-task scales updated in place)
-    #: has no honest restriction to a subset of the tasks: :meth:`only` refuses a step without every task
-    handles_absent_tasks: ClassVar[bool] = True
-    absent_note: ClassVar[str] = "it updates per-task state of every task at every step"
+    #: has no honest restriction to a subset of the tasks: :meth:`only` refuses a step without every task.
+    #: Not a ClassVar: a method over another (Auto-Lambda's ``base``) takes its base's value per instance.
+    handles_absent_tasks: bool = True
+    absent_note: str = "it updates per-task state of every task at every step"
     #: the K task weights of the last step (a non-persistent buffer)
     last_weights: Tensor
 
