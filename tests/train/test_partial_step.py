@@ -145,3 +145,74 @@ def test_a_batch_without_any_label_makes_no_update() -> None:
     assert runner(batch).tolist() == [0.0, 0.0, 0.0] and runner.present == []
     assert weighting.last_weights.tolist() == [0.0, 0.0, 0.0]
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+# ----------------------------------------------------------------------------- two processes (gloo)
+
+NAMES = [t.name for t in TASKS]
+
+
+def _global_batch() -> dict[str, torch.Tensor]:
+    """4 samples, every pixel valid; normal labelled on sample 0 only (rank 0's half), depth on 0, 1 and 3."""
+    gen = torch.Generator().manual_seed(3)
+    normal = torch.nn.functional.normalize(torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64), dim=1)
+    return {
+        "image": torch.randn(4, 3, 8, 8, generator=gen, dtype=torch.float64),
+        "segmentation": torch.randint(0, 3, (4, 8, 8), generator=gen),
+        "depth": torch.rand(4, 1, 8, 8, generator=gen, dtype=torch.float64) + 0.1,
+        "normal": normal,
+        labelled_key("depth"): torch.tensor([True, True, False, True]),
+        labelled_key("normal"): torch.tensor([True, False, False, False]),
+    }
+
+
+def _step_grads(model: torch.nn.Module, runner: StepRunner, batch: dict[str, torch.Tensor]) -> dict[str, object]:
+    values = runner(batch)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {"grads": grads, "values": values, "present": runner.present, "weights": runner.weighting.last_weights}
+
+
+def _partial_worker(r: int, init_file: str, out_dir: str, method: str, mode: str) -> None:
+    from mtlkit.train import distributed as dist
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=r, world_size=2)
+    torch.manual_seed(0)
+    model = dist.convert_sync_batchnorm(TinyNet(TASKS).double(), torch.device("cpu"))
+    net = dist.wrap(model, torch.device("cpu"), partial_batches=True)
+    weighting = WEIGHTINGS.get(method)(NAMES)
+    runner = StepRunner(net, weighting, TASKS, torch.optim.SGD(model.parameters(), lr=0.0), mode=mode)
+    half = {k: v[2 * r : 2 * r + 2] for k, v in _global_batch().items()}
+    torch.save(_step_grads(model, runner, half), f"{out_dir}/{r}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,mode", [("equal", "parameters"), ("pcgrad", "parameters"), ("mgda", "representation")])
+def test_two_processes_with_partial_labels_match_one(tmp_path, method: str, mode: str) -> None:
+    """Two ranks, one of which has no normal label and fewer depth labels, apply one process's update.
+
+    Normal is labelled on rank 0 only (its factor 2 x 1 / 1 = 2, rank 1's 0) and depth on 2 and 1
+    samples (factors 4/3 and 2/3), so the ranks' mean loss is each task's mean over its labelled
+    samples of the global batch: the single-process step on the 4 samples. Every pixel is valid
+    and BatchNorm is synchronised, so in float64 the gradients agree to its rounding (1e-10 relative
+    leaves a wide margin over the few hundred operations between them; a wrong factor, a rank's
+    zero counted as a sample or a task missing on one rank moves them at O(1e-2)).
+    """
+    import torch.multiprocessing as mp
+
+    mp.spawn(_partial_worker, args=(str(tmp_path / "init"), str(tmp_path), method, mode), nprocs=2)
+    parts = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    model = TinyNet(TASKS).double()
+    weighting = WEIGHTINGS.get(method)(NAMES)
+    runner = StepRunner(model, weighting, TASKS, torch.optim.SGD(model.parameters(), lr=0.0), mode=mode)
+    want = _step_grads(model, runner, _global_batch())
+    assert want["present"] == parts[0]["present"] == parts[1]["present"] == NAMES  # the union of the ranks' tasks
+    for part in parts:
+        assert part["grads"].keys() == want["grads"].keys()
+        for n, g in want["grads"].items():
+            torch.testing.assert_close(part["grads"][n], g, rtol=1e-10, atol=1e-13, msg=lambda m, n=n: f"{n}: {m}")
+        torch.testing.assert_close(part["weights"].double(), want["weights"].double(), rtol=1e-6, atol=1e-7)
+    # the logged losses: the mean over the ranks of their scaled losses is the global one
+    torch.testing.assert_close((parts[0]["values"] + parts[1]["values"]) / 2, want["values"], rtol=1e-10, atol=1e-13)
+    assert float(parts[1]["values"][2]) == 0.0  # rank 1 has no normal label: its (scaled) normal loss is 0

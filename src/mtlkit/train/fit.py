@@ -29,6 +29,7 @@ from mtlkit.io import atomic_write_text, output_error
 from mtlkit.models.base import MultiTaskModel, count_parameters
 from mtlkit.registry import ARCHITECTURES, DATASETS, WEIGHTINGS, Registry
 from mtlkit.tasks import Task
+from mtlkit.tasks.base import LABELLED_SUFFIX
 from mtlkit.trackers import open_loggers, split_loggers
 from mtlkit.train.checkpoint import load_checkpoint
 from mtlkit.train.evaluate import Evaluation
@@ -147,7 +148,8 @@ def fit(
     arch = _registered_name(ARCHITECTURES, type(model.module) if isinstance(model, ModuleModel) else type(model))
     source = train_data.dataset if isinstance(train_data, DataLoader) else train_data
     partial = bool(getattr(source, "partial_labels", False))
-    check_first_batch(model, tasks, train_loader, dev, partial=partial)
+    # a batch carrying "<task>/labelled" flags (partially labelled data) may leave tasks out of a step too
+    flagged = check_first_batch(model, tasks, train_loader, dev, partial=partial)
     run_path = Path(run_dir) if run_dir is not None else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     meta = {"arch": arch, "weighting": method_name, "tasks": [t.name for t in tasks]}
     last = run_path / "checkpoints" / "last.pt"
@@ -170,7 +172,7 @@ def fit(
         speed=Speed(None, False, False),
         progress=progress,
         meta=meta,
-        partial_batches=partial,
+        partial_batches=partial or flagged,
         # pooled meters have no batch size; results.json records the training batch's
         evaluation=Evaluation(batch_size=train_loader.batch_size),
         hooks=list(hooks),
@@ -222,8 +224,9 @@ def fit(
 
 def check_first_batch(
     model: MultiTaskModel, tasks: Sequence[Task], loader: DataLoader, device: torch.device, partial: bool = False
-) -> None:
-    """The first training batch holds ``image`` and every task's target, and the model predicts each task.
+) -> bool:
+    """The first training batch holds ``image`` and every task's target, and the model predicts each task;
+    True when the batch carries ``"<task>/labelled"`` flags (partially labelled samples).
 
     ``partial``: the dataset declares partial labels (``dataset.partial_labels = True``: a batch
     may carry only some tasks), so only one task is required. Runs the model once in eval mode
@@ -255,6 +258,7 @@ def check_first_batch(
             )
         )
     check_forward(model, tasks, batch, device)
+    return any(str(k).endswith(LABELLED_SUFFIX) for k in batch)
 
 
 def _previous_fit(last: Path, meta: dict[str, Any]) -> dict[str, Any]:

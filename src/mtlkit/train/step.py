@@ -15,7 +15,9 @@ the global mean losses (each rank's own gradient, averaged by DDP); gradient-lev
 DDP's hooks, average the per-task gradient matrix across ranks (parameter mode) or gather the
 ranks' representation gradients into the global one (representation mode), and average the
 task-specific gradients themselves, so every rank applies the same update, the one a single
-process with the same global batch would apply.
+process with the same global batch would apply. With partially labelled data the ranks first
+agree on the step's tasks (those with a labelled sample on any rank) and weigh each rank's loss
+by its share of the labelled samples (:func:`step_presence`), so that holds there too.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from mtlkit.models.base import MultiTaskModel
 from mtlkit.tasks import Task
 
 # present_tasks and task_loss live in tasks.base (Auto-Lambda's meta step uses them too); still importable here
-from mtlkit.tasks.base import present_tasks, task_loss
+from mtlkit.tasks.base import labelled_key, present_tasks, task_loss
 from mtlkit.train import distributed as dist
 from mtlkit.weighting.base import Weighting
 
@@ -56,8 +58,10 @@ class StepRunner:
     scaler: torch.amp.GradScaler | None = None
     grad_path: str = "loop"
     _names: list[str] = field(init=False)
-    #: the tasks of the last step (those with a labelled sample in its batch)
+    #: the tasks of the last step (those with a labelled sample in its batch, on any process)
     present: list[str] = field(init=False, default_factory=list)
+    #: the factor each task's local loss is scaled by in this step (:func:`step_presence`; empty: 1 for all)
+    _scales: dict[str, float] = field(init=False, default_factory=dict)
     _balancer: Balancer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,8 +86,16 @@ class StepRunner:
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def task_losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> list[Tensor]:
-        """The losses of the ``present`` tasks (task order), each with its own graph, over their labelled samples."""
-        return [task_loss(t, preds[t.name], batch) for t in self.tasks if t.name in present]
+        """The losses of the ``present`` tasks (task order), each with its own graph, over their labelled samples
+        (scaled by their :func:`step_presence` factor under several processes)."""
+        return [self._task_loss(t, preds, batch) for t in self.tasks if t.name in present]
+
+    def _task_loss(self, task: Task, preds: dict[str, Tensor], batch: dict[str, Tensor]) -> Tensor:
+        scale = self._scales.get(task.name, 1.0)
+        if scale == 0.0:  # no labelled sample here but some on another process: a 0 that keeps the head's graph
+            return preds[task.name].sum() * 0.0
+        loss = task_loss(task, preds[task.name], batch)
+        return loss if scale == 1.0 else loss * scale
 
     def losses(self, preds: dict[str, Tensor], batch: dict[str, Tensor], present: list[str]) -> Tensor:
         """The vector of the present tasks' losses (what a loss-level method combines)."""
@@ -92,7 +104,7 @@ class StepRunner:
     def __call__(self, batch: dict[str, Tensor]) -> Tensor:
         """One step on ``batch``; the K detached losses (0 for a task with no labelled sample in it)."""
         x = batch["image"]
-        present = present_tasks(self._names, batch)
+        present, self._scales = step_presence(self._names, batch)
         self.present = present
         self.optimizer.zero_grad(set_to_none=True)
         if not present:  # no labelled sample of any task (partially labelled data): nothing to learn, no update
@@ -153,6 +165,39 @@ class StepRunner:
             self.scaler.update()
         else:
             self.optimizer.step()
+
+
+def step_presence(names: list[str], batch: dict[str, Tensor]) -> tuple[list[str], dict[str, float]]:
+    """The tasks of a step, and the factor each one's loss on this process is scaled by.
+
+    One process: the tasks with a labelled sample in the batch (:func:`present_tasks`), factor 1
+    (an empty dict). Several (torchrun): the tasks with a labelled sample on any process, the same
+    list on every process, so all run the same collectives and the method sees the same tasks; and
+    for task k on process i, whose loss L_ik is the mean over its c_ik labelled samples, the factor
+    W c_ik / sum_j c_jk. The mean over the W processes of the scaled losses (the globalised loss
+    values, and what DDP's averaged gradients differentiate) is then sum_i c_ik L_ik / sum_i c_ik,
+    each labelled sample counted once: one process's loss on the global batch when the samples have
+    as many valid pixels each. A process with no labelled sample of a present task gets factor 0 (a
+    zero loss on the head's output, so every process computes the same heads). With every sample
+    labelled every factor is exactly 1 and the step is the one without partial labels.
+    """
+    if dist.world_size() == 1:
+        return present_tasks(names, batch), {}
+    images = batch["image"]
+    counts = torch.tensor([float(_labelled_count(n, batch)) for n in names], dtype=torch.float64, device=images.device)
+    total = dist.all_reduce_sum(counts).tolist()
+    world = dist.world_size()
+    present = [n for n, t in zip(names, total) if t > 0]
+    scales = {n: world * c / t for n, c, t in zip(names, counts.tolist(), total) if t > 0}
+    return present, scales
+
+
+def _labelled_count(name: str, batch: dict[str, Tensor]) -> int:
+    """How many samples of ``batch`` carry task ``name``'s label (0 when the batch lacks the task)."""
+    if name not in batch:
+        return 0
+    mask = batch.get(labelled_key(name))
+    return int(batch["image"].shape[0]) if mask is None else int(mask.sum())
 
 
 def check_mode(model: MultiTaskModel, weighting: Weighting, mode: str) -> None:

@@ -223,12 +223,8 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
     if cfg.dataset.label_fraction:  # a seeded, fixed subset of some tasks' training labels
         train_ds = LabelFraction(train_ds, tasks, cfg.dataset.label_fraction, seed=cfg.seed)
         hooks.append(RunRecord({"label_fraction": train_ds.describe()}))
-    if dist.world_size() > 1 and any(k.endswith(LABELLED_SUFFIX) for ds in (train_ds, val_ds) for k in ds[0]):
-        # the tasks present in a step would differ between processes, and with them the collectives
-        raise ConfigError(
-            "partially labelled data (dataset.label_fraction, or a tasks.yaml 'partial: true' task) "
-            "trains in one process only for now; run without torchrun"
-        )
+    # partially labelled data: the tasks of a step (and with them the heads it uses) change from step to step
+    partial = any(k.endswith(LABELLED_SUFFIX) for ds in (train_ds, val_ds) for k in ds[0])
     if weighting.needs_meta_step:  # a bilevel method: its meta batches come from a split of the training set
         train_ds, split = meta_split(
             weighting, train_ds, cfg.seed, cfg.train.batch_size, setup.builder.batch_sampler is not None
@@ -272,7 +268,7 @@ def _train(cfg: Config, run_path: Path | None, logs: Loggers, resuming: bool = F
         speed=speed,
         scaler=scaler,
         progress=cfg.train.progress,
-        partial_batches=setup.builder.batch_sampler is not None,
+        partial_batches=partial or setup.builder.batch_sampler is not None,
         meta=meta,
         evaluation=Evaluation.from_config(cfg),
         hooks=hooks,
