@@ -135,8 +135,12 @@ def test_guide_own_data_example_runs(my_data: Path, monkeypatch: pytest.MonkeyPa
     assert main(["report", "runs/my_data", "--out", "report", "--attention-images", "1"]) == 0
     text = Path("report/report.md").read_text()
     assert "folder: seg (3 classes), fg" in text  # table labels from the task kinds
-    # column groups by the task's kind (segmentation: the paper's heading; binary has none: the task's name)
-    assert "| Segmentation: mIoU ↑ | Segmentation: Pix Acc ↑ | fg: IoU ↑ | fg: max F ↑ |" in text
+    # column groups by the task's kind (segmentation: the paper's heading; binary has none: the task's name),
+    # then after its metrics the kind's shown-only ones (‡: not in Δm)
+    assert (
+        "| Segmentation: mIoU ↑ | Segmentation: Pix Acc ↑ | Segmentation: Mean Acc‡ ↑ | Segmentation: fwIoU‡ ↑ "
+        "| fg: IoU ↑ | fg: max F ↑ |"
+    ) in text
     assert any(p.name.startswith("attention_") for p in Path("report/figures").iterdir())
 
 
