@@ -72,6 +72,12 @@ class GramianWeighting(Weighting):
         return w
 
 
+def work_dtype(grads: Tensor) -> torch.dtype:
+    """The dtype methods compute on gradients of ``grads``'s dtype in: float32 or float64 as they are, float32 for
+    the half-precision ones (autocast rows)."""
+    return grads.dtype if grads.dtype in (torch.float32, torch.float64) else torch.float32
+
+
 def simplex_start(method: Weighting, state: Tensor) -> tuple[np.ndarray, float]:
     """(warm start, mass) of a per-task weight vector kept on the simplex, for the tasks of the step.
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import check_grads, combine_rows, positive_float
+from mtlkit.weighting._common import check_grads, combine_rows, positive_float, work_dtype
 from mtlkit.weighting.base import Weighting
 
 
@@ -36,7 +36,7 @@ def db_mtl(
     largest norm. ``row_steps``: each row's own t in beta_t (the steps that task's EMA has taken,
     this one included); default ``step`` for every row.
     """
-    g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+    g = grads.to(work_dtype(grads))
     scale = 1.0 / (losses.to(device=g.device, dtype=g.dtype).abs() + eps)
     log_grads = g * scale[:, None]
     if row_steps is None or len(set(row_steps)) == 1:
@@ -107,8 +107,7 @@ class DBMTL(Weighting):
             )
         else:
             if self.buffer is None or self.buffer.shape[1] != grads.shape[1]:
-                dtype = grads.dtype if grads.dtype in (torch.float32, torch.float64) else torch.float32
-                self.buffer = grads.new_zeros(self.all_tasks, grads.shape[1], dtype=dtype)
+                self.buffer = grads.new_zeros(self.all_tasks, grads.shape[1], dtype=work_dtype(grads))
             d, alpha, rows = db_mtl(
                 grads, losses.detach(), self.select(self.buffer), self.step, self.beta, self.sigma, row_steps=steps
             )

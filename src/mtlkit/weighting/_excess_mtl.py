@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import check_grads, combine_rows, positive_float
+from mtlkit.weighting._common import check_grads, combine_rows, positive_float, work_dtype
 from mtlkit.weighting.base import Weighting
 
 
@@ -78,7 +78,7 @@ class ExcessMTL(Weighting):
     def aggregate(self, grads: Tensor, losses: Tensor) -> Tensor:
         """Accumulate, estimate the excess risks, update the weights (after the first step), combine."""
         check_grads(grads, self.num_tasks, type(self).__name__)
-        g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+        g = grads.to(work_dtype(grads))
         sq = g * g
         if self.present is None:
             if self.grad_sq_sum is None or self.grad_sq_sum.shape != g.shape:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import check_grads, generator_state, new_generator, set_generator_state
+from mtlkit.weighting._common import check_grads, generator_state, new_generator, set_generator_state, work_dtype
 from mtlkit.weighting.base import Weighting
 
 
@@ -27,7 +27,7 @@ def graddrop(
     (1 - leak_k) M_k) g_k. ``weights``: the fraction of each task's squared gradient norm kept,
     (M_k g_k . g_k) / ||g_k||^2 (1 for a fully kept gradient, 0 for a fully dropped one).
     """
-    g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+    g = grads.to(work_dtype(grads))
     total = g.sum(0)
     purity = 0.5 * (1.0 + total / (g.abs().sum(0) + eps))
     u = torch.rand(g.shape[1], generator=generator).to(device=g.device, dtype=g.dtype)

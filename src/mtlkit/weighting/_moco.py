@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import check_grads, combine_rows, positive_float, simplex_put, simplex_start
+from mtlkit.weighting._common import check_grads, combine_rows, positive_float, simplex_put, simplex_start, work_dtype
 from mtlkit.weighting._solvers import project_simplex
 from mtlkit.weighting.base import Weighting
 
@@ -40,7 +40,7 @@ def moco_step(
     and d = Y^T lambda. ``tracked_steps``: each row's own t in beta_t (the number of times that
     task's gradient has been tracked, this step included); default ``step`` for every row.
     """
-    g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+    g = grads.to(work_dtype(grads))
     norms = g.norm(dim=1, keepdim=True)
     scaled = g / (norms + 1e-8) * losses.to(device=g.device, dtype=g.dtype)[:, None]
     if tracked_steps is None or len(set(tracked_steps)) == 1:
@@ -117,7 +117,7 @@ class MoCo(Weighting):
         for i in idx:
             self.task_steps[i] += 1
         if self.present is not None and (self.tracked is None or self.tracked.shape[1] != grads.shape[1]):
-            self.tracked = grads.new_zeros(self.all_tasks, grads.shape[1], dtype=_tracked_dtype(grads))
+            self.tracked = grads.new_zeros(self.all_tasks, grads.shape[1], dtype=work_dtype(grads))
         start, mass = simplex_start(self, self.lam)
         d, lam, tracked = moco_step(
             grads,
@@ -150,8 +150,3 @@ class MoCo(Weighting):
         self.step = int(state.get("step", 0))
         self.task_steps = [int(t) for t in state.get("task_steps", [self.step] * self.all_tasks)]
         self.tracked = state.get("tracked")
-
-
-def _tracked_dtype(grads: Tensor) -> torch.dtype:
-    """The dtype :func:`moco_step` tracks gradients of ``grads``'s dtype in (float32 below float32)."""
-    return grads.dtype if grads.dtype in (torch.float32, torch.float64) else torch.float32

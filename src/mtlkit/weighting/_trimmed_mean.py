@@ -11,7 +11,7 @@ from torch import Tensor
 
 from mtlkit.errors import ConfigError
 from mtlkit.registry import WEIGHTINGS
-from mtlkit.weighting._common import check_grads
+from mtlkit.weighting._common import check_grads, work_dtype
 from mtlkit.weighting.base import Weighting
 
 
@@ -24,7 +24,7 @@ def trimmed_mean(grads: Tensor, trim: int = 1) -> tuple[Tensor, Tensor]:
     k = grads.shape[0]
     if not 0 <= 2 * trim < k:
         raise ValueError(f"trimmed_mean: trim={trim} needs more than {2 * trim} rows, got {k}")
-    g = grads if grads.dtype in (torch.float32, torch.float64) else grads.float()
+    g = grads.to(work_dtype(grads))
     if trim == 0:
         return g.mean(0), torch.full((k,), 1.0 / k, dtype=torch.float64)
     order = g.argsort(dim=0, stable=True)
